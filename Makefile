@@ -1,0 +1,50 @@
+# Isola build entry points. Guests are built for wasm with the `guest` profile
+# (see the root Cargo.toml); everything shares the workspace target dir.
+
+CARGO        ?= cargo
+RUSTUP       ?= rustup
+WASM_TARGETS := wasm32-wasip1 wasm32-wasip2 wasm32-wasip1-threads
+# Targets the guest programs are built for: wasip1 core modules and wasip2 components.
+GUEST_TARGETS := wasm32-wasip1 wasm32-wasip2
+GUEST_PROFILE := guest
+GUEST_PKG     := isola-guest-programs
+HOST_PKG      := isola
+
+.PHONY: all targets guests build test demo lint fmt
+
+all: build
+
+# Install the wasm targets that are missing (rustup is slow even when there is
+# nothing to do, so check the installed list first).
+targets:
+	@installed="$$($(RUSTUP) target list --installed)"; \
+	for t in $(WASM_TARGETS); do \
+		if ! printf '%s\n' "$$installed" | grep -qx "$$t"; then \
+			echo "rustup target add $$t"; \
+			$(RUSTUP) target add "$$t" || exit 1; \
+		fi; \
+	done
+
+# Build every guest program for all guest targets in one cargo invocation.
+# Outputs: target/<triple>/guest/<name>.wasm
+guests: targets
+	$(CARGO) build -p $(GUEST_PKG) --profile $(GUEST_PROFILE) \
+		$(addprefix --target ,$(GUEST_TARGETS))
+
+# --- Placeholders, to be filled in by the host work -------------------------
+
+build: guests
+	$(CARGO) build -p $(HOST_PKG)
+
+test: guests
+	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude isola-guest
+
+demo:
+	@echo "TODO: demo"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

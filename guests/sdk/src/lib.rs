@@ -1,0 +1,1 @@
+//! Isola guest SDK. Empty for now: the SDK arrives with the messaging work.

@@ -1,0 +1,112 @@
+//! The `isola` command: a thin layer over the `isola` library.
+//!
+//! Exit codes (also in `isola --help`):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0..=255 | the guest's own exit code, passed through |
+//! | 2 | usage or input error (bad flag, missing or invalid Wasm, ...) |
+//! | 124 | the task hit a limit (memory, fuel, timeout, output) |
+//! | 125 | Isola itself failed |
+//! | 130 | the task was cancelled (Ctrl-C) |
+//! | 134 | the guest trapped |
+
+mod commands;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0-255  the guest's own exit code, passed through
+  2      usage or input error (bad flag, missing or invalid Wasm, ...)
+  124    the task hit a limit (memory, fuel, timeout, output)
+  125    Isola itself failed
+  130    the task was cancelled (Ctrl-C)
+  134    the guest trapped
+
+Set ISOLA_LOG (e.g. ISOLA_LOG=debug) for diagnostics on stderr.";
+
+/// Run WebAssembly programs as sandboxed tasks.
+#[derive(Parser)]
+#[command(name = "isola", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(commands::run::RunCommand),
+}
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    init_logging();
+    let cli = match Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(cmd) => cmd.execute().await,
+        }
+    });
+    // Guests may still hold blocking reads of our stdin; do not wait for them.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// Users see one line for an internal bug, never a Rust backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error in isola: {info}");
+        eprintln!("(this is a bug in Isola, please report it)");
+        std::process::exit(i32::from(exit::INTERNAL));
+    }));
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let Ok(filter) = EnvFilter::try_from_env("ISOLA_LOG") else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,167 @@
+//! The on-disk cache of precompiled artifacts.
+//!
+//! Compiling a large module takes seconds; loading its precompiled form takes
+//! milliseconds. Artifacts are keyed by the SHA-256 of the Wasm bytes and kept
+//! under a directory named after the engine's compatibility hash, so an Isola
+//! built with another wasmtime or other settings never picks them up.
+//!
+//! Loading precompiled code is `unsafe` in wasmtime: the bytes are trusted to
+//! be what wasmtime wrote. So each artifact carries a trailer with the SHA-256
+//! of its contents, checked before the bytes reach wasmtime; a truncated or
+//! altered file is discarded and the module is compiled again. This protects
+//! against corruption and accidents, not against an attacker who can write to
+//! the cache directory (who could as well replace the `isola` binary).
+//!
+//! Cache failures (unwritable directory, full disk) are logged and otherwise
+//! ignored: the cache makes things faster, never makes them fail.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Marks the end of an artifact file written by this version of Isola.
+const TRAILER_MAGIC: &[u8; 8] = b"ISOLAc1\0";
+const TRAILER_LEN: usize = 32 + TRAILER_MAGIC.len();
+
+/// SHA-256 of some bytes.
+pub(crate) type ContentHash = [u8; 32];
+
+pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
+    Sha256::digest(bytes).into()
+}
+
+/// A directory of precompiled artifacts for one engine configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+}
+
+impl DiskCache {
+    /// The cache for `engine` under `root`. Nothing is created until the
+    /// first artifact is stored.
+    pub(crate) fn new(root: &Path, engine: &wasmtime::Engine) -> DiskCache {
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let dir = root.join(format!("wasmtime-{:016x}", hasher.finish()));
+        DiskCache { dir }
+    }
+
+    /// The default cache root: `$ISOLA_CACHE_DIR`, else the user's cache
+    /// directory (`~/.cache/isola` on Linux).
+    pub(crate) fn default_root() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("ISOLA_CACHE_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        dirs::cache_dir().map(|d| d.join("isola"))
+    }
+
+    fn path_for(&self, key: &ContentHash, kind: &str) -> PathBuf {
+        self.dir.join(format!("{}.{kind}.cwasm", hex::encode(key)))
+    }
+
+    /// The verified artifact bytes for `key`, if a sound one is stored.
+    /// A damaged file is removed so the next store replaces it.
+    pub(crate) fn load(&self, key: &ContentHash, kind: &str) -> Option<Vec<u8>> {
+        let path = self.path_for(key, kind);
+        let mut bytes = fs::read(&path).ok()?;
+        match split_trailer(&bytes) {
+            Some(len) => {
+                bytes.truncate(len);
+                Some(bytes)
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "discarding damaged cache artifact");
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Stores an artifact atomically (temp file, then rename), so a reader
+    /// never sees a partial file. Failures are logged, not returned.
+    pub(crate) fn store(&self, key: &ContentHash, kind: &str, artifact: &[u8]) {
+        if let Err(err) = self.try_store(key, kind, artifact) {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot write the compile cache");
+        }
+    }
+
+    fn try_store(&self, key: &ContentHash, kind: &str, artifact: &[u8]) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(artifact)?;
+        tmp.write_all(&content_hash(artifact))?;
+        tmp.write_all(TRAILER_MAGIC)?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(self.path_for(key, kind)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// Checks the trailer and returns the length of the artifact before it.
+fn split_trailer(bytes: &[u8]) -> Option<usize> {
+    let body_len = bytes.len().checked_sub(TRAILER_LEN)?;
+    let (body, trailer) = bytes.split_at(body_len);
+    let (hash, magic) = trailer.split_at(32);
+    (magic == TRAILER_MAGIC && hash == content_hash(body)).then_some(body_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> (tempfile::TempDir, DiskCache) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = wasmtime::Engine::default();
+        let cache = DiskCache::new(dir.path(), &engine);
+        (dir, cache)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (_dir, cache) = cache();
+        let key = content_hash(b"module");
+        assert_eq!(cache.load(&key, "module"), None);
+        cache.store(&key, "module", b"artifact bytes");
+        assert_eq!(
+            cache.load(&key, "module").as_deref(),
+            Some(&b"artifact bytes"[..])
+        );
+        assert_eq!(cache.load(&key, "component"), None, "kinds are kept apart");
+    }
+
+    #[test]
+    fn damaged_artifacts_are_rejected_and_removed() {
+        let (_dir, cache) = cache();
+        let key = content_hash(b"module");
+        cache.store(&key, "module", b"artifact bytes");
+        let path = cache.path_for(&key, "module");
+        let good = fs::read(&path).expect("read artifact");
+
+        // One flipped bit in the body.
+        let mut tampered = good.clone();
+        tampered[3] ^= 1;
+        fs::write(&path, &tampered).expect("write");
+        assert_eq!(cache.load(&key, "module"), None);
+        assert!(!path.exists(), "a damaged artifact is removed");
+
+        // Truncated, in the body and in the trailer.
+        for len in [5, good.len() - 1, 0] {
+            fs::write(&path, &good[..len]).expect("write");
+            assert_eq!(cache.load(&key, "module"), None, "truncated to {len}");
+        }
+    }
+
+    #[test]
+    fn unwritable_directory_is_not_an_error() {
+        let file = tempfile::NamedTempFile::new().expect("tempfile");
+        // A regular file where the cache directory should be.
+        let engine = wasmtime::Engine::default();
+        let cache = DiskCache::new(file.path(), &engine);
+        let key = content_hash(b"m");
+        cache.store(&key, "module", b"x");
+        assert_eq!(cache.load(&key, "module"), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! Errors at the library boundary.
+//!
+//! A task that starts always ends with an [`crate::Outcome`]; these errors are
+//! for what stops a task from starting: bad input, which the caller can fix.
+
+use std::path::PathBuf;
+
+/// Why a task could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Wasm file could not be read.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly (no `\0asm` header).
+    #[error("`{}` is not a WebAssembly file (it does not start with `\\0asm`)", path.display())]
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is WebAssembly but does not validate or compile.
+    #[error("`{}` is not valid WebAssembly: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What the validator said.
+        message: String,
+    },
+    /// The module imports something Isola does not provide.
+    #[error("`{}` imports `{module}::{name}`, which Isola does not provide", path.display())]
+    UnknownImport {
+        /// The file.
+        path: PathBuf,
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+    },
+    /// The component targets a world Isola cannot run.
+    #[error("`{}` is a component of an unsupported world: {detail}", path.display())]
+    UnsupportedWorld {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or extra.
+        detail: String,
+    },
+    /// A field of the spec has a value that cannot work.
+    #[error("invalid `{field}`: {message}")]
+    InvalidSpec {
+        /// The field, e.g. `dirs[0].host`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The spec asks for something this build of Isola does not do yet.
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+    /// The runner has shut down.
+    #[error("the runner has shut down")]
+    ShutDown,
+    /// Isola itself failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn internal(err: impl std::fmt::Display) -> Error {
+        Error::Internal(err.to_string())
+    }
+
+    /// Whether the error is the caller's (bad input) rather than Isola's.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Internal(_) | Error::ShutDown)
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

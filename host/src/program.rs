@@ -1,0 +1,255 @@
+//! Loading Wasm into runnable programs: read, recognize, compile (or load
+//! the precompiled artifact), check imports, pre-instantiate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::Component;
+use wasmtime::{ExternType, InstancePre, Module};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::cache::{ContentHash, content_hash};
+use crate::error::{Error, Result};
+use crate::runner::RunnerInner;
+use crate::state::TaskState;
+
+/// A compiled, linked, ready-to-instantiate Wasm program.
+///
+/// Cheap to clone. Obtain one with [`crate::Runner::load`] to start many tasks
+/// of the same program without reading the file each time.
+#[derive(Clone)]
+pub struct Program {
+    pub(crate) inner: Arc<ProgramInner>,
+}
+
+pub(crate) struct ProgramInner {
+    pub(crate) path: PathBuf,
+    pub(crate) hash: ContentHash,
+    pub(crate) kind: ProgramKind,
+}
+
+pub(crate) enum ProgramKind {
+    /// A WASI preview1 command module.
+    Module(InstancePre<TaskState>),
+    /// A WASI preview2 command component.
+    Component(CommandPre<TaskState>),
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("path", &self.inner.path)
+            .field("kind", &self.kind_name())
+            .field("hash", &hex::encode(self.inner.hash))
+            .finish()
+    }
+}
+
+impl Program {
+    /// The file this program was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// `"module"` for a core module, `"component"` for a component.
+    pub fn kind_name(&self) -> &'static str {
+        match self.inner.kind {
+            ProgramKind::Module(_) => "module",
+            ProgramKind::Component(_) => "component",
+        }
+    }
+
+    /// Hex SHA-256 of the Wasm bytes: the key of the compile caches.
+    pub fn content_hash(&self) -> String {
+        hex::encode(self.inner.hash)
+    }
+}
+
+/// The two binary formats Isola runs, told apart by the header's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WasmKind {
+    Module,
+    Component,
+}
+
+impl WasmKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            WasmKind::Module => "module",
+            WasmKind::Component => "component",
+        }
+    }
+
+    /// Recognizes the header. `None` for anything that is not Wasm.
+    pub(crate) fn detect(bytes: &[u8]) -> Option<WasmKind> {
+        let header = bytes.get(..8)?;
+        if &header[..4] != b"\0asm" {
+            return None;
+        }
+        // Bytes 4..8: version 1 for core modules; version 0xd with layer 1
+        // for components (the component-model binary format).
+        match header[4..8] {
+            [1, 0, 0, 0] => Some(WasmKind::Module),
+            [_, _, 1, 0] => Some(WasmKind::Component),
+            _ => None,
+        }
+    }
+}
+
+/// Loads the program at `path`: compiled once per content hash, from the
+/// in-memory cache, the disk cache, or by compiling.
+pub(crate) async fn load(runner: &Arc<RunnerInner>, path: &Path) -> Result<Program> {
+    let bytes = tokio::fs::read(path).await.map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let kind = WasmKind::detect(&bytes).ok_or_else(|| Error::NotWasm {
+        path: path.to_owned(),
+    })?;
+    let hash = content_hash(&bytes);
+    if let Some(program) = runner.cached_program(&hash) {
+        runner.stats.record_memory_hit();
+        return Ok(program);
+    }
+    // Compiling and even deserializing take milliseconds to seconds: keep them
+    // off the async workers.
+    let runner2 = Arc::clone(runner);
+    let path2 = path.to_owned();
+    let program = tokio::task::spawn_blocking(move || build(&runner2, &path2, kind, hash, &bytes))
+        .await
+        .map_err(Error::internal)??;
+    runner.remember_program(hash, program.clone());
+    Ok(program)
+}
+
+fn build(
+    runner: &RunnerInner,
+    path: &Path,
+    kind: WasmKind,
+    hash: ContentHash,
+    bytes: &[u8],
+) -> Result<Program> {
+    let invalid = |err: wasmtime::Error| Error::Invalid {
+        path: path.to_owned(),
+        message: format!("{err:#}"),
+    };
+    let kind = match kind {
+        WasmKind::Module => {
+            let module = match runner.cached_artifact(&hash, kind, |artifact| {
+                // SAFETY: `artifact` passed the cache's integrity check, so it
+                // is exactly what `Module::serialize` wrote for an engine with
+                // the same compatibility hash (the cache directory is keyed
+                // by it).
+                unsafe { Module::deserialize(&runner.engine, artifact) }
+            }) {
+                Some(module) => module,
+                None => {
+                    let module = Module::new(&runner.engine, bytes).map_err(invalid)?;
+                    runner.stats.record_compile();
+                    if let Ok(artifact) = module.serialize() {
+                        runner.store_artifact(&hash, kind, &artifact);
+                    }
+                    module
+                }
+            };
+            check_module_imports(runner, path, &module)?;
+            check_module_is_command(path, &module)?;
+            let pre = runner
+                .module_linker
+                .instantiate_pre(&module)
+                .map_err(invalid)?;
+            ProgramKind::Module(pre)
+        }
+        WasmKind::Component => {
+            let component = match runner.cached_artifact(&hash, kind, |artifact| {
+                // SAFETY: as for modules above: verified bytes written by
+                // `Component::serialize` for a compatible engine.
+                unsafe { Component::deserialize(&runner.engine, artifact) }
+            }) {
+                Some(component) => component,
+                None => {
+                    let component = Component::new(&runner.engine, bytes).map_err(invalid)?;
+                    runner.stats.record_compile();
+                    if let Ok(artifact) = component.serialize() {
+                        runner.store_artifact(&hash, kind, &artifact);
+                    }
+                    component
+                }
+            };
+            let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
+                path: path.to_owned(),
+                detail: format!("{err:#}"),
+            };
+            let pre = runner
+                .component_linker
+                .instantiate_pre(&component)
+                .map_err(unsupported)?;
+            let pre = CommandPre::new(pre).map_err(|_| Error::UnsupportedWorld {
+                path: path.to_owned(),
+                detail: "it does not export `wasi:cli/run` (only command components can run)"
+                    .into(),
+            })?;
+            ProgramKind::Component(pre)
+        }
+    };
+    Ok(Program {
+        inner: Arc::new(ProgramInner {
+            path: path.to_owned(),
+            hash,
+            kind,
+        }),
+    })
+}
+
+/// Names the first import the linker cannot satisfy, so the error says what
+/// is missing instead of failing somewhere inside instantiation.
+fn check_module_imports(runner: &RunnerInner, path: &Path, module: &Module) -> Result<()> {
+    for import in module.imports() {
+        let provided = runner
+            .provided_imports
+            .contains(&(import.module().to_owned(), import.name().to_owned()));
+        if !provided {
+            return Err(Error::UnknownImport {
+                path: path.to_owned(),
+                module: import.module().to_owned(),
+                name: import.name().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_module_is_command(path: &Path, module: &Module) -> Result<()> {
+    match module.get_export("_start") {
+        Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => Ok(()),
+        _ => Err(Error::UnsupportedWorld {
+            path: path.to_owned(),
+            detail: "it does not export a `_start` function (only WASI command modules can run)"
+                .into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(
+            WasmKind::detect(b"\0asm\x01\0\0\0rest"),
+            Some(WasmKind::Module)
+        );
+        assert_eq!(
+            WasmKind::detect(b"\0asm\x0d\0\x01\0rest"),
+            Some(WasmKind::Component)
+        );
+        assert_eq!(WasmKind::detect(b"\0asm"), None, "too short");
+        assert_eq!(WasmKind::detect(b"#!/bin/sh\necho hi\n"), None);
+        assert_eq!(
+            WasmKind::detect(b"\0asm\x02\0\0\0"),
+            None,
+            "unknown version"
+        );
+    }
+}

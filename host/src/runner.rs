@@ -1,0 +1,431 @@
+//! The [`Runner`]: owns the engine, the linkers, the compile caches and the
+//! pool of instance slots, and starts tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::cache::{ContentHash, DiskCache};
+use crate::error::{Error, Result};
+use crate::program::{self, Program, WasmKind};
+use crate::spec::TaskSpec;
+use crate::state::{MemoryLimiter, TaskState};
+use crate::task::{self, TaskHandle};
+use crate::{Isolation, TaskReport};
+
+/// Where compiled artifacts are kept between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CacheDir {
+    /// `$ISOLA_CACHE_DIR`, else the user's cache directory
+    /// (`~/.cache/isola` on Linux). The default.
+    #[default]
+    Default,
+    /// This directory.
+    Path(PathBuf),
+    /// No disk cache: every new runner compiles again.
+    Disabled,
+}
+
+/// How a [`Runner`] is set up. Every field has a default suited to a
+/// workstation; see each field.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most tasks alive at once. [`Runner::spawn`] waits for a free slot
+    /// when all are taken. Each slot reserves address space (not memory) for
+    /// its instance. By default 1,000.
+    pub max_live_tasks: usize,
+    /// Largest linear memory a single task may be given, whatever its
+    /// [`crate::Limits::max_memory`]. By default 4 GiB, the most a 32-bit
+    /// memory can address.
+    pub max_memory_per_task: u64,
+    /// The on-disk compile cache. By default [`CacheDir::Default`].
+    pub cache_dir: CacheDir,
+    /// How often running guests are interrupted to check timeouts and
+    /// cancellation and to let other tasks run. By default 1 ms.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            max_live_tasks: 1_000,
+            max_memory_per_task: 4 << 30,
+            cache_dir: CacheDir::Default,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Counters of the compile caches, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Programs compiled from Wasm.
+    pub compiled: u64,
+    /// Programs loaded from the on-disk cache.
+    pub disk_hits: u64,
+    /// Programs found already loaded in this runner.
+    pub memory_hits: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    compiled: AtomicU64,
+    disk_hits: AtomicU64,
+    memory_hits: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn record_compile(&self) {
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn record_memory_hit(&self) {
+        self.memory_hits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs sandboxed Wasm tasks.
+///
+/// A runner compiles each distinct program once (by content hash, with
+/// precompiled artifacts kept on disk for the next process), and starts
+/// each task in a fresh `Store` with only the capabilities its [`TaskSpec`]
+/// grants. Cheap to clone: clones share everything.
+///
+/// Its methods are async and run tasks on the caller's Tokio runtime; a
+/// multi-threaded runtime lets tasks run in parallel.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), isola::Error> {
+/// use isola::{Runner, TaskSpec};
+///
+/// let runner = Runner::new()?;
+/// let report = runner.run(TaskSpec::new("hello.wasm")).await?;
+/// println!("{} / {}", report.outcome, report.stdout.text());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    pub(crate) inner: Arc<RunnerInner>,
+}
+
+pub(crate) struct RunnerInner {
+    pub(crate) engine: Engine,
+    pub(crate) config: RunnerConfig,
+    pub(crate) module_linker: wasmtime::Linker<TaskState>,
+    pub(crate) component_linker: wasmtime::component::Linker<TaskState>,
+    /// Every `(module, name)` the core-module linker defines.
+    pub(crate) provided_imports: HashSet<(String, String)>,
+    disk_cache: Option<DiskCache>,
+    programs: Mutex<HashMap<ContentHash, Program>>,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) ticker: EpochTicker,
+    pub(crate) stats: Stats,
+}
+
+/// Most programs a runner keeps loaded; past it the cache starts over. A
+/// runner rarely sees this many distinct programs; the bound keeps a
+/// long-lived one from growing without limit.
+const MAX_CACHED_PROGRAMS: usize = 256;
+
+impl Runner {
+    /// A runner with the default [`RunnerConfig`].
+    ///
+    /// # Errors
+    ///
+    /// Fails if the engine cannot be created (for example, not enough
+    /// address space for the instance pool).
+    pub fn new() -> Result<Runner> {
+        Runner::with_config(RunnerConfig::default())
+    }
+
+    /// A runner set up by `config`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a config that cannot work (zero slots, zero tick) or if the
+    /// engine cannot be created.
+    pub fn with_config(config: RunnerConfig) -> Result<Runner> {
+        if config.max_live_tasks == 0 {
+            return Err(Error::InvalidSpec {
+                field: "max_live_tasks".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if config.epoch_tick.is_zero() {
+            return Err(Error::InvalidSpec {
+                field: "epoch_tick".into(),
+                message: "must be longer than zero".into(),
+            });
+        }
+        let engine = Engine::new(&engine_config(&config)).map_err(Error::internal)?;
+
+        let mut module_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut TaskState| &mut s.wasi)
+            .map_err(Error::internal)?;
+        let mut component_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::internal)?;
+
+        let provided_imports = {
+            // Listing a linker's definitions needs a store; this one is never
+            // used to run anything.
+            let mut store = Store::new(
+                &engine,
+                TaskState {
+                    wasi: WasiCtxBuilder::new().build_p1(),
+                    limiter: MemoryLimiter::new(0),
+                },
+            );
+            module_linker
+                .iter(&mut store)
+                .map(|(module, name, _)| (module.to_owned(), name.to_owned()))
+                .collect()
+        };
+
+        let disk_cache = match &config.cache_dir {
+            CacheDir::Default => {
+                DiskCache::default_root().map(|root| DiskCache::new(&root, &engine))
+            }
+            CacheDir::Path(root) => Some(DiskCache::new(root, &engine)),
+            CacheDir::Disabled => None,
+        };
+
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        Ok(Runner {
+            inner: Arc::new(RunnerInner {
+                slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_tasks)),
+                engine,
+                config,
+                module_linker,
+                component_linker,
+                provided_imports,
+                disk_cache,
+                programs: Mutex::new(HashMap::new()),
+                ticker,
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// Loads (and compiles, unless cached) the program at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Read`], [`Error::NotWasm`], [`Error::Invalid`],
+    /// [`Error::UnknownImport`] or [`Error::UnsupportedWorld`], each naming
+    /// the file.
+    pub async fn load(&self, path: impl AsRef<Path>) -> Result<Program> {
+        program::load(&self.inner, path.as_ref()).await
+    }
+
+    /// Starts a task. Waits for a free slot when
+    /// [`RunnerConfig::max_live_tasks`] tasks are alive.
+    ///
+    /// # Errors
+    ///
+    /// Everything [`Runner::load`] reports, plus [`Error::InvalidSpec`] for
+    /// grants that cannot be honoured (a directory that does not exist, an
+    /// unreadable stdin file), naming the field.
+    pub async fn spawn(&self, spec: TaskSpec) -> Result<TaskHandle> {
+        check_isolation(&spec)?;
+        let program = self.load(&spec.wasm).await?;
+        self.spawn_program(&program, spec).await
+    }
+
+    /// Starts a task of an already loaded program; `spec.wasm` is ignored.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::spawn`], except for loading.
+    pub async fn spawn_program(&self, program: &Program, spec: TaskSpec) -> Result<TaskHandle> {
+        check_isolation(&spec)?;
+        task::spawn(&self.inner, program, spec).await
+    }
+
+    /// Starts a task and waits for its report.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::spawn`]. Once started, every ending is a report.
+    pub async fn run(&self, spec: TaskSpec) -> Result<TaskReport> {
+        Ok(self.spawn(spec).await?.wait().await)
+    }
+
+    /// How the compile caches have been used so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        let stats = &self.inner.stats;
+        CacheStats {
+            compiled: stats.compiled.load(Ordering::Relaxed),
+            disk_hits: stats.disk_hits.load(Ordering::Relaxed),
+            memory_hits: stats.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The wasmtime engine, for embedders that compile or inspect Wasm
+    /// themselves.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+fn check_isolation(spec: &TaskSpec) -> Result<()> {
+    match spec.isolation {
+        Isolation::Thread => Ok(()),
+        Isolation::Process => Err(Error::Unsupported(
+            "`isolation = \"process\"` (process tasks arrive with the process backend)".into(),
+        )),
+    }
+}
+
+impl RunnerInner {
+    pub(crate) fn cached_program(&self, hash: &ContentHash) -> Option<Program> {
+        self.programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    pub(crate) fn remember_program(&self, hash: ContentHash, program: Program) {
+        let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        if programs.len() >= MAX_CACHED_PROGRAMS {
+            programs.clear();
+        }
+        programs.insert(hash, program);
+    }
+
+    /// Deserializes the disk artifact for `hash`, if there is a sound one.
+    /// An artifact wasmtime rejects is treated as a miss.
+    pub(crate) fn cached_artifact<T>(
+        &self,
+        hash: &ContentHash,
+        kind: WasmKind,
+        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+    ) -> Option<T> {
+        let bytes = self.disk_cache.as_ref()?.load(hash, kind.as_str())?;
+        match deserialize(&bytes) {
+            Ok(value) => {
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                Some(value)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring incompatible cache artifact");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn store_artifact(&self, hash: &ContentHash, kind: WasmKind, artifact: &[u8]) {
+        if let Some(cache) = &self.disk_cache {
+            cache.store(hash, kind.as_str(), artifact);
+        }
+    }
+}
+
+/// The engine settings every task relies on.
+fn engine_config(config: &RunnerConfig) -> Config {
+    let mut c = Config::new();
+    // Guests run as fibers on the Tokio runtime (wasmtime's `*_async` entry
+    // points): a task that waits holds no OS thread.
+    // Epochs give timeouts, cancellation and fair time-slicing between
+    // CPU-bound guests (each yields to the runtime on every tick).
+    c.epoch_interruption(true);
+    // Fuel is the deterministic CPU budget; its cost on straight-line code
+    // is close to zero.
+    c.consume_fuel(true);
+
+    let slots = u32::try_from(config.max_live_tasks).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    // A component made by `wasm32-wasip2` holds a handful of core instances
+    // (the program, the WASI adapter and small shims); budget for that.
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(4))
+        .total_memories(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(4))
+        .total_stacks(slots)
+        .max_memory_size(usize::try_from(config.max_memory_per_task).unwrap_or(usize::MAX));
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    c
+}
+
+/// Advances the engine's epoch every tick while any task is running, and
+/// sleeps otherwise so an idle runner costs no CPU.
+pub(crate) struct EpochTicker {
+    shared: Arc<TickerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct TickerShared {
+    running: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// Keeps the ticker going while alive: one per running task.
+pub(crate) struct TickerGuard {
+    shared: Arc<TickerShared>,
+    thread: std::thread::Thread,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> EpochTicker {
+        let shared = Arc::new(TickerShared {
+            running: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("isola-epoch".into())
+            .spawn(move || {
+                while !thread_shared.stop.load(Ordering::Acquire) {
+                    if thread_shared.running.load(Ordering::Acquire) == 0 {
+                        std::thread::park();
+                        continue;
+                    }
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!(
+                "cannot start the epoch thread: timeouts will not interrupt busy guests"
+            );
+        }
+        EpochTicker { shared, thread }
+    }
+
+    pub(crate) fn activate(&self) -> Option<TickerGuard> {
+        let thread = self.thread.as_ref()?.thread().clone();
+        if self.shared.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            thread.unpark();
+        }
+        Some(TickerGuard {
+            shared: Arc::clone(&self.shared),
+            thread,
+        })
+    }
+}
+
+impl Drop for TickerGuard {
+    fn drop(&mut self) {
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+        // No unpark: the ticker notices on its next tick and parks.
+        let _ = &self.thread;
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! What a task is: plain, serializable data, separate from the runtime
+//! objects that run it.
+//!
+//! A [`TaskSpec`] grants capabilities explicitly. Everything left at its
+//! default is denied: no environment variables, no directories, no stdin, no
+//! network. Limits default to the values documented on [`Limits`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// Where a task runs.
+///
+/// Mirrors Node's choice between `worker_threads` and `child_process.fork`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A Wasm instance in its own `Store` on the host's threads: cheap to
+    /// start, isolated by Wasm's memory safety, but sharing the host's
+    /// address space. The default.
+    #[default]
+    Thread,
+    /// A child process that hosts its own engine: a host-side crash, leak or
+    /// runaway allocation ends only the child.
+    Process,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Thread => "thread",
+            Isolation::Process => "process",
+        })
+    }
+}
+
+/// Everything needed to start one task.
+///
+/// # Examples
+///
+/// ```
+/// use isola::{TaskSpec, Limits};
+/// use std::time::Duration;
+///
+/// let mut spec = TaskSpec::new("guest.wasm");
+/// spec.args = vec!["--verbose".into()];
+/// spec.env.insert("MODE".into(), "fast".into());
+/// spec.limits.timeout = Some(Duration::from_secs(5));
+/// # let _ = spec;
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The WebAssembly file: a WASI preview1 command module or a WASI
+    /// preview2 command component (told apart from the bytes).
+    pub wasm: PathBuf,
+    /// Program name the guest sees as `argv[0]`. By default the file name of
+    /// [`TaskSpec::wasm`].
+    #[serde(default)]
+    pub argv0: Option<String>,
+    /// Arguments after `argv[0]`. Empty by default.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables with explicit values. Empty by default: a guest
+    /// sees no variable it was not given.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of host environment variables passed through with their current
+    /// value. A name that is unset on the host is skipped.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
+    /// Host directories the guest may open. None by default.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+    /// What the guest reads on stdin. Closed by default.
+    #[serde(default)]
+    pub stdin: Stdin,
+    /// Where the guest's stdout goes. Captured by default.
+    #[serde(default)]
+    pub stdout: Output,
+    /// Where the guest's stderr goes. Captured by default.
+    #[serde(default)]
+    pub stderr: Output,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Thread or process isolation. Thread by default.
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+impl TaskSpec {
+    /// A spec that runs `wasm` with no arguments, no capabilities and the
+    /// default limits.
+    pub fn new(wasm: impl Into<PathBuf>) -> Self {
+        TaskSpec {
+            wasm: wasm.into(),
+            argv0: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            inherit_env: Vec::new(),
+            dirs: Vec::new(),
+            stdin: Stdin::default(),
+            stdout: Output::default(),
+            stderr: Output::default(),
+            limits: Limits::default(),
+            isolation: Isolation::default(),
+        }
+    }
+}
+
+/// A host directory made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the host. Must exist when the task starts.
+    pub host: PathBuf,
+    /// Path the guest opens it by. By default the same as `host`.
+    #[serde(default)]
+    pub guest: Option<String>,
+    /// Whether the guest may create, change or delete files under it.
+    /// Read-only by default.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl DirGrant {
+    /// Path the guest sees this directory at.
+    pub fn guest_path(&self) -> String {
+        self.guest
+            .clone()
+            .unwrap_or_else(|| self.host.to_string_lossy().into_owned())
+    }
+}
+
+/// The guest's standard input.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stdin {
+    /// Closed: reads return end of file at once. The default.
+    #[default]
+    Closed,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// The contents of this host file.
+    File(PathBuf),
+    /// The host process's own stdin (what `isola run` uses).
+    Inherit,
+}
+
+/// Where one of the guest's output streams goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// Kept in memory and returned with the outcome, up to
+    /// [`Limits::capture`] bytes (the rest is dropped and the report says
+    /// the capture was truncated). The default.
+    #[default]
+    Capture,
+    /// Delivered as it is written through [`crate::TaskHandle::take_stdout`] /
+    /// [`crate::TaskHandle::take_stderr`]. A reader that falls behind slows the
+    /// guest down instead of growing a buffer.
+    Pipe,
+    /// Written straight to the host process's matching stream.
+    Inherit,
+    /// Thrown away (still counted against [`Limits::max_output`]).
+    Discard,
+}
+
+/// Resource limits of one task. Each has a default chosen so that a hostile
+/// guest cannot take the host down, without getting in the way of ordinary
+/// programs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most linear memory (all memories together) the task may use.
+    /// By default [`Limits::DEFAULT_MAX_MEMORY`] (1 GiB).
+    pub max_memory: ByteSize,
+    /// Fuel budget (about one unit per Wasm instruction). Unlimited by
+    /// default.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit from the moment the guest starts running. None by
+    /// default.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Most bytes the guest may write to each of stdout and stderr; past it
+    /// the task is stopped with [`crate::Limit::Output`]. Unlimited by
+    /// default.
+    pub max_output: Option<ByteSize>,
+    /// Most bytes kept per stream when the stream is captured. By default
+    /// [`Limits::DEFAULT_CAPTURE`] (16 MiB).
+    pub capture: ByteSize,
+}
+
+impl Limits {
+    /// Default linear memory cap: 1 GiB.
+    pub const DEFAULT_MAX_MEMORY: ByteSize = ByteSize::gib(1);
+    /// Default capture buffer per stream: 16 MiB.
+    pub const DEFAULT_CAPTURE: ByteSize = ByteSize::mib(16);
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory: Self::DEFAULT_MAX_MEMORY,
+            fuel: None,
+            timeout: None,
+            max_output: None,
+            capture: Self::DEFAULT_CAPTURE,
+        }
+    }
+}

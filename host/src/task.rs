@@ -1,0 +1,421 @@
+//! One running task (thread isolation): its WASI context, its store, the
+//! race between the guest, its timeout and its cancellation, and the
+//! classification of how it ended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::error::{Error, Result};
+use crate::outcome::{Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind};
+use crate::output::{OutputPipe, OutputReceiver};
+use crate::program::{Program, ProgramKind};
+use crate::runner::RunnerInner;
+use crate::spec::{Limits, Stdin, TaskSpec};
+use crate::state::{MemoryLimiter, TaskState};
+
+/// Identifies a task within its runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(u64);
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task-{}", self.0)
+    }
+}
+
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A running task: wait for its report, cancel it, read its piped output.
+///
+/// Dropping the handle does not stop the task (as with a detached thread);
+/// call [`TaskHandle::cancel`] first to stop it.
+#[derive(Debug)]
+pub struct TaskHandle {
+    id: TaskId,
+    cancel: CancelHandle,
+    join: tokio::task::JoinHandle<TaskReport>,
+    stdout: Option<OutputReceiver>,
+    stderr: Option<OutputReceiver>,
+}
+
+/// Cancels a task from anywhere. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CancelHandle(CancellationToken);
+
+impl CancelHandle {
+    /// Stops the task: a running guest is interrupted within one epoch tick
+    /// and the task ends with [`Outcome::Cancelled`]. Does nothing if the
+    /// task already ended.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
+impl TaskHandle {
+    /// This task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// See [`CancelHandle::cancel`].
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A handle that can cancel this task after the `TaskHandle` has been
+    /// moved into [`TaskHandle::wait`].
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// The guest's stdout as it is written, when the spec asked for
+    /// [`crate::Output::Pipe`]. `None` otherwise, or if already taken.
+    pub fn take_stdout(&mut self) -> Option<OutputReceiver> {
+        self.stdout.take()
+    }
+
+    /// As [`TaskHandle::take_stdout`], for stderr.
+    pub fn take_stderr(&mut self) -> Option<OutputReceiver> {
+        self.stderr.take()
+    }
+
+    /// Waits for the task to end. Every task ends with exactly one report.
+    pub async fn wait(self) -> TaskReport {
+        match self.join.await {
+            Ok(report) => report,
+            Err(err) => TaskReport {
+                outcome: Outcome::Failed {
+                    message: format!("the task's runtime task ended abnormally: {err}"),
+                },
+                metrics: TaskMetrics::default(),
+                stdout: Default::default(),
+                stderr: Default::default(),
+            },
+        }
+    }
+}
+
+/// Everything a task needs that is built (and checked) before it starts.
+struct Prepared {
+    wasi: WasiCtxBuilder,
+    stdout: OutputPipe,
+    stderr: OutputPipe,
+    stdout_rx: Option<OutputReceiver>,
+    stderr_rx: Option<OutputReceiver>,
+}
+
+/// Turns the spec's grants into a WASI context. Errors name the spec field.
+fn prepare(program: &Program, spec: &TaskSpec) -> Result<Prepared> {
+    let mut wasi = WasiCtxBuilder::new();
+    // Deny the network outright; `WasiCtxBuilder` allows the socket APIs
+    // (with every address refused) by default.
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+
+    let argv0 = spec.argv0.clone().unwrap_or_else(|| {
+        program
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "main.wasm".into())
+    });
+    wasi.arg(argv0).args(&spec.args);
+
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') {
+            return Err(Error::InvalidSpec {
+                field: format!("env.{key}"),
+                message: "a variable name must be non-empty and contain no `=`".into(),
+            });
+        }
+        wasi.env(key, value);
+    }
+    for key in &spec.inherit_env {
+        if let Ok(value) = std::env::var(key) {
+            wasi.env(key, value);
+        }
+    }
+
+    for (i, dir) in spec.dirs.iter().enumerate() {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        if !dir.host.is_dir() {
+            return Err(Error::InvalidSpec {
+                field: format!("dirs[{i}].host"),
+                message: format!("`{}` is not a directory", dir.host.display()),
+            });
+        }
+        wasi.preopened_dir(&dir.host, dir.guest_path(), perms)
+            .map_err(|err| Error::InvalidSpec {
+                field: format!("dirs[{i}].host"),
+                message: format!("cannot open `{}`: {err}", dir.host.display()),
+            })?;
+    }
+
+    match &spec.stdin {
+        Stdin::Closed => {}
+        Stdin::Bytes(bytes) => {
+            wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(bytes.clone()));
+        }
+        Stdin::File(path) => {
+            let file = std::fs::File::open(path).map_err(|err| Error::InvalidSpec {
+                field: "stdin".into(),
+                message: format!("cannot open `{}`: {err}", path.display()),
+            })?;
+            wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
+        }
+        Stdin::Inherit => {
+            wasi.inherit_stdin();
+        }
+    }
+
+    let limits = &spec.limits;
+    let (stdout, stdout_rx) = OutputPipe::new(
+        Stream::Stdout,
+        spec.stdout,
+        limits.max_output,
+        limits.capture,
+    );
+    let (stderr, stderr_rx) = OutputPipe::new(
+        Stream::Stderr,
+        spec.stderr,
+        limits.max_output,
+        limits.capture,
+    );
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+
+    Ok(Prepared {
+        wasi,
+        stdout,
+        stderr,
+        stdout_rx,
+        stderr_rx,
+    })
+}
+
+/// Starts a thread-isolated task.
+pub(crate) async fn spawn(
+    runner: &Arc<RunnerInner>,
+    program: &Program,
+    spec: TaskSpec,
+) -> Result<TaskHandle> {
+    let spawned_at = Instant::now();
+    if spec.limits.max_memory.as_u64() > runner.config.max_memory_per_task {
+        return Err(Error::InvalidSpec {
+            field: "limits.max_memory".into(),
+            message: format!(
+                "{} is more than this runner allows per task ({})",
+                spec.limits.max_memory,
+                bytesize::ByteSize(runner.config.max_memory_per_task)
+            ),
+        });
+    }
+    let mut prepared = prepare(program, &spec)?;
+    let slot = Arc::clone(&runner.slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::ShutDown)?;
+    let cancel = CancellationToken::new();
+    let id = TaskId(NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed));
+    let stdout_rx = prepared.stdout_rx.take();
+    let stderr_rx = prepared.stderr_rx.take();
+    let job = Job {
+        runner: Arc::clone(runner),
+        program: program.clone(),
+        limits: spec.limits,
+        prepared,
+        cancel: cancel.clone(),
+        spawned_at,
+    };
+    let join = tokio::spawn(async move {
+        let report = job.run().await;
+        drop(slot);
+        report
+    });
+    tracing::debug!(task = %id, wasm = %program.path().display(), "task started");
+    Ok(TaskHandle {
+        id,
+        cancel: CancelHandle(cancel),
+        join,
+        stdout: stdout_rx,
+        stderr: stderr_rx,
+    })
+}
+
+struct Job {
+    runner: Arc<RunnerInner>,
+    program: Program,
+    limits: Limits,
+    prepared: Prepared,
+    cancel: CancellationToken,
+    spawned_at: Instant,
+}
+
+/// How the race between the guest, the clock and the canceller ended.
+enum End {
+    Finished(wasmtime::Result<i32>),
+    TimedOut(Duration),
+    Cancelled,
+}
+
+impl Job {
+    async fn run(mut self) -> TaskReport {
+        let _ticking = self.runner.ticker.activate();
+        let mut store = Store::new(
+            &self.runner.engine,
+            TaskState {
+                wasi: self.prepared.wasi.build_p1(),
+                limiter: MemoryLimiter::new(self.limits.max_memory.as_u64()),
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        let fuel_budget = self.limits.fuel.unwrap_or(u64::MAX);
+        // Only fails when fuel is disabled in the engine, which it never is.
+        let _ = store.set_fuel(fuel_budget);
+        // Yield to the runtime on every tick: busy guests share the worker
+        // threads fairly, and the timeout/cancel race below gets to run.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.set_epoch_deadline(1);
+
+        let mut started_at = None;
+        let end = {
+            let guest = execute(&mut store, &self.program, &mut started_at);
+            let timeout = async {
+                match self.limits.timeout {
+                    Some(after) => {
+                        tokio::time::sleep(after).await;
+                        after
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => End::Cancelled,
+                after = timeout => End::TimedOut(after),
+                result = guest => End::Finished(result),
+            }
+        };
+        let ended_at = Instant::now();
+
+        let outcome = match end {
+            End::Finished(Ok(code)) => Outcome::Exited { code },
+            End::Finished(Err(err)) => classify(&err, &self.limits),
+            End::TimedOut(after) => Outcome::LimitExceeded {
+                limit: Limit::Timeout { after },
+            },
+            End::Cancelled => Outcome::Cancelled,
+        };
+        let started_at = started_at.unwrap_or(ended_at);
+        let metrics = TaskMetrics {
+            startup: started_at - self.spawned_at,
+            run_time: ended_at - started_at,
+            peak_memory: store.data().limiter.peak(),
+            fuel_used: fuel_budget - store.get_fuel().unwrap_or(fuel_budget),
+        };
+        drop(store);
+        TaskReport {
+            outcome,
+            metrics,
+            stdout: self.prepared.stdout.finish(),
+            stderr: self.prepared.stderr.finish(),
+        }
+    }
+}
+
+/// Instantiates the program and runs its entry point. `Ok` carries the exit
+/// code of a guest that returned normally.
+async fn execute(
+    store: &mut Store<TaskState>,
+    program: &Program,
+    started_at: &mut Option<Instant>,
+) -> wasmtime::Result<i32> {
+    match &program.inner.kind {
+        ProgramKind::Module(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            *started_at = Some(Instant::now());
+            start.call_async(&mut *store, ()).await?;
+            Ok(0)
+        }
+        ProgramKind::Component(pre) => {
+            let command = pre.instantiate_async(&mut *store).await?;
+            *started_at = Some(Instant::now());
+            match command.wasi_cli_run().call_run(&mut *store).await? {
+                Ok(()) => Ok(0),
+                Err(()) => Ok(1),
+            }
+        }
+    }
+}
+
+/// Decides the outcome from the error's typed contents.
+fn classify(err: &wasmtime::Error, limits: &Limits) -> Outcome {
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return Outcome::Exited { code: exit.0 };
+    }
+    if let Some(limit) = err.downcast_ref::<Limit>() {
+        return Outcome::LimitExceeded {
+            limit: limit.clone(),
+        };
+    }
+    let Some(trap) = err.downcast_ref::<Trap>() else {
+        return Outcome::Failed {
+            message: format!("{err:#}"),
+        };
+    };
+    if *trap == Trap::OutOfFuel {
+        return Outcome::LimitExceeded {
+            limit: Limit::Fuel {
+                budget: limits.fuel.unwrap_or(u64::MAX),
+            },
+        };
+    }
+    let kind = TrapKind::from_wasmtime(*trap);
+    let message = trap_message(*trap);
+    let backtrace = err
+        .downcast_ref::<WasmBacktrace>()
+        .map(|bt| {
+            bt.frames()
+                .iter()
+                .map(|frame| Frame {
+                    module: frame.module().name().map(str::to_owned),
+                    function: frame.func_name().map(demangle),
+                    func_index: frame.func_index(),
+                    offset: frame.module_offset(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Outcome::Trapped(TrapInfo {
+        kind,
+        message,
+        backtrace,
+    })
+}
+
+/// The trap's description without wasmtime's `wasm trap: ` prefix.
+fn trap_message(trap: Trap) -> String {
+    let text = trap.to_string();
+    match text.strip_prefix("wasm trap: ") {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    }
+}
+
+/// A readable function name: Rust symbols demangled, without their hash.
+fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(symbol) => format!("{symbol:#}"),
+        Err(_) => name.to_owned(),
+    }
+}
