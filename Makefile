@@ -31,16 +31,20 @@ guests: targets
 	$(CARGO) build -p $(GUEST_PKG) --profile $(GUEST_PROFILE) \
 		$(addprefix --target ,$(GUEST_TARGETS))
 
-# --- Placeholders, to be filled in by the host work -------------------------
-
+# The host crate: library + `isola` binary.
 build: guests
-	$(CARGO) build -p $(HOST_PKG)
+	$(CARGO) build -p $(HOST_PKG) --bins
 
-test: guests
+# All tests: unit tests, and the integration tests in tests/ that drive the
+# library and the `isola` binary on the guests. The binary is built first
+# because the integration tests run it.
+test: build
 	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude isola-guest
 
-demo:
-	@echo "TODO: demo"
+# The main job on the shipped examples: guests under the CLI and the library.
+demo: guests
+	$(CARGO) build --release -p $(HOST_PKG) --bins --examples
+	@./scripts/demo.sh target/release
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -146,6 +146,7 @@ fn build(
                 None => {
                     let module = Module::new(&runner.engine, bytes).map_err(invalid)?;
                     runner.stats.record_compile();
+                    tracing::debug!(path = %path.display(), "module compiled from wasm");
                     if let Ok(artifact) = module.serialize() {
                         runner.store_artifact(&hash, kind, &artifact);
                     }
@@ -170,6 +171,7 @@ fn build(
                 None => {
                     let component = Component::new(&runner.engine, bytes).map_err(invalid)?;
                     runner.stats.record_compile();
+                    tracing::debug!(path = %path.display(), "component compiled from wasm");
                     if let Ok(artifact) = component.serialize() {
                         runner.store_artifact(&hash, kind, &artifact);
                     }

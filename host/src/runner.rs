@@ -169,6 +169,18 @@ impl Runner {
         let mut module_linker = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut TaskState| &mut s.wasi)
             .map_err(Error::internal)?;
+        // wasmtime-wasi refuses exit codes of 126 and above (reserved by
+        // WASI); a POSIX program may use the whole 0..=255 range, and its
+        // user expects the code it chose.
+        module_linker.allow_shadowing(true);
+        module_linker
+            .func_wrap(
+                "wasi_snapshot_preview1",
+                "proc_exit",
+                |code: i32| -> wasmtime::Result<()> { Err(wasmtime_wasi::I32Exit(code).into()) },
+            )
+            .map_err(Error::internal)?;
+        module_linker.allow_shadowing(false);
         let mut component_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::internal)?;
 
@@ -312,6 +324,10 @@ impl RunnerInner {
         match deserialize(&bytes) {
             Ok(value) => {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    kind = kind.as_str(),
+                    "loaded precompiled artifact from the disk cache"
+                );
                 Some(value)
             }
             Err(err) => {

@@ -1,1 +1,9 @@
-fn main() {}
+//! Isola's integration tests: one binary, one module per area. Tests drive
+//! the library and the real `isola` binary on the guests in `guests/`
+//! (built by `make guests`).
+
+mod bad_input;
+mod cache;
+mod cli;
+mod hostile;
+mod library;

@@ -1,1 +1,149 @@
+//! Helpers shared by Isola's integration tests: where the guests and the
+//! `isola` binary are, and runners that keep their cache out of `$HOME`.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use isola::{CacheDir, Runner, RunnerConfig};
+
+/// The two binary formats every guest is built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// `wasm32-wasip1`: a WASI preview1 core module.
+    Module,
+    /// `wasm32-wasip2`: a WASI preview2 component.
+    Component,
+}
+
+/// Both guest kinds, for tests that must hold for each.
+pub const KINDS: [GuestKind; 2] = [GuestKind::Module, GuestKind::Component];
+
+impl GuestKind {
+    fn triple(self) -> &'static str {
+        match self {
+            GuestKind::Module => "wasm32-wasip1",
+            GuestKind::Component => "wasm32-wasip2",
+        }
+    }
+}
+
+/// The exit code a guest of `kind` ends with when it exits with `code`.
+///
+/// WASI preview2 (0.2) commands can only report success or failure
+/// (`wasi:cli/exit.exit(result)`), so a component's non-zero code arrives
+/// as 1, as with `wasmtime run`.
+pub fn expected_exit(kind: GuestKind, code: i32) -> i32 {
+    match kind {
+        GuestKind::Module => code,
+        GuestKind::Component => i32::from(code != 0),
+    }
+}
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+/// Path of a guest program built by `make guests`.
+///
+/// # Panics
+///
+/// If the guest has not been built, with a message saying how to build it.
+pub fn guest(name: &str, kind: GuestKind) -> PathBuf {
+    let path = target_dir()
+        .join(kind.triple())
+        .join("guest")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest `{}` is missing: run `make guests` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// The `isola` binary next to the running test executable.
+pub fn isola_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/all-<hash> -> target/debug/isola
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("isola");
+    assert!(
+        bin.exists(),
+        "`{}` is missing: build it with `cargo build -p isola`",
+        bin.display()
+    );
+    bin
+}
+
+/// A runner whose disk cache lives in `cache` (shared by the tests that
+/// want warm starts), with default settings otherwise.
+pub fn runner_with_cache(cache: &Path) -> Runner {
+    Runner::with_config(RunnerConfig {
+        max_live_tasks: 64,
+        cache_dir: CacheDir::Path(cache.to_owned()),
+        ..RunnerConfig::default()
+    })
+    .expect("runner")
+}
+
+/// The cache directory the test suite shares, so each guest is compiled
+/// once per suite rather than once per test.
+pub fn shared_cache() -> PathBuf {
+    target_dir().join("isola-test-cache")
+}
+
+/// A runner on the shared test cache.
+pub fn runner() -> Runner {
+    runner_with_cache(&shared_cache())
+}
+
+/// Runs the `isola` binary with `args`, with its cache in the shared test
+/// cache and `RUST_BACKTRACE=1` so that any Rust backtrace leak would show.
+pub fn isola(args: &[&str]) -> Output {
+    isola_with_stdin(args, &[])
+}
+
+/// As [`isola`], feeding `stdin`.
+pub fn isola_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(isola_bin())
+        .args(args)
+        .env("ISOLA_CACHE_DIR", shared_cache())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn isola");
+    if let Some(mut input) = child.stdin.take() {
+        // The guest may exit without reading; a broken pipe is fine.
+        let _ = input.write_all(stdin);
+    }
+    child.wait_with_output().expect("wait for isola")
+}
+
+/// Text of a process's stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Text of a process's stdout.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes the Wasm for `wat` to a file in `dir` and returns its path.
+pub fn wat_file(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let bytes = wat::parse_str(wat).expect("valid WAT");
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write wasm");
+    path
+}

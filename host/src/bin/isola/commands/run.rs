@@ -44,7 +44,7 @@ pub struct RunCommand {
     argv0: Option<String>,
 
     /// Most linear memory the guest may use (e.g. 64MiB, 1GiB).
-    #[arg(long, value_name = "SIZE", default_value_t = Limits::DEFAULT_MAX_MEMORY)]
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     max_memory: ByteSize,
 
     /// Fuel budget, about one unit per Wasm instruction. Default: unlimited.

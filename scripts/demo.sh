@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make demo`: the shipped guests under the `isola` CLI and the library.
+set -u
+bin_dir=${1:-target/release}
+isola="$bin_dir/isola"
+p1=target/wasm32-wasip1/guest
+p2=target/wasm32-wasip2/guest
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; echo "(exit code $?)"; }
+
+echo "== isola run: WASI programs from the command line =="
+step "$isola" run "$p1/hello.wasm"
+step "$isola" run "$p2/hello.wasm"
+step "$isola" run --env GREETING=hi "$p2/echo_cli.wasm" -- env
+step "$isola" run --dir-ro "$PWD/guests/programs/src/bin::/src" "$p1/echo_cli.wasm" -- ls /src
+step "$isola" run --dir-ro "$PWD/guests/programs/src/bin::/src" "$p1/echo_cli.wasm" -- cat /src/../../Cargo.toml
+step "$isola" run "$p1/sha256.wasm" -- 64
+echo
+echo "== hostile guests, each stopped by its limit or trap =="
+step "$isola" run --timeout 300ms "$p1/hostile.wasm" -- loop
+step "$isola" run --max-memory 64MiB "$p1/hostile.wasm" -- alloc-bomb
+step bash -o pipefail -c "'$isola' run --max-output 4KiB '$p1/hostile.wasm' -- flood | wc -c"
+step "$isola" run "$p1/hostile.wasm" -- recurse
+echo
+echo "== the library: several tasks at once from Rust (host/examples/embed.rs) =="
+step "$bin_dir/examples/embed" "$p1"
