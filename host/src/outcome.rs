@@ -30,6 +30,14 @@ pub enum Outcome {
     },
     /// The task was cancelled through its handle before it finished.
     Cancelled,
+    /// A process task's child died without reporting an outcome: killed by
+    /// a signal, or exited abnormally (for example an OS resource limit).
+    Crashed {
+        /// The signal that ended the child, if a signal did.
+        signal: Option<i32>,
+        /// The child's exit status, if it exited.
+        status: Option<i32>,
+    },
     /// Isola itself failed while running the task (not the guest's fault).
     Failed {
         /// What went wrong.
@@ -51,6 +59,14 @@ impl fmt::Display for Outcome {
             Outcome::Trapped(trap) => write!(f, "trapped: {}", trap.message),
             Outcome::LimitExceeded { limit } => write!(f, "limit exceeded: {limit}"),
             Outcome::Cancelled => f.write_str("cancelled"),
+            Outcome::Crashed {
+                signal: Some(signal),
+                ..
+            } => write!(f, "crashed: killed by signal {signal}"),
+            Outcome::Crashed { status, .. } => match status {
+                Some(status) => write!(f, "crashed: worker exited with status {status}"),
+                None => f.write_str("crashed"),
+            },
             Outcome::Failed { message } => write!(f, "failed: {message}"),
         }
     }

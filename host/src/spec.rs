@@ -84,6 +84,11 @@ pub struct TaskSpec {
     /// Where the guest's stderr goes. Captured by default.
     #[serde(default)]
     pub stderr: Output,
+    /// Start data for the task, like Node's `workerData`: read by the guest
+    /// through the task interface, and the argument of `run` for plugin
+    /// tasks. None by default.
+    #[serde(default)]
+    pub input: Option<Vec<u8>>,
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
@@ -106,6 +111,7 @@ impl TaskSpec {
             stdin: Stdin::default(),
             stdout: Output::default(),
             stderr: Output::default(),
+            input: None,
             limits: Limits::default(),
             isolation: Isolation::default(),
         }

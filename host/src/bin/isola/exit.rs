@@ -11,6 +11,8 @@ pub const LIMIT: u8 = 124;
 pub const INTERNAL: u8 = 125;
 /// The task was cancelled (as by SIGINT: 128 + 2).
 pub const CANCELLED: u8 = 130;
+/// A process task's worker died (as a SIGKILL: 128 + 9).
+pub const CRASHED: u8 = 137;
 /// The guest trapped (as an abort: 128 + SIGABRT, like `wasmtime run`).
 pub const TRAP: u8 = 134;
 
@@ -22,6 +24,7 @@ pub fn for_outcome(outcome: &Outcome) -> u8 {
         Outcome::Trapped(_) => TRAP,
         Outcome::LimitExceeded { .. } => LIMIT,
         Outcome::Cancelled => CANCELLED,
+        Outcome::Crashed { .. } => CRASHED,
         Outcome::Failed { .. } => INTERNAL,
     }
 }

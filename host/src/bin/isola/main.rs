@@ -10,6 +10,7 @@
 //! | 125 | Isola itself failed |
 //! | 130 | the task was cancelled (Ctrl-C) |
 //! | 134 | the guest trapped |
+//! | 137 | a process task's worker crashed |
 
 mod commands;
 mod exit;
@@ -26,6 +27,7 @@ Exit codes:
   125    Isola itself failed
   130    the task was cancelled (Ctrl-C)
   134    the guest trapped
+  137    a process task's worker crashed
 
 Set ISOLA_LOG (e.g. ISOLA_LOG=debug) for diagnostics on stderr.";
 

@@ -228,6 +228,7 @@ impl RunCommand {
                 eprintln!("error: the task exceeded its {limit} ({flag})");
             }
             Outcome::Cancelled => eprintln!("error: the task was cancelled"),
+            Outcome::Crashed { .. } => eprintln!("error: the task's worker process {outcome}"),
             Outcome::Failed { message } => {
                 eprintln!("error: isola failed to run the task: {message}")
             }
