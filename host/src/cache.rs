@@ -58,6 +58,17 @@ impl DiskCache {
         dirs::cache_dir().map(|d| d.join("isola"))
     }
 
+    /// The directory the cache was created for (shared by every engine
+    /// configuration; each has a subdirectory).
+    pub(crate) fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    /// Whether an artifact is stored for `key` (not checked for damage).
+    pub(crate) fn contains(&self, key: &ContentHash, kind: &str) -> bool {
+        self.path_for(key, kind).is_file()
+    }
+
     fn path_for(&self, key: &ContentHash, kind: &str) -> PathBuf {
         self.dir.join(format!("{}.{kind}.cwasm", hex::encode(key)))
     }

@@ -40,9 +40,13 @@
 //!   guest's output streams.
 //! - [`outcome`]: how a task ended and what it cost.
 
+pub mod config;
 pub mod outcome;
 pub mod runner;
 pub mod spec;
+pub mod taskset;
+
+pub mod process;
 
 mod cache;
 mod error;
@@ -56,6 +60,7 @@ pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,
 };
 pub use output::OutputReceiver;
+pub use process::worker;
 pub use program::Program;
 pub use runner::{CacheDir, CacheStats, Runner, RunnerConfig};
 pub use spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// The guest finished: returned from `main` (code 0) or called
     /// `proc_exit` / `exit` with this code. A preview2 command that returns
@@ -158,7 +158,7 @@ impl fmt::Display for Frame {
 
 /// A limit a task can hit, with the value it was set to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "limit", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Limit {
     /// Linear memory grew past [`crate::Limits::max_memory`].
     #[error("memory limit of {max}")]
@@ -171,6 +171,13 @@ pub enum Limit {
     Fuel {
         /// The configured budget.
         budget: u64,
+    },
+    /// A process task's worker reached its kernel memory limit
+    /// ([`crate::Limits::process_memory`]).
+    #[error("process memory limit of {max}")]
+    ProcessMemory {
+        /// The limit.
+        max: ByteSize,
     },
     /// The task ran longer than its timeout.
     #[error("timeout of {}", humantime::format_duration(*after))]

@@ -178,6 +178,21 @@ impl OutputPipe {
         }
     }
 
+    /// Delivers bytes that a worker process produced. A piped stream waits
+    /// for its reader (and so, through the IPC pipe, slows the worker's
+    /// guest); the limit was already enforced by the worker.
+    pub(crate) async fn forward(&self, bytes: Bytes) {
+        match self.pipe_sender() {
+            Some(sender) => {
+                // A reader that went away drops the output.
+                let _ = sender.send(bytes).await;
+            }
+            None => {
+                let _ = self.lock().deliver(bytes, None);
+            }
+        }
+    }
+
     fn pipe_sender(&self) -> Option<mpsc::Sender<Bytes>> {
         match &self.lock().sink {
             Sink::Pipe(tx) => Some(tx.clone()),

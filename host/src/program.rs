@@ -8,7 +8,7 @@ use wasmtime::component::Component;
 use wasmtime::{ExternType, InstancePre, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-use crate::cache::{ContentHash, content_hash};
+use crate::cache::{ContentHash, DiskCache, content_hash};
 use crate::error::{Error, Result};
 use crate::runner::RunnerInner;
 use crate::state::TaskState;
@@ -59,6 +59,21 @@ impl Program {
         }
     }
 
+    pub(crate) fn wasm_kind(&self) -> WasmKind {
+        match self.inner.kind {
+            ProgramKind::Module(_) => WasmKind::Module,
+            ProgramKind::Component(_) => WasmKind::Component,
+        }
+    }
+
+    /// The precompiled form of this program, as the disk cache stores it.
+    pub(crate) fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match &self.inner.kind {
+            ProgramKind::Module(pre) => pre.module().serialize(),
+            ProgramKind::Component(pre) => pre.instance_pre().component().serialize(),
+        }
+    }
+
     /// Hex SHA-256 of the Wasm bytes: the key of the compile caches.
     pub fn content_hash(&self) -> String {
         hex::encode(self.inner.hash)
@@ -99,6 +114,16 @@ impl WasmKind {
 /// Loads the program at `path`: compiled once per content hash, from the
 /// in-memory cache, the disk cache, or by compiling.
 pub(crate) async fn load(runner: &Arc<RunnerInner>, path: &Path) -> Result<Program> {
+    load_with_cache(runner, path, runner.disk_cache.as_ref()).await
+}
+
+/// As [`load`], with the precompiled artifacts taken from `cache` (a worker
+/// process uses its parent's cache this way).
+pub(crate) async fn load_with_cache(
+    runner: &Arc<RunnerInner>,
+    path: &Path,
+    cache: Option<&DiskCache>,
+) -> Result<Program> {
     let bytes = tokio::fs::read(path).await.map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
@@ -115,15 +140,19 @@ pub(crate) async fn load(runner: &Arc<RunnerInner>, path: &Path) -> Result<Progr
     // off the async workers.
     let runner2 = Arc::clone(runner);
     let path2 = path.to_owned();
-    let program = tokio::task::spawn_blocking(move || build(&runner2, &path2, kind, hash, &bytes))
-        .await
-        .map_err(Error::internal)??;
+    let cache = cache.cloned();
+    let program = tokio::task::spawn_blocking(move || {
+        build(&runner2, cache.as_ref(), &path2, kind, hash, &bytes)
+    })
+    .await
+    .map_err(Error::internal)??;
     runner.remember_program(hash, program.clone());
     Ok(program)
 }
 
 fn build(
     runner: &RunnerInner,
+    cache: Option<&DiskCache>,
     path: &Path,
     kind: WasmKind,
     hash: ContentHash,
@@ -135,7 +164,7 @@ fn build(
     };
     let kind = match kind {
         WasmKind::Module => {
-            let module = match runner.cached_artifact(&hash, kind, |artifact| {
+            let module = match runner.cached_artifact(cache, &hash, kind, |artifact| {
                 // SAFETY: `artifact` passed the cache's integrity check, so it
                 // is exactly what `Module::serialize` wrote for an engine with
                 // the same compatibility hash (the cache directory is keyed
@@ -148,7 +177,7 @@ fn build(
                     runner.stats.record_compile();
                     tracing::debug!(path = %path.display(), "module compiled from wasm");
                     if let Ok(artifact) = module.serialize() {
-                        runner.store_artifact(&hash, kind, &artifact);
+                        runner.store_artifact(cache, &hash, kind, &artifact);
                     }
                     module
                 }
@@ -162,7 +191,7 @@ fn build(
             ProgramKind::Module(pre)
         }
         WasmKind::Component => {
-            let component = match runner.cached_artifact(&hash, kind, |artifact| {
+            let component = match runner.cached_artifact(cache, &hash, kind, |artifact| {
                 // SAFETY: as for modules above: verified bytes written by
                 // `Component::serialize` for a compatible engine.
                 unsafe { Component::deserialize(&runner.engine, artifact) }
@@ -173,7 +202,7 @@ fn build(
                     runner.stats.record_compile();
                     tracing::debug!(path = %path.display(), "component compiled from wasm");
                     if let Ok(artifact) = component.serialize() {
-                        runner.store_artifact(&hash, kind, &artifact);
+                        runner.store_artifact(cache, &hash, kind, &artifact);
                     }
                     component
                 }

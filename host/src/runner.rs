@@ -13,6 +13,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::cache::{ContentHash, DiskCache};
 use crate::error::{Error, Result};
+use crate::process::{self, ProcessBackend};
 use crate::program::{self, Program, WasmKind};
 use crate::spec::TaskSpec;
 use crate::state::{MemoryLimiter, TaskState};
@@ -49,6 +50,18 @@ pub struct RunnerConfig {
     /// How often running guests are interrupted to check timeouts and
     /// cancellation and to let other tasks run. By default 1 ms.
     pub epoch_tick: Duration,
+    /// Whether instances come from a pre-reserved pool (fast to start, but
+    /// reserves address space for `max_live_tasks` instances up front). By
+    /// default true; worker processes, which run one task, turn it off.
+    pub instance_pool: bool,
+    /// The executable that hosts process tasks, started with
+    /// [`crate::worker::WORKER_ARG`]. By default `$ISOLA_WORKER_PROGRAM`,
+    /// this executable if it is `isola`, or an `isola` beside it.
+    pub worker_program: Option<PathBuf>,
+    /// Worker processes kept started and idle, so a process task does not
+    /// wait for one to start. Started on the first process task. By
+    /// default 2.
+    pub prestarted_workers: usize,
 }
 
 impl Default for RunnerConfig {
@@ -58,6 +71,9 @@ impl Default for RunnerConfig {
             max_memory_per_task: 4 << 30,
             cache_dir: CacheDir::Default,
             epoch_tick: Duration::from_millis(1),
+            instance_pool: true,
+            worker_program: None,
+            prestarted_workers: 2,
         }
     }
 }
@@ -122,11 +138,12 @@ pub(crate) struct RunnerInner {
     pub(crate) component_linker: wasmtime::component::Linker<TaskState>,
     /// Every `(module, name)` the core-module linker defines.
     pub(crate) provided_imports: HashSet<(String, String)>,
-    disk_cache: Option<DiskCache>,
+    pub(crate) disk_cache: Option<DiskCache>,
     programs: Mutex<HashMap<ContentHash, Program>>,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     pub(crate) ticker: EpochTicker,
     pub(crate) stats: Stats,
+    pub(crate) process: Arc<ProcessBackend>,
 }
 
 /// Most programs a runner keeps loaded; past it the cache starts over. A
@@ -209,6 +226,10 @@ impl Runner {
         };
 
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        let process = Arc::new(ProcessBackend::new(
+            config.worker_program.clone(),
+            config.prestarted_workers,
+        ));
         Ok(Runner {
             inner: Arc::new(RunnerInner {
                 slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_tasks)),
@@ -221,6 +242,7 @@ impl Runner {
                 programs: Mutex::new(HashMap::new()),
                 ticker,
                 stats: Stats::default(),
+                process,
             }),
         })
     }
@@ -245,7 +267,6 @@ impl Runner {
     /// grants that cannot be honoured (a directory that does not exist, an
     /// unreadable stdin file), naming the field.
     pub async fn spawn(&self, spec: TaskSpec) -> Result<TaskHandle> {
-        check_isolation(&spec)?;
         let program = self.load(&spec.wasm).await?;
         self.spawn_program(&program, spec).await
     }
@@ -256,8 +277,12 @@ impl Runner {
     ///
     /// As [`Runner::spawn`], except for loading.
     pub async fn spawn_program(&self, program: &Program, spec: TaskSpec) -> Result<TaskHandle> {
-        check_isolation(&spec)?;
-        task::spawn(&self.inner, program, spec).await
+        match spec.isolation {
+            Isolation::Thread => {
+                task::spawn(&self.inner, program, spec, task::SpawnExtras::default()).await
+            }
+            Isolation::Process => process::spawn(&self.inner, program, spec).await,
+        }
     }
 
     /// Starts a task and waits for its report.
@@ -286,15 +311,6 @@ impl Runner {
     }
 }
 
-fn check_isolation(spec: &TaskSpec) -> Result<()> {
-    match spec.isolation {
-        Isolation::Thread => Ok(()),
-        Isolation::Process => Err(Error::Unsupported(
-            "`isolation = \"process\"` (process tasks arrive with the process backend)".into(),
-        )),
-    }
-}
-
 impl RunnerInner {
     pub(crate) fn cached_program(&self, hash: &ContentHash) -> Option<Program> {
         self.programs
@@ -316,11 +332,12 @@ impl RunnerInner {
     /// An artifact wasmtime rejects is treated as a miss.
     pub(crate) fn cached_artifact<T>(
         &self,
+        cache: Option<&DiskCache>,
         hash: &ContentHash,
         kind: WasmKind,
         deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
     ) -> Option<T> {
-        let bytes = self.disk_cache.as_ref()?.load(hash, kind.as_str())?;
+        let bytes = cache?.load(hash, kind.as_str())?;
         match deserialize(&bytes) {
             Ok(value) => {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
@@ -337,10 +354,34 @@ impl RunnerInner {
         }
     }
 
-    pub(crate) fn store_artifact(&self, hash: &ContentHash, kind: WasmKind, artifact: &[u8]) {
-        if let Some(cache) = &self.disk_cache {
+    pub(crate) fn store_artifact(
+        &self,
+        cache: Option<&DiskCache>,
+        hash: &ContentHash,
+        kind: WasmKind,
+        artifact: &[u8],
+    ) {
+        if let Some(cache) = cache {
             cache.store(hash, kind.as_str(), artifact);
         }
+    }
+
+    /// The root of the disk cache, when there is one.
+    pub(crate) fn disk_cache_root(&self) -> Option<&Path> {
+        self.disk_cache.as_ref().map(DiskCache::root)
+    }
+
+    /// Makes sure the precompiled artifact of `program` is in the cache at
+    /// `root`, so a worker can load it instead of compiling.
+    pub(crate) fn ensure_artifact(&self, program: &Program, root: &Path) -> Result<()> {
+        let cache = DiskCache::new(root, &self.engine);
+        let kind = program.wasm_kind();
+        if cache.contains(&program.inner.hash, kind.as_str()) {
+            return Ok(());
+        }
+        let artifact = program.serialize().map_err(Error::internal)?;
+        cache.store(&program.inner.hash, kind.as_str(), &artifact);
+        Ok(())
     }
 }
 
@@ -366,7 +407,9 @@ fn engine_config(config: &RunnerConfig) -> Config {
         .total_tables(slots.saturating_mul(4))
         .total_stacks(slots)
         .max_memory_size(usize::try_from(config.max_memory_per_task).unwrap_or(usize::MAX));
-    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if config.instance_pool {
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
     c
 }
 

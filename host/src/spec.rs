@@ -199,6 +199,11 @@ pub struct Limits {
     /// Most bytes kept per stream when the stream is captured. By default
     /// [`Limits::DEFAULT_CAPTURE`] (16 MiB).
     pub capture: ByteSize,
+    /// Process tasks only: the kernel's limit on the worker's writable
+    /// memory (`RLIMIT_DATA`), which covers the guest's linear memory and
+    /// everything the host side allocates for it. By default `max_memory`
+    /// plus 512 MiB.
+    pub process_memory: Option<ByteSize>,
 }
 
 impl Limits {
@@ -216,6 +221,7 @@ impl Default for Limits {
             timeout: None,
             max_output: None,
             capture: Self::DEFAULT_CAPTURE,
+            process_memory: None,
         }
     }
 }

@@ -38,6 +38,7 @@ pub(crate) struct MemoryLimiter {
     current: u64,
     peak: u64,
     last_growth: u64,
+    os_limit: Option<u64>,
 }
 
 impl MemoryLimiter {
@@ -47,7 +48,15 @@ impl MemoryLimiter {
             current: 0,
             peak: 0,
             last_growth: 0,
+            os_limit: None,
         }
+    }
+
+    /// In a worker process under a kernel memory limit: a growth the OS
+    /// refuses is reported as [`Limit::ProcessMemory`].
+    pub(crate) fn with_os_limit(mut self, os_limit: Option<u64>) -> Self {
+        self.os_limit = os_limit;
+        self
     }
 
     /// Largest total linear memory reached so far.
@@ -80,7 +89,14 @@ impl ResourceLimiter for MemoryLimiter {
         // The engine refused a growth we had already counted.
         self.current -= self.last_growth;
         self.last_growth = 0;
-        Ok(())
+        match self.os_limit {
+            // Under an OS limit, the refusal is almost surely that limit;
+            // trapping with it beats letting the guest abort on -1.
+            Some(max) => Err(wasmtime::Error::new(Limit::ProcessMemory {
+                max: bytesize::ByteSize(max),
+            })),
+            None => Ok(()),
+        }
     }
 
     fn table_growing(

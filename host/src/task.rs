@@ -30,6 +30,12 @@ impl std::fmt::Display for TaskId {
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
+impl TaskId {
+    pub(crate) fn next() -> TaskId {
+        TaskId(NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// A running task: wait for its report, cancel it, read its piped output.
 ///
 /// Dropping the handle does not stop the task (as with a detached thread);
@@ -41,6 +47,7 @@ pub struct TaskHandle {
     join: tokio::task::JoinHandle<TaskReport>,
     stdout: Option<OutputReceiver>,
     stderr: Option<OutputReceiver>,
+    pid: Option<u32>,
 }
 
 /// Cancels a task from anywhere. Cheap to clone.
@@ -48,6 +55,10 @@ pub struct TaskHandle {
 pub struct CancelHandle(CancellationToken);
 
 impl CancelHandle {
+    pub(crate) fn new(token: CancellationToken) -> CancelHandle {
+        CancelHandle(token)
+    }
+
     /// Stops the task: a running guest is interrupted within one epoch tick
     /// and the task ends with [`Outcome::Cancelled`]. Does nothing if the
     /// task already ended.
@@ -57,6 +68,30 @@ impl CancelHandle {
 }
 
 impl TaskHandle {
+    pub(crate) fn new(
+        id: TaskId,
+        cancel: CancelHandle,
+        join: tokio::task::JoinHandle<TaskReport>,
+        stdout: Option<OutputReceiver>,
+        stderr: Option<OutputReceiver>,
+        pid: Option<u32>,
+    ) -> TaskHandle {
+        TaskHandle {
+            id,
+            cancel,
+            join,
+            stdout,
+            stderr,
+            pid,
+        }
+    }
+
+    /// The worker process's id, for a process task (like `child.pid` in
+    /// Node); `None` for a thread task.
+    pub fn process_id(&self) -> Option<u32> {
+        self.pid
+    }
+
     /// This task's id.
     pub fn id(&self) -> TaskId {
         self.id
@@ -109,8 +144,68 @@ struct Prepared {
     stderr_rx: Option<OutputReceiver>,
 }
 
+/// What a worker process adds when it runs a task for its parent.
+#[derive(Default)]
+pub(crate) struct SpawnExtras {
+    /// Stdin fed by the parent, replacing [`Stdin::Inherit`].
+    pub(crate) stdin: Option<wasmtime_wasi::cli::AsyncStdinStream>,
+    /// Told when the guest's first instruction is about to run.
+    pub(crate) on_start: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The kernel memory limit this (worker) process runs under: a linear
+    /// memory growth the OS refuses is then reported as that limit.
+    pub(crate) os_memory_limit: Option<u64>,
+}
+
+/// Checks the spec's limits against what the runner allows.
+pub(crate) fn check_limits(runner: &RunnerInner, spec: &TaskSpec) -> Result<()> {
+    if spec.limits.max_memory.as_u64() > runner.config.max_memory_per_task {
+        return Err(Error::InvalidSpec {
+            field: "limits.max_memory".into(),
+            message: format!(
+                "{} is more than this runner allows per task ({})",
+                spec.limits.max_memory,
+                bytesize::ByteSize(runner.config.max_memory_per_task)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the grants that refer to the host: env names, directories, the
+/// stdin file. Errors name the spec field.
+pub(crate) fn check_grants(spec: &TaskSpec) -> Result<()> {
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') {
+            return Err(Error::InvalidSpec {
+                field: format!("env.{key}"),
+                message: "a variable name must be non-empty and contain no `=`".into(),
+            });
+        }
+    }
+    for (i, dir) in spec.dirs.iter().enumerate() {
+        if !dir.host.is_dir() {
+            return Err(Error::InvalidSpec {
+                field: format!("dirs[{i}].host"),
+                message: format!("`{}` is not a directory", dir.host.display()),
+            });
+        }
+    }
+    if let Stdin::File(path) = &spec.stdin {
+        std::fs::File::open(path).map_err(|err| Error::InvalidSpec {
+            field: "stdin".into(),
+            message: format!("cannot open `{}`: {err}", path.display()),
+        })?;
+    }
+    Ok(())
+}
+
 /// Turns the spec's grants into a WASI context. Errors name the spec field.
-fn prepare(program: &Program, spec: &TaskSpec) -> Result<Prepared> {
+fn prepare(
+    program: &Program,
+    spec: &TaskSpec,
+    stdin_override: Option<wasmtime_wasi::cli::AsyncStdinStream>,
+) -> Result<Prepared> {
+    check_grants(spec)?;
     let mut wasi = WasiCtxBuilder::new();
     // Deny the network outright; `WasiCtxBuilder` allows the socket APIs
     // (with every address refused) by default.
@@ -128,12 +223,6 @@ fn prepare(program: &Program, spec: &TaskSpec) -> Result<Prepared> {
     wasi.arg(argv0).args(&spec.args);
 
     for (key, value) in &spec.env {
-        if key.is_empty() || key.contains('=') {
-            return Err(Error::InvalidSpec {
-                field: format!("env.{key}"),
-                message: "a variable name must be non-empty and contain no `=`".into(),
-            });
-        }
         wasi.env(key, value);
     }
     for key in &spec.inherit_env {
@@ -148,12 +237,6 @@ fn prepare(program: &Program, spec: &TaskSpec) -> Result<Prepared> {
         } else {
             FsPerms::ReadOnly
         };
-        if !dir.host.is_dir() {
-            return Err(Error::InvalidSpec {
-                field: format!("dirs[{i}].host"),
-                message: format!("`{}` is not a directory", dir.host.display()),
-            });
-        }
         wasi.preopened_dir(&dir.host, dir.guest_path(), perms)
             .map_err(|err| Error::InvalidSpec {
                 field: format!("dirs[{i}].host"),
@@ -161,19 +244,22 @@ fn prepare(program: &Program, spec: &TaskSpec) -> Result<Prepared> {
             })?;
     }
 
-    match &spec.stdin {
-        Stdin::Closed => {}
-        Stdin::Bytes(bytes) => {
+    match (&spec.stdin, stdin_override) {
+        (_, Some(stream)) => {
+            wasi.stdin(stream);
+        }
+        (Stdin::Closed, None) => {}
+        (Stdin::Bytes(bytes), None) => {
             wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(bytes.clone()));
         }
-        Stdin::File(path) => {
+        (Stdin::File(path), None) => {
             let file = std::fs::File::open(path).map_err(|err| Error::InvalidSpec {
                 field: "stdin".into(),
                 message: format!("cannot open `{}`: {err}", path.display()),
             })?;
             wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
         }
-        Stdin::Inherit => {
+        (Stdin::Inherit, None) => {
             wasi.inherit_stdin();
         }
     }
@@ -207,25 +293,17 @@ pub(crate) async fn spawn(
     runner: &Arc<RunnerInner>,
     program: &Program,
     spec: TaskSpec,
+    extras: SpawnExtras,
 ) -> Result<TaskHandle> {
     let spawned_at = Instant::now();
-    if spec.limits.max_memory.as_u64() > runner.config.max_memory_per_task {
-        return Err(Error::InvalidSpec {
-            field: "limits.max_memory".into(),
-            message: format!(
-                "{} is more than this runner allows per task ({})",
-                spec.limits.max_memory,
-                bytesize::ByteSize(runner.config.max_memory_per_task)
-            ),
-        });
-    }
-    let mut prepared = prepare(program, &spec)?;
+    check_limits(runner, &spec)?;
+    let mut prepared = prepare(program, &spec, extras.stdin)?;
     let slot = Arc::clone(&runner.slots)
         .acquire_owned()
         .await
         .map_err(|_| Error::ShutDown)?;
     let cancel = CancellationToken::new();
-    let id = TaskId(NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed));
+    let id = TaskId::next();
     let stdout_rx = prepared.stdout_rx.take();
     let stderr_rx = prepared.stderr_rx.take();
     let job = Job {
@@ -235,6 +313,8 @@ pub(crate) async fn spawn(
         prepared,
         cancel: cancel.clone(),
         spawned_at,
+        on_start: extras.on_start,
+        os_memory_limit: extras.os_memory_limit,
     };
     let join = tokio::spawn(async move {
         let report = job.run().await;
@@ -242,13 +322,14 @@ pub(crate) async fn spawn(
         report
     });
     tracing::debug!(task = %id, wasm = %program.path().display(), "task started");
-    Ok(TaskHandle {
+    Ok(TaskHandle::new(
         id,
-        cancel: CancelHandle(cancel),
+        CancelHandle(cancel),
         join,
-        stdout: stdout_rx,
-        stderr: stderr_rx,
-    })
+        stdout_rx,
+        stderr_rx,
+        None,
+    ))
 }
 
 struct Job {
@@ -258,6 +339,8 @@ struct Job {
     prepared: Prepared,
     cancel: CancellationToken,
     spawned_at: Instant,
+    on_start: Option<tokio::sync::oneshot::Sender<()>>,
+    os_memory_limit: Option<u64>,
 }
 
 /// How the race between the guest, the clock and the canceller ended.
@@ -274,7 +357,8 @@ impl Job {
             &self.runner.engine,
             TaskState {
                 wasi: self.prepared.wasi.build_p1(),
-                limiter: MemoryLimiter::new(self.limits.max_memory.as_u64()),
+                limiter: MemoryLimiter::new(self.limits.max_memory.as_u64())
+                    .with_os_limit(self.os_memory_limit),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -288,7 +372,12 @@ impl Job {
 
         let mut started_at = None;
         let end = {
-            let guest = execute(&mut store, &self.program, &mut started_at);
+            let guest = execute(
+                &mut store,
+                &self.program,
+                &mut started_at,
+                self.on_start.take(),
+            );
             let timeout = async {
                 match self.limits.timeout {
                     Some(after) => {
@@ -338,18 +427,25 @@ async fn execute(
     store: &mut Store<TaskState>,
     program: &Program,
     started_at: &mut Option<Instant>,
+    mut on_start: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> wasmtime::Result<i32> {
+    let mut mark_start = move || {
+        *started_at = Some(Instant::now());
+        if let Some(tx) = on_start.take() {
+            let _ = tx.send(());
+        }
+    };
     match &program.inner.kind {
         ProgramKind::Module(pre) => {
             let instance = pre.instantiate_async(&mut *store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-            *started_at = Some(Instant::now());
+            mark_start();
             start.call_async(&mut *store, ()).await?;
             Ok(0)
         }
         ProgramKind::Component(pre) => {
             let command = pre.instantiate_async(&mut *store).await?;
-            *started_at = Some(Instant::now());
+            mark_start();
             match command.wasi_cli_run().call_run(&mut *store).await? {
                 Ok(()) => Ok(0),
                 Err(()) => Ok(1),

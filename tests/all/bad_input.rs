@@ -176,11 +176,3 @@ fn bad_flag_values() {
     cli_error(&["run", "--isolation", "vm", hello], &["--isolation", "vm"]);
     cli_error(&["run"], &["<WASM>"]);
 }
-
-#[tokio::test]
-async fn process_isolation_is_refused_clearly_until_it_exists() {
-    let mut spec = TaskSpec::new(guest("hello", GuestKind::Module));
-    spec.isolation = isola::Isolation::Process;
-    let err = spawn_error(spec).await;
-    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
-}

@@ -1,8 +1,16 @@
 //! `isola run` as users call it: the real binary, its streams and exit codes.
 
 use isola_tests::{
-    GuestKind, KINDS, expected_exit, guest, isola, isola_bin, isola_with_stdin, stderr, stdout,
+    GuestKind, Target, expected_exit, guest, isola, isola_bin, isola_with_stdin, stderr, stdout,
+    targets,
 };
+
+/// `args` with `--isolation` set for `t`, after the subcommand.
+fn with_isolation<'a>(t: Target, args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = args.to_vec();
+    full.splice(1..1, ["--isolation", t.isolation_flag()]);
+    full
+}
 
 fn path(name: &str, kind: GuestKind) -> String {
     guest(name, kind).to_str().expect("utf-8 path").to_owned()
@@ -13,8 +21,12 @@ fn runs_both_kinds_with_args_env_dirs_and_stdin() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("in.txt"), "from the host").expect("write");
     let host = dir.path().to_str().expect("utf-8");
-    for kind in KINDS {
+    for t in targets() {
+        let kind = t.kind;
         let echo = path("echo_cli", kind);
+        let isola = |args: &[&str]| isola(&with_isolation(t, args));
+        let isola_with_stdin =
+            |args: &[&str], stdin: &[u8]| isola_with_stdin(&with_isolation(t, args), stdin);
 
         let out = isola(&["run", &echo, "--", "args", "one", "two words"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -50,7 +62,9 @@ fn runs_both_kinds_with_args_env_dirs_and_stdin() {
 
 #[test]
 fn traps_print_one_line_and_a_named_backtrace() {
-    for kind in KINDS {
+    for t in targets() {
+        let kind = t.kind;
+        let isola = |args: &[&str]| isola(&with_isolation(t, args));
         let out = isola(&["run", &path("hostile", kind), "--", "unreachable"]);
         assert_eq!(out.status.code(), Some(134), "{kind:?}");
         let err = stderr(&out);
@@ -82,6 +96,12 @@ fn traps_print_one_line_and_a_named_backtrace() {
 
 #[test]
 fn limits_name_themselves_and_exit_124() {
+    for isolation in ["thread", "process"] {
+        limits_at(isolation);
+    }
+}
+
+fn limits_at(isolation: &str) {
     let hostile = path("hostile", GuestKind::Module);
     let cases: &[(&[&str], &str)] = &[
         (
@@ -102,7 +122,7 @@ fn limits_name_themselves_and_exit_124() {
         ),
     ];
     for (args, needle) in cases {
-        let mut full = vec!["run"];
+        let mut full = vec!["run", "--isolation", isolation];
         full.extend_from_slice(args);
         let out = isola(&full);
         assert_eq!(out.status.code(), Some(124), "{args:?}");
@@ -114,7 +134,16 @@ fn limits_name_themselves_and_exit_124() {
         );
     }
     // Output up to the limit is delivered, then the task stops.
-    let out = isola(&["run", "--max-output", "1KiB", &hostile, "--", "flood"]);
+    let out = isola(&[
+        "run",
+        "--isolation",
+        isolation,
+        "--max-output",
+        "1KiB",
+        &hostile,
+        "--",
+        "flood",
+    ]);
     assert_eq!(out.stdout.len(), 1024);
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use isola::{ByteSize, Limit, Limits, Outcome, Output, Stream, TaskReport, TaskSpec, TrapKind};
-use isola_tests::{GuestKind, KINDS, guest, runner};
+use isola_tests::{Target, runner, targets};
 
 /// One hostile mode, the limits it runs under, and how it must end.
 struct Case {
@@ -142,8 +142,8 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn spec(kind: GuestKind, case: &Case) -> TaskSpec {
-    let mut spec = TaskSpec::new(guest("hostile", kind));
+fn spec(t: Target, case: &Case) -> TaskSpec {
+    let mut spec = t.spec("hostile");
     spec.args = case.args.iter().map(|s| s.to_string()).collect();
     spec.limits = (case.limits)();
     spec.stdout = Output::Discard;
@@ -158,12 +158,12 @@ fn spec(kind: GuestKind, case: &Case) -> TaskSpec {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_hostile_mode_ends_with_its_expected_outcome() {
     let runner = runner();
-    for kind in KINDS {
+    for t in targets() {
         for case in CASES {
-            let report: TaskReport = runner.run(spec(kind, case)).await.expect("starts");
+            let report: TaskReport = runner.run(spec(t, case)).await.expect("starts");
             assert!(
                 (case.expect)(&report.outcome),
-                "{kind:?} {:?}: unexpected outcome {:?}",
+                "{t:?} {:?}: unexpected outcome {:?}",
                 case.args,
                 report.outcome
             );
@@ -176,26 +176,26 @@ async fn hostile_tasks_do_not_disturb_well_behaved_ones() {
     let runner = runner();
     // All the hostile cases at once, with well-behaved tasks among them.
     let mut hostile = Vec::new();
-    for kind in KINDS {
+    for t in targets() {
         for case in CASES {
-            let handle = runner.spawn(spec(kind, case)).await.expect("spawn");
-            hostile.push((kind, case.args, case.expect, handle));
+            let handle = runner.spawn(spec(t, case)).await.expect("spawn");
+            hostile.push((t, case.args, case.expect, handle));
         }
     }
-    for kind in KINDS {
+    for t in targets() {
         for _ in 0..5 {
-            let mut spec = TaskSpec::new(guest("sha256", kind));
+            let mut spec = t.spec("sha256");
             spec.args = vec!["1".into()];
             let report = runner.run(spec).await.expect("starts");
             assert_eq!(report.outcome, Outcome::Exited { code: 0 });
             assert_eq!(report.stdout.text(), format!("{}\n", sha256_of_pattern(1)));
         }
     }
-    for (kind, args, expect, handle) in hostile {
+    for (t, args, expect, handle) in hostile {
         let report = handle.wait().await;
         assert!(
             expect(&report.outcome),
-            "{kind:?} {args:?}: {:?}",
+            "{t:?} {args:?}: {:?}",
             report.outcome
         );
     }

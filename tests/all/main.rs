@@ -7,3 +7,4 @@ mod cache;
 mod cli;
 mod hostile;
 mod library;
+mod process;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use isola::{CacheDir, Runner, RunnerConfig};
+use isola::{CacheDir, Isolation, Runner, RunnerConfig, TaskSpec};
 
 /// The two binary formats every guest is built in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,47 @@ pub fn expected_exit(kind: GuestKind, code: i32) -> i32 {
         GuestKind::Module => code,
         GuestKind::Component => i32::from(code != 0),
     }
+}
+
+/// Both isolation levels, for tests that must hold for each.
+pub const ISOLATIONS: [Isolation; 2] = [Isolation::Thread, Isolation::Process];
+
+/// Where a test scenario runs: a guest kind and an isolation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Module or component build of the guest.
+    pub kind: GuestKind,
+    /// Thread or process isolation.
+    pub isolation: Isolation,
+}
+
+impl Target {
+    /// A spec running guest `name` of this kind at this isolation level.
+    pub fn spec(self, name: &str) -> TaskSpec {
+        let mut spec = TaskSpec::new(guest(name, self.kind));
+        spec.isolation = self.isolation;
+        spec
+    }
+
+    /// The `--isolation` value for the CLI.
+    pub fn isolation_flag(self) -> &'static str {
+        match self.isolation {
+            Isolation::Thread => "thread",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+/// Every combination of guest kind and isolation level: each scenario of
+/// the suite runs on all of them.
+pub fn targets() -> Vec<Target> {
+    let mut all = Vec::new();
+    for isolation in ISOLATIONS {
+        for kind in KINDS {
+            all.push(Target { kind, isolation });
+        }
+    }
+    all
 }
 
 /// The workspace's target directory.
@@ -88,6 +129,7 @@ pub fn runner_with_cache(cache: &Path) -> Runner {
     Runner::with_config(RunnerConfig {
         max_live_tasks: 64,
         cache_dir: CacheDir::Path(cache.to_owned()),
+        worker_program: Some(isola_bin()),
         ..RunnerConfig::default()
     })
     .expect("runner")

@@ -2,6 +2,19 @@
 
 use isola::Outcome;
 
+/// The exit codes, as `--help` shows them.
+pub const HELP: &str = "\
+Exit codes:
+  0-255  the guest's own exit code, passed through
+  2      usage or input error (bad flag, missing or invalid Wasm, ...)
+  124    the task hit a limit (memory, fuel, timeout, output)
+  125    Isola itself failed
+  130    the task was cancelled (Ctrl-C)
+  134    the guest trapped
+  137    a process task's worker crashed
+
+Set ISOLA_LOG (e.g. ISOLA_LOG=debug) for diagnostics on stderr.";
+
 pub const SUCCESS: u8 = 0;
 /// Bad flags, or input (a Wasm file, a spec) that cannot run.
 pub const USAGE: u8 = 2;

@@ -19,21 +19,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0-255  the guest's own exit code, passed through
-  2      usage or input error (bad flag, missing or invalid Wasm, ...)
-  124    the task hit a limit (memory, fuel, timeout, output)
-  125    Isola itself failed
-  130    the task was cancelled (Ctrl-C)
-  134    the guest trapped
-  137    a process task's worker crashed
-
-Set ISOLA_LOG (e.g. ISOLA_LOG=debug) for diagnostics on stderr.";
-
 /// Run WebAssembly programs as sandboxed tasks.
 #[derive(Parser)]
-#[command(name = "isola", version, after_help = AFTER_HELP)]
+#[command(name = "isola", version, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +34,10 @@ enum Command {
 
 fn main() -> ExitCode {
     install_panic_hook();
+    // A process task's worker: this binary, started by a parent Isola.
+    if let Some(code) = isola::worker::run_if_worker() {
+        return code;
+    }
     init_logging();
     let cli = match Cli::command()
         .try_get_matches()

@@ -17,6 +17,7 @@ use crate::exit;
 /// given with --env, the directories given with --dir/--dir-ro, and stdin.
 /// It has no network.
 #[derive(Args)]
+#[command(after_help = exit::HELP)]
 pub struct RunCommand {
     /// The WebAssembly file: a WASI preview1 command module or a preview2
     /// command component.
@@ -160,6 +161,8 @@ impl RunCommand {
         RunnerConfig {
             // One task: a pool of one keeps start-up small.
             max_live_tasks: 1,
+            // One task: a spare worker would only be started and killed.
+            prestarted_workers: 0,
             cache_dir: match (&self.cache_dir, self.no_cache) {
                 (_, true) => CacheDir::Disabled,
                 (Some(dir), false) => CacheDir::Path(dir.clone()),
@@ -221,6 +224,7 @@ impl RunCommand {
             Outcome::LimitExceeded { limit } => {
                 let flag = match limit {
                     Limit::Memory { .. } => "--max-memory",
+                    Limit::ProcessMemory { .. } => "the worker's OS memory limit",
                     Limit::Fuel { .. } => "--fuel",
                     Limit::Timeout { .. } => "--timeout",
                     Limit::Output { .. } => "--max-output",

@@ -1,0 +1,119 @@
+//! `isola check`: validates a task set without running it.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use clap::Args;
+use isola::Isolation;
+use isola::config::{ConfigErrors, TaskSet};
+
+use crate::exit;
+
+/// Check a task set (tasks.toml) without running anything.
+///
+/// Reports every problem at once, each as `file:line:col: task `name`:
+/// field `x`: message`. Exits with 0 when the set is valid, 2 otherwise.
+#[derive(Args)]
+pub struct CheckCommand {
+    /// The task set: a tasks.toml file.
+    config: PathBuf,
+}
+
+impl CheckCommand {
+    pub fn execute(self) -> u8 {
+        match TaskSet::load(&self.config) {
+            Ok(set) => {
+                println!("{}", summary(&set));
+                exit::SUCCESS
+            }
+            Err(errors) => {
+                print_errors(&errors);
+                exit::USAGE
+            }
+        }
+    }
+}
+
+/// One line saying what a valid set holds.
+fn summary(set: &TaskSet) -> String {
+    let process = set
+        .tasks()
+        .iter()
+        .filter(|t| t.spec.isolation == Isolation::Process)
+        .count();
+    let deps: usize = set.tasks().iter().map(|t| t.depends_on.len()).sum();
+    let path = set
+        .path()
+        .map_or_else(|| "task set".into(), |p| p.display().to_string());
+    format!(
+        "{}: OK, {} ({} thread, {} process), {}",
+        clean(&path),
+        plural(set.len(), "task"),
+        set.len() - process,
+        process,
+        plural(deps, "dependency"),
+    )
+}
+
+/// Prints each error on its own line on stderr, then how many there were.
+pub fn print_errors(errors: &ConfigErrors) {
+    for error in errors {
+        eprintln!("{}", clean(&error.to_string()));
+    }
+    let file = errors
+        .iter()
+        .find_map(|e| e.file.as_ref())
+        .map(|f| format!(" in {}", f.display()))
+        .unwrap_or_default();
+    eprintln!(
+        "error: {} found{}",
+        plural(errors.len(), "problem"),
+        clean(&file)
+    );
+}
+
+/// `1 task`, `2 tasks`, `3 dependencies`.
+pub fn plural(n: usize, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
+    }
+}
+
+/// Text that came from outside (guest output, file names, config values)
+/// with its control characters escaped, so it cannot move the cursor,
+/// change colors or clear the user's terminal. Tabs are kept.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_escapes_control_characters() {
+        assert_eq!(clean("plain\ttext"), "plain\ttext");
+        assert_eq!(clean("\u{1b}[2Jgone"), "\\u{1b}[2Jgone");
+        assert_eq!(clean("a\rb\u{9b}c"), "a\\rb\\u{9b}c");
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "task"), "1 task");
+        assert_eq!(plural(0, "task"), "0 tasks");
+        assert_eq!(plural(3, "dependency"), "3 dependencies");
+    }
+}

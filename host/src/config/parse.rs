@@ -1,0 +1,1150 @@
+//! Reading `tasks.toml`: the document is parsed with spans (`toml::de::DeTable`)
+//! and walked by hand rather than deserialized with serde, because serde
+//! stops at the first error and users should see every problem at once.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::error::{ConfigError, ConfigErrorKind as Kind, ConfigErrors, Location, Scope};
+use super::{RestartPolicy, TaskConfig, TaskSet, graph};
+use crate::spec::{DirGrant, Isolation, Limits, Stdin, TaskSpec};
+
+type Span = Range<usize>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Fields of a `[[task]]` table. `[defaults]` takes the same except `name`
+/// and `depends_on`, which only make sense per task.
+const TASK_FIELDS: &[&str] = &[
+    "name",
+    "wasm",
+    "argv0",
+    "isolation",
+    "args",
+    "env",
+    "inherit_env",
+    "dirs",
+    "stdin",
+    "input",
+    "input_file",
+    "limits",
+    "restart",
+    "max_restarts",
+    "depends_on",
+];
+const PER_TASK_ONLY: &[&str] = &["name", "depends_on"];
+const LIMIT_FIELDS: &[&str] = &["max_memory", "fuel", "timeout", "max_output"];
+const DIR_FIELDS: &[&str] = &["host", "guest", "writable"];
+const STDIN_FIELDS: &[&str] = &["text", "file"];
+const TOP_FIELDS: &[&str] = &["defaults", "task"];
+
+/// Restarts a process task gets with `restart = "on-crash"` and no
+/// `max_restarts`.
+pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 3;
+
+/// A field of one table: absent, present but invalid (already reported, so
+/// nothing downstream complains about it again), or set, with the span of
+/// its value.
+#[derive(Debug, Clone)]
+enum Field<T> {
+    Absent,
+    Bad,
+    Set(T, Span),
+}
+
+// Not derived: the derive would require `T: Default`.
+impl<T> Default for Field<T> {
+    fn default() -> Self {
+        Field::Absent
+    }
+}
+
+impl<T> Field<T> {
+    fn from_option(value: Option<T>, span: Span) -> Field<T> {
+        match value {
+            Some(value) => Field::Set(value, span),
+            None => Field::Bad,
+        }
+    }
+
+    /// This table's value, else the defaults' one.
+    fn or(self, fallback: &Field<T>) -> Field<T>
+    where
+        T: Clone,
+    {
+        match self {
+            Field::Absent => fallback.clone(),
+            other => other,
+        }
+    }
+
+    fn value(self) -> Option<T> {
+        match self {
+            Field::Set(value, _) => Some(value),
+            _ => None,
+        }
+    }
+
+    fn span(&self) -> Option<Span> {
+        match self {
+            Field::Set(_, span) => Some(span.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    Never,
+    OnCrash,
+}
+
+/// One table (`[defaults]` or a `[[task]]`) with its fields checked one by
+/// one, before defaults are merged in.
+#[derive(Debug, Clone, Default)]
+struct Partial {
+    name: Field<String>,
+    wasm: Field<PathBuf>,
+    argv0: Field<String>,
+    isolation: Field<Isolation>,
+    args: Field<Vec<String>>,
+    env: Field<BTreeMap<String, String>>,
+    inherit_env: Field<Vec<String>>,
+    dirs: Field<Vec<DirGrant>>,
+    stdin: Field<Stdin>,
+    input: Field<Vec<u8>>,
+    max_memory: Field<ByteSize>,
+    fuel: Field<u64>,
+    timeout: Field<Duration>,
+    max_output: Field<ByteSize>,
+    restart: Field<Restart>,
+    max_restarts: Field<u32>,
+    depends_on: Field<Vec<(String, Span)>>,
+}
+
+/// Parses `source` as the task set in `file`. Relative paths in it are
+/// resolved against `file`'s directory.
+pub(crate) fn parse(source: &str, file: &Path) -> Result<TaskSet, ConfigErrors> {
+    let base = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut p = Parser {
+        file,
+        base,
+        lines: line_starts(source),
+        source_len: source.len(),
+        errors: Vec::new(),
+    };
+    let tasks = p.document(source);
+    if p.errors.is_empty() {
+        Ok(TaskSet {
+            path: Some(file.to_owned()),
+            tasks,
+        })
+    } else {
+        // Stable sort: errors at one position keep the order they were found.
+        p.errors.sort_by_key(|(offset, _)| *offset);
+        Err(ConfigErrors::new(
+            p.errors.into_iter().map(|(_, error)| error).collect(),
+        ))
+    }
+}
+
+/// The error for a config file that cannot be read.
+pub(crate) fn read_error(file: &Path, err: &std::io::Error) -> ConfigErrors {
+    ConfigErrors::new(vec![ConfigError {
+        file: Some(file.to_owned()),
+        location: None,
+        scope: Scope::File,
+        field: None,
+        kind: Kind::Io,
+        message: format!("cannot read the task set: {err}"),
+    }])
+}
+
+struct Parser<'a> {
+    file: &'a Path,
+    base: PathBuf,
+    /// Byte offset of the start of each line.
+    lines: Vec<usize>,
+    source_len: usize,
+    /// Errors with the byte offset they point at, for sorting.
+    errors: Vec<(usize, ConfigError)>,
+}
+
+fn line_starts(source: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+impl Parser<'_> {
+    fn location(&self, offset: usize, source: &str) -> Location {
+        let offset = offset.min(self.source_len);
+        let line = self.lines.partition_point(|&start| start <= offset).max(1);
+        let start = self.lines.get(line - 1).copied().unwrap_or(0);
+        let column = source
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
+        Location { line, column }
+    }
+
+    fn error(
+        &mut self,
+        scope: &Scope,
+        field: Option<&str>,
+        span: &Span,
+        kind: Kind,
+        message: String,
+    ) {
+        let error = ConfigError {
+            file: Some(self.file.to_owned()),
+            location: None,
+            scope: scope.clone(),
+            field: field.map(str::to_owned),
+            kind,
+            message,
+        };
+        self.errors.push((span.start, error));
+    }
+
+    /// Reports a value of the wrong TOML type.
+    fn wrong_type(&mut self, scope: &Scope, field: &str, value: &Value<'_>, expected: &str) {
+        let found = value.get_ref().type_str();
+        let article = if found.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        self.error(
+            scope,
+            Some(field),
+            &value.span(),
+            Kind::WrongType,
+            format!("expected {expected}, found {article} {found}"),
+        );
+    }
+
+    fn unknown_field(
+        &mut self,
+        scope: &Scope,
+        prefix: &str,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        known: &[&str],
+    ) {
+        let name = key.get_ref().as_ref();
+        let hint = suggest(name, known.iter().copied())
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| format!("; expected one of {}", list(known)));
+        self.error(
+            scope,
+            Some(&format!("{prefix}{name}")),
+            &key.span(),
+            Kind::UnknownField,
+            format!("unknown field `{name}`{hint}"),
+        );
+    }
+
+    fn document(&mut self, source: &str) -> Vec<TaskConfig> {
+        let (doc, syntax) = DeTable::parse_recoverable(source);
+        if !syntax.is_empty() {
+            // Recovery can report one problem more than once; after a syntax
+            // error the rest of the document is not checked, because what
+            // the parser recovered may not be what the user meant.
+            let mut seen = Vec::new();
+            for err in syntax {
+                let span = err.span().unwrap_or(0..0);
+                let message = err.message().trim().to_owned();
+                if seen.contains(&(span.clone(), message.clone())) {
+                    continue;
+                }
+                seen.push((span.clone(), message.clone()));
+                self.error(
+                    &Scope::File,
+                    None,
+                    &span,
+                    Kind::Syntax,
+                    format!("invalid TOML: {message}"),
+                );
+            }
+            self.locate(source);
+            return Vec::new();
+        }
+        let doc = doc.get_ref();
+
+        let mut defaults = Partial::default();
+        let mut tables = Vec::new();
+        for (key, value) in doc.iter() {
+            match key.get_ref().as_ref() {
+                "defaults" => match value.get_ref() {
+                    DeValue::Table(table) => defaults = self.entry(&Scope::Defaults, table),
+                    _ => self.wrong_type(&Scope::File, "defaults", value, "a table ([defaults])"),
+                },
+                "task" => match value.get_ref() {
+                    DeValue::Array(array) => tables.extend(array.iter()),
+                    _ => self.wrong_type(
+                        &Scope::File,
+                        "task",
+                        value,
+                        "an array of tables ([[task]])",
+                    ),
+                },
+                _ => self.unknown_field(&Scope::File, "", key, TOP_FIELDS),
+            }
+        }
+        if tables.is_empty() && self.errors.is_empty() {
+            self.error(
+                &Scope::File,
+                None,
+                &(0..0),
+                Kind::MissingField,
+                "no tasks: add at least one [[task]] table".into(),
+            );
+        }
+
+        let mut tasks = Vec::new();
+        let mut entries = Vec::new();
+        for (i, value) in tables.into_iter().enumerate() {
+            let mut scope = Scope::Task {
+                index: i + 1,
+                name: None,
+            };
+            let DeValue::Table(table) = value.get_ref() else {
+                self.wrong_type(&scope, "task", value, "a table ([[task]])");
+                continue;
+            };
+            // The name first, so errors in the other fields can say which task.
+            let name = table.get("name").map(|v| self.name(&scope, v));
+            if let Some(Field::Set(name, _)) = &name {
+                scope = Scope::Task {
+                    index: i + 1,
+                    name: Some(name.clone()),
+                };
+            }
+            let mut own = self.entry(&scope, table);
+            own.name = name.unwrap_or_default();
+            let entry = self.finish(&scope, &value.span(), own, &defaults);
+            if let Some(task) = &entry.task {
+                tasks.push(task.clone());
+            }
+            entries.push(entry);
+        }
+        self.check_graph(&entries);
+        self.locate(source);
+        tasks
+    }
+
+    /// Duplicate names, unknown dependencies and cycles, at the position of
+    /// the name or `depends_on` entry at fault.
+    fn check_graph(&mut self, entries: &[Entry]) {
+        let names: Vec<Option<&str>> = entries
+            .iter()
+            .map(|e| e.name.as_ref().map(|(n, _)| n.as_str()))
+            .collect();
+        let deps: Vec<Vec<&str>> = entries
+            .iter()
+            .map(|e| e.deps.iter().map(|(n, _)| n.as_str()).collect())
+            .collect();
+        for problem in graph::check(&names, &deps) {
+            let entry = &entries[problem.task];
+            let (field, span) = match problem.dep {
+                Some(dep) => (format!("depends_on[{dep}]"), entry.deps[dep].1.clone()),
+                None => (
+                    "name".to_owned(),
+                    entry.name.as_ref().map_or(0..0, |(_, span)| span.clone()),
+                ),
+            };
+            self.error(
+                &entry.scope,
+                Some(&field),
+                &span,
+                problem.kind,
+                problem.message,
+            );
+        }
+    }
+
+    /// Fills in line and column of every error.
+    fn locate(&mut self, source: &str) {
+        let located: Vec<Location> = self
+            .errors
+            .iter()
+            .map(|(offset, _)| self.location(*offset, source))
+            .collect();
+        for ((_, error), location) in self.errors.iter_mut().zip(located) {
+            error.location = Some(location);
+        }
+    }
+}
+
+/// A `[[task]]` table after checking, with what the graph checks need.
+struct Entry {
+    scope: Scope,
+    name: Option<(String, Span)>,
+    deps: Vec<(String, Span)>,
+    task: Option<TaskConfig>,
+}
+
+/// What a path field must name.
+#[derive(Clone, Copy, PartialEq)]
+enum Expect {
+    /// A WebAssembly file (checked by its `\0asm` header).
+    Wasm,
+    File,
+    Dir,
+}
+
+impl Parser<'_> {
+    /// Checks every field of a `[defaults]` or `[[task]]` table except the
+    /// task's `name`, which the caller reads first.
+    fn entry(&mut self, scope: &Scope, table: &DeTable<'_>) -> Partial {
+        let in_defaults = *scope == Scope::Defaults;
+        let mut p = Partial::default();
+        for (key, value) in table.iter() {
+            let span = value.span();
+            let k = key.get_ref().as_ref();
+            match k {
+                _ if in_defaults && PER_TASK_ONLY.contains(&k) => self.error(
+                    scope,
+                    Some(k),
+                    &key.span(),
+                    Kind::UnknownField,
+                    format!("`{k}` cannot be set in [defaults]; it belongs in each [[task]]"),
+                ),
+                "name" => {}
+                "wasm" => p.wasm = self.path(scope, k, value, Expect::Wasm),
+                "argv0" => p.argv0 = Field::from_option(self.string(scope, k, value), span),
+                "isolation" => {
+                    let isolation = self.string(scope, k, value).and_then(|s| match s.as_str() {
+                        "thread" => Some(Isolation::Thread),
+                        "process" => Some(Isolation::Process),
+                        other => {
+                            self.invalid(
+                                scope,
+                                k,
+                                &span,
+                                format!("expected \"thread\" or \"process\", found \"{other}\""),
+                            );
+                            None
+                        }
+                    });
+                    p.isolation = Field::from_option(isolation, span);
+                }
+                "args" => p.args = Field::from_option(self.strings(scope, k, value), span),
+                "env" => p.env = Field::from_option(self.env(scope, value), span),
+                "inherit_env" => {
+                    let names = self.strings(scope, k, value).and_then(|names| {
+                        let bad = names.iter().find(|n| n.is_empty() || n.contains('='));
+                        if let Some(bad) = bad {
+                            self.invalid(scope, k, &span, format!("`{bad}` is not a variable name (it must be non-empty and contain no `=`)"));
+                            return None;
+                        }
+                        Some(names)
+                    });
+                    p.inherit_env = Field::from_option(names, span);
+                }
+                "dirs" => p.dirs = Field::from_option(self.dirs(scope, value), span),
+                "stdin" => p.stdin = Field::from_option(self.stdin(scope, value), span),
+                "input" => {
+                    // Keys come sorted, so `input` is seen before `input_file`.
+                    p.input = Field::from_option(
+                        self.string(scope, k, value).map(String::into_bytes),
+                        span,
+                    );
+                }
+                "input_file" => {
+                    if !matches!(p.input, Field::Absent) {
+                        self.error(
+                            scope,
+                            Some(k),
+                            &key.span(),
+                            Kind::Conflict,
+                            "`input` and `input_file` cannot both be set".into(),
+                        );
+                        p.input = Field::Bad;
+                        continue;
+                    }
+                    let bytes = match self.path(scope, k, value, Expect::File) {
+                        Field::Set(path, _) => match std::fs::read(&path) {
+                            Ok(bytes) => Some(bytes),
+                            Err(err) => {
+                                self.error(
+                                    scope,
+                                    Some(k),
+                                    &span,
+                                    Kind::MissingFile,
+                                    format!("cannot read `{}`: {err}", path.display()),
+                                );
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    p.input = Field::from_option(bytes, span);
+                }
+                "limits" => self.limits(scope, value, &mut p),
+                "restart" => {
+                    let restart = self.string(scope, k, value).and_then(|s| match s.as_str() {
+                        "never" => Some(Restart::Never),
+                        "on-crash" => Some(Restart::OnCrash),
+                        other => {
+                            self.invalid(
+                                scope,
+                                k,
+                                &span,
+                                format!("expected \"never\" or \"on-crash\", found \"{other}\""),
+                            );
+                            None
+                        }
+                    });
+                    p.restart = Field::from_option(restart, span);
+                }
+                "max_restarts" => {
+                    let n = self.integer(scope, k, value).and_then(|n| {
+                        u32::try_from(n).ok().or_else(|| {
+                            self.invalid(scope, k, &span, format!("{n} is too large"));
+                            None
+                        })
+                    });
+                    p.max_restarts = Field::from_option(n, span);
+                }
+                "depends_on" => {
+                    p.depends_on = Field::from_option(self.depends_on(scope, value), span)
+                }
+                _ => {
+                    let known: Vec<&str> = TASK_FIELDS
+                        .iter()
+                        .copied()
+                        .filter(|f| !in_defaults || !PER_TASK_ONLY.contains(f))
+                        .collect();
+                    self.unknown_field(scope, "", key, &known);
+                }
+            }
+        }
+        p
+    }
+
+    /// Merges the defaults into a task and builds its [`TaskConfig`].
+    fn finish(&mut self, scope: &Scope, table: &Span, own: Partial, defaults: &Partial) -> Entry {
+        let name = match &own.name {
+            Field::Set(name, span) => Some((name.clone(), span.clone())),
+            Field::Absent => {
+                self.error(
+                    scope,
+                    Some("name"),
+                    table,
+                    Kind::MissingField,
+                    "every [[task]] needs a `name`".into(),
+                );
+                None
+            }
+            Field::Bad => None,
+        };
+        let deps = own.depends_on.clone().value().unwrap_or_default();
+        let mut entry = Entry {
+            scope: scope.clone(),
+            name,
+            deps,
+            task: None,
+        };
+
+        let wasm = own.wasm.clone().or(&defaults.wasm);
+        if matches!(wasm, Field::Absent) {
+            self.error(
+                scope,
+                Some("wasm"),
+                table,
+                Kind::MissingField,
+                "no `wasm` in this task or in [defaults]".into(),
+            );
+        }
+        let isolation = match own.isolation.clone().or(&defaults.isolation) {
+            Field::Set(isolation, _) => Some(isolation),
+            Field::Absent => Some(Isolation::default()),
+            Field::Bad => None,
+        };
+        let restart = self.restart(scope, &own, defaults, isolation);
+
+        let env = match (own.env, &defaults.env) {
+            (Field::Set(mine, span), Field::Set(theirs, _)) => {
+                let mut env = theirs.clone();
+                env.extend(mine);
+                Field::Set(env, span)
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
+        let (Some((name, _)), Field::Set(wasm, _), Some(isolation), Some(restart)) =
+            (&entry.name, wasm, isolation, restart)
+        else {
+            return entry;
+        };
+        let limits = Limits {
+            max_memory: own
+                .max_memory
+                .or(&defaults.max_memory)
+                .value()
+                .unwrap_or(Limits::DEFAULT_MAX_MEMORY),
+            fuel: own.fuel.or(&defaults.fuel).value(),
+            timeout: own.timeout.or(&defaults.timeout).value(),
+            max_output: own.max_output.or(&defaults.max_output).value(),
+            ..Limits::default()
+        };
+        let spec = TaskSpec {
+            wasm,
+            argv0: own.argv0.or(&defaults.argv0).value(),
+            args: own.args.or(&defaults.args).value().unwrap_or_default(),
+            env: env.value().unwrap_or_default(),
+            inherit_env: own
+                .inherit_env
+                .or(&defaults.inherit_env)
+                .value()
+                .unwrap_or_default(),
+            dirs: own.dirs.or(&defaults.dirs).value().unwrap_or_default(),
+            stdin: own.stdin.or(&defaults.stdin).value().unwrap_or_default(),
+            input: own.input.or(&defaults.input).value(),
+            limits,
+            isolation,
+            ..TaskSpec::new("")
+        };
+        entry.task = Some(TaskConfig {
+            name: name.clone(),
+            spec,
+            depends_on: entry.deps.iter().map(|(d, _)| d.clone()).collect(),
+            restart,
+        });
+        entry
+    }
+
+    /// The restart policy of a task. `[defaults]` may set one for all
+    /// process tasks; a thread task cannot crash, so setting one on a thread
+    /// task itself is an error. `None` when the fields were invalid.
+    fn restart(
+        &mut self,
+        scope: &Scope,
+        own: &Partial,
+        defaults: &Partial,
+        isolation: Option<Isolation>,
+    ) -> Option<RestartPolicy> {
+        match isolation {
+            None => return None,
+            Some(Isolation::Thread) => {
+                let mut ok = true;
+                if let Field::Set(Restart::OnCrash, span) = &own.restart {
+                    self.error(
+                        scope,
+                        Some("restart"),
+                        span,
+                        Kind::Conflict,
+                        "restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`".into(),
+                    );
+                    ok = false;
+                }
+                if let Some(span) = own.max_restarts.span() {
+                    self.error(scope, Some("max_restarts"), &span, Kind::Conflict, "restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`".into());
+                    ok = false;
+                }
+                return ok.then_some(RestartPolicy::Never);
+            }
+            Some(Isolation::Process) => {}
+        }
+        let restart = own.restart.clone().or(&defaults.restart);
+        let max = own.max_restarts.clone().or(&defaults.max_restarts);
+        match restart {
+            Field::Set(Restart::OnCrash, _) => Some(RestartPolicy::OnCrash {
+                max_restarts: max.value().unwrap_or(DEFAULT_MAX_RESTARTS),
+            }),
+            Field::Bad => None,
+            Field::Absent | Field::Set(Restart::Never, _) => {
+                if let Some(span) = own.max_restarts.span() {
+                    self.error(
+                        scope,
+                        Some("max_restarts"),
+                        &span,
+                        Kind::Conflict,
+                        "`max_restarts` needs `restart = \"on-crash\"`".into(),
+                    );
+                    return None;
+                }
+                Some(RestartPolicy::Never)
+            }
+        }
+    }
+
+    fn invalid(&mut self, scope: &Scope, field: &str, span: &Span, message: String) {
+        self.error(scope, Some(field), span, Kind::InvalidValue, message);
+    }
+
+    fn name(&mut self, scope: &Scope, value: &Value<'_>) -> Field<String> {
+        let span = value.span();
+        let name =
+            self.string(scope, "name", value)
+                .and_then(|name| match graph::name_problem(&name) {
+                    Some(problem) => {
+                        self.invalid(scope, "name", &span, problem);
+                        None
+                    }
+                    None => Some(name),
+                });
+        Field::from_option(name, span)
+    }
+
+    fn string(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<String> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.wrong_type(scope, field, value, "a string");
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<Vec<String>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(scope, field, value, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.string(scope, &format!("{field}[{i}]"), item) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn bool(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<bool> {
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(scope, field, value, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer.
+    fn integer(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<u64> {
+        let DeValue::Integer(int) = value.get_ref() else {
+            self.wrong_type(scope, field, value, "an integer");
+            return None;
+        };
+        match i64::from_str_radix(int.as_str(), int.radix()) {
+            Ok(n) => match u64::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.invalid(
+                        scope,
+                        field,
+                        &value.span(),
+                        format!("must not be negative, found {n}"),
+                    );
+                    None
+                }
+            },
+            Err(_) => {
+                self.invalid(scope, field, &value.span(), "is not a valid integer".into());
+                None
+            }
+        }
+    }
+
+    /// A size: a string such as `"64MiB"`, or a number of bytes.
+    fn size(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<ByteSize> {
+        match value.get_ref() {
+            DeValue::Integer(_) => self.integer(scope, field, value).map(ByteSize),
+            DeValue::String(s) => {
+                match s.trim().parse::<ByteSize>() {
+                    Ok(size) => Some(size),
+                    Err(_) => {
+                        self.invalid(scope, field, &value.span(), format!("\"{s}\" is not a size; use one like \"64MiB\", \"512KiB\" or \"1GiB\""));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.wrong_type(scope, field, value, "a size such as \"64MiB\"");
+                None
+            }
+        }
+    }
+
+    /// A duration: a string such as `"1.5s"` or `"500ms"`.
+    fn duration(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<Duration> {
+        let DeValue::String(s) = value.get_ref() else {
+            self.wrong_type(
+                scope,
+                field,
+                value,
+                "a duration such as \"1.5s\" or \"500ms\"",
+            );
+            return None;
+        };
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.invalid(
+                    scope,
+                    field,
+                    &value.span(),
+                    "must be longer than zero".into(),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(err) => {
+                self.invalid(scope, field, &value.span(), format!("\"{s}\" is not a duration ({err}); use one like \"1.5s\", \"500ms\" or \"2m\""));
+                None
+            }
+        }
+    }
+
+    /// A path, resolved against the config file's directory and checked to
+    /// exist as what `expect` says.
+    fn path(
+        &mut self,
+        scope: &Scope,
+        field: &str,
+        value: &Value<'_>,
+        expect: Expect,
+    ) -> Field<PathBuf> {
+        let span = value.span();
+        let Some(raw) = self.string(scope, field, value) else {
+            return Field::Bad;
+        };
+        if raw.is_empty() {
+            self.invalid(scope, field, &span, "the path is empty".into());
+            return Field::Bad;
+        }
+        let path = self.base.join(&raw);
+        let problem = match std::fs::metadata(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Some((
+                Kind::MissingFile,
+                format!(
+                    "`{}` does not exist (relative paths start from the directory of the config file)",
+                    path.display()
+                ),
+            )),
+            Err(err) => Some((
+                Kind::MissingFile,
+                format!("cannot access `{}`: {err}", path.display()),
+            )),
+            Ok(meta) if expect == Expect::Dir && !meta.is_dir() => Some((
+                Kind::InvalidValue,
+                format!("`{}` is not a directory", path.display()),
+            )),
+            Ok(meta) if expect != Expect::Dir && meta.is_dir() => Some((
+                Kind::InvalidValue,
+                format!("`{}` is a directory, not a file", path.display()),
+            )),
+            Ok(_) if expect == Expect::Wasm => wasm_problem(&path).map(|m| (Kind::InvalidValue, m)),
+            Ok(_) => None,
+        };
+        match problem {
+            Some((kind, message)) => {
+                self.error(scope, Some(field), &span, kind, message);
+                Field::Bad
+            }
+            None => Field::Set(path, span),
+        }
+    }
+
+    fn env(&mut self, scope: &Scope, value: &Value<'_>) -> Option<BTreeMap<String, String>> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(
+                scope,
+                "env",
+                value,
+                "a table of strings (env = { KEY = \"value\" })",
+            );
+            return None;
+        };
+        let mut env = BTreeMap::new();
+        let mut ok = true;
+        for (key, value) in table.iter() {
+            let name = key.get_ref().as_ref();
+            let field = format!("env.{name}");
+            if name.is_empty() || name.contains('=') {
+                self.invalid(
+                    scope,
+                    &field,
+                    &key.span(),
+                    "a variable name must be non-empty and contain no `=`".into(),
+                );
+                ok = false;
+            }
+            match self.string(scope, &field, value) {
+                Some(v) => {
+                    env.insert(name.to_owned(), v);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(env)
+    }
+
+    fn dirs(&mut self, scope: &Scope, value: &Value<'_>) -> Option<Vec<DirGrant>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(
+                scope,
+                "dirs",
+                value,
+                "an array of tables (dirs = [{ host = \"data\", guest = \"/data\" }])",
+            );
+            return None;
+        };
+        let mut dirs = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let prefix = format!("dirs[{i}]");
+            let DeValue::Table(table) = item.get_ref() else {
+                self.wrong_type(
+                    scope,
+                    &prefix,
+                    item,
+                    "a table ({ host = \"data\", guest = \"/data\" })",
+                );
+                ok = false;
+                continue;
+            };
+            let mut host = Field::Absent;
+            let mut guest = None;
+            let mut writable = false;
+            for (key, value) in table.iter() {
+                let field = format!("{prefix}.{}", key.get_ref());
+                match key.get_ref().as_ref() {
+                    "host" => host = self.path(scope, &field, value, Expect::Dir),
+                    "guest" => match self.string(scope, &field, value) {
+                        Some(g) if g.is_empty() => {
+                            self.invalid(
+                                scope,
+                                &field,
+                                &value.span(),
+                                "the guest path is empty".into(),
+                            );
+                            ok = false;
+                        }
+                        Some(g) => guest = Some(g),
+                        None => ok = false,
+                    },
+                    "writable" => match self.bool(scope, &field, value) {
+                        Some(w) => writable = w,
+                        None => ok = false,
+                    },
+                    _ => {
+                        self.unknown_field(scope, &format!("{prefix}."), key, DIR_FIELDS);
+                        ok = false;
+                    }
+                }
+            }
+            match host {
+                Field::Set(host, _) => dirs.push(DirGrant {
+                    host,
+                    guest,
+                    writable,
+                }),
+                Field::Absent => {
+                    self.error(
+                        scope,
+                        Some(&format!("{prefix}.host")),
+                        &item.span(),
+                        Kind::MissingField,
+                        "a directory grant needs a `host` directory".into(),
+                    );
+                    ok = false;
+                }
+                Field::Bad => ok = false,
+            }
+        }
+        ok.then_some(dirs)
+    }
+
+    /// `stdin = "closed"`, `stdin = { text = "..." }` or
+    /// `stdin = { file = "path" }`.
+    fn stdin(&mut self, scope: &Scope, value: &Value<'_>) -> Option<Stdin> {
+        const SHAPES: &str = "\"closed\", { text = \"...\" } or { file = \"path\" }";
+        match value.get_ref() {
+            DeValue::String(s) if s == "closed" => Some(Stdin::Closed),
+            DeValue::String(s) => {
+                self.invalid(
+                    scope,
+                    "stdin",
+                    &value.span(),
+                    format!("expected {SHAPES}, found \"{s}\""),
+                );
+                None
+            }
+            DeValue::Table(table) => {
+                let mut stdin = None;
+                let mut ok = true;
+                for (key, value) in table.iter() {
+                    let field = format!("stdin.{}", key.get_ref());
+                    let next = match key.get_ref().as_ref() {
+                        "text" => self
+                            .string(scope, &field, value)
+                            .map(|t| Stdin::Bytes(t.into_bytes())),
+                        "file" => self
+                            .path(scope, &field, value, Expect::File)
+                            .value()
+                            .map(Stdin::File),
+                        _ => {
+                            self.unknown_field(scope, "stdin.", key, STDIN_FIELDS);
+                            ok = false;
+                            continue;
+                        }
+                    };
+                    if stdin.is_some() {
+                        self.error(
+                            scope,
+                            Some(&field),
+                            &key.span(),
+                            Kind::Conflict,
+                            "`stdin` takes either `text` or `file`, not both".into(),
+                        );
+                        ok = false;
+                    }
+                    match next {
+                        Some(next) => stdin = Some(next),
+                        None => ok = false,
+                    }
+                }
+                if stdin.is_none() && ok {
+                    self.error(
+                        scope,
+                        Some("stdin"),
+                        &value.span(),
+                        Kind::MissingField,
+                        format!("expected {SHAPES}"),
+                    );
+                }
+                stdin.filter(|_| ok)
+            }
+            _ => {
+                self.wrong_type(scope, "stdin", value, SHAPES);
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, scope: &Scope, value: &Value<'_>, p: &mut Partial) {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(
+                scope,
+                "limits",
+                value,
+                "a table (limits = { timeout = \"1s\" })",
+            );
+            return;
+        };
+        for (key, value) in table.iter() {
+            let span = value.span();
+            let k = key.get_ref().as_ref();
+            let field = format!("limits.{k}");
+            match k {
+                "max_memory" => {
+                    p.max_memory = Field::from_option(self.size(scope, &field, value), span)
+                }
+                "max_output" => {
+                    p.max_output = Field::from_option(self.size(scope, &field, value), span)
+                }
+                "timeout" => {
+                    p.timeout = Field::from_option(self.duration(scope, &field, value), span)
+                }
+                "fuel" => {
+                    let fuel = self.integer(scope, &field, value).and_then(|n| {
+                        if n == 0 {
+                            self.invalid(scope, &field, &span, "must be at least 1".into());
+                            return None;
+                        }
+                        Some(n)
+                    });
+                    p.fuel = Field::from_option(fuel, span);
+                }
+                _ => self.unknown_field(scope, "limits.", key, LIMIT_FIELDS),
+            }
+        }
+    }
+
+    fn depends_on(&mut self, scope: &Scope, value: &Value<'_>) -> Option<Vec<(String, Span)>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(scope, "depends_on", value, "an array of task names");
+            return None;
+        };
+        let mut deps: Vec<(String, Span)> = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.string(scope, &format!("depends_on[{i}]"), item) {
+                // Listing a dependency twice is harmless; keep the first.
+                Some(name) if deps.iter().any(|(d, _)| *d == name) => {}
+                Some(name) => deps.push((name, item.span())),
+                None => ok = false,
+            }
+        }
+        ok.then_some(deps)
+    }
+}
+
+/// Why `path` is not a WebAssembly file, if it is not. Only the header is
+/// read: compiling is `isola up`'s job, and would make `check` slow.
+fn wasm_problem(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    match read {
+        Ok(()) if magic == *b"\0asm" => None,
+        Ok(()) => Some(format!(
+            "`{}` is not a WebAssembly file (it does not start with `\\0asm`)",
+            path.display()
+        )),
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Some(format!(
+            "`{}` is not a WebAssembly file (it is shorter than a Wasm header)",
+            path.display()
+        )),
+        Err(err) => Some(format!("cannot read `{}`: {err}", path.display())),
+    }
+}
+
+/// The known name closest to `name`, if one is close enough to be a typo.
+pub(crate) fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    known
+        .into_iter()
+        .map(|k| (distance(name, k), k))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, over characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `a`, `b` or `c`.
+fn list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("`{i}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
+}

@@ -1,0 +1,459 @@
+//! Process isolation: each task in a child process that hosts its own
+//! engine, behind the same [`TaskHandle`] and [`Outcome`] as thread tasks.
+//!
+//! The child (a *worker*) is the `isola` binary started with
+//! [`worker::WORKER_ARG`]. It has an empty environment, its own process
+//! group, dies with its parent (`PR_SET_PDEATHSIG`, plus end-of-file on its
+//! stdin), and applies OS limits to itself once it knows its task. It loads
+//! the parent's precompiled artifact from the disk cache instead of
+//! compiling. Parent and child speak the framed protocol in [`protocol`].
+//!
+//! The runner keeps a few workers pre-started (handshake done, engine
+//! created), so a task does not wait for a process to start.
+
+pub(crate) mod protocol;
+mod sys;
+pub mod worker;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec};
+use tokio_util::sync::CancellationToken;
+
+use self::protocol::{FromWorker, Hello, OsLimits, RunRequest, ToWorker};
+use crate::error::{Error, Result};
+use crate::outcome::{Limit, Outcome, Stream, TaskMetrics, TaskReport};
+use crate::output::OutputPipe;
+use crate::program::Program;
+use crate::runner::RunnerInner;
+use crate::spec::{Stdin, TaskSpec};
+use crate::task::{CancelHandle, TaskHandle, TaskId};
+
+/// How long a worker gets to act on a polite cancel before SIGKILL.
+const GRACE: Duration = Duration::from_millis(250);
+
+/// How long a new worker gets to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Memory a worker may use beyond its task's linear memory: the engine,
+/// compiled code, fiber stack and WASI host state.
+const DEFAULT_OS_MEMORY_HEADROOM: u64 = 512 << 20;
+
+/// Open files a worker may have: preopened dirs, files the guest opens, pipes.
+const WORKER_OPEN_FILES: u64 = 256;
+
+/// A started worker that has completed the handshake.
+struct Worker {
+    child: Child,
+    pid: u32,
+    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    writer: FramedWrite<ChildStdin, LengthDelimitedCodec>,
+}
+
+/// The process backend of a runner: the worker binary and idle workers.
+pub(crate) struct ProcessBackend {
+    program: std::result::Result<PathBuf, String>,
+    prestart: usize,
+    idle: Mutex<Vec<Worker>>,
+    /// Artifacts for workers when the runner has no disk cache.
+    private_cache: Mutex<Option<tempfile::TempDir>>,
+}
+
+impl ProcessBackend {
+    pub(crate) fn new(program: Option<PathBuf>, prestart: usize) -> ProcessBackend {
+        ProcessBackend {
+            program: program.map(Ok).unwrap_or_else(find_worker_program),
+            prestart,
+            idle: Mutex::new(Vec::new()),
+            private_cache: Mutex::new(None),
+        }
+    }
+
+    fn program(&self) -> Result<&Path> {
+        self.program
+            .as_deref()
+            .map_err(|why| Error::Unsupported(format!("process isolation here ({why})")))
+    }
+
+    /// An idle worker if one is ready, else a new one. Then tops the pool up
+    /// in the background.
+    async fn take_worker(self: &Arc<Self>) -> Result<Worker> {
+        let program = self.program()?.to_owned();
+        let ready = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let worker = match ready {
+            Some(worker) => worker,
+            None => start_worker(&program).await.map_err(Error::Internal)?,
+        };
+        let backend = Arc::clone(self);
+        tokio::spawn(async move { backend.refill(&program).await });
+        Ok(worker)
+    }
+
+    async fn refill(&self, program: &Path) {
+        while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
+            match start_worker(program).await {
+                Ok(worker) => {
+                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    if idle.len() < self.prestart {
+                        idle.push(worker);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot pre-start a worker");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Where workers find precompiled artifacts.
+    fn cache_root(&self, runner: &RunnerInner) -> Result<PathBuf> {
+        if let Some(root) = runner.disk_cache_root() {
+            return Ok(root.to_owned());
+        }
+        let mut private = self.private_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if private.is_none() {
+            *private = Some(tempfile::tempdir().map_err(Error::internal)?);
+        }
+        private
+            .as_ref()
+            .map(|dir| dir.path().to_owned())
+            .ok_or_else(|| Error::Internal("no private cache".into()))
+    }
+}
+
+/// The worker binary: `$ISOLA_WORKER_PROGRAM`, this executable if it is
+/// `isola`, or an `isola` next to it (or one level up, where Cargo puts
+/// binaries relative to test executables).
+fn find_worker_program() -> std::result::Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("ISOLA_WORKER_PROGRAM") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    if exe.file_stem().is_some_and(|s| s == "isola") {
+        return Ok(exe);
+    }
+    let beside = exe.parent().map(|d| d.join("isola"));
+    let above = exe.parent().and_then(Path::parent).map(|d| d.join("isola"));
+    [beside, above]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "no `isola` worker binary found: set `RunnerConfig::worker_program` \
+             or `ISOLA_WORKER_PROGRAM`"
+                .to_owned()
+        })
+}
+
+async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg(worker::WORKER_ARG)
+        // Nothing ambient: the guest's variables travel in the spec.
+        .env_clear()
+        .env(worker::PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(log) = std::env::var_os("ISOLA_LOG") {
+        command.env("ISOLA_LOG", log);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start worker `{}`: {e}", program.display()))?;
+    let pid = child.id().ok_or("worker exited at once")?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err("worker pipes missing".into());
+    };
+    // A worker's own diagnostics (never the guest's output, which travels
+    // in frames) go to the log, a bounded line at a time.
+    tokio::spawn(async move {
+        let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(8 * 1024));
+        while let Some(Ok(line)) = lines.next().await {
+            tracing::warn!(worker = pid, "{line}");
+        }
+    });
+    let mut worker = Worker {
+        child,
+        pid,
+        reader: FramedRead::new(stdout, protocol::codec()),
+        writer: FramedWrite::new(stdin, protocol::codec()),
+    };
+    let handshake = async {
+        worker
+            .writer
+            .send(ToWorker::Hello(Hello::current()).encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        match worker.reader.next().await {
+            Some(Ok(frame)) => match FromWorker::decode(&frame).map_err(|e| e.to_string())? {
+                FromWorker::Hello(hello) => {
+                    protocol::check_hello(&hello).map_err(|e| e.to_string())
+                }
+                _ => Err("expected a hello frame".to_owned()),
+            },
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("worker exited during the handshake".to_owned()),
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(())) => Ok(worker),
+        Ok(Err(err)) => Err(format!("worker handshake failed: {err}")),
+        Err(_) => Err("worker did not answer the handshake".into()),
+    }
+}
+
+/// The OS limits for a task's worker.
+fn os_limits(spec: &TaskSpec) -> OsLimits {
+    let data_bytes = spec
+        .limits
+        .process_memory
+        .map(|m| m.as_u64())
+        .unwrap_or_else(|| spec.limits.max_memory.as_u64() + DEFAULT_OS_MEMORY_HEADROOM);
+    OsLimits {
+        data_bytes,
+        // Each linear memory reserves its full 4 GiB range plus guards up
+        // front; the cap only stops an address-space explosion.
+        address_space_bytes: data_bytes.saturating_add(64 << 30),
+        cpu_seconds: spec.limits.timeout.map(|t| t.as_secs() + 2),
+        open_files: WORKER_OPEN_FILES,
+    }
+}
+
+/// Starts a process-isolated task.
+pub(crate) async fn spawn(
+    runner: &Arc<RunnerInner>,
+    program: &Program,
+    mut spec: TaskSpec,
+) -> Result<TaskHandle> {
+    let spawned_at = Instant::now();
+    crate::task::check_limits(runner, &spec)?;
+    let backend = Arc::clone(&runner.process);
+    let cache_dir = backend.cache_root(runner)?;
+    runner.ensure_artifact(program, &cache_dir)?;
+
+    // The worker's environment is empty: resolve inherited variables here.
+    for key in std::mem::take(&mut spec.inherit_env) {
+        if let Ok(value) = std::env::var(&key) {
+            spec.env.insert(key, value);
+        }
+    }
+    spec.wasm = program.path().to_owned();
+    crate::task::check_grants(&spec)?;
+
+    let limits = spec.limits.clone();
+    // The worker enforces the output limit; the parent only delivers.
+    let (stdout, stdout_rx) = OutputPipe::new(Stream::Stdout, spec.stdout, None, limits.capture);
+    let (stderr, stderr_rx) = OutputPipe::new(Stream::Stderr, spec.stderr, None, limits.capture);
+    let forward_stdin = spec.stdin == Stdin::Inherit;
+
+    let slot = Arc::clone(&runner.slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::ShutDown)?;
+    let worker = backend.take_worker().await?;
+    let pid = worker.pid;
+    let request = RunRequest {
+        os_limits: os_limits(&spec),
+        spec,
+        cache_dir,
+    };
+    let cancel = CancellationToken::new();
+    let supervisor = Supervisor {
+        worker,
+        cancel: cancel.clone(),
+        timeout: limits.timeout,
+        stdout,
+        stderr,
+        forward_stdin,
+        spawned_at,
+    };
+    let join = tokio::spawn(async move {
+        let report = supervisor.run(request).await;
+        drop(slot);
+        report
+    });
+    Ok(TaskHandle::new(
+        TaskId::next(),
+        CancelHandle::new(cancel),
+        join,
+        stdout_rx,
+        stderr_rx,
+        Some(pid),
+    ))
+}
+
+/// Why the parent is ending a worker early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    TimedOut(Duration),
+}
+
+struct Supervisor {
+    worker: Worker,
+    cancel: CancellationToken,
+    timeout: Option<Duration>,
+    stdout: OutputPipe,
+    stderr: OutputPipe,
+    forward_stdin: bool,
+    spawned_at: Instant,
+}
+
+impl Supervisor {
+    async fn run(mut self, request: RunRequest) -> TaskReport {
+        let pid = self.worker.pid;
+        let mut finished = None;
+        let mut protocol_error = None;
+        let mut started_at = None;
+        let mut stop: Option<StopReason> = None;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        // The worker enforces the timeout itself; this backstop covers a
+        // worker that cannot (stopped, wedged).
+        let backstop = self
+            .timeout
+            .map(|t| tokio::time::Instant::now() + t + GRACE);
+        let mut host_stdin = self.forward_stdin.then(tokio::io::stdin);
+        let mut stdin_buf = vec![0u8; 64 * 1024];
+
+        if let Err(err) = self
+            .worker
+            .writer
+            .send(ToWorker::Run(Box::new(request)).encode())
+            .await
+        {
+            protocol_error = Some(format!("cannot send the task to the worker: {err}"));
+        }
+
+        while protocol_error.is_none() {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled(), if stop.is_none() => {
+                    stop = Some(StopReason::Cancelled);
+                    let _ = self.worker.writer.send(ToWorker::Cancel.encode()).await;
+                    kill_at = Some(tokio::time::Instant::now() + GRACE);
+                }
+                () = sleep_until(backstop), if stop.is_none() && backstop.is_some() => {
+                    stop = self.timeout.map(StopReason::TimedOut);
+                    let _ = self.worker.writer.send(ToWorker::Cancel.encode()).await;
+                    kill_at = Some(tokio::time::Instant::now() + GRACE);
+                }
+                () = sleep_until(kill_at), if kill_at.is_some() => {
+                    kill_at = None;
+                    let _ = sys::signal_group(pid, libc::SIGKILL);
+                }
+                read = read_stdin(&mut host_stdin, &mut stdin_buf), if host_stdin.is_some() => {
+                    let frame = match read {
+                        Some(bytes) => ToWorker::Stdin(bytes),
+                        None => {
+                            host_stdin = None;
+                            ToWorker::StdinEnd
+                        }
+                    };
+                    let _ = self.worker.writer.send(frame.encode()).await;
+                }
+                frame = self.worker.reader.next() => match frame {
+                    None => break,
+                    Some(Err(err)) => protocol_error = Some(format!("bad frame from worker: {err}")),
+                    Some(Ok(frame)) => match FromWorker::decode(&frame) {
+                        Ok(FromWorker::Started) => started_at = Some(Instant::now()),
+                        Ok(FromWorker::Stdout(bytes)) => self.stdout.forward(bytes).await,
+                        Ok(FromWorker::Stderr(bytes)) => self.stderr.forward(bytes).await,
+                        Ok(FromWorker::Finished(report)) => {
+                            finished = Some(*report);
+                            break;
+                        }
+                        Ok(FromWorker::Hello(_)) => {
+                            protocol_error = Some("unexpected hello frame from worker".into());
+                        }
+                        Err(err) => protocol_error = Some(format!("bad frame from worker: {err}")),
+                    },
+                },
+            }
+        }
+
+        let status = reap(&mut self.worker.child, pid, finished.is_none()).await;
+        let outcome = match (finished.as_ref(), protocol_error, stop) {
+            // A worker told to stop for a timeout reports "cancelled"; the
+            // reason the parent stopped it is the truth.
+            (Some(f), _, Some(StopReason::TimedOut(after))) if f.outcome == Outcome::Cancelled => {
+                Outcome::LimitExceeded {
+                    limit: Limit::Timeout { after },
+                }
+            }
+            (Some(f), _, _) => f.outcome.clone(),
+            (None, Some(message), _) => Outcome::Failed { message },
+            (None, None, Some(StopReason::Cancelled)) => Outcome::Cancelled,
+            (None, None, Some(StopReason::TimedOut(after))) => Outcome::LimitExceeded {
+                limit: Limit::Timeout { after },
+            },
+            (None, None, None) => match status {
+                Some(status) => Outcome::Crashed {
+                    signal: status.signal(),
+                    status: status.code(),
+                },
+                None => Outcome::Crashed {
+                    signal: None,
+                    status: None,
+                },
+            },
+        };
+        let ended_at = Instant::now();
+        let mut metrics = finished
+            .map(|f| f.metrics)
+            .unwrap_or_else(TaskMetrics::default);
+        let started = started_at.unwrap_or(ended_at);
+        metrics.startup = started - self.spawned_at;
+        if metrics.run_time.is_zero() {
+            metrics.run_time = ended_at - started;
+        }
+        TaskReport {
+            outcome,
+            metrics,
+            stdout: self.stdout.finish(),
+            stderr: self.stderr.finish(),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the next chunk of the host's stdin; `None` at end of file.
+async fn read_stdin(stdin: &mut Option<tokio::io::Stdin>, buf: &mut [u8]) -> Option<bytes::Bytes> {
+    let stdin = stdin.as_mut()?;
+    match stdin.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(bytes::Bytes::copy_from_slice(&buf[..n])),
+    }
+}
+
+/// Waits for the worker to exit, killing its group if it lingers, so no
+/// worker outlives its task and none is left a zombie.
+async fn reap(child: &mut Child, pid: u32, abnormal: bool) -> Option<std::process::ExitStatus> {
+    let wait = if abnormal { GRACE } else { GRACE * 4 };
+    match tokio::time::timeout(wait, child.wait()).await {
+        // Once reaped, the group id may be reused: never signal it after.
+        Ok(Ok(status)) => Some(status),
+        _ => {
+            let _ = sys::signal_group(pid, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The few OS calls process isolation needs that std does not offer:
+//! resource limits, the parent-death signal, and signals to process groups.
+//! Each `unsafe` block is a single libc call with plain integer arguments.
+
+use std::io;
+
+use super::protocol::OsLimits;
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `setrlimit` reads the struct we pass by reference and touches
+    // no other memory.
+    check(unsafe { libc::setrlimit(resource, &limit) })
+}
+
+/// Applies `limits` to the calling process. Limits can only be lowered, so
+/// a worker applies them to itself once it knows its task.
+pub(crate) fn apply_limits(limits: &OsLimits) -> io::Result<()> {
+    set_limit(libc::RLIMIT_DATA, limits.data_bytes, limits.data_bytes)?;
+    set_limit(
+        libc::RLIMIT_AS,
+        limits.address_space_bytes,
+        limits.address_space_bytes,
+    )?;
+    set_limit(libc::RLIMIT_NOFILE, limits.open_files, limits.open_files)?;
+    if let Some(seconds) = limits.cpu_seconds {
+        // SIGXCPU at the soft limit (fatal by default), SIGKILL a second later.
+        set_limit(libc::RLIMIT_CPU, seconds, seconds + 1)?;
+    }
+    Ok(())
+}
+
+/// Asks the kernel to SIGKILL this process when its parent dies, then checks
+/// the parent did not die already (in which case we were re-parented).
+pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
+    // SAFETY: `prctl(PR_SET_PDEATHSIG, sig)` takes integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+    // SAFETY: `getppid` has no arguments and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if u32::try_from(parent).ok() != Some(expected_parent) {
+        return Err(io::Error::other("the parent process is gone"));
+    }
+    Ok(())
+}
+
+/// The parent pid of this process.
+pub(crate) fn parent_pid() -> u32 {
+    // SAFETY: `getppid` has no arguments and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    u32::try_from(parent).unwrap_or(0)
+}
+
+/// Sends `signal` to every process in the group led by `pgid`.
+pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(io::Error::other)?;
+    if pgid <= 1 {
+        // Never signal "every process we can" (-1) or our own group (0).
+        return Err(io::Error::other("refusing to signal a process group <= 1"));
+    }
+    // SAFETY: `killpg` takes integer arguments only.
+    check(unsafe { libc::killpg(pgid, signal) })
+}
+
+/// Makes `SIGSEGV` and `SIGBUS` that are not Wasm traps kill the worker.
+///
+/// wasmtime handles these signals to implement traps and hands the ones it
+/// does not own to the previous handler; when that is the default action it
+/// merely restores it and returns, which drops a signal sent with `kill`.
+/// Installed before the engine, this handler becomes that previous handler
+/// and ends the process by the signal it got, so the parent reports the
+/// crash precisely.
+pub(crate) fn die_on_foreign_faults() -> io::Result<()> {
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: `sigaction` is given a zeroed struct whose handler field
+        // is a valid `extern "C"` function with the SA_SIGINFO signature;
+        // `sigemptyset` initialises its mask.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = fatal_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            check(libc::sigaction(signal, &action, std::ptr::null_mut()))?;
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn fatal_signal(
+    signal: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    // SAFETY: `signal` and `raise` are async-signal-safe. The raised signal
+    // is blocked while this handler runs, so it is delivered (with the
+    // default action: terminate) as soon as the handler returns.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}

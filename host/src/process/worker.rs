@@ -1,0 +1,259 @@
+//! The worker side of process isolation: what runs in the child.
+//!
+//! A worker is the `isola` binary (or an embedder's binary that calls
+//! [`run_worker`]) started with [`WORKER_ARG`]. It talks to its parent over
+//! its stdin/stdout pipes, creates its own engine before it is given a task
+//! (so a pre-started worker pays that cost off the critical path), runs one
+//! task, reports, and exits.
+
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::protocol::{self, Finished, FromWorker, Hello, RunRequest, ToWorker};
+use super::sys;
+use crate::cache::DiskCache;
+use crate::outcome::{Outcome, TaskMetrics};
+use crate::runner::{CacheDir, Runner, RunnerConfig};
+use crate::spec::{Output, Stdin};
+use crate::task::{self, SpawnExtras};
+
+/// The first argument that turns a binary into an Isola worker. Long and
+/// odd on purpose, so no ordinary command line collides with it.
+pub const WORKER_ARG: &str = "__isola-worker-v1";
+
+/// Environment variable carrying the parent's pid, for the parent-death check.
+pub(crate) const PARENT_ENV: &str = "ISOLA_WORKER_PARENT";
+
+/// Runs this process as an Isola worker if it was started as one.
+///
+/// Call it first thing in `main` of a binary that embeds Isola and uses
+/// process isolation with [`crate::RunnerConfig::worker_program`] pointing at
+/// itself. Returns `None` when the process is not a worker.
+///
+/// # Examples
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(code) = isola::worker::run_if_worker() {
+///         return code;
+///     }
+///     // ... the program's own main ...
+///     std::process::ExitCode::SUCCESS
+/// }
+/// ```
+pub fn run_if_worker() -> Option<ExitCode> {
+    (std::env::args_os().nth(1).as_deref() == Some(WORKER_ARG.as_ref())).then(run_worker)
+}
+
+/// Serves one task over stdin/stdout, then exits. See [`run_if_worker`].
+pub fn run_worker() -> ExitCode {
+    let parent = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or_else(sys::parent_pid);
+    if let Err(err) = sys::die_with_parent(parent).and_then(|()| sys::die_on_foreign_faults()) {
+        eprintln!("isola worker: {err}");
+        return ExitCode::from(70);
+    }
+    // One thread: a worker runs one task, and guests yield on every epoch
+    // tick, so the IPC tasks still get their turn.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("isola worker: cannot start the runtime: {err}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("isola worker: {err}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+type Reader = FramedRead<pipe::Receiver, tokio_util::codec::LengthDelimitedCodec>;
+type Writer = FramedWrite<pipe::Sender, tokio_util::codec::LengthDelimitedCodec>;
+
+async fn next_frame(reader: &mut Reader) -> Result<Option<ToWorker>, String> {
+    match reader.next().await {
+        None => Ok(None),
+        Some(Err(err)) => Err(format!("reading from the parent: {err}")),
+        Some(Ok(frame)) => ToWorker::decode(&frame)
+            .map(Some)
+            .map_err(|err| err.to_string()),
+    }
+}
+
+async fn send(writer: &mut Writer, msg: FromWorker) -> Result<(), String> {
+    writer
+        .send(msg.encode())
+        .await
+        .map_err(|err| format!("writing to the parent: {err}"))
+}
+
+async fn serve() -> Result<(), String> {
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| pipe::Receiver::from_file(std::fs::File::from(fd)))
+        .map_err(|e| format!("stdin is not a usable pipe: {e}"))?;
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| pipe::Sender::from_file(std::fs::File::from(fd)))
+        .map_err(|e| format!("stdout is not a usable pipe: {e}"))?;
+    let mut reader = FramedRead::new(stdin, protocol::codec());
+    let mut writer = FramedWrite::new(stdout, protocol::codec());
+
+    match next_frame(&mut reader).await? {
+        Some(ToWorker::Hello(hello)) => {
+            protocol::check_hello(&hello).map_err(|e| e.to_string())?;
+        }
+        Some(_) => return Err("expected a hello frame first".into()),
+        None => return Ok(()),
+    }
+    send(&mut writer, FromWorker::Hello(Hello::current())).await?;
+
+    // The engine is ready before the task arrives: this is the work a
+    // pre-started worker saves.
+    let runner = Runner::with_config(RunnerConfig {
+        max_live_tasks: 1,
+        instance_pool: false,
+        cache_dir: CacheDir::Disabled,
+        ..RunnerConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+
+    let request = match next_frame(&mut reader).await? {
+        Some(ToWorker::Run(request)) => request,
+        // The parent let us go unused.
+        None => return Ok(()),
+        Some(_) => return Err("expected a run frame".into()),
+    };
+    run_one(&runner, *request, &mut reader, &mut writer).await
+}
+
+async fn run_one(
+    runner: &Runner,
+    request: RunRequest,
+    reader: &mut Reader,
+    writer: &mut Writer,
+) -> Result<(), String> {
+    if let Err(err) = sys::apply_limits(&request.os_limits) {
+        return finish_failed(writer, format!("cannot apply OS limits: {err}")).await;
+    }
+    let cache = DiskCache::new(&request.cache_dir, runner.engine());
+    let mut spec = request.spec;
+    spec.stdout = Output::Pipe;
+    spec.stderr = Output::Pipe;
+
+    // Stdin the parent forwards frame by frame arrives through a pipe.
+    let (mut stdin_writer, stdin_override) = if spec.stdin == Stdin::Inherit {
+        let (reader_half, writer_half) = tokio::io::simplex(64 * 1024);
+        (
+            Some(writer_half),
+            Some(wasmtime_wasi::cli::AsyncStdinStream::new(reader_half)),
+        )
+    } else {
+        (None, None)
+    };
+
+    let program =
+        match crate::program::load_with_cache(&runner.inner, &spec.wasm, Some(&cache)).await {
+            Ok(program) => program,
+            Err(err) => return finish_failed(writer, err.to_string()).await,
+        };
+    let (started_tx, mut started_rx) = oneshot::channel();
+    let extras = SpawnExtras {
+        stdin: stdin_override,
+        on_start: Some(started_tx),
+        os_memory_limit: Some(request.os_limits.data_bytes),
+    };
+    let mut handle = match task::spawn(&runner.inner, &program, spec, extras).await {
+        Ok(handle) => handle,
+        Err(err) => return finish_failed(writer, err.to_string()).await,
+    };
+    let (Some(mut stdout), Some(mut stderr)) = (handle.take_stdout(), handle.take_stderr()) else {
+        return finish_failed(writer, "output pipes missing".into()).await;
+    };
+    let canceller = handle.cancel_handle();
+    let mut wait = std::pin::pin!(handle.wait());
+    let mut report = None;
+    let (mut stdout_open, mut stderr_open, mut started_pending) = (true, true, true);
+    while report.is_none() || stdout_open || stderr_open {
+        tokio::select! {
+            started = &mut started_rx, if started_pending => {
+                started_pending = false;
+                if started.is_ok() {
+                    send(writer, FromWorker::Started).await?;
+                }
+            }
+            chunk = stdout.recv(), if stdout_open => match chunk {
+                Some(bytes) => send(writer, FromWorker::Stdout(bytes)).await?,
+                None => stdout_open = false,
+            },
+            chunk = stderr.recv(), if stderr_open => match chunk {
+                Some(bytes) => send(writer, FromWorker::Stderr(bytes)).await?,
+                None => stderr_open = false,
+            },
+            frame = next_frame(reader) => match frame? {
+                Some(ToWorker::Stdin(bytes)) => {
+                    if let Some(w) = &mut stdin_writer {
+                        // The guest may have stopped reading; that is fine.
+                        if w.write_all(&bytes).await.is_err() {
+                            stdin_writer = None;
+                        }
+                    }
+                }
+                Some(ToWorker::StdinEnd) => {
+                    if let Some(mut w) = stdin_writer.take() {
+                        // Shutting the pipe down is what the guest reads as EOF.
+                        let _ = w.shutdown().await;
+                    }
+                }
+                Some(ToWorker::Cancel) => canceller.cancel(),
+                Some(ToWorker::Hello(_) | ToWorker::Run(_)) => {
+                    return Err("unexpected frame while running".into());
+                }
+                // The parent is gone: nobody to report to.
+                None => {
+                    canceller.cancel();
+                    std::process::exit(1);
+                }
+            },
+            done = &mut wait, if report.is_none() => report = Some(done),
+        }
+    }
+    let report = report.ok_or("no report")?;
+    send(
+        writer,
+        FromWorker::Finished(Box::new(Finished {
+            outcome: report.outcome,
+            metrics: report.metrics,
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn finish_failed(writer: &mut Writer, message: String) -> Result<(), String> {
+    send(
+        writer,
+        FromWorker::Finished(Box::new(Finished {
+            outcome: Outcome::Failed { message },
+            metrics: TaskMetrics::default(),
+        })),
+    )
+    .await
+}

@@ -1,0 +1,606 @@
+//! Running a [`TaskSet`]: a bounded pool of slots, dependencies, restarts,
+//! fail-fast and shutdown, with a record of every task.
+//!
+//! The scheduler starts a task when every task it depends on has succeeded
+//! and a slot is free (at most [`Scheduler::jobs`] tasks run at once). A task
+//! that does not succeed makes its dependents *skipped*; the others go on,
+//! unless [`Scheduler::fail_fast`] is on. Each task runs at its own
+//! isolation level; a process task that crashes is restarted as its
+//! [`RestartPolicy`] says. Tasks' stdout and stderr are piped and delivered
+//! line by line, with the task's name, to an [`EventSink`], together with
+//! the lifecycle of each task.
+//!
+//! Every task ends with exactly one [`TaskRecord`], including those that
+//! could not start or never started, and the run as a whole with a
+//! [`SetReport`] holding the records and the pool's [`PoolMetrics`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use isola::Runner;
+//! use isola::config::TaskSet;
+//! use isola::taskset::{Event, Scheduler};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let set = TaskSet::load("tasks.toml")?;
+//! let shutdown = CancellationToken::new(); // cancel it to stop the set
+//! let scheduler = Scheduler::new(Runner::new()?)
+//!     .jobs(4)
+//!     .sink(|event: &Event<'_>| {
+//!         if let Event::Output { task, line, .. } = event {
+//!             println!("{task} | {line}");
+//!         }
+//!     });
+//! let report = scheduler.run_until(&set, shutdown.cancelled()).await;
+//! println!("utilization {:.0}%", report.pool.utilization * 100.0);
+//! # Ok(()) }
+//! ```
+//!
+//! [`RestartPolicy`]: crate::config::RestartPolicy
+
+mod lines;
+mod report;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+
+pub use report::{
+    Histogram, PoolMetrics, REPORT_VERSION, SetReport, SkipReason, StatusCounts, StopReason,
+    TaskRecord, TaskStatus,
+};
+
+use crate::OutputReceiver;
+use crate::config::{RestartPolicy, TaskConfig, TaskSet};
+use crate::outcome::{Outcome, Stream, TaskReport};
+use crate::runner::Runner;
+use crate::spec::{Isolation, Output};
+use crate::task::CancelHandle;
+
+/// Something that happened while a set runs, in the order it happened for
+/// each task.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// The task's dependencies have all succeeded (or it has none): it
+    /// waits for a slot.
+    Queued {
+        /// The task.
+        task: &'a str,
+    },
+    /// The task got a slot and is starting (again, after a crash, when
+    /// `attempt` is more than 1).
+    Started {
+        /// The task.
+        task: &'a str,
+        /// Where it runs.
+        isolation: Isolation,
+        /// 1 for the first attempt.
+        attempt: u32,
+    },
+    /// A line the task wrote, without its line ending. Invalid UTF-8 is
+    /// replaced; very long lines arrive in pieces.
+    Output {
+        /// The task.
+        task: &'a str,
+        /// Which of its streams.
+        stream: Stream,
+        /// The line.
+        line: &'a str,
+    },
+    /// The task crashed and will be started again.
+    Restarting {
+        /// The task.
+        task: &'a str,
+        /// The attempt that is about to start.
+        attempt: u32,
+        /// How the previous attempt ended.
+        crash: &'a Outcome,
+    },
+    /// The task ended: succeeded, failed, was cancelled or was skipped.
+    /// Exactly once per task.
+    Finished {
+        /// Everything recorded about it.
+        record: &'a TaskRecord,
+    },
+}
+
+/// Receives a running set's [`Event`]s. Called from the task that runs the
+/// set, so it should not block for long: a slow sink slows the guests'
+/// output down (they wait on their pipes), which is the intended
+/// backpressure.
+///
+/// Any `Fn(&Event<'_>) + Send + Sync` is a sink.
+pub trait EventSink: Send + Sync {
+    /// Handles one event.
+    fn event(&self, event: &Event<'_>);
+}
+
+impl<F> EventSink for F
+where
+    F: Fn(&Event<'_>) + Send + Sync,
+{
+    fn event(&self, event: &Event<'_>) {
+        self(event);
+    }
+}
+
+/// Runs [`TaskSet`]s on a [`Runner`].
+pub struct Scheduler {
+    runner: Runner,
+    jobs: usize,
+    fail_fast: bool,
+    sink: Box<dyn EventSink>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("jobs", &self.jobs)
+            .field("fail_fast", &self.fail_fast)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with one slot per CPU core, fail-fast off, and a sink that
+    /// drops every event.
+    pub fn new(runner: Runner) -> Scheduler {
+        Scheduler {
+            runner,
+            jobs: default_jobs(),
+            fail_fast: false,
+            sink: Box::new(|_: &Event<'_>| {}),
+        }
+    }
+
+    /// Runs at most `jobs` tasks at once (at least 1).
+    pub fn jobs(mut self, jobs: usize) -> Scheduler {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// On the first failure, cancels the running tasks and skips the ones
+    /// not started.
+    pub fn fail_fast(mut self, on: bool) -> Scheduler {
+        self.fail_fast = on;
+        self
+    }
+
+    /// Where events go.
+    pub fn sink(mut self, sink: impl EventSink + 'static) -> Scheduler {
+        self.sink = Box::new(sink);
+        self
+    }
+
+    /// How many tasks may run at once.
+    pub fn job_count(&self) -> usize {
+        self.jobs
+    }
+
+    /// Runs every task of `set` and reports how each ended.
+    pub async fn run(&self, set: &TaskSet) -> SetReport {
+        self.run_until(set, std::future::pending()).await
+    }
+
+    /// As [`Scheduler::run`], but when `shutdown` completes the running
+    /// tasks are cancelled and the others skipped; the report still has a
+    /// record for every task.
+    ///
+    /// Dropping the returned future cancels the tasks it started.
+    pub async fn run_until(&self, set: &TaskSet, shutdown: impl Future<Output = ()>) -> SetReport {
+        let mut run = Run::new(self, set);
+        let mut running = FuturesUnordered::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut shutdown_seen = false;
+        loop {
+            while run.stopped.is_none() && running.len() < self.jobs {
+                let Some(i) = run.ready.pop_front() else {
+                    break;
+                };
+                let token = CancellationToken::new();
+                run.start(i, token.clone());
+                running.push(self.run_task(i, &set.tasks()[i], token));
+                run.max_running = run.max_running.max(running.len());
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((i, ended)) = running.next() => run.finish(i, ended),
+                () = &mut shutdown, if !shutdown_seen => {
+                    shutdown_seen = true;
+                    run.stop(StopReason::Shutdown);
+                }
+            }
+        }
+        run.report()
+    }
+
+    /// One task, from getting its slot to giving it back: every attempt,
+    /// with its output forwarded to the sink.
+    async fn run_task(
+        &self,
+        i: usize,
+        task: &TaskConfig,
+        token: CancellationToken,
+    ) -> (usize, Ended) {
+        let mut crashes = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.sink.event(&Event::Started {
+                task: &task.name,
+                isolation: task.spec.isolation,
+                attempt,
+            });
+            let mut spec = task.spec.clone();
+            spec.stdout = Output::Pipe;
+            spec.stderr = Output::Pipe;
+            let spawned = tokio::select! {
+                spawned = self.runner.spawn(spec) => spawned,
+                () = token.cancelled() => {
+                    return (i, Ended { attempts: attempt, crashes, how: How::CancelledBeforeStart });
+                }
+            };
+            let mut handle = match spawned {
+                Ok(handle) => handle,
+                Err(err) => {
+                    let how = How::StartFailed(err.to_string());
+                    return (
+                        i,
+                        Ended {
+                            attempts: attempt,
+                            crashes,
+                            how,
+                        },
+                    );
+                }
+            };
+            let canceller = handle.cancel_handle();
+            // If this future is dropped (the caller gave up on the set), the
+            // task must not go on running detached.
+            let mut guard = CancelOnDrop(Some(canceller.clone()));
+            let stdout = self.forward(&task.name, Stream::Stdout, handle.take_stdout());
+            let stderr = self.forward(&task.name, Stream::Stderr, handle.take_stderr());
+            let wait = async {
+                let mut waiting = std::pin::pin!(handle.wait());
+                tokio::select! {
+                    report = &mut waiting => report,
+                    () = token.cancelled() => {
+                        canceller.cancel();
+                        waiting.await
+                    }
+                }
+            };
+            // All output is delivered before the task counts as finished.
+            let (report, (), ()) = tokio::join!(wait, stdout, stderr);
+            guard.0 = None;
+
+            let restart = match task.restart {
+                RestartPolicy::OnCrash { max_restarts } => {
+                    matches!(report.outcome, Outcome::Crashed { .. })
+                        && attempt <= max_restarts
+                        && !token.is_cancelled()
+                }
+                RestartPolicy::Never => false,
+            };
+            if !restart {
+                return (
+                    i,
+                    Ended {
+                        attempts: attempt,
+                        crashes,
+                        how: How::Ran(Box::new(report)),
+                    },
+                );
+            }
+            self.sink.event(&Event::Restarting {
+                task: &task.name,
+                attempt: attempt + 1,
+                crash: &report.outcome,
+            });
+            crashes.push(report.outcome);
+        }
+    }
+
+    /// Delivers a piped stream to the sink, line by line, until it ends.
+    async fn forward(&self, task: &str, stream: Stream, rx: Option<OutputReceiver>) {
+        let Some(mut rx) = rx else { return };
+        let mut splitter = lines::LineSplitter::default();
+        let emit = |line: &str| self.sink.event(&Event::Output { task, stream, line });
+        while let Some(chunk) = rx.recv().await {
+            splitter.push(&chunk, emit);
+        }
+        splitter.finish(emit);
+    }
+}
+
+/// Slots by default: one per core.
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Cancels a task when dropped while armed.
+struct CancelOnDrop(Option<CancelHandle>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.cancel();
+        }
+    }
+}
+
+/// How a task's slot time ended.
+struct Ended {
+    attempts: u32,
+    /// Outcomes of the attempts that crashed and were restarted.
+    crashes: Vec<Outcome>,
+    how: How,
+}
+
+enum How {
+    /// The last attempt ran and ended with this report.
+    Ran(Box<TaskReport>),
+    /// The last attempt could not start.
+    StartFailed(String),
+    /// The set was stopped while the last attempt was starting.
+    CancelledBeforeStart,
+}
+
+/// Where a task is.
+enum Slot {
+    /// Waiting for dependencies.
+    Waiting,
+    /// Ready, waiting for a slot, since this instant.
+    Queued(Instant),
+    /// Holding a slot since this instant; the token cancels it.
+    Running {
+        queued: Instant,
+        started: Instant,
+        token: CancellationToken,
+    },
+    /// Has its record.
+    Done,
+}
+
+/// The state of one run of a set.
+struct Run<'a> {
+    scheduler: &'a Scheduler,
+    set: &'a TaskSet,
+    origin: Instant,
+    dependents: Vec<Vec<usize>>,
+    /// Dependencies of each task that have not succeeded yet.
+    pending_deps: Vec<usize>,
+    slots: Vec<Slot>,
+    records: Vec<Option<TaskRecord>>,
+    /// Tasks ready to start, in the order they became ready.
+    ready: VecDeque<usize>,
+    stopped: Option<StopReason>,
+    max_running: usize,
+}
+
+impl<'a> Run<'a> {
+    fn new(scheduler: &'a Scheduler, set: &'a TaskSet) -> Run<'a> {
+        let deps = set.dependency_indices();
+        let mut dependents = vec![Vec::new(); deps.len()];
+        for (task, list) in deps.iter().enumerate() {
+            for &dep in list {
+                dependents[dep].push(task);
+            }
+        }
+        let mut run = Run {
+            scheduler,
+            set,
+            origin: Instant::now(),
+            dependents,
+            pending_deps: deps.iter().map(Vec::len).collect(),
+            slots: deps.iter().map(|_| Slot::Waiting).collect(),
+            records: vec![None; deps.len()],
+            ready: VecDeque::new(),
+            stopped: None,
+            max_running: 0,
+        };
+        for i in 0..deps.len() {
+            if run.pending_deps[i] == 0 {
+                run.queue(i);
+            }
+        }
+        run
+    }
+
+    fn since_origin(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.origin)
+    }
+
+    fn queue(&mut self, i: usize) {
+        self.slots[i] = Slot::Queued(Instant::now());
+        self.ready.push_back(i);
+        let task = &self.set.tasks()[i].name;
+        self.scheduler.sink.event(&Event::Queued { task });
+    }
+
+    fn start(&mut self, i: usize, token: CancellationToken) {
+        let Slot::Queued(queued) = self.slots[i] else {
+            return;
+        };
+        self.slots[i] = Slot::Running {
+            queued,
+            started: Instant::now(),
+            token,
+        };
+    }
+
+    /// Records a task that gave its slot back, and queues or skips what
+    /// depends on it.
+    fn finish(&mut self, i: usize, ended: Ended) {
+        let finished = Instant::now();
+        let task = &self.set.tasks()[i];
+        let mut record = TaskRecord::new(&task.name, task.spec.isolation, TaskStatus::Failed);
+        if let Slot::Running {
+            queued, started, ..
+        } = self.slots[i]
+        {
+            record.queued_at = Some(self.since_origin(queued));
+            record.started_at = Some(self.since_origin(started));
+            record.wait_time = Some(started.saturating_duration_since(queued));
+            record.wall_time = Some(finished.saturating_duration_since(started));
+        }
+        record.finished_at = Some(self.since_origin(finished));
+        record.attempts = ended.attempts;
+        record.crashes = ended.crashes;
+        match ended.how {
+            How::Ran(report) => {
+                record.status = match report.outcome {
+                    Outcome::Exited { code: 0 } => TaskStatus::Succeeded,
+                    Outcome::Cancelled => TaskStatus::Cancelled,
+                    _ => TaskStatus::Failed,
+                };
+                if let Outcome::Exited { code } = report.outcome {
+                    record.exit_code = Some(code);
+                }
+                record.startup = report.metrics.startup;
+                record.run_time = report.metrics.run_time;
+                record.peak_memory = report.metrics.peak_memory;
+                record.fuel_used = report.metrics.fuel_used;
+                record.outcome = Some(report.outcome);
+            }
+            How::StartFailed(error) => record.start_error = Some(error),
+            How::CancelledBeforeStart => {
+                record.status = TaskStatus::Cancelled;
+                record.outcome = Some(Outcome::Cancelled);
+            }
+        }
+        let status = record.status;
+        self.record(i, record);
+
+        if status == TaskStatus::Succeeded {
+            for d in self.dependents[i].clone() {
+                self.pending_deps[d] -= 1;
+                if self.pending_deps[d] == 0 && matches!(self.slots[d], Slot::Waiting) {
+                    if self.stopped.is_some() {
+                        // Cannot happen (stopping skips every waiting task),
+                        // but a task must never be left without a record.
+                        self.skip(d, SkipReason::Shutdown);
+                    } else {
+                        self.queue(d);
+                    }
+                }
+            }
+            return;
+        }
+        self.skip_dependents(i);
+        if status == TaskStatus::Failed && self.scheduler.fail_fast && self.stopped.is_none() {
+            let failed = self.set.tasks()[i].name.clone();
+            self.stop(StopReason::FailFast { failed });
+        }
+    }
+
+    /// Skips every task that depends, directly or not, on `failed`.
+    fn skip_dependents(&mut self, failed: usize) {
+        let mut work = vec![failed];
+        while let Some(done) = work.pop() {
+            for d in self.dependents[done].clone() {
+                if matches!(self.slots[d], Slot::Waiting) {
+                    let dependency = self.set.tasks()[done].name.clone();
+                    self.skip(d, SkipReason::DependencyFailed { dependency });
+                    work.push(d);
+                }
+            }
+        }
+    }
+
+    /// Stops the set: cancels what runs, skips what has not started.
+    fn stop(&mut self, reason: StopReason) {
+        let skip_reason = match &reason {
+            StopReason::Shutdown => SkipReason::Shutdown,
+            StopReason::FailFast { failed } => SkipReason::FailFast {
+                failed: failed.clone(),
+            },
+        };
+        // A shutdown after fail-fast still says the user stopped the set.
+        if self.stopped.is_none() || reason == StopReason::Shutdown {
+            self.stopped = Some(reason);
+        }
+        self.ready.clear();
+        for i in 0..self.slots.len() {
+            match &self.slots[i] {
+                Slot::Running { token, .. } => token.cancel(),
+                Slot::Waiting | Slot::Queued(_) => self.skip(i, skip_reason.clone()),
+                Slot::Done => {}
+            }
+        }
+    }
+
+    fn skip(&mut self, i: usize, reason: SkipReason) {
+        let task = &self.set.tasks()[i];
+        let mut record = TaskRecord::new(&task.name, task.spec.isolation, TaskStatus::Skipped);
+        if let Slot::Queued(queued) = self.slots[i] {
+            record.queued_at = Some(self.since_origin(queued));
+        }
+        record.skip_reason = Some(reason);
+        self.record(i, record);
+    }
+
+    fn record(&mut self, i: usize, record: TaskRecord) {
+        self.slots[i] = Slot::Done;
+        self.scheduler
+            .sink
+            .event(&Event::Finished { record: &record });
+        self.records[i] = Some(record);
+    }
+
+    fn report(self) -> SetReport {
+        let wall_time = self.origin.elapsed();
+        let tasks: Vec<TaskRecord> = self
+            .records
+            .into_iter()
+            .zip(self.set.tasks())
+            .map(|(record, task)| {
+                record.unwrap_or_else(|| {
+                    // Unreachable by construction; kept so a scheduling bug
+                    // shows as a failed task instead of a missing one.
+                    let mut r =
+                        TaskRecord::new(&task.name, task.spec.isolation, TaskStatus::Failed);
+                    r.start_error = Some("internal error: the task was never scheduled".into());
+                    r
+                })
+            })
+            .collect();
+        let busy_time: Duration = tasks.iter().filter_map(|t| t.wall_time).sum();
+        let jobs = self.scheduler.jobs;
+        let capacity = wall_time.as_secs_f64() * jobs as f64;
+        let utilization = if capacity > 0.0 {
+            (busy_time.as_secs_f64() / capacity).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let pool = PoolMetrics {
+            jobs,
+            max_running: self.max_running,
+            wall_time,
+            busy_time,
+            utilization,
+            wait_time: Histogram::from_samples(tasks.iter().filter_map(|t| t.wait_time).collect()),
+            run_time: Histogram::from_samples(
+                tasks
+                    .iter()
+                    .filter(|t| t.outcome.is_some())
+                    .map(|t| t.run_time)
+                    .collect(),
+            ),
+        };
+        SetReport {
+            version: REPORT_VERSION,
+            tasks,
+            pool,
+            stopped: self.stopped,
+        }
+    }
+}

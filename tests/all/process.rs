@@ -1,0 +1,245 @@
+//! Process isolation proven from outside: crashes end only their own task,
+//! workers die with their parent, and nothing leaks.
+
+use std::time::{Duration, Instant};
+
+use isola::{ByteSize, Isolation, Limit, Outcome, Output, RunnerConfig, TaskSpec};
+use isola_tests::{GuestKind, Target, isola_bin, runner, shared_cache};
+
+fn process(name: &str) -> TaskSpec {
+    Target {
+        kind: GuestKind::Module,
+        isolation: Isolation::Process,
+    }
+    .spec(name)
+}
+
+fn signal(pid: u32, signal: i32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_workers_crash_alone() {
+    let runner = runner();
+    let mut sleepers = Vec::new();
+    for _ in 0..4 {
+        let mut spec = process("hostile");
+        spec.args = vec!["sleep".into(), "1500".into()];
+        sleepers.push(runner.spawn(spec).await.expect("spawn"));
+    }
+    // Let them start, then kill two of them from outside.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids: Vec<u32> = sleepers
+        .iter()
+        .map(|h| h.process_id().expect("a process task has a pid"))
+        .collect();
+    signal(pids[0], 9);
+    signal(pids[1], 11);
+
+    // Thread tasks run meanwhile, unaffected.
+    let report = runner
+        .run(TaskSpec::new(isola_tests::guest(
+            "hello",
+            GuestKind::Module,
+        )))
+        .await
+        .expect("run");
+    assert!(report.outcome.is_success());
+
+    let mut outcomes = Vec::new();
+    for handle in sleepers {
+        let report = handle.wait().await;
+        outcomes.push((report.outcome, report.stdout.text().into_owned()));
+    }
+    assert_eq!(
+        outcomes[0].0,
+        Outcome::Crashed {
+            signal: Some(9),
+            status: None
+        }
+    );
+    assert_eq!(
+        outcomes[1].0,
+        Outcome::Crashed {
+            signal: Some(11),
+            status: None
+        }
+    );
+    for (outcome, stdout) in &outcomes[2..] {
+        assert_eq!(*outcome, Outcome::Exited { code: 0 });
+        assert_eq!(stdout, "woke\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_ends_by_its_timeout() {
+    let mut spec = process("hostile");
+    spec.args = vec!["sleep".into(), "60000".into()];
+    spec.limits.timeout = Some(Duration::from_millis(500));
+    let handle = runner().spawn(spec).await.expect("spawn");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(handle.process_id().expect("pid"), 19); // SIGSTOP
+    let report = tokio::time::timeout(Duration::from_secs(10), handle.wait())
+        .await
+        .expect("a stopped worker cannot hang its task");
+    assert_eq!(
+        report.outcome,
+        Outcome::LimitExceeded {
+            limit: Limit::Timeout {
+                after: Duration::from_millis(500)
+            }
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_os_memory_limit_is_reported_precisely() {
+    let mut spec = process("hostile");
+    spec.args = vec!["alloc-bomb".into()];
+    spec.limits.max_memory = ByteSize::gib(2);
+    spec.limits.process_memory = Some(ByteSize::mib(256));
+    spec.stderr = Output::Discard;
+    let report = runner().run(spec).await.expect("run");
+    match report.outcome {
+        Outcome::LimitExceeded {
+            limit: Limit::ProcessMemory { max },
+        } => assert_eq!(max, ByteSize::mib(256)),
+        // Host-side allocations can hit the limit first; then the worker
+        // aborts, and that is reported as what it is.
+        Outcome::Crashed { signal, .. } => assert_eq!(signal, Some(6)),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+/// Pids of this process's children that are zombies.
+fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&me.to_string().as_str()) {
+            zombies.push(pid);
+        }
+    }
+    zombies
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_process_tasks_leave_no_zombies_or_fds() {
+    // Warm up the runtime's own fds (signal pipes, epoll) before counting.
+    let _ = runner().run(process("hello")).await.expect("warm-up");
+    let fds_before = open_fds();
+    {
+        let runner = isola::Runner::with_config(RunnerConfig {
+            max_live_tasks: 8,
+            cache_dir: isola::CacheDir::Path(shared_cache()),
+            worker_program: Some(isola_bin()),
+            prestarted_workers: 2,
+            ..RunnerConfig::default()
+        })
+        .expect("runner");
+        let mut handles = std::collections::VecDeque::new();
+        for i in 0..1000 {
+            let mut spec = process("echo_cli");
+            spec.args = vec!["args".into(), i.to_string()];
+            handles.push_back(runner.spawn(spec).await.expect("spawn"));
+            if handles.len() >= 8 {
+                let handle = handles.pop_front().expect("queued");
+                assert!(handle.wait().await.outcome.is_success());
+            }
+        }
+        for handle in handles {
+            assert!(handle.wait().await.outcome.is_success());
+        }
+    }
+    // Idle pre-started workers see their pipes close and exit; give the
+    // runtime a moment to reap them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (open_fds() > fds_before || !zombie_children().is_empty()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(zombie_children(), Vec::<u32>::new(), "no zombies");
+    assert!(
+        open_fds() <= fds_before,
+        "fds: {} before, {} after",
+        fds_before,
+        open_fds()
+    );
+}
+
+/// The children of `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    children
+}
+
+fn is_alive(pid: u32) -> bool {
+    // A zombie is dead for our purpose: it runs nothing.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn killing_the_parent_leaves_no_worker_running() {
+    let guest = isola_tests::guest("hostile", GuestKind::Module);
+    let mut parent = std::process::Command::new(isola_bin())
+        .args(["run", "--isolation", "process"])
+        .arg(&guest)
+        .args(["--", "sleep", "60000"])
+        .env("ISOLA_CACHE_DIR", shared_cache())
+        .spawn()
+        .expect("spawn isola");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let workers = loop {
+        let workers = children_of(parent.id());
+        if !workers.is_empty() || Instant::now() > deadline {
+            break workers;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!workers.is_empty(), "the worker started");
+    parent.kill().expect("SIGKILL the parent");
+    parent.wait().expect("reap the parent");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers.iter().any(|&w| is_alive(w)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for worker in workers {
+        assert!(!is_alive(worker), "worker {worker} outlived its parent");
+    }
+}
