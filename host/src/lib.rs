@@ -49,12 +49,14 @@ pub mod taskset;
 pub mod process;
 
 mod cache;
+mod channel;
 mod error;
 mod output;
 mod program;
 mod state;
 mod task;
 
+pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};
 pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,

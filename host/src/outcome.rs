@@ -21,6 +21,16 @@ pub enum Outcome {
         /// The exit code.
         code: i32,
     },
+    /// A plugin's `run` returned this output (see [`crate::Runner::call`]).
+    Returned {
+        /// The output bytes.
+        output: Vec<u8>,
+    },
+    /// A plugin's `run` returned this error.
+    Rejected {
+        /// The error message.
+        error: String,
+    },
     /// The guest trapped: a bug in the guest, or an `abort`.
     Trapped(TrapInfo),
     /// The task hit one of its limits and was stopped.
@@ -48,7 +58,7 @@ pub enum Outcome {
 impl Outcome {
     /// Whether the task ran to completion with exit code 0.
     pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Exited { code: 0 })
+        matches!(self, Outcome::Exited { code: 0 } | Outcome::Returned { .. })
     }
 }
 
@@ -56,6 +66,8 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Exited { code } => write!(f, "exited with code {code}"),
+            Outcome::Returned { output } => write!(f, "returned {} bytes", output.len()),
+            Outcome::Rejected { error } => write!(f, "returned an error: {error}"),
             Outcome::Trapped(trap) => write!(f, "trapped: {}", trap.message),
             Outcome::LimitExceeded { limit } => write!(f, "limit exceeded: {limit}"),
             Outcome::Cancelled => f.write_str("cancelled"),
@@ -178,6 +190,19 @@ pub enum Limit {
     ProcessMemory {
         /// The limit.
         max: ByteSize,
+    },
+    /// The guest posted a message larger than
+    /// [`crate::Limits::max_message_size`].
+    #[error("message size limit of {max}")]
+    MessageSize {
+        /// The configured maximum.
+        max: ByteSize,
+    },
+    /// The guest posted more than [`crate::Limits::max_messages`] messages.
+    #[error("message count limit of {max}")]
+    Messages {
+        /// The configured maximum.
+        max: u64,
     },
     /// The task ran longer than its timeout.
     #[error("timeout of {}", humantime::format_duration(*after))]

@@ -9,6 +9,7 @@ use wasmtime::{ExternType, InstancePre, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::cache::{ContentHash, DiskCache, content_hash};
+use crate::channel::bindings::PluginPre;
 use crate::error::{Error, Result};
 use crate::runner::RunnerInner;
 use crate::state::TaskState;
@@ -29,11 +30,26 @@ pub(crate) struct ProgramInner {
 }
 
 pub(crate) enum ProgramKind {
-    /// A WASI preview1 command module.
-    Module(InstancePre<TaskState>),
-    /// A WASI preview2 command component.
-    Component(CommandPre<TaskState>),
+    /// A WASI preview1 core module: a command (`_start`), a plugin
+    /// (`isola_run`), or both.
+    Module {
+        pre: InstancePre<TaskState>,
+        command: bool,
+        plugin: bool,
+    },
+    /// A WASI preview2 component: a command (`wasi:cli/run`), a plugin
+    /// (`run` of the `isola:task/plugin` world), or both.
+    Component {
+        pre: wasmtime::component::InstancePre<TaskState>,
+        command: Option<CommandPre<TaskState>>,
+        plugin: Option<PluginPre<TaskState>>,
+    },
 }
+
+/// Name of the export a core-module plugin provides: `isola_run() -> i32`,
+/// which reads its input with `isola:task::input-*` and reports with
+/// `set-output` / `set-error` (returning 0 / 1).
+pub(crate) const CORE_PLUGIN_EXPORT: &str = "isola_run";
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,23 +70,39 @@ impl Program {
     /// `"module"` for a core module, `"component"` for a component.
     pub fn kind_name(&self) -> &'static str {
         match self.inner.kind {
-            ProgramKind::Module(_) => "module",
-            ProgramKind::Component(_) => "component",
+            ProgramKind::Module { .. } => "module",
+            ProgramKind::Component { .. } => "component",
         }
     }
 
     pub(crate) fn wasm_kind(&self) -> WasmKind {
         match self.inner.kind {
-            ProgramKind::Module(_) => WasmKind::Module,
-            ProgramKind::Component(_) => WasmKind::Component,
+            ProgramKind::Module { .. } => WasmKind::Module,
+            ProgramKind::Component { .. } => WasmKind::Component,
         }
     }
 
     /// The precompiled form of this program, as the disk cache stores it.
     pub(crate) fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         match &self.inner.kind {
-            ProgramKind::Module(pre) => pre.module().serialize(),
-            ProgramKind::Component(pre) => pre.instance_pre().component().serialize(),
+            ProgramKind::Module { pre, .. } => pre.module().serialize(),
+            ProgramKind::Component { pre, .. } => pre.component().serialize(),
+        }
+    }
+
+    /// Whether the program has a `main` (a WASI command).
+    pub fn is_command(&self) -> bool {
+        match &self.inner.kind {
+            ProgramKind::Module { command, .. } => *command,
+            ProgramKind::Component { command, .. } => command.is_some(),
+        }
+    }
+
+    /// Whether the program exports the plugin entry `run`.
+    pub fn is_plugin(&self) -> bool {
+        match &self.inner.kind {
+            ProgramKind::Module { plugin, .. } => *plugin,
+            ProgramKind::Component { plugin, .. } => plugin.is_some(),
         }
     }
 
@@ -183,12 +215,26 @@ fn build(
                 }
             };
             check_module_imports(runner, path, &module)?;
-            check_module_is_command(path, &module)?;
+            let command = exports_func(&module, "_start", 0, 0);
+            let plugin = exports_func(&module, CORE_PLUGIN_EXPORT, 0, 1);
+            if !command && !plugin {
+                return Err(Error::UnsupportedWorld {
+                    path: path.to_owned(),
+                    detail: format!(
+                        "it exports neither `_start` (a WASI command) nor \
+                         `{CORE_PLUGIN_EXPORT}` (an Isola plugin)"
+                    ),
+                });
+            }
             let pre = runner
                 .module_linker
                 .instantiate_pre(&module)
                 .map_err(invalid)?;
-            ProgramKind::Module(pre)
+            ProgramKind::Module {
+                pre,
+                command,
+                plugin,
+            }
         }
         WasmKind::Component => {
             let component = match runner.cached_artifact(cache, &hash, kind, |artifact| {
@@ -215,12 +261,21 @@ fn build(
                 .component_linker
                 .instantiate_pre(&component)
                 .map_err(unsupported)?;
-            let pre = CommandPre::new(pre).map_err(|_| Error::UnsupportedWorld {
-                path: path.to_owned(),
-                detail: "it does not export `wasi:cli/run` (only command components can run)"
-                    .into(),
-            })?;
-            ProgramKind::Component(pre)
+            let command = CommandPre::new(pre.clone()).ok();
+            let plugin = PluginPre::new(pre.clone()).ok();
+            if command.is_none() && plugin.is_none() {
+                return Err(Error::UnsupportedWorld {
+                    path: path.to_owned(),
+                    detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
+                             `isola:task/plugin`"
+                        .into(),
+                });
+            }
+            ProgramKind::Component {
+                pre,
+                command,
+                plugin,
+            }
         }
     };
     Ok(Program {
@@ -250,15 +305,13 @@ fn check_module_imports(runner: &RunnerInner, path: &Path, module: &Module) -> R
     Ok(())
 }
 
-fn check_module_is_command(path: &Path, module: &Module) -> Result<()> {
-    match module.get_export("_start") {
-        Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => Ok(()),
-        _ => Err(Error::UnsupportedWorld {
-            path: path.to_owned(),
-            detail: "it does not export a `_start` function (only WASI command modules can run)"
-                .into(),
-        }),
-    }
+/// Whether `module` exports a function `name` with this many params and
+/// results.
+fn exports_func(module: &Module, name: &str, params: usize, results: usize) -> bool {
+    matches!(
+        module.get_export(name),
+        Some(ExternType::Func(f)) if f.params().len() == params && f.results().len() == results
+    )
 }
 
 #[cfg(test)]

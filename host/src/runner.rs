@@ -198,8 +198,10 @@ impl Runner {
             )
             .map_err(Error::internal)?;
         module_linker.allow_shadowing(false);
+        crate::channel::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         let mut component_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::internal)?;
+        crate::channel::add_to_component_linker(&mut component_linker).map_err(Error::internal)?;
 
         let provided_imports = {
             // Listing a linker's definitions needs a store; this one is never
@@ -209,6 +211,7 @@ impl Runner {
                 TaskState {
                     wasi: WasiCtxBuilder::new().build_p1(),
                     limiter: MemoryLimiter::new(0),
+                    channel: crate::channel::ChannelState::closed(),
                 },
             );
             module_linker
@@ -281,7 +284,9 @@ impl Runner {
             Isolation::Thread => {
                 task::spawn(&self.inner, program, spec, task::SpawnExtras::default()).await
             }
-            Isolation::Process => process::spawn(&self.inner, program, spec).await,
+            Isolation::Process => {
+                process::spawn(&self.inner, program, spec, task::Entry::Auto).await
+            }
         }
     }
 

@@ -204,6 +204,14 @@ pub struct Limits {
     /// everything the host side allocates for it. By default `max_memory`
     /// plus 512 MiB.
     pub process_memory: Option<ByteSize>,
+    /// Messages each direction of the task's channel holds before the sender
+    /// waits. By default 64.
+    pub message_queue: usize,
+    /// Largest message the guest may post. By default
+    /// [`Limits::DEFAULT_MAX_MESSAGE_SIZE`] (16 MiB).
+    pub max_message_size: ByteSize,
+    /// Most messages the guest may post in all. Unlimited by default.
+    pub max_messages: Option<u64>,
 }
 
 impl Limits {
@@ -211,6 +219,10 @@ impl Limits {
     pub const DEFAULT_MAX_MEMORY: ByteSize = ByteSize::gib(1);
     /// Default capture buffer per stream: 16 MiB.
     pub const DEFAULT_CAPTURE: ByteSize = ByteSize::mib(16);
+    /// Default message queue length per direction: 64.
+    pub const DEFAULT_MESSAGE_QUEUE: usize = 64;
+    /// Default largest guest message: 16 MiB.
+    pub const DEFAULT_MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(16);
 }
 
 impl Default for Limits {
@@ -222,6 +234,9 @@ impl Default for Limits {
             max_output: None,
             capture: Self::DEFAULT_CAPTURE,
             process_memory: None,
+            message_queue: Self::DEFAULT_MESSAGE_QUEUE,
+            max_message_size: Self::DEFAULT_MAX_MESSAGE_SIZE,
+            max_messages: None,
         }
     }
 }

@@ -4,6 +4,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
+use crate::channel::ChannelState;
 use crate::outcome::Limit;
 
 /// Largest table a guest may grow to. Tables live in host memory outside the
@@ -18,6 +19,7 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 pub(crate) struct TaskState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
+    pub(crate) channel: ChannelState,
 }
 
 impl WasiView for TaskState {

@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::channel::{ChannelState, MessageReceiver, MessageSender, SendError};
 use crate::error::{Error, Result};
 use crate::outcome::{Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind};
 use crate::output::{OutputPipe, OutputReceiver};
-use crate::program::{Program, ProgramKind};
+use crate::program::{CORE_PLUGIN_EXPORT, Program, ProgramKind};
 use crate::runner::RunnerInner;
 use crate::spec::{Limits, Stdin, TaskSpec};
 use crate::state::{MemoryLimiter, TaskState};
@@ -48,6 +49,8 @@ pub struct TaskHandle {
     stdout: Option<OutputReceiver>,
     stderr: Option<OutputReceiver>,
     pid: Option<u32>,
+    sender: Option<MessageSender>,
+    messages: Option<MessageReceiver>,
 }
 
 /// Cancels a task from anywhere. Cheap to clone.
@@ -72,18 +75,73 @@ impl TaskHandle {
         id: TaskId,
         cancel: CancelHandle,
         join: tokio::task::JoinHandle<TaskReport>,
-        stdout: Option<OutputReceiver>,
-        stderr: Option<OutputReceiver>,
+        outputs: (Option<OutputReceiver>, Option<OutputReceiver>),
+        channel: (MessageSender, MessageReceiver),
         pid: Option<u32>,
     ) -> TaskHandle {
         TaskHandle {
             id,
             cancel,
             join,
-            stdout,
-            stderr,
+            stdout: outputs.0,
+            stderr: outputs.1,
             pid,
+            sender: Some(channel.0),
+            messages: Some(channel.1),
         }
+    }
+
+    /// Sends a message to the task (`worker.postMessage`), waiting while its
+    /// inbox is full.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the task ended or the channel was closed.
+    pub async fn post(&self, message: impl Into<bytes::Bytes>) -> Result<(), SendError> {
+        match &self.sender {
+            Some(sender) => sender.send(message).await,
+            None => Err(SendError::Closed),
+        }
+    }
+
+    /// Sends `value` as a JSON message.
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskHandle::post`], or [`SendError::Json`].
+    pub async fn post_json(&self, value: &impl serde::Serialize) -> Result<(), SendError> {
+        match &self.sender {
+            Some(sender) => sender.send_json(value).await,
+            None => Err(SendError::Closed),
+        }
+    }
+
+    /// A sender for this task's messages that can outlive the handle
+    /// (for example, moved into another task). `None` after
+    /// [`TaskHandle::close_channel`].
+    pub fn sender(&self) -> Option<MessageSender> {
+        self.sender.clone()
+    }
+
+    /// Closes the host's side of the channel: once every [`MessageSender`]
+    /// is dropped and the task has received what was sent, its `recv`
+    /// reports closed.
+    pub fn close_channel(&mut self) {
+        self.sender = None;
+    }
+
+    /// The next message the task posted; `None` once the task ended and
+    /// every message was received (or the receiver was taken).
+    pub async fn recv(&mut self) -> Option<bytes::Bytes> {
+        self.messages.as_mut()?.recv().await
+    }
+
+    /// The task's posted messages as a receiver (and stream) of their own.
+    /// Take it before [`TaskHandle::wait`] to read messages while waiting:
+    /// `wait` drops an untaken receiver, after which the task's posts are
+    /// discarded instead of blocking it.
+    pub fn take_messages(&mut self) -> Option<MessageReceiver> {
+        self.messages.take()
     }
 
     /// The worker process's id, for a process task (like `child.pid` in
@@ -120,7 +178,9 @@ impl TaskHandle {
     }
 
     /// Waits for the task to end. Every task ends with exactly one report.
-    pub async fn wait(self) -> TaskReport {
+    pub async fn wait(mut self) -> TaskReport {
+        // Nobody can read messages any more: let the guest post freely.
+        self.messages = None;
         match self.join.await {
             Ok(report) => report,
             Err(err) => TaskReport {
@@ -154,6 +214,20 @@ pub(crate) struct SpawnExtras {
     /// The kernel memory limit this (worker) process runs under: a linear
     /// memory growth the OS refuses is then reported as that limit.
     pub(crate) os_memory_limit: Option<u64>,
+    /// Which export to enter.
+    pub(crate) entry: Entry,
+}
+
+/// Where a task starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Entry {
+    /// `main` if the program has one, else the plugin `run` with the spec's
+    /// input.
+    #[default]
+    Auto,
+    /// The plugin `run` with the spec's input ([`crate::Runner::call`]).
+    Run,
 }
 
 /// Checks the spec's limits against what the runner allows.
@@ -297,6 +371,7 @@ pub(crate) async fn spawn(
 ) -> Result<TaskHandle> {
     let spawned_at = Instant::now();
     check_limits(runner, &spec)?;
+    let entry = resolve_entry(program, extras.entry)?;
     let mut prepared = prepare(program, &spec, extras.stdin)?;
     let slot = Arc::clone(&runner.slots)
         .acquire_owned()
@@ -306,6 +381,16 @@ pub(crate) async fn spawn(
     let id = TaskId::next();
     let stdout_rx = prepared.stdout_rx.take();
     let stderr_rx = prepared.stderr_rx.take();
+    let queue = spec.limits.message_queue.max(1);
+    let (to_guest_tx, to_guest_rx) = tokio::sync::mpsc::channel(queue);
+    let (from_guest_tx, from_guest_rx) = tokio::sync::mpsc::channel(queue);
+    let channel = ChannelState::new(
+        to_guest_rx,
+        from_guest_tx,
+        spec.input.clone().map(bytes::Bytes::from),
+        spec.limits.max_message_size,
+        spec.limits.max_messages,
+    );
     let job = Job {
         runner: Arc::clone(runner),
         program: program.clone(),
@@ -315,6 +400,8 @@ pub(crate) async fn spawn(
         spawned_at,
         on_start: extras.on_start,
         os_memory_limit: extras.os_memory_limit,
+        entry,
+        channel: Some(channel),
     };
     let join = tokio::spawn(async move {
         let report = job.run().await;
@@ -326,10 +413,36 @@ pub(crate) async fn spawn(
         id,
         CancelHandle(cancel),
         join,
-        stdout_rx,
-        stderr_rx,
+        (stdout_rx, stderr_rx),
+        (
+            MessageSender { tx: to_guest_tx },
+            MessageReceiver { rx: from_guest_rx },
+        ),
         None,
     ))
+}
+
+/// The entry a task of `program` starts at, or why it cannot.
+pub(crate) fn resolve_entry(program: &Program, entry: Entry) -> Result<Resolved> {
+    let no_run = || Error::UnsupportedWorld {
+        path: program.path().to_owned(),
+        detail: "it has no plugin `run` export (a core module exports `isola_run`; a \
+                 component exports `run` of `isola:task/plugin`)"
+            .into(),
+    };
+    match entry {
+        Entry::Run if program.is_plugin() => Ok(Resolved::Run),
+        Entry::Run => Err(no_run()),
+        Entry::Auto if program.is_command() => Ok(Resolved::Main),
+        Entry::Auto => Ok(Resolved::Run),
+    }
+}
+
+/// The entry a task actually starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    Main,
+    Run,
 }
 
 struct Job {
@@ -341,11 +454,13 @@ struct Job {
     spawned_at: Instant,
     on_start: Option<tokio::sync::oneshot::Sender<()>>,
     os_memory_limit: Option<u64>,
+    entry: Resolved,
+    channel: Option<ChannelState>,
 }
 
 /// How the race between the guest, the clock and the canceller ended.
 enum End {
-    Finished(wasmtime::Result<i32>),
+    Finished(wasmtime::Result<Ended>),
     TimedOut(Duration),
     Cancelled,
 }
@@ -359,6 +474,8 @@ impl Job {
                 wasi: self.prepared.wasi.build_p1(),
                 limiter: MemoryLimiter::new(self.limits.max_memory.as_u64())
                     .with_os_limit(self.os_memory_limit),
+                // A `Job` is built with its channel and runs once.
+                channel: self.channel.take().unwrap_or_else(ChannelState::closed),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -375,6 +492,7 @@ impl Job {
             let guest = execute(
                 &mut store,
                 &self.program,
+                self.entry,
                 &mut started_at,
                 self.on_start.take(),
             );
@@ -397,7 +515,9 @@ impl Job {
         let ended_at = Instant::now();
 
         let outcome = match end {
-            End::Finished(Ok(code)) => Outcome::Exited { code },
+            End::Finished(Ok(Ended::Exited(code))) => Outcome::Exited { code },
+            End::Finished(Ok(Ended::Returned(Ok(output)))) => Outcome::Returned { output },
+            End::Finished(Ok(Ended::Returned(Err(error)))) => Outcome::Rejected { error },
             End::Finished(Err(err)) => classify(&err, &self.limits),
             End::TimedOut(after) => Outcome::LimitExceeded {
                 limit: Limit::Timeout { after },
@@ -421,35 +541,74 @@ impl Job {
     }
 }
 
-/// Instantiates the program and runs its entry point. `Ok` carries the exit
-/// code of a guest that returned normally.
+/// How a guest that did not trap or hit a limit ended.
+enum Ended {
+    Exited(i32),
+    Returned(std::result::Result<Vec<u8>, String>),
+}
+
+/// Instantiates the program and runs its entry point.
 async fn execute(
     store: &mut Store<TaskState>,
     program: &Program,
+    entry: Resolved,
     started_at: &mut Option<Instant>,
     mut on_start: Option<tokio::sync::oneshot::Sender<()>>,
-) -> wasmtime::Result<i32> {
+) -> wasmtime::Result<Ended> {
     let mut mark_start = move || {
         *started_at = Some(Instant::now());
         if let Some(tx) = on_start.take() {
             let _ = tx.send(());
         }
     };
-    match &program.inner.kind {
-        ProgramKind::Module(pre) => {
+    match (&program.inner.kind, entry) {
+        (ProgramKind::Module { pre, .. }, Resolved::Main) => {
             let instance = pre.instantiate_async(&mut *store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
             mark_start();
             start.call_async(&mut *store, ()).await?;
-            Ok(0)
+            Ok(Ended::Exited(0))
         }
-        ProgramKind::Component(pre) => {
+        (ProgramKind::Module { pre, .. }, Resolved::Run) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let run = instance.get_typed_func::<(), i32>(&mut *store, CORE_PLUGIN_EXPORT)?;
+            mark_start();
+            let status = run.call_async(&mut *store, ()).await?;
+            let result = store.data_mut().channel.result.take();
+            Ok(Ended::Returned(match (status, result) {
+                (0, Some(Ok(output))) => Ok(output),
+                (0, _) => Ok(Vec::new()),
+                (_, Some(Err(error))) => Err(error),
+                (status, _) => Err(format!("`{CORE_PLUGIN_EXPORT}` returned {status}")),
+            }))
+        }
+        (
+            ProgramKind::Component {
+                command: Some(pre), ..
+            },
+            Resolved::Main,
+        ) => {
             let command = pre.instantiate_async(&mut *store).await?;
             mark_start();
             match command.wasi_cli_run().call_run(&mut *store).await? {
-                Ok(()) => Ok(0),
-                Err(()) => Ok(1),
+                Ok(()) => Ok(Ended::Exited(0)),
+                Err(()) => Ok(Ended::Exited(1)),
             }
+        }
+        (
+            ProgramKind::Component {
+                plugin: Some(pre), ..
+            },
+            Resolved::Run,
+        ) => {
+            let plugin = pre.instantiate_async(&mut *store).await?;
+            mark_start();
+            let input = store.data().channel.input().unwrap_or_default();
+            Ok(Ended::Returned(plugin.call_run(&mut *store, &input).await?))
+        }
+        // `resolve_entry` only picks entries the program has.
+        (ProgramKind::Component { .. }, _) => {
+            wasmtime::bail!("the component has no such entry")
         }
     }
 }

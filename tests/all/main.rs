@@ -8,3 +8,4 @@ mod cli;
 mod hostile;
 mod library;
 mod process;
+mod taskset;

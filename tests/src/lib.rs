@@ -160,6 +160,7 @@ pub fn isola_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
         .args(args)
         .env("ISOLA_CACHE_DIR", shared_cache())
         .env("RUST_BACKTRACE", "1")
+        .env("ISOLA_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

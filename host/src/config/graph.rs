@@ -139,3 +139,59 @@ pub(crate) fn check(names: &[Option<&str>], deps: &[Vec<&str>]) -> Vec<Problem> 
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(names: &[&str], deps: &[&[&str]]) -> Vec<String> {
+        let names: Vec<Option<&str>> = names.iter().map(|n| Some(*n)).collect();
+        let deps: Vec<Vec<&str>> = deps.iter().map(|d| d.to_vec()).collect();
+        check(&names, &deps)
+            .into_iter()
+            .map(|p| format!("{}:{:?}: {}", p.task, p.dep, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn cycles_are_found_once_with_their_path() {
+        assert_eq!(
+            messages(&["a", "b", "c"], &[&["b"], &["c"], &["a"]]),
+            ["2:Some(0): dependency cycle: a -> b -> c -> a"]
+        );
+        // A diamond is not a cycle.
+        assert!(messages(&["a", "b", "c", "d"], &[&[], &["a"], &["a"], &["b", "c"]]).is_empty());
+        assert_eq!(
+            messages(&["a"], &[&["a"]]),
+            ["0:Some(0): a task cannot depend on itself"]
+        );
+    }
+
+    #[test]
+    fn a_long_chain_does_not_overflow_the_stack() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+        let name_refs: Vec<Option<&str>> = names.iter().map(|n| Some(n.as_str())).collect();
+        let mut deps: Vec<Vec<&str>> = (0..names.len())
+            .map(|i| {
+                if i == 0 {
+                    vec![]
+                } else {
+                    vec![names[i - 1].as_str()]
+                }
+            })
+            .collect();
+        assert!(check(&name_refs, &deps).is_empty());
+        deps[0] = vec![names[names.len() - 1].as_str()];
+        let problems = check(&name_refs, &deps);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].kind, ConfigErrorKind::Cycle);
+    }
+
+    #[test]
+    fn names_are_plain() {
+        assert!(name_problem("build-1.x_y").is_none());
+        for bad in ["", "-x", "a b", "é", "a|b", &"x".repeat(65)] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+}

@@ -38,7 +38,13 @@ const TASK_FIELDS: &[&str] = &[
     "depends_on",
 ];
 const PER_TASK_ONLY: &[&str] = &["name", "depends_on"];
-const LIMIT_FIELDS: &[&str] = &["max_memory", "fuel", "timeout", "max_output"];
+const LIMIT_FIELDS: &[&str] = &[
+    "max_memory",
+    "fuel",
+    "timeout",
+    "max_output",
+    "process_memory",
+];
 const DIR_FIELDS: &[&str] = &["host", "guest", "writable"];
 const STDIN_FIELDS: &[&str] = &["text", "file"];
 const TOP_FIELDS: &[&str] = &["defaults", "task"];
@@ -50,18 +56,12 @@ pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// A field of one table: absent, present but invalid (already reported, so
 /// nothing downstream complains about it again), or set, with the span of
 /// its value.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 enum Field<T> {
+    #[default]
     Absent,
     Bad,
     Set(T, Span),
-}
-
-// Not derived: the derive would require `T: Default`.
-impl<T> Default for Field<T> {
-    fn default() -> Self {
-        Field::Absent
-    }
 }
 
 impl<T> Field<T> {
@@ -122,6 +122,7 @@ struct Partial {
     fuel: Field<u64>,
     timeout: Field<Duration>,
     max_output: Field<ByteSize>,
+    process_memory: Field<ByteSize>,
     restart: Field<Restart>,
     max_restarts: Field<u32>,
     depends_on: Field<Vec<(String, Span)>>,
@@ -135,13 +136,13 @@ pub(crate) fn parse(source: &str, file: &Path) -> Result<TaskSet, ConfigErrors> 
         _ => PathBuf::from("."),
     };
     let mut p = Parser {
+        source,
         file,
         base,
         lines: line_starts(source),
-        source_len: source.len(),
         errors: Vec::new(),
     };
-    let tasks = p.document(source);
+    let tasks = p.document();
     if p.errors.is_empty() {
         Ok(TaskSet {
             path: Some(file.to_owned()),
@@ -169,11 +170,11 @@ pub(crate) fn read_error(file: &Path, err: &std::io::Error) -> ConfigErrors {
 }
 
 struct Parser<'a> {
+    source: &'a str,
     file: &'a Path,
     base: PathBuf,
     /// Byte offset of the start of each line.
     lines: Vec<usize>,
-    source_len: usize,
     /// Errors with the byte offset they point at, for sorting.
     errors: Vec<(usize, ConfigError)>,
 }
@@ -185,11 +186,13 @@ fn line_starts(source: &str) -> Vec<usize> {
 }
 
 impl Parser<'_> {
-    fn location(&self, offset: usize, source: &str) -> Location {
-        let offset = offset.min(self.source_len);
+    /// Line and column of a byte offset; the column counts characters.
+    fn location(&self, offset: usize) -> Location {
+        let offset = offset.min(self.source.len());
         let line = self.lines.partition_point(|&start| start <= offset).max(1);
         let start = self.lines.get(line - 1).copied().unwrap_or(0);
-        let column = source
+        let column = self
+            .source
             .get(start..offset)
             .map_or(offset - start, |s| s.chars().count())
             + 1;
@@ -206,7 +209,7 @@ impl Parser<'_> {
     ) {
         let error = ConfigError {
             file: Some(self.file.to_owned()),
-            location: None,
+            location: Some(self.location(span.start)),
             scope: scope.clone(),
             field: field.map(str::to_owned),
             kind,
@@ -252,8 +255,8 @@ impl Parser<'_> {
         );
     }
 
-    fn document(&mut self, source: &str) -> Vec<TaskConfig> {
-        let (doc, syntax) = DeTable::parse_recoverable(source);
+    fn document(&mut self) -> Vec<TaskConfig> {
+        let (doc, syntax) = DeTable::parse_recoverable(self.source);
         if !syntax.is_empty() {
             // Recovery can report one problem more than once; after a syntax
             // error the rest of the document is not checked, because what
@@ -274,7 +277,6 @@ impl Parser<'_> {
                     format!("invalid TOML: {message}"),
                 );
             }
-            self.locate(source);
             return Vec::new();
         }
         let doc = doc.get_ref();
@@ -337,7 +339,6 @@ impl Parser<'_> {
             entries.push(entry);
         }
         self.check_graph(&entries);
-        self.locate(source);
         tasks
     }
 
@@ -368,18 +369,6 @@ impl Parser<'_> {
                 problem.kind,
                 problem.message,
             );
-        }
-    }
-
-    /// Fills in line and column of every error.
-    fn locate(&mut self, source: &str) {
-        let located: Vec<Location> = self
-            .errors
-            .iter()
-            .map(|(offset, _)| self.location(*offset, source))
-            .collect();
-        for ((_, error), location) in self.errors.iter_mut().zip(located) {
-            error.location = Some(location);
         }
     }
 }
@@ -594,6 +583,7 @@ impl Parser<'_> {
             fuel: own.fuel.or(&defaults.fuel).value(),
             timeout: own.timeout.or(&defaults.timeout).value(),
             max_output: own.max_output.or(&defaults.max_output).value(),
+            process_memory: own.process_memory.or(&defaults.process_memory).value(),
             ..Limits::default()
         };
         let spec = TaskSpec {
@@ -799,8 +789,17 @@ impl Parser<'_> {
                 None
             }
             Ok(d) => Some(d),
-            Err(err) => {
-                self.invalid(scope, field, &value.span(), format!("\"{s}\" is not a duration ({err}); use one like \"1.5s\", \"500ms\" or \"2m\""));
+            // humantime's own message ("expected number at 0") helps less
+            // than an example.
+            Err(_) => {
+                self.invalid(
+                    scope,
+                    field,
+                    &value.span(),
+                    format!(
+                        "\"{s}\" is not a duration; use one like \"1.5s\", \"500ms\" or \"2m\""
+                    ),
+                );
                 None
             }
         }
@@ -984,6 +983,7 @@ impl Parser<'_> {
             DeValue::Table(table) => {
                 let mut stdin = None;
                 let mut ok = true;
+                let mut seen = false;
                 for (key, value) in table.iter() {
                     let field = format!("stdin.{}", key.get_ref());
                     let next = match key.get_ref().as_ref() {
@@ -1000,7 +1000,7 @@ impl Parser<'_> {
                             continue;
                         }
                     };
-                    if stdin.is_some() {
+                    if std::mem::replace(&mut seen, true) {
                         self.error(
                             scope,
                             Some(&field),
@@ -1015,7 +1015,7 @@ impl Parser<'_> {
                         None => ok = false,
                     }
                 }
-                if stdin.is_none() && ok {
+                if !seen && ok {
                     self.error(
                         scope,
                         Some("stdin"),
@@ -1053,6 +1053,9 @@ impl Parser<'_> {
                 }
                 "max_output" => {
                     p.max_output = Field::from_option(self.size(scope, &field, value), span)
+                }
+                "process_memory" => {
+                    p.process_memory = Field::from_option(self.size(scope, &field, value), span)
                 }
                 "timeout" => {
                     p.timeout = Field::from_option(self.duration(scope, &field, value), span)

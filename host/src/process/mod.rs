@@ -24,17 +24,19 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
 use self::protocol::{FromWorker, Hello, OsLimits, RunRequest, ToWorker};
+use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
-use crate::outcome::{Limit, Outcome, Stream, TaskMetrics, TaskReport};
+use crate::outcome::{Limit, Outcome, Stream, TaskReport};
 use crate::output::OutputPipe;
 use crate::program::Program;
 use crate::runner::RunnerInner;
 use crate::spec::{Stdin, TaskSpec};
-use crate::task::{CancelHandle, TaskHandle, TaskId};
+use crate::task::{CancelHandle, Entry, TaskHandle, TaskId};
 
 /// How long a worker gets to act on a polite cancel before SIGKILL.
 const GRACE: Duration = Duration::from_millis(250);
@@ -237,9 +239,20 @@ pub(crate) async fn spawn(
     runner: &Arc<RunnerInner>,
     program: &Program,
     mut spec: TaskSpec,
+    entry: Entry,
 ) -> Result<TaskHandle> {
     let spawned_at = Instant::now();
     crate::task::check_limits(runner, &spec)?;
+    crate::task::resolve_entry(program, entry)?;
+    if spec.limits.max_message_size.as_u64() >= protocol::MAX_FRAME as u64 {
+        return Err(Error::InvalidSpec {
+            field: "limits.max_message_size".into(),
+            message: format!(
+                "process tasks carry messages in IPC frames of at most {}",
+                bytesize::ByteSize(protocol::MAX_FRAME as u64)
+            ),
+        });
+    }
     let backend = Arc::clone(&runner.process);
     let cache_dir = backend.cache_root(runner)?;
     runner.ensure_artifact(program, &cache_dir)?;
@@ -264,24 +277,50 @@ pub(crate) async fn spawn(
         .await
         .map_err(|_| Error::ShutDown)?;
     let worker = backend.take_worker().await?;
-    let pid = worker.pid;
+    let queue = limits.message_queue.max(1);
+    let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
+    let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
     let request = RunRequest {
         os_limits: os_limits(&spec),
         spec,
         cache_dir,
+        entry,
     };
     let cancel = CancellationToken::new();
+    let Worker {
+        child,
+        pid,
+        reader,
+        writer,
+    } = worker;
+    // One task owns the pipe to the worker; everything else queues frames
+    // for it, so the supervisor never blocks on a full pipe while the
+    // worker waits for it to read (which would deadlock both).
+    let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
+    // The run frame goes first: the forwarders below may queue frames at
+    // once, and the worker expects its task before anything else.
+    frames_tx
+        .try_send(ToWorker::Run(Box::new(request)))
+        .map_err(|_| Error::Internal("the worker queue is full".into()))?;
+    tokio::spawn(write_frames(writer, frames_rx));
+    tokio::spawn(forward_messages(to_guest_rx, frames_tx.clone()));
+    if forward_stdin {
+        tokio::spawn(forward_stdin_frames(frames_tx.clone()));
+    }
     let supervisor = Supervisor {
-        worker,
+        child,
+        pid,
+        reader,
+        frames: frames_tx,
+        messages: from_guest_tx,
         cancel: cancel.clone(),
         timeout: limits.timeout,
         stdout,
         stderr,
-        forward_stdin,
         spawned_at,
     };
     let join = tokio::spawn(async move {
-        let report = supervisor.run(request).await;
+        let report = supervisor.run().await;
         drop(slot);
         report
     });
@@ -289,10 +328,58 @@ pub(crate) async fn spawn(
         TaskId::next(),
         CancelHandle::new(cancel),
         join,
-        stdout_rx,
-        stderr_rx,
+        (stdout_rx, stderr_rx),
+        (
+            MessageSender { tx: to_guest_tx },
+            MessageReceiver { rx: from_guest_rx },
+        ),
         Some(pid),
     ))
+}
+
+/// Frames queued for the worker's pipe.
+const FRAME_QUEUE: usize = 16;
+
+async fn write_frames(
+    mut writer: FramedWrite<ChildStdin, LengthDelimitedCodec>,
+    mut frames: mpsc::Receiver<ToWorker>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if writer.send(frame.encode()).await.is_err() {
+            // The worker is gone; the supervisor reports how it ended.
+            return;
+        }
+    }
+}
+
+/// Carries the host's messages to the worker, then tells it the channel
+/// closed once every sender is dropped.
+async fn forward_messages(
+    mut messages: mpsc::Receiver<bytes::Bytes>,
+    frames: mpsc::Sender<ToWorker>,
+) {
+    while let Some(message) = messages.recv().await {
+        if frames.send(ToWorker::Message(message)).await.is_err() {
+            return;
+        }
+    }
+    let _ = frames.send(ToWorker::CloseChannel).await;
+}
+
+/// Carries the host process's stdin to the worker ([`Stdin::Inherit`]).
+async fn forward_stdin_frames(frames: mpsc::Sender<ToWorker>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let frame = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => ToWorker::StdinEnd,
+            Ok(n) => ToWorker::Stdin(bytes::Bytes::copy_from_slice(&buf[..n])),
+        };
+        let end = frame == ToWorker::StdinEnd;
+        if frames.send(frame).await.is_err() || end {
+            return;
+        }
+    }
 }
 
 /// Why the parent is ending a worker early.
@@ -303,20 +390,23 @@ enum StopReason {
 }
 
 struct Supervisor {
-    worker: Worker,
+    child: Child,
+    pid: u32,
+    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    frames: mpsc::Sender<ToWorker>,
+    messages: mpsc::Sender<bytes::Bytes>,
     cancel: CancellationToken,
     timeout: Option<Duration>,
     stdout: OutputPipe,
     stderr: OutputPipe,
-    forward_stdin: bool,
     spawned_at: Instant,
 }
 
 impl Supervisor {
-    async fn run(mut self, request: RunRequest) -> TaskReport {
-        let pid = self.worker.pid;
+    async fn run(mut self) -> TaskReport {
+        let pid = self.pid;
         let mut finished = None;
-        let mut protocol_error = None;
+        let mut protocol_error: Option<String> = None;
         let mut started_at = None;
         let mut stop: Option<StopReason> = None;
         let mut kill_at: Option<tokio::time::Instant> = None;
@@ -325,52 +415,39 @@ impl Supervisor {
         let backstop = self
             .timeout
             .map(|t| tokio::time::Instant::now() + t + GRACE);
-        let mut host_stdin = self.forward_stdin.then(tokio::io::stdin);
-        let mut stdin_buf = vec![0u8; 64 * 1024];
-
-        if let Err(err) = self
-            .worker
-            .writer
-            .send(ToWorker::Run(Box::new(request)).encode())
-            .await
-        {
-            protocol_error = Some(format!("cannot send the task to the worker: {err}"));
-        }
 
         while protocol_error.is_none() {
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled(), if stop.is_none() => {
                     stop = Some(StopReason::Cancelled);
-                    let _ = self.worker.writer.send(ToWorker::Cancel.encode()).await;
+                    // Polite first; if the queue to the worker is full, the
+                    // kill below does it.
+                    let _ = self.frames.try_send(ToWorker::Cancel);
                     kill_at = Some(tokio::time::Instant::now() + GRACE);
                 }
                 () = sleep_until(backstop), if stop.is_none() && backstop.is_some() => {
                     stop = self.timeout.map(StopReason::TimedOut);
-                    let _ = self.worker.writer.send(ToWorker::Cancel.encode()).await;
+                    let _ = self.frames.try_send(ToWorker::Cancel);
                     kill_at = Some(tokio::time::Instant::now() + GRACE);
                 }
                 () = sleep_until(kill_at), if kill_at.is_some() => {
                     kill_at = None;
                     let _ = sys::signal_group(pid, libc::SIGKILL);
                 }
-                read = read_stdin(&mut host_stdin, &mut stdin_buf), if host_stdin.is_some() => {
-                    let frame = match read {
-                        Some(bytes) => ToWorker::Stdin(bytes),
-                        None => {
-                            host_stdin = None;
-                            ToWorker::StdinEnd
-                        }
-                    };
-                    let _ = self.worker.writer.send(frame.encode()).await;
-                }
-                frame = self.worker.reader.next() => match frame {
+                frame = self.reader.next() => match frame {
                     None => break,
                     Some(Err(err)) => protocol_error = Some(format!("bad frame from worker: {err}")),
                     Some(Ok(frame)) => match FromWorker::decode(&frame) {
                         Ok(FromWorker::Started) => started_at = Some(Instant::now()),
                         Ok(FromWorker::Stdout(bytes)) => self.stdout.forward(bytes).await,
                         Ok(FromWorker::Stderr(bytes)) => self.stderr.forward(bytes).await,
+                        Ok(FromWorker::Message(bytes)) => {
+                            // Waits for a slow reader: backpressure reaches
+                            // the guest through the pipe. A reader that left
+                            // drops the message.
+                            let _ = self.messages.send(bytes).await;
+                        }
                         Ok(FromWorker::Finished(report)) => {
                             finished = Some(*report);
                             break;
@@ -383,8 +460,11 @@ impl Supervisor {
                 },
             }
         }
+        if protocol_error.is_some() {
+            let _ = sys::signal_group(pid, libc::SIGKILL);
+        }
 
-        let status = reap(&mut self.worker.child, pid, finished.is_none()).await;
+        let status = reap(&mut self.child, pid, finished.is_none()).await;
         let outcome = match (finished.as_ref(), protocol_error, stop) {
             // A worker told to stop for a timeout reports "cancelled"; the
             // reason the parent stopped it is the truth.
@@ -399,21 +479,13 @@ impl Supervisor {
             (None, None, Some(StopReason::TimedOut(after))) => Outcome::LimitExceeded {
                 limit: Limit::Timeout { after },
             },
-            (None, None, None) => match status {
-                Some(status) => Outcome::Crashed {
-                    signal: status.signal(),
-                    status: status.code(),
-                },
-                None => Outcome::Crashed {
-                    signal: None,
-                    status: None,
-                },
+            (None, None, None) => Outcome::Crashed {
+                signal: status.and_then(|s| s.signal()),
+                status: status.and_then(|s| s.code()),
             },
         };
         let ended_at = Instant::now();
-        let mut metrics = finished
-            .map(|f| f.metrics)
-            .unwrap_or_else(TaskMetrics::default);
+        let mut metrics = finished.map(|f| f.metrics).unwrap_or_default();
         let started = started_at.unwrap_or(ended_at);
         metrics.startup = started - self.spawned_at;
         if metrics.run_time.is_zero() {
@@ -432,15 +504,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Reads the next chunk of the host's stdin; `None` at end of file.
-async fn read_stdin(stdin: &mut Option<tokio::io::Stdin>, buf: &mut [u8]) -> Option<bytes::Bytes> {
-    let stdin = stdin.as_mut()?;
-    match stdin.read(buf).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => Some(bytes::Bytes::copy_from_slice(&buf[..n])),
     }
 }
 

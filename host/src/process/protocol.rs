@@ -44,6 +44,10 @@ pub(crate) enum ToWorker {
     Stdin(Bytes),
     StdinEnd,
     Cancel,
+    /// A message from the host to the guest.
+    Message(Bytes),
+    /// The host closed its side of the channel.
+    CloseChannel,
 }
 
 /// Worker → parent.
@@ -54,6 +58,8 @@ pub(crate) enum FromWorker {
     Started,
     Stdout(Bytes),
     Stderr(Bytes),
+    /// A message the guest posted.
+    Message(Bytes),
     Finished(Box<Finished>),
 }
 
@@ -85,6 +91,8 @@ pub(crate) struct RunRequest {
     pub(crate) cache_dir: std::path::PathBuf,
     /// OS limits the worker applies to itself before loading the program.
     pub(crate) os_limits: OsLimits,
+    /// The export to enter.
+    pub(crate) entry: crate::task::Entry,
 }
 
 /// Kernel-enforced limits of a worker process.
@@ -129,10 +137,13 @@ mod kind {
     pub(super) const STDIN: u8 = 3;
     pub(super) const STDIN_END: u8 = 4;
     pub(super) const CANCEL: u8 = 5;
+    pub(super) const MESSAGE_IN: u8 = 6;
+    pub(super) const CLOSE_CHANNEL: u8 = 7;
     pub(super) const STARTED: u8 = 16;
     pub(super) const STDOUT: u8 = 17;
     pub(super) const STDERR: u8 = 18;
     pub(super) const FINISHED: u8 = 19;
+    pub(super) const MESSAGE_OUT: u8 = 20;
 }
 
 fn frame_with(kind: u8, body: &[u8]) -> Bytes {
@@ -185,6 +196,8 @@ impl ToWorker {
             ToWorker::Stdin(bytes) => frame_with(kind::STDIN, bytes),
             ToWorker::StdinEnd => frame_with(kind::STDIN_END, &[]),
             ToWorker::Cancel => frame_with(kind::CANCEL, &[]),
+            ToWorker::Message(bytes) => frame_with(kind::MESSAGE_IN, bytes),
+            ToWorker::CloseChannel => frame_with(kind::CLOSE_CHANNEL, &[]),
         }
     }
 
@@ -202,6 +215,11 @@ impl ToWorker {
                 expect_empty("cancel", body)?;
                 ToWorker::Cancel
             }
+            kind::MESSAGE_IN => ToWorker::Message(Bytes::copy_from_slice(body)),
+            kind::CLOSE_CHANNEL => {
+                expect_empty("close-channel", body)?;
+                ToWorker::CloseChannel
+            }
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -215,6 +233,7 @@ impl FromWorker {
             FromWorker::Stdout(bytes) => frame_with(kind::STDOUT, bytes),
             FromWorker::Stderr(bytes) => frame_with(kind::STDERR, bytes),
             FromWorker::Finished(finished) => json_frame(kind::FINISHED, finished),
+            FromWorker::Message(bytes) => frame_with(kind::MESSAGE_OUT, bytes),
         }
     }
 
@@ -229,6 +248,7 @@ impl FromWorker {
             kind::STDOUT => FromWorker::Stdout(Bytes::copy_from_slice(body)),
             kind::STDERR => FromWorker::Stderr(Bytes::copy_from_slice(body)),
             kind::FINISHED => FromWorker::Finished(Box::new(parse_json("finished", body)?)),
+            kind::MESSAGE_OUT => FromWorker::Message(Bytes::copy_from_slice(body)),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -275,10 +295,14 @@ mod tests {
                 cpu_seconds: Some(3),
                 open_files: 4,
             },
+            entry: crate::task::Entry::Run,
         })));
         round_trip_to_worker(ToWorker::Stdin(Bytes::from_static(b"\0\xffbytes")));
         round_trip_to_worker(ToWorker::StdinEnd);
         round_trip_to_worker(ToWorker::Cancel);
+        round_trip_to_worker(ToWorker::Message(Bytes::from_static(b"{\"job\":1}")));
+        round_trip_to_worker(ToWorker::CloseChannel);
+        round_trip_from_worker(FromWorker::Message(Bytes::from(vec![7u8; 1 << 20])));
         round_trip_from_worker(FromWorker::Started);
         round_trip_from_worker(FromWorker::Stdout(Bytes::from_static(b"out")));
         round_trip_from_worker(FromWorker::Stderr(Bytes::new()));

@@ -141,13 +141,13 @@ async fn serve() -> Result<(), String> {
         None => return Ok(()),
         Some(_) => return Err("expected a run frame".into()),
     };
-    run_one(&runner, *request, &mut reader, &mut writer).await
+    run_one(&runner, *request, reader, &mut writer).await
 }
 
 async fn run_one(
     runner: &Runner,
     request: RunRequest,
-    reader: &mut Reader,
+    reader: Reader,
     writer: &mut Writer,
 ) -> Result<(), String> {
     if let Err(err) = sys::apply_limits(&request.os_limits) {
@@ -159,7 +159,7 @@ async fn run_one(
     spec.stderr = Output::Pipe;
 
     // Stdin the parent forwards frame by frame arrives through a pipe.
-    let (mut stdin_writer, stdin_override) = if spec.stdin == Stdin::Inherit {
+    let (stdin_writer, stdin_override) = if spec.stdin == Stdin::Inherit {
         let (reader_half, writer_half) = tokio::io::simplex(64 * 1024);
         (
             Some(writer_half),
@@ -179,19 +179,34 @@ async fn run_one(
         stdin: stdin_override,
         on_start: Some(started_tx),
         os_memory_limit: Some(request.os_limits.data_bytes),
+        entry: request.entry,
     };
     let mut handle = match task::spawn(&runner.inner, &program, spec, extras).await {
         Ok(handle) => handle,
         Err(err) => return finish_failed(writer, err.to_string()).await,
     };
-    let (Some(mut stdout), Some(mut stderr)) = (handle.take_stdout(), handle.take_stderr()) else {
-        return finish_failed(writer, "output pipes missing".into()).await;
+    let (Some(mut stdout), Some(mut stderr), Some(mut messages), Some(sender)) = (
+        handle.take_stdout(),
+        handle.take_stderr(),
+        handle.take_messages(),
+        handle.sender(),
+    ) else {
+        return finish_failed(writer, "task pipes missing".into()).await;
     };
+    handle.close_channel();
     let canceller = handle.cancel_handle();
+
+    // Frames from the parent are read by a task of their own, so that a
+    // guest slow to take its messages never stops this loop from sending
+    // the guest's output (which could deadlock both processes on full
+    // pipes).
+    let inbound = tokio::spawn(read_parent(reader, sender, stdin_writer, canceller));
+
     let mut wait = std::pin::pin!(handle.wait());
     let mut report = None;
-    let (mut stdout_open, mut stderr_open, mut started_pending) = (true, true, true);
-    while report.is_none() || stdout_open || stderr_open {
+    let (mut stdout_open, mut stderr_open, mut messages_open, mut started_pending) =
+        (true, true, true, true);
+    while report.is_none() || stdout_open || stderr_open || messages_open {
         tokio::select! {
             started = &mut started_rx, if started_pending => {
                 started_pending = false;
@@ -207,34 +222,14 @@ async fn run_one(
                 Some(bytes) => send(writer, FromWorker::Stderr(bytes)).await?,
                 None => stderr_open = false,
             },
-            frame = next_frame(reader) => match frame? {
-                Some(ToWorker::Stdin(bytes)) => {
-                    if let Some(w) = &mut stdin_writer {
-                        // The guest may have stopped reading; that is fine.
-                        if w.write_all(&bytes).await.is_err() {
-                            stdin_writer = None;
-                        }
-                    }
-                }
-                Some(ToWorker::StdinEnd) => {
-                    if let Some(mut w) = stdin_writer.take() {
-                        // Shutting the pipe down is what the guest reads as EOF.
-                        let _ = w.shutdown().await;
-                    }
-                }
-                Some(ToWorker::Cancel) => canceller.cancel(),
-                Some(ToWorker::Hello(_) | ToWorker::Run(_)) => {
-                    return Err("unexpected frame while running".into());
-                }
-                // The parent is gone: nobody to report to.
-                None => {
-                    canceller.cancel();
-                    std::process::exit(1);
-                }
+            message = messages.recv(), if messages_open => match message {
+                Some(bytes) => send(writer, FromWorker::Message(bytes)).await?,
+                None => messages_open = false,
             },
             done = &mut wait, if report.is_none() => report = Some(done),
         }
     }
+    inbound.abort();
     let report = report.ok_or("no report")?;
     send(
         writer,
@@ -243,8 +238,52 @@ async fn run_one(
             metrics: report.metrics,
         })),
     )
-    .await?;
-    Ok(())
+    .await
+}
+
+/// Handles the parent's frames while a task runs: messages and stdin for
+/// the guest, cancellation. Exits the process when the parent is gone.
+async fn read_parent(
+    mut reader: Reader,
+    sender: crate::channel::MessageSender,
+    mut stdin: Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>,
+    canceller: crate::task::CancelHandle,
+) {
+    let mut sender = Some(sender);
+    loop {
+        match next_frame(&mut reader).await {
+            Ok(Some(ToWorker::Message(bytes))) => {
+                if let Some(s) = &sender {
+                    // Waits while the guest's inbox is full; the parent's
+                    // sender waits in turn.
+                    let _ = s.send(bytes).await;
+                }
+            }
+            Ok(Some(ToWorker::CloseChannel)) => sender = None,
+            Ok(Some(ToWorker::Stdin(bytes))) => {
+                if let Some(w) = &mut stdin
+                    && w.write_all(&bytes).await.is_err()
+                {
+                    // The guest stopped reading; that is fine.
+                    stdin = None;
+                }
+            }
+            Ok(Some(ToWorker::StdinEnd)) => {
+                if let Some(mut w) = stdin.take() {
+                    // Shutting the pipe down is what the guest reads as EOF.
+                    let _ = w.shutdown().await;
+                }
+            }
+            Ok(Some(ToWorker::Cancel)) => canceller.cancel(),
+            Ok(Some(ToWorker::Hello(_) | ToWorker::Run(_))) | Err(_) => {
+                // A confused parent: stop the task; the report still goes out.
+                canceller.cancel();
+                return;
+            }
+            // The parent is gone: nobody to report to.
+            Ok(None) => std::process::exit(1),
+        }
+    }
 }
 
 async fn finish_failed(writer: &mut Writer, message: String) -> Result<(), String> {

@@ -34,6 +34,8 @@ pub fn for_outcome(outcome: &Outcome) -> u8 {
     match outcome {
         // POSIX keeps the low 8 bits of an exit status; so does Isola.
         Outcome::Exited { code } => (*code & 0xff) as u8,
+        Outcome::Returned { .. } => SUCCESS,
+        Outcome::Rejected { .. } => 1,
         Outcome::Trapped(_) => TRAP,
         Outcome::LimitExceeded { .. } => LIMIT,
         Outcome::Cancelled => CANCELLED,

@@ -30,6 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
+    Check(commands::check::CheckCommand),
+    Up(commands::up::UpCommand),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,8 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(cmd) => cmd.execute().await,
+            Command::Check(cmd) => cmd.execute(),
+            Command::Up(cmd) => cmd.execute().await,
         }
     });
     // Guests may still hold blocking reads of our stdin; do not wait for them.

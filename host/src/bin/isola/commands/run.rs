@@ -202,7 +202,10 @@ impl RunCommand {
     /// Says on stderr why the task ended, unless it simply exited.
     fn explain(&self, outcome: &Outcome) {
         match outcome {
-            Outcome::Exited { .. } => {}
+            Outcome::Exited { .. } | Outcome::Returned { .. } => {}
+            Outcome::Rejected { error } => {
+                eprintln!("error: the plugin returned an error: {error}")
+            }
             Outcome::Trapped(trap) => {
                 eprintln!("error: the guest trapped: {}", trap.message);
                 if !trap.backtrace.is_empty() {
@@ -228,6 +231,7 @@ impl RunCommand {
                     Limit::Fuel { .. } => "--fuel",
                     Limit::Timeout { .. } => "--timeout",
                     Limit::Output { .. } => "--max-output",
+                    Limit::MessageSize { .. } | Limit::Messages { .. } => "message limits",
                 };
                 eprintln!("error: the task exceeded its {limit} ({flag})");
             }

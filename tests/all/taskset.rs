@@ -1,0 +1,1246 @@
+//! Task sets: `tasks.toml` and its errors, the scheduler (dependencies,
+//! the concurrency bound, restarts, cancellation, fail-fast, records and
+//! metrics), and `isola check` / `isola up` as users run them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isola::config::{ConfigError, ConfigErrorKind, RestartPolicy, TaskConfig, TaskSet};
+use isola::taskset::{Event, Scheduler, SetReport, SkipReason, StopReason, TaskRecord, TaskStatus};
+use isola::{ByteSize, DirGrant, Isolation, Limit, Outcome, Stdin, TaskSpec};
+use isola_tests::{GuestKind, guest, isola, isola_bin, runner, shared_cache, stderr, stdout};
+
+/// A guest's path, for writing into a `tasks.toml`.
+fn wasm(name: &str) -> String {
+    guest(name, GuestKind::Module)
+        .to_str()
+        .expect("utf-8 path")
+        .to_owned()
+}
+
+/// `toml` with `{hello}`, `{echo}`, `{echo2}` (the component) and
+/// `{hostile}` replaced by guest paths, written to `dir/tasks.toml`.
+fn write_set(dir: &Path, toml: &str) -> PathBuf {
+    let toml = toml
+        .replace("{hello}", &wasm("hello"))
+        .replace("{echo}", &wasm("echo_cli"))
+        .replace(
+            "{echo2}",
+            guest("echo_cli", GuestKind::Component)
+                .to_str()
+                .expect("utf-8"),
+        )
+        .replace("{hostile}", &wasm("hostile"));
+    let path = dir.join("tasks.toml");
+    std::fs::write(&path, toml).expect("write tasks.toml");
+    path
+}
+
+fn load(toml: &str) -> (tempfile::TempDir, TaskSet) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_set(dir.path(), toml);
+    let set = TaskSet::load(&path).unwrap_or_else(|e| panic!("valid set:\n{e}"));
+    (dir, set)
+}
+
+/// Line and column (from 1) of the `nth` occurrence of `needle` in `text`.
+fn position(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let offset = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("`{needle}` #{nth} not in the source"))
+        .0;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// The error whose display ends with `message`, checked to sit at the
+/// position of `needle` (its `nth` occurrence) and to be of `kind`.
+fn expect_error(
+    errors: &[ConfigError],
+    source: &str,
+    kind: ConfigErrorKind,
+    (needle, nth): (&str, usize),
+    line: &str,
+) {
+    let (l, c) = position(source, needle, nth);
+    let found = errors
+        .iter()
+        .find(|e| e.to_string().ends_with(&format!(":{l}:{c}: {line}")));
+    let error = found.unwrap_or_else(|| {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        panic!("no error `{l}:{c}: {line}` among:\n{}", all.join("\n"))
+    });
+    assert_eq!(error.kind, kind, "{error}");
+}
+
+#[test]
+fn every_config_error_is_reported_at_once_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("notes.txt"), "not wasm").expect("write");
+    let source = r#"[defaults]
+name = "shared"
+limits = { timeout = "soon" }
+
+[[task]]
+name = "a"
+wasm = '{hello}'
+args = "one"
+dependson = ["b"]
+depends_on = ["b", "ghost"]
+
+[[task]]
+name = "b"
+wasm = '{hello}'
+depends_on = ["a"]
+isolation = "vm"
+limits = { max_memory = "lots", fuel = -1, cpu = 1 }
+
+[[task]]
+name = "a"
+wasm = "missing.wasm"
+dirs = [{ host = "nope", guest = "/x" }, { guest = "/y" }]
+stdin = { file = "in.txt", text = "x" }
+input = "x"
+input_file = "data.bin"
+env = { GOOD = "yes", BAD = 1 }
+
+[[task]]
+wasm = '{hello}'
+restart = "on-crash"
+
+[[task]]
+name = "bad name!"
+wasm = "notes.txt"
+max_restarts = 2
+"#;
+    let path = write_set(dir.path(), source);
+    let source = std::fs::read_to_string(&path).expect("read back");
+    let errors = TaskSet::load(&path).expect_err("invalid set");
+    let errors = errors.errors();
+    use ConfigErrorKind as K;
+    let cases: &[(K, (&str, usize), &str)] = &[
+        (
+            K::UnknownField,
+            ("name", 0),
+            "[defaults]: field `name`: `name` cannot be set in [defaults]; it belongs in each [[task]]",
+        ),
+        (
+            K::InvalidValue,
+            ("\"soon\"", 0),
+            "[defaults]: field `limits.timeout`: \"soon\" is not a duration; use one like \"1.5s\", \"500ms\" or \"2m\"",
+        ),
+        (
+            K::WrongType,
+            ("\"one\"", 0),
+            "task `a`: field `args`: expected an array of strings, found a string",
+        ),
+        (
+            K::UnknownField,
+            ("dependson", 0),
+            "task `a`: field `dependson`: unknown field `dependson`; did you mean `depends_on`?",
+        ),
+        (
+            K::UnknownDependency,
+            ("\"ghost\"", 0),
+            "task `a`: field `depends_on[1]`: no task is named `ghost`",
+        ),
+        (
+            K::Cycle,
+            ("\"a\"]", 0),
+            "task `b`: field `depends_on[0]`: dependency cycle: a -> b -> a",
+        ),
+        (
+            K::InvalidValue,
+            ("\"vm\"", 0),
+            "task `b`: field `isolation`: expected \"thread\" or \"process\", found \"vm\"",
+        ),
+        (
+            K::InvalidValue,
+            ("\"lots\"", 0),
+            "task `b`: field `limits.max_memory`: \"lots\" is not a size; use one like \"64MiB\", \"512KiB\" or \"1GiB\"",
+        ),
+        (
+            K::InvalidValue,
+            ("-1", 0),
+            "task `b`: field `limits.fuel`: must not be negative, found -1",
+        ),
+        (
+            K::UnknownField,
+            ("cpu", 0),
+            "task `b`: field `limits.cpu`: unknown field `cpu`; expected one of `max_memory`, `fuel`, `timeout`, `max_output` or `process_memory`",
+        ),
+        (
+            K::DuplicateName,
+            ("\"a\"", 2),
+            "task `a`: field `name`: the name `a` is already used by task #1; task names must be unique",
+        ),
+        (
+            K::MissingFile,
+            ("\"missing.wasm\"", 0),
+            &format!(
+                "task `a`: field `wasm`: `{}` does not exist (relative paths start from the directory of the config file)",
+                dir.path().join("missing.wasm").display()
+            ),
+        ),
+        (
+            K::MissingFile,
+            ("\"nope\"", 0),
+            &format!(
+                "task `a`: field `dirs[0].host`: `{}` does not exist (relative paths start from the directory of the config file)",
+                dir.path().join("nope").display()
+            ),
+        ),
+        (
+            K::MissingField,
+            ("{ guest = \"/y\" }", 0),
+            "task `a`: field `dirs[1].host`: a directory grant needs a `host` directory",
+        ),
+        (
+            K::MissingFile,
+            ("\"in.txt\"", 0),
+            &format!(
+                "task `a`: field `stdin.file`: `{}` does not exist (relative paths start from the directory of the config file)",
+                dir.path().join("in.txt").display()
+            ),
+        ),
+        (
+            K::Conflict,
+            ("text", 0),
+            "task `a`: field `stdin.text`: `stdin` takes either `text` or `file`, not both",
+        ),
+        (
+            K::Conflict,
+            ("input_file", 0),
+            "task `a`: field `input_file`: `input` and `input_file` cannot both be set",
+        ),
+        (
+            K::WrongType,
+            ("1 }", 1),
+            "task `a`: field `env.BAD`: expected a string, found an integer",
+        ),
+        (
+            K::MissingField,
+            ("[[task]]", 3),
+            "task #4: field `name`: every [[task]] needs a `name`",
+        ),
+        (
+            K::Conflict,
+            ("\"on-crash\"", 0),
+            "task #4: field `restart`: restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`",
+        ),
+        (
+            K::InvalidValue,
+            ("\"bad name!\"", 0),
+            "task #5: field `name`: `bad name!` is not a valid task name: use letters, digits, `-`, `_` and `.`, starting with a letter or digit",
+        ),
+        (
+            K::InvalidValue,
+            ("\"notes.txt\"", 0),
+            &format!(
+                "task #5: field `wasm`: `{}` is not a WebAssembly file (it does not start with `\\0asm`)",
+                dir.path().join("notes.txt").display()
+            ),
+        ),
+        (
+            K::Conflict,
+            ("2\n", 0),
+            "task #5: field `max_restarts`: restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`",
+        ),
+    ];
+    for (kind, at, line) in cases {
+        expect_error(errors, &source, *kind, *at, line);
+    }
+    assert_eq!(
+        errors.len(),
+        cases.len(),
+        "exactly these errors: {:#?}",
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    // In file order, and each line starts with the file.
+    let lines: Vec<usize> = errors
+        .iter()
+        .map(|e| e.location.expect("located").line)
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+    let prefix = format!("{}:", path.display());
+    assert!(errors.iter().all(|e| e.to_string().starts_with(&prefix)));
+}
+
+#[test]
+fn syntax_errors_unknown_tables_and_unreadable_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_set(dir.path(), "[[task]]\nname = \"a\"\nargs = [1,\n");
+    let errors = TaskSet::load(&path).expect_err("bad TOML");
+    let first = &errors.errors()[0];
+    assert_eq!(first.kind, ConfigErrorKind::Syntax);
+    assert!(
+        first
+            .to_string()
+            .starts_with(&format!("{}:3:", path.display())),
+        "{first}"
+    );
+    assert!(first.message.starts_with("invalid TOML: "), "{first}");
+
+    let path = write_set(dir.path(), "[[tasks]]\nname = \"a\"\n");
+    let errors = TaskSet::load(&path).expect_err("unknown table");
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "{}:1:3: field `tasks`: unknown field `tasks`; did you mean `task`?",
+            path.display()
+        )
+    );
+
+    let path = write_set(dir.path(), "# nothing here\n");
+    let errors = TaskSet::load(&path).expect_err("no tasks");
+    assert_eq!(errors.errors()[0].kind, ConfigErrorKind::MissingField);
+    assert!(
+        errors
+            .to_string()
+            .ends_with("no tasks: add at least one [[task]] table")
+    );
+
+    let missing = dir.path().join("absent.toml");
+    let errors = TaskSet::load(&missing).expect_err("no file");
+    assert_eq!(errors.errors()[0].kind, ConfigErrorKind::Io);
+    assert!(
+        errors
+            .to_string()
+            .starts_with(&format!("{}: cannot read the task set:", missing.display())),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_config_maps_onto_task_specs_with_defaults_merged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("data")).expect("mkdir");
+    std::fs::write(dir.path().join("in.txt"), "stdin from a file").expect("write");
+    std::fs::write(dir.path().join("input.bin"), [0u8, 1, 2, 255]).expect("write");
+    let source = r#"
+[defaults]
+wasm = '{echo}'
+env = { SHARED = "1", OVERRIDDEN = "default" }
+inherit_env = ["HOME"]
+limits = { max_memory = "64MiB", timeout = "1.5s" }
+isolation = "process"
+restart = "on-crash"
+
+[[task]]
+name = "full"
+argv0 = "prog"
+args = ["cat", "x"]
+env = { OVERRIDDEN = "task", OWN = "2" }
+dirs = [{ host = "data", guest = "/data", writable = true }, { host = "data" }]
+stdin = { file = "in.txt" }
+input_file = "input.bin"
+limits = { fuel = 1000, max_output = "1KiB" }
+max_restarts = 5
+
+[[task]]
+name = "plain"
+isolation = "thread"
+stdin = { text = "typed" }
+input = "hello"
+depends_on = ["full", "full"]
+"#;
+    let path = write_set(dir.path(), source);
+    let set = TaskSet::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.len(), 2);
+    assert_eq!(set.path(), Some(path.as_path()));
+
+    let full = set.get("full").expect("full");
+    let mut expected = TaskSpec::new(guest("echo_cli", GuestKind::Module));
+    expected.argv0 = Some("prog".into());
+    expected.args = vec!["cat".into(), "x".into()];
+    expected.env = [("OVERRIDDEN", "task"), ("OWN", "2"), ("SHARED", "1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    expected.inherit_env = vec!["HOME".into()];
+    expected.dirs = vec![
+        DirGrant {
+            host: dir.path().join("data"),
+            guest: Some("/data".into()),
+            writable: true,
+        },
+        DirGrant {
+            host: dir.path().join("data"),
+            guest: None,
+            writable: false,
+        },
+    ];
+    expected.stdin = Stdin::File(dir.path().join("in.txt"));
+    expected.input = Some(vec![0, 1, 2, 255]);
+    expected.limits.max_memory = ByteSize::mib(64);
+    expected.limits.timeout = Some(Duration::from_millis(1500));
+    expected.limits.fuel = Some(1000);
+    expected.limits.max_output = Some(ByteSize::kib(1));
+    expected.isolation = Isolation::Process;
+    assert_eq!(full.spec, expected);
+    assert_eq!(full.restart, RestartPolicy::OnCrash { max_restarts: 5 });
+    assert!(full.depends_on.is_empty());
+
+    let plain = set.get("plain").expect("plain");
+    assert_eq!(plain.spec.isolation, Isolation::Thread);
+    assert_eq!(plain.spec.stdin, Stdin::Bytes(b"typed".to_vec()));
+    assert_eq!(plain.spec.input, Some(b"hello".to_vec()));
+    assert_eq!(plain.spec.env.len(), 2, "the defaults' env only");
+    assert_eq!(
+        plain.restart,
+        RestartPolicy::Never,
+        "the defaults' restart policy applies to process tasks only"
+    );
+    assert_eq!(
+        plain.depends_on,
+        ["full"],
+        "a repeated dependency counts once"
+    );
+}
+
+#[test]
+fn sets_built_in_code_are_checked_too() {
+    let spec = || TaskSpec::new("x.wasm");
+    let mut a = TaskConfig::new("a", spec());
+    a.depends_on = vec!["b".into()];
+    let mut b = TaskConfig::new("b", spec());
+    b.depends_on = vec!["a".into(), "zzz".into()];
+    let dup = TaskConfig::new("a", spec());
+    let mut restarting = TaskConfig::new("r", spec());
+    restarting.restart = RestartPolicy::OnCrash { max_restarts: 1 };
+    let errors = TaskSet::new(vec![a, b, dup, restarting]).expect_err("invalid");
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "task `r`: field `restart`: restarts apply only to process tasks (a thread task cannot crash)",
+            "task `a`: field `name`: the name `a` is already used by task #1; task names must be unique",
+            "task `b`: field `depends_on[1]`: no task is named `zzz`",
+            "task `b`: field `depends_on[0]`: dependency cycle: a -> b -> a",
+        ]
+    );
+}
+
+/// Every event of a run, as text: `started a 1`, `out a hello`,
+/// `finished a succeeded`, `restarting a 2`.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn sink(&self) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
+        let log = Arc::clone(&self.0);
+        move |event: &Event<'_>| {
+            let line = match event {
+                Event::Queued { task } => format!("queued {task}"),
+                Event::Started { task, attempt, .. } => format!("started {task} {attempt}"),
+                Event::Output { task, line, .. } => format!("out {task} {line}"),
+                Event::Restarting { task, attempt, .. } => format!("restarting {task} {attempt}"),
+                Event::Finished { record } => format!("finished {} {}", record.name, record.status),
+                _ => return,
+            };
+            log.lock().expect("log").push(line);
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("log").clone()
+    }
+}
+
+async fn run_set(set: &TaskSet, jobs: usize, log: &Log) -> SetReport {
+    let scheduler = Scheduler::new(runner()).jobs(jobs).sink(log.sink());
+    tokio::time::timeout(Duration::from_secs(120), scheduler.run(set))
+        .await
+        .expect("the set finishes")
+}
+
+fn record<'a>(report: &'a SetReport, name: &str) -> &'a TaskRecord {
+    report
+        .get(name)
+        .unwrap_or_else(|| panic!("no record for `{name}`"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dependencies_run_in_order_and_share_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("shared")).expect("mkdir");
+    // Listed last-first: only `depends_on` can put them in order.
+    let source = r#"
+[defaults]
+dirs = [{ host = "shared", guest = "/shared", writable = true }]
+
+[[task]]
+name = "third"
+wasm = '{echo2}'
+args = ["cat", "/shared/two.txt"]
+depends_on = ["second"]
+
+[[task]]
+name = "second"
+wasm = '{echo}'
+isolation = "process"
+args = ["write", "/shared/two.txt", "second saw the first"]
+depends_on = ["first"]
+
+[[task]]
+name = "first"
+wasm = '{echo}'
+args = ["write", "/shared/one.txt", "first"]
+"#;
+    let path = write_set(dir.path(), source);
+    let set = TaskSet::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let log = Log::default();
+    let report = run_set(&set, 3, &log).await;
+    assert!(report.succeeded(), "{report:#?}");
+    let lines = log.lines();
+    assert!(
+        lines.contains(&"out third second saw the first".to_owned()),
+        "{lines:?}"
+    );
+
+    let (first, second, third) = (
+        record(&report, "first"),
+        record(&report, "second"),
+        record(&report, "third"),
+    );
+    assert_eq!(second.isolation, Isolation::Process);
+    for (dep, task) in [(first, second), (second, third)] {
+        assert!(
+            dep.finished_at.expect("finished") <= task.started_at.expect("started"),
+            "{} started before {} finished",
+            task.name,
+            dep.name
+        );
+        assert!(
+            task.queued_at >= dep.finished_at,
+            "queued when its dependency succeeded"
+        );
+    }
+    // The events say the same.
+    let at = |line: &str| {
+        lines
+            .iter()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("no `{line}` in {lines:?}"))
+    };
+    assert!(at("finished first succeeded") < at("started second 1"));
+    assert!(at("finished second succeeded") < at("started third 1"));
+}
+
+/// The most records whose [started, finished) slot times overlap.
+fn max_overlap(report: &SetReport) -> usize {
+    let mut edges: Vec<(Duration, i32)> = Vec::new();
+    for task in &report.tasks {
+        if let (Some(start), Some(end)) = (task.started_at, task.finished_at) {
+            edges.push((start, 1));
+            edges.push((end, -1));
+        }
+    }
+    // At equal instants, ends come first: a slot handed over is not shared.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    usize::try_from(most).expect("non-negative")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn never_more_than_jobs_tasks_run_at_once() {
+    let mut tasks = String::new();
+    for i in 0..8 {
+        let isolation = if i % 2 == 0 { "thread" } else { "process" };
+        tasks.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\nwasm = '{{hostile}}'\nargs = [\"sleep\", \"50\"]\nisolation = \"{isolation}\"\n\n"
+        ));
+    }
+    let (_dir, set) = load(&tasks);
+    for jobs in [1, 3] {
+        // Counted from the events as they happen, independently of the
+        // records' timestamps.
+        let live = Arc::new(Mutex::new((0usize, 0usize)));
+        let counter = Arc::clone(&live);
+        let sink = move |event: &Event<'_>| {
+            let mut guard = counter.lock().expect("counter");
+            let (now, most) = &mut *guard;
+            match event {
+                Event::Started { attempt: 1, .. } => {
+                    *now += 1;
+                    *most = (*most).max(*now);
+                }
+                Event::Finished { record } if record.attempts > 0 => *now -= 1,
+                _ => {}
+            }
+        };
+        let scheduler = Scheduler::new(runner()).jobs(jobs).sink(sink);
+        let report = scheduler.run(&set).await;
+        assert!(report.succeeded(), "{report:#?}");
+        let most_live = live.lock().expect("counter").1;
+        // The slots are filled before any task can finish, so the bound is
+        // also reached.
+        assert_eq!(most_live, jobs, "events");
+        assert_eq!(max_overlap(&report), jobs, "records");
+        assert_eq!(report.pool.max_running, jobs);
+        assert_eq!(report.pool.jobs, jobs);
+        assert!(report.pool.utilization > 0.0 && report.pool.utilization <= 1.0);
+        assert_eq!(report.pool.wait_time.count, 8);
+        assert_eq!(report.pool.run_time.count, 8);
+        let h = report.pool.run_time;
+        assert!(h.min <= h.p50 && h.p50 <= h.p90 && h.p90 <= h.p99 && h.p99 <= h.max);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashed_process_tasks_are_restarted_up_to_their_limit() {
+    // A worker process cannot even start under a 1 MiB data limit: every
+    // attempt crashes.
+    let source = r#"
+[[task]]
+name = "crashy"
+wasm = '{hello}'
+isolation = "process"
+restart = "on-crash"
+max_restarts = 2
+limits = { process_memory = "1MiB" }
+
+[[task]]
+name = "once"
+wasm = '{hello}'
+isolation = "process"
+limits = { process_memory = "1MiB" }
+
+[[task]]
+name = "fine"
+wasm = '{hello}'
+isolation = "process"
+restart = "on-crash"
+"#;
+    let (_dir, set) = load(source);
+    let log = Log::default();
+    let report = run_set(&set, 3, &log).await;
+
+    let crashy = record(&report, "crashy");
+    assert!(
+        matches!(crashy.outcome, Some(Outcome::Crashed { .. })),
+        "{crashy:#?}"
+    );
+    assert_eq!(crashy.status, TaskStatus::Failed);
+    assert_eq!(crashy.attempts, 3, "the first attempt and two restarts");
+    assert_eq!(crashy.crashes.len(), 2);
+    assert!(
+        crashy
+            .crashes
+            .iter()
+            .all(|c| matches!(c, Outcome::Crashed { .. }))
+    );
+    let lines = log.lines();
+    for expected in [
+        "started crashy 1",
+        "restarting crashy 2",
+        "started crashy 2",
+        "restarting crashy 3",
+        "started crashy 3",
+    ] {
+        assert!(
+            lines.contains(&expected.to_owned()),
+            "`{expected}` in {lines:?}"
+        );
+    }
+    assert!(!lines.iter().any(|l| l == "restarting crashy 4"));
+
+    let once = record(&report, "once");
+    assert!(matches!(once.outcome, Some(Outcome::Crashed { .. })));
+    assert_eq!(once.attempts, 1, "restart = \"never\" by default");
+    assert!(once.crashes.is_empty());
+
+    let fine = record(&report, "fine");
+    assert_eq!(fine.status, TaskStatus::Succeeded);
+    assert_eq!(fine.attempts, 1, "only crashes restart");
+}
+
+/// Resolves when `log` shows every task in `names` started.
+async fn all_started(log: &Log, names: &[&str]) {
+    loop {
+        let lines = log.lines();
+        if names
+            .iter()
+            .all(|n| lines.contains(&format!("started {n} 1")))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_cancels_running_tasks_and_skips_the_rest() {
+    let source = r#"
+[[task]]
+name = "sleeper"
+wasm = '{hostile}'
+args = ["sleep", "60000"]
+
+[[task]]
+name = "spinner"
+wasm = '{hostile}'
+args = ["loop"]
+isolation = "process"
+
+[[task]]
+name = "waiting"
+wasm = '{hello}'
+
+[[task]]
+name = "dependent"
+wasm = '{hello}'
+depends_on = ["sleeper"]
+"#;
+    let (_dir, set) = load(source);
+    let log = Log::default();
+    let scheduler = Scheduler::new(runner()).jobs(2).sink(log.sink());
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        scheduler.run_until(&set, all_started(&log, &["sleeper", "spinner"])),
+    )
+    .await
+    .expect("shutdown stops the set");
+
+    assert_eq!(report.stopped, Some(StopReason::Shutdown));
+    for name in ["sleeper", "spinner"] {
+        let task = record(&report, name);
+        assert_eq!(task.status, TaskStatus::Cancelled, "{task:#?}");
+        assert_eq!(task.outcome, Some(Outcome::Cancelled));
+    }
+    for name in ["waiting", "dependent"] {
+        let task = record(&report, name);
+        assert_eq!(task.status, TaskStatus::Skipped);
+        assert_eq!(task.skip_reason, Some(SkipReason::Shutdown));
+        assert_eq!(task.attempts, 0);
+        assert_eq!(task.started_at, None);
+    }
+    assert!(
+        record(&report, "waiting").queued_at.is_some(),
+        "it was ready"
+    );
+    let lines = log.lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("finished ")).count(),
+        4,
+        "one Finished event per task: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_fast_stops_the_set_on_the_first_failure() {
+    let source = r#"
+[[task]]
+name = "sleeper"
+wasm = '{hostile}'
+args = ["sleep", "60000"]
+
+[[task]]
+name = "bad"
+wasm = '{echo}'
+args = ["exit", "3"]
+
+[[task]]
+name = "later"
+wasm = '{hello}'
+"#;
+    let (_dir, set) = load(source);
+    let scheduler = Scheduler::new(runner()).jobs(2).fail_fast(true);
+    let report = tokio::time::timeout(Duration::from_secs(60), scheduler.run(&set))
+        .await
+        .expect("fail-fast stops the sleeper");
+    let failed = "bad".to_owned();
+    assert_eq!(
+        report.stopped,
+        Some(StopReason::FailFast {
+            failed: failed.clone()
+        })
+    );
+    let bad = record(&report, "bad");
+    assert_eq!((bad.status, bad.exit_code), (TaskStatus::Failed, Some(3)));
+    assert_eq!(record(&report, "sleeper").status, TaskStatus::Cancelled);
+    assert_eq!(
+        record(&report, "later").skip_reason,
+        Some(SkipReason::FailFast { failed })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_failure_leaves_the_other_results_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Passes the config's header check, fails to compile at start.
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x01\0\0\0garbage").expect("write");
+    let source = r#"
+[[task]]
+name = "crash"
+wasm = '{hello}'
+isolation = "process"
+limits = { process_memory = "1MiB" }
+
+[[task]]
+name = "timeout"
+wasm = '{hostile}'
+args = ["loop"]
+limits = { timeout = "200ms" }
+
+[[task]]
+name = "memory"
+wasm = '{hostile}'
+args = ["alloc-bomb"]
+isolation = "process"
+limits = { max_memory = "32MiB" }
+
+[[task]]
+name = "trap"
+wasm = '{hostile}'
+args = ["unreachable"]
+
+[[task]]
+name = "broken"
+wasm = "broken.wasm"
+
+[[task]]
+name = "after-trap"
+wasm = '{hello}'
+depends_on = ["trap"]
+
+[[task]]
+name = "hello"
+wasm = '{hello}'
+
+[[task]]
+name = "echo"
+wasm = '{echo2}'
+args = ["args", "still", "here"]
+isolation = "process"
+"#;
+    let path = write_set(dir.path(), source);
+    let set = TaskSet::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let log = Log::default();
+    let report = run_set(&set, 2, &log).await;
+    assert!(!report.succeeded());
+    assert_eq!(report.stopped, None, "no fail-fast: everything ran");
+
+    assert!(matches!(
+        record(&report, "crash").outcome,
+        Some(Outcome::Crashed { .. })
+    ));
+    assert!(matches!(
+        record(&report, "timeout").outcome,
+        Some(Outcome::LimitExceeded {
+            limit: Limit::Timeout { .. }
+        })
+    ));
+    assert!(matches!(
+        record(&report, "memory").outcome,
+        Some(Outcome::LimitExceeded {
+            limit: Limit::Memory { .. }
+        })
+    ));
+    assert!(matches!(
+        record(&report, "trap").outcome,
+        Some(Outcome::Trapped(_))
+    ));
+    let broken = record(&report, "broken");
+    assert_eq!(
+        (broken.status, broken.outcome.as_ref()),
+        (TaskStatus::Failed, None)
+    );
+    let error = broken.start_error.as_deref().expect("a start error");
+    assert!(error.contains("is not valid WebAssembly"), "{error}");
+    assert_eq!(
+        record(&report, "after-trap").skip_reason,
+        Some(SkipReason::DependencyFailed {
+            dependency: "trap".into()
+        })
+    );
+
+    for name in ["hello", "echo"] {
+        let task = record(&report, name);
+        assert_eq!(task.status, TaskStatus::Succeeded, "{task:#?}");
+        assert_eq!(task.exit_code, Some(0));
+        assert!(task.peak_memory > 0 && task.fuel_used > 0, "{task:#?}");
+    }
+    let lines = log.lines();
+    assert!(lines.contains(&"out hello Hello from Isola!".to_owned()));
+    assert!(
+        lines.contains(&"out echo still".to_owned()) && lines.contains(&"out echo here".to_owned())
+    );
+    let counts = report.counts();
+    assert_eq!((counts.succeeded, counts.failed, counts.skipped), (2, 5, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_json_report_has_a_stable_schema() {
+    let source = r#"
+[[task]]
+name = "hello"
+wasm = '{hello}'
+
+[[task]]
+name = "fails"
+wasm = '{echo}'
+args = ["exit", "4"]
+
+[[task]]
+name = "skipped"
+wasm = '{hello}'
+depends_on = ["fails"]
+"#;
+    let (_dir, set) = load(source);
+    let report = run_set(&set, 2, &Log::default()).await;
+    let json = report.to_json().expect("json");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+
+    assert_eq!(value["version"], 1);
+    assert_eq!(value["stopped"], serde_json::Value::Null);
+    let tasks = value["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 3);
+    let hello = &tasks[0];
+    for key in [
+        "name",
+        "isolation",
+        "status",
+        "outcome",
+        "exit_code",
+        "start_error",
+        "skip_reason",
+        "attempts",
+        "crashes",
+        "queued_at_ms",
+        "started_at_ms",
+        "finished_at_ms",
+        "wait_ms",
+        "wall_ms",
+        "startup_ms",
+        "run_ms",
+        "peak_memory",
+        "fuel_used",
+    ] {
+        assert!(hello.get(key).is_some(), "`{key}` missing from {hello}");
+    }
+    assert_eq!(hello["name"], "hello");
+    assert_eq!(hello["isolation"], "thread");
+    assert_eq!(hello["status"], "succeeded");
+    assert_eq!(hello["exit_code"], 0);
+    assert_eq!(hello["attempts"], 1);
+    assert!(hello["outcome"].is_object());
+    assert!(hello["wall_ms"].as_f64().expect("number") > 0.0);
+    assert!(hello["peak_memory"].as_u64().expect("number") > 0);
+    assert_eq!(tasks[1]["status"], "failed");
+    assert_eq!(tasks[1]["exit_code"], 4);
+    let skipped = &tasks[2];
+    assert_eq!(skipped["status"], "skipped");
+    assert_eq!(skipped["skip_reason"]["reason"], "dependency_failed");
+    assert_eq!(skipped["skip_reason"]["dependency"], "fails");
+    assert_eq!(skipped["wall_ms"], serde_json::Value::Null);
+
+    let pool = &value["pool"];
+    assert_eq!(pool["jobs"], 2);
+    for key in ["max_running", "wall_ms", "busy_ms", "utilization"] {
+        assert!(pool[key].is_number(), "pool.{key}");
+    }
+    for histogram in ["wait_time", "run_time"] {
+        for key in [
+            "count", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+        ] {
+            assert!(pool[histogram][key].is_number(), "pool.{histogram}.{key}");
+        }
+    }
+    assert_eq!(pool["run_time"]["count"], 2, "the two tasks that ran");
+
+    // And it reads back into the typed report.
+    let back: SetReport = serde_json::from_str(&json).expect("typed");
+    assert_eq!(back.tasks.len(), 3);
+    assert_eq!(back.tasks[1].status, TaskStatus::Failed);
+    assert_eq!(back.tasks[2].skip_reason, report.tasks[2].skip_reason);
+}
+
+#[test]
+fn check_validates_without_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_set(
+        dir.path(),
+        "[[task]]\nname = \"a\"\nwasm = '{hello}'\n\n[[task]]\nname = \"b\"\nwasm = '{hello}'\nisolation = \"process\"\ndepends_on = [\"a\"]\n",
+    );
+    let p = path.to_str().expect("utf-8");
+    let out = isola(&["check", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{p}: OK, 2 tasks (1 thread, 1 process), 1 dependency\n")
+    );
+
+    let path = write_set(
+        dir.path(),
+        "[[task]]\nname = \"a\"\nwasm = \"nope.wasm\"\ntimeout = \"1s\"\n",
+    );
+    let out = isola(&["check", p]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{}:3:8: task `a`: field `wasm`: `",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts` or `depends_on`",
+            path.display()
+        )
+    );
+    assert_eq!(
+        lines[2],
+        format!("error: 2 problems found in {}", path.display())
+    );
+}
+
+/// Text with any ANSI escape or other control character (newlines aside).
+fn has_control_codes(text: &str) -> bool {
+    text.chars().any(|c| c.is_control() && c != '\n')
+}
+
+#[test]
+fn up_prints_prefixed_lines_a_summary_and_fails_when_a_task_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = r#"
+[[task]]
+name = "hello"
+wasm = '{hello}'
+
+[[task]]
+name = "talker"
+wasm = '{hostile}'
+args = ["sleep", "1"]
+isolation = "process"
+
+[[task]]
+name = "runaway"
+wasm = '{hostile}'
+args = ["loop"]
+limits = { timeout = "200ms" }
+
+[[task]]
+name = "after"
+wasm = '{hello}'
+depends_on = ["runaway"]
+"#;
+    let path = write_set(dir.path(), source);
+    let json = dir.path().join("out.json");
+    let out = isola(&[
+        "up",
+        path.to_str().expect("utf-8"),
+        "--jobs",
+        "2",
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--metrics",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        !has_control_codes(&text),
+        "no control codes when not a terminal:\n{text:?}"
+    );
+    assert!(text.contains("\nhello   | Hello from Isola!\n"), "{text}");
+    assert!(text.contains("\ntalker  | woke\n"), "{text}");
+    assert!(
+        text.contains("\nrunaway failed: limit exceeded: timeout of 200ms in "),
+        "{text}"
+    );
+
+    // The summary: one row per task, failures named at the end.
+    let table = text
+        .split_once("\nTASK ")
+        .map(|(_, t)| t)
+        .expect("a summary table");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(&row("hello")[..4], ["hello", "thread", "ok", "exited"]);
+    assert_eq!(&row("talker")[..3], ["talker", "process", "ok"]);
+    assert_eq!(
+        &row("runaway")[..4],
+        ["runaway", "thread", "FAILED", "limit"]
+    );
+    assert_eq!(&row("after")[..3], ["after", "thread", "SKIPPED"]);
+    assert!(
+        text.contains("4 tasks: 2 succeeded, 1 failed, 1 skipped in "),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  runaway: limit exceeded: timeout of 200ms\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  after: skipped: dependency `runaway` did not succeed\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\npool: 2 jobs, at most 2 running"),
+        "--metrics: {text}"
+    );
+    assert!(text.contains("\nwait time "), "{text}");
+
+    let report: SetReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("--json wrote")).expect("JSON");
+    assert_eq!(report.tasks.len(), 4);
+    assert_eq!(
+        report.get("runaway").expect("runaway").status,
+        TaskStatus::Failed
+    );
+
+    // All good: exit 0.
+    let path = write_set(dir.path(), "[[task]]\nname = \"hello\"\nwasm = '{hello}'\n");
+    let out = isola(&["up", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("1 task: 1 succeeded in "));
+
+    // An invalid set does not run.
+    let path = write_set(dir.path(), "[[task]]\nname = \"x\"\n");
+    let out = isola(&["up", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("task `x`: field `wasm`: no `wasm` in this task or in [defaults]"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn guest_control_codes_are_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_set(
+        dir.path(),
+        "[[task]]\nname = \"sneaky\"\nwasm = '{echo}'\nargs = [\"args\", \"\\u001b[2Jcleared?\"]\n",
+    );
+    let out = isola(&["up", path.to_str().expect("utf-8")]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!has_control_codes(&text), "{text:?}");
+    assert!(text.contains("sneaky | \\u{1b}[2Jcleared?"), "{text}");
+}
+
+#[test]
+fn ctrl_c_cancels_the_set_and_still_prints_the_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = r#"
+[[task]]
+name = "sleeper"
+wasm = '{hostile}'
+args = ["sleep", "60000"]
+
+[[task]]
+name = "worker"
+wasm = '{hostile}'
+args = ["sleep", "60000"]
+isolation = "process"
+
+[[task]]
+name = "never"
+wasm = '{hello}'
+depends_on = ["sleeper"]
+"#;
+    let path = write_set(dir.path(), source);
+    let mut child = Command::new(isola_bin())
+        .args(["up", path.to_str().expect("utf-8"), "--jobs", "2"])
+        .env("ISOLA_CACHE_DIR", shared_cache())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn isola up");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    // Wait until both long tasks have started.
+    while !(seen
+        .iter()
+        .any(|l: &String| l.starts_with("sleeper started"))
+        && seen.iter().any(|l| l.starts_with("worker  started")))
+    {
+        match lines.next() {
+            Some(line) => seen.push(line.expect("utf-8 line")),
+            None => panic!("isola up ended early: {seen:?}"),
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    seen.extend(lines.map(|l| l.expect("utf-8 line")));
+    let code = child.wait().expect("wait").code();
+    let text = seen.join("\n");
+    assert_eq!(code, Some(130), "{text}");
+    assert!(
+        text.contains("isola: stopping: cancelling running tasks"),
+        "{text}"
+    );
+    let row = |name: &str| {
+        seen.iter()
+            .rev()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row("sleeper"), "sleeper thread CANCELLED");
+    assert_eq!(row("worker"), "worker process CANCELLED");
+    assert_eq!(row("never"), "never thread SKIPPED");
+    assert!(
+        text.contains("\n  never: skipped: cancelled before it started"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_shipped_example_is_valid_and_runs() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks.toml");
+    let example = example.to_str().expect("utf-8");
+    let out = isola(&["check", example]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = isola(&["up", example]);
+    let text = stdout(&out);
+    // Two hostile tasks are stopped by their limits on purpose.
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("  runaway: limit exceeded: timeout of 500ms"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  memory-hog: limit exceeded: memory limit of 32.0 MiB"),
+        "{text}"
+    );
+    assert!(text.contains("inspect     | written by prepare"), "{text}");
+    assert!(
+        text.contains(": 6 succeeded, 2 failed, 1 skipped in "),
+        "{text}"
+    );
+}
