@@ -8,6 +8,7 @@ WASM_TARGETS := wasm32-wasip1 wasm32-wasip2 wasm32-wasip1-threads
 GUEST_TARGETS := wasm32-wasip1 wasm32-wasip2
 GUEST_PROFILE := guest
 GUEST_PKG     := isola-guest-programs
+PLUGIN_PKG    := isola-guest-plugin
 HOST_PKG      := isola
 
 .PHONY: all targets guests build test demo lint fmt
@@ -28,7 +29,7 @@ targets:
 # Build every guest program for all guest targets in one cargo invocation.
 # Outputs: target/<triple>/guest/<name>.wasm
 guests: targets
-	$(CARGO) build -p $(GUEST_PKG) --profile $(GUEST_PROFILE) \
+	$(CARGO) build -p $(GUEST_PKG) -p $(PLUGIN_PKG) --profile $(GUEST_PROFILE) \
 		$(addprefix --target ,$(GUEST_TARGETS))
 
 # The host crate: library + `isola` binary.
@@ -39,7 +40,7 @@ build: guests
 # library and the `isola` binary on the guests. The binary is built first
 # because the integration tests run it.
 test: build
-	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude isola-guest
+	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude isola-guest
 
 # The main job on the shipped examples: guests under the CLI and the library.
 demo: guests

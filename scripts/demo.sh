@@ -24,3 +24,7 @@ step "$isola" run "$p1/hostile.wasm" -- recurse
 echo
 echo "== the library: several tasks at once from Rust (host/examples/embed.rs) =="
 step "$bin_dir/examples/embed" "$p1"
+echo
+echo "== isola up: a task set with dependencies, both isolation levels and hostile tasks (examples/tasks.toml) =="
+step "$isola" check examples/tasks.toml
+step "$isola" up examples/tasks.toml --metrics

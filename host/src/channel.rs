@@ -398,6 +398,12 @@ impl MessageReceiver {
         self.rx.recv().await
     }
 
+    /// The next message if one is waiting, without waiting; `None` if none
+    /// is (or the stream has ended).
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.rx.try_recv().ok()
+    }
+
     /// The next message decoded from JSON.
     pub async fn recv_json<T: DeserializeOwned>(&mut self) -> Option<serde_json::Result<T>> {
         let bytes = self.recv().await?;

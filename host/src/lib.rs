@@ -64,7 +64,7 @@ pub use outcome::{
 pub use output::OutputReceiver;
 pub use process::worker;
 pub use program::Program;
-pub use runner::{CacheDir, CacheStats, Runner, RunnerConfig};
+pub use runner::{CacheDir, CacheStats, CallError, Runner, RunnerConfig};
 pub use spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};
 pub use task::{CancelHandle, TaskHandle, TaskId};
 

@@ -18,7 +18,7 @@ use crate::program::{self, Program, WasmKind};
 use crate::spec::TaskSpec;
 use crate::state::{MemoryLimiter, TaskState};
 use crate::task::{self, TaskHandle};
-use crate::{Isolation, TaskReport};
+use crate::{Isolation, Outcome, TaskReport};
 
 /// Where compiled artifacts are kept between runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +76,21 @@ impl Default for RunnerConfig {
             prestarted_workers: 2,
         }
     }
+}
+
+/// Why [`Runner::call`] returned no output.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The task could not start.
+    #[error(transparent)]
+    Start(#[from] Error),
+    /// The plugin's `run` returned this error.
+    #[error("the plugin returned an error: {0}")]
+    Rejected(String),
+    /// The task ended without returning: trapped, hit a limit, crashed or
+    /// was cancelled. The report says how, with the guest's output.
+    #[error("the plugin did not return: {}", .0.outcome)]
+    Ended(Box<TaskReport>),
 }
 
 /// Counters of the compile caches, for tests and diagnostics.
@@ -287,6 +302,46 @@ impl Runner {
             Isolation::Process => {
                 process::spawn(&self.inner, program, spec, task::Entry::Auto).await
             }
+        }
+    }
+
+    /// Calls the plugin entry `run` of `spec.wasm` with `input`, in a fresh
+    /// instance, and returns its output: the plugin use case.
+    ///
+    /// The guest also sees `input` as its start input. Limits, grants and
+    /// isolation come from `spec` as for any task.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Start`] if the task cannot start (including a program
+    /// without a `run` export), [`CallError::Rejected`] if `run` returned an
+    /// error, [`CallError::Ended`] if the task ended any other way (trap,
+    /// limit, crash, cancel).
+    pub async fn call(
+        &self,
+        mut spec: TaskSpec,
+        input: impl Into<Vec<u8>>,
+    ) -> std::result::Result<Vec<u8>, CallError> {
+        spec.input = Some(input.into());
+        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
+        let handle = match spec.isolation {
+            Isolation::Thread => {
+                let extras = task::SpawnExtras {
+                    entry: task::Entry::Run,
+                    ..Default::default()
+                };
+                task::spawn(&self.inner, &program, spec, extras).await
+            }
+            Isolation::Process => {
+                process::spawn(&self.inner, &program, spec, task::Entry::Run).await
+            }
+        }
+        .map_err(CallError::Start)?;
+        let report = handle.wait().await;
+        match report.outcome {
+            Outcome::Returned { output } => Ok(output),
+            Outcome::Rejected { error } => Err(CallError::Rejected(error)),
+            _ => Err(CallError::Ended(Box::new(report))),
         }
     }
 

@@ -7,5 +7,6 @@ mod cache;
 mod cli;
 mod hostile;
 mod library;
+mod messages;
 mod process;
 mod taskset;

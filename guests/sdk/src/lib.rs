@@ -1,1 +1,259 @@
-//! Isola guest SDK. Empty for now: the SDK arrives with the messaging work.
+//! Write Isola tasks in Rust.
+//!
+//! One API whichever way the guest is built:
+//!
+//! - `wasm32-wasip2` (a component): through the `isola:task` WIT package in
+//!   `wit/`, with bindings made by `wit-bindgen`;
+//! - `wasm32-wasip1` / `wasm32-wasip1-threads` (a core module): through the
+//!   same functions as core imports from the module `isola:task`.
+//!
+//! # A task that answers messages
+//!
+//! ```no_run
+//! fn main() {
+//!     // Like `parentPort.on('message')` in a Node worker: until the host closes.
+//!     while let Some(message) = isola_guest::recv() {
+//!         isola_guest::post(&message);
+//!     }
+//! }
+//! ```
+//!
+//! # A plugin
+//!
+//! Built as a `cdylib`; the host calls `run` with an input
+//! (`Runner::call`, `isola call`):
+//!
+//! ```no_run
+//! fn shout(input: Vec<u8>) -> Result<Vec<u8>, String> {
+//!     let text = String::from_utf8(input).map_err(|e| e.to_string())?;
+//!     Ok(text.to_uppercase().into_bytes())
+//! }
+//! isola_guest::export_run!(shout);
+//! ```
+//!
+//! Outside Wasm (for example when a workspace is checked natively) the
+//! functions exist but panic: they only work inside Isola.
+
+/// What [`try_recv`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TryRecv {
+    /// The next message.
+    Message(Vec<u8>),
+    /// No message right now; the channel is open.
+    Empty,
+    /// The host closed its side and no message is left.
+    Closed,
+}
+
+/// Posts a message to the host (`postMessage`). Blocks while the host's
+/// inbox for this task is full.
+pub fn post(message: &[u8]) {
+    imp::post(message)
+}
+
+/// Posts a UTF-8 message.
+pub fn post_str(message: &str) {
+    post(message.as_bytes())
+}
+
+/// Receives the next message from the host, blocking until one arrives;
+/// `None` once the host closed the channel and every message was received.
+pub fn recv() -> Option<Vec<u8>> {
+    imp::recv()
+}
+
+/// Receives the next message if one is waiting, without blocking.
+pub fn try_recv() -> TryRecv {
+    imp::try_recv()
+}
+
+/// The task's start input (`workerData`), if it was started with one.
+pub fn input() -> Option<Vec<u8>> {
+    imp::input()
+}
+
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "isola_guest::bindings",
+    });
+}
+
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
+mod imp {
+    use super::TryRecv;
+    use crate::bindings::isola::task::{channel, start};
+
+    pub fn post(message: &[u8]) {
+        channel::post(message)
+    }
+
+    pub fn recv() -> Option<Vec<u8>> {
+        channel::recv()
+    }
+
+    pub fn try_recv() -> TryRecv {
+        match channel::try_recv() {
+            channel::TryRecvResult::Message(m) => TryRecv::Message(m),
+            channel::TryRecvResult::Empty => TryRecv::Empty,
+            channel::TryRecvResult::Closed => TryRecv::Closed,
+        }
+    }
+
+    pub fn input() -> Option<Vec<u8>> {
+        start::input()
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", not(target_env = "p2")))]
+mod imp {
+    use super::TryRecv;
+
+    #[link(wasm_import_module = "isola:task")]
+    unsafe extern "C" {
+        #[link_name = "post"]
+        safe fn host_post(ptr: *const u8, len: usize);
+        #[link_name = "recv-next"]
+        safe fn recv_next() -> i64;
+        #[link_name = "try-recv-next"]
+        safe fn try_recv_next() -> i64;
+        #[link_name = "read"]
+        fn read_pending(ptr: *mut u8);
+        #[link_name = "input-len"]
+        safe fn input_len() -> i64;
+        #[link_name = "input-read"]
+        fn input_read(ptr: *mut u8);
+        #[link_name = "set-output"]
+        safe fn set_output(ptr: *const u8, len: usize);
+        #[link_name = "set-error"]
+        safe fn set_error(ptr: *const u8, len: usize);
+    }
+
+    /// Copies a message of `len` bytes that the host holds for us.
+    fn take(len: i64, fill: unsafe extern "C" fn(*mut u8)) -> Vec<u8> {
+        let len = usize::try_from(len).unwrap_or(0);
+        let mut buf = Vec::<u8>::with_capacity(len);
+        // SAFETY: the host writes exactly `len` bytes (the length it just
+        // reported) into the buffer, which has that much capacity; only then
+        // is the length set.
+        unsafe {
+            fill(buf.as_mut_ptr());
+            buf.set_len(len);
+        }
+        buf
+    }
+
+    pub fn post(message: &[u8]) {
+        host_post(message.as_ptr(), message.len())
+    }
+
+    pub fn recv() -> Option<Vec<u8>> {
+        match recv_next() {
+            len if len >= 0 => Some(take(len, read_pending)),
+            _ => None,
+        }
+    }
+
+    pub fn try_recv() -> TryRecv {
+        match try_recv_next() {
+            -2 => TryRecv::Empty,
+            len if len >= 0 => TryRecv::Message(take(len, read_pending)),
+            _ => TryRecv::Closed,
+        }
+    }
+
+    pub fn input() -> Option<Vec<u8>> {
+        match input_len() {
+            len if len >= 0 => Some(take(len, input_read)),
+            _ => None,
+        }
+    }
+
+    pub fn output(output: &[u8]) {
+        set_output(output.as_ptr(), output.len())
+    }
+
+    pub fn error(message: &str) {
+        set_error(message.as_ptr(), message.len())
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use super::TryRecv;
+
+    fn outside() -> ! {
+        panic!("isola-guest functions only work inside an Isola task (a wasm32 target)")
+    }
+
+    pub fn post(_message: &[u8]) {
+        outside()
+    }
+
+    pub fn recv() -> Option<Vec<u8>> {
+        outside()
+    }
+
+    pub fn try_recv() -> TryRecv {
+        outside()
+    }
+
+    pub fn input() -> Option<Vec<u8>> {
+        outside()
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    #[cfg(all(target_arch = "wasm32", not(target_env = "p2")))]
+    pub use crate::imp::{error, output};
+}
+
+/// Exports `f` as the plugin entry `run`.
+///
+/// `f` takes the input bytes and returns the output bytes or an error
+/// (anything `Display`). On a component this implements `run` of the
+/// `isola:task/plugin` world; on a core module it exports `isola_run`.
+/// Build the crate as a `cdylib`.
+#[macro_export]
+macro_rules! export_run {
+    ($f:path) => {
+        #[cfg(all(target_arch = "wasm32", target_env = "p2"))]
+        const _: () = {
+            struct IsolaPlugin;
+            impl $crate::bindings::Guest for IsolaPlugin {
+                fn run(input: Vec<u8>) -> Result<Vec<u8>, String> {
+                    $f(input).map_err(|e| e.to_string())
+                }
+            }
+    $crate::bindings::__export_plugin!(IsolaPlugin with_types_in $crate::bindings);
+        };
+
+        #[cfg(all(target_arch = "wasm32", not(target_env = "p2")))]
+        #[unsafe(export_name = "isola_run")]
+        extern "C" fn __isola_run() -> i32 {
+            let input = $crate::input().unwrap_or_default();
+            match $f(input) {
+                Ok(output) => {
+                    $crate::__private::output(&output);
+                    0
+                }
+                Err(error) => {
+                    $crate::__private::error(&error.to_string());
+                    1
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            // Natively there is nothing to export; keep `f` used.
+            let _ = $f;
+        };
+    };
+}

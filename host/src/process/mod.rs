@@ -403,6 +403,26 @@ struct Supervisor {
 }
 
 impl Supervisor {
+    /// Completes when the task should stop (cancelled or past its
+    /// backstop), or at once if it is stopping already.
+    fn stop_signal(
+        &self,
+        running: bool,
+        backstop: Option<tokio::time::Instant>,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let cancel = self.cancel.clone();
+        async move {
+            if !running {
+                // Already stopping: do not wait at all.
+                return;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = sleep_until(backstop) => {}
+            }
+        }
+    }
+
     async fn run(mut self) -> TaskReport {
         let pid = self.pid;
         let mut finished = None;
@@ -440,13 +460,32 @@ impl Supervisor {
                     Some(Err(err)) => protocol_error = Some(format!("bad frame from worker: {err}")),
                     Some(Ok(frame)) => match FromWorker::decode(&frame) {
                         Ok(FromWorker::Started) => started_at = Some(Instant::now()),
-                        Ok(FromWorker::Stdout(bytes)) => self.stdout.forward(bytes).await,
-                        Ok(FromWorker::Stderr(bytes)) => self.stderr.forward(bytes).await,
+                        // Delivery waits for a slow reader (backpressure reaches
+                        // the guest through the pipe) but never past a cancel
+                        // or the timeout, which the next turn handles. Once the
+                        // task is stopping, what cannot be delivered at once is
+                        // dropped.
+                        Ok(FromWorker::Stdout(bytes)) => {
+                            let stop_now = self.stop_signal(stop.is_none(), backstop);
+                            tokio::select! {
+                                () = self.stdout.forward(bytes) => {}
+                                () = stop_now => {}
+                            }
+                        }
+                        Ok(FromWorker::Stderr(bytes)) => {
+                            let stop_now = self.stop_signal(stop.is_none(), backstop);
+                            tokio::select! {
+                                () = self.stderr.forward(bytes) => {}
+                                () = stop_now => {}
+                            }
+                        }
                         Ok(FromWorker::Message(bytes)) => {
-                            // Waits for a slow reader: backpressure reaches
-                            // the guest through the pipe. A reader that left
-                            // drops the message.
-                            let _ = self.messages.send(bytes).await;
+                            let stop_now = self.stop_signal(stop.is_none(), backstop);
+                            tokio::select! {
+                                // A reader that left drops the message.
+                                _ = self.messages.send(bytes) => {}
+                                () = stop_now => {}
+                            }
                         }
                         Ok(FromWorker::Finished(report)) => {
                             finished = Some(*report);

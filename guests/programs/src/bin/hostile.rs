@@ -21,7 +21,9 @@ usage: hostile MODE [ARG]
   unreachable    execute a wasm `unreachable` trap (abort natively)
   abort          std::process::abort()
   exit N         exit with code N
-  sleep MS       sleep MS milliseconds, print `woke`, exit 0";
+  sleep MS       sleep MS milliseconds, print `woke`, exit 0
+  post-flood N   post numbered messages of N bytes to the host, forever
+  huge-post MIB  post one message of MIB MiB";
 
 const MIB: usize = 1024 * 1024;
 
@@ -46,6 +48,17 @@ fn main() -> ExitCode {
         ["abort"] => std::process::abort(),
         ["exit", code] => match code.parse::<i32>() {
             Ok(code) => std::process::exit(code),
+            Err(_) => usage(),
+        },
+        ["post-flood", size] => match size.parse::<usize>() {
+            Ok(size) => post_flood(size),
+            Err(_) => usage(),
+        },
+        ["huge-post", mib] => match mib.parse::<usize>() {
+            Ok(mib) => {
+                isola_guest::post(&vec![b'x'; mib * MIB]);
+                ExitCode::SUCCESS
+            }
             Err(_) => usage(),
         },
         ["sleep", ms] => match ms.parse::<u64>() {
@@ -140,4 +153,15 @@ fn unreachable_trap() -> ! {
 #[cfg(not(target_arch = "wasm32"))]
 fn unreachable_trap() -> ! {
     std::process::abort()
+}
+
+/// Posts messages of `size` bytes forever, each starting with its sequence
+/// number (8 bytes, little-endian), so the host can check order and loss.
+fn post_flood(size: usize) -> ExitCode {
+    let mut message = vec![0u8; size.max(8)];
+    for seq in 0u64.. {
+        message[..8].copy_from_slice(&seq.to_le_bytes());
+        isola_guest::post(&message);
+    }
+    ExitCode::SUCCESS
 }

@@ -30,6 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(commands::run::RunCommand),
+    Call(commands::call::CallCommand),
     Check(commands::check::CheckCommand),
     Up(commands::up::UpCommand),
 }
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(cmd) => cmd.execute().await,
+            Command::Call(cmd) => cmd.execute().await,
             Command::Check(cmd) => cmd.execute(),
             Command::Up(cmd) => cmd.execute().await,
         }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod call;
 pub mod check;
+pub mod common;
 pub mod run;
 pub mod up;

@@ -1,14 +1,12 @@
 //! `isola run`: one WASI program as a sandboxed task, like `wasmtime run`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
-use isola::{
-    ByteSize, CacheDir, DirGrant, Isolation, Limit, Limits, Outcome, Output, Runner, RunnerConfig,
-    Stdin, TaskSpec,
-};
+use isola::{Output, Runner, Stdin, TaskHandle};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+use super::common::{TaskOptions, explain};
 use crate::exit;
 
 /// Run a WASI command module or component as a sandboxed task.
@@ -27,160 +25,35 @@ pub struct RunCommand {
     #[arg(last = true)]
     args: Vec<String>,
 
-    /// Give the guest an environment variable: KEY=VALUE, or KEY alone to
-    /// pass the host's value through. Repeatable.
-    #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env)]
-    envs: Vec<EnvArg>,
+    #[command(flatten)]
+    task: TaskOptions,
 
-    /// Grant a host directory, read-write: HOST or HOST::GUEST. Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir_rw)]
-    dirs: Vec<DirGrant>,
-
-    /// Grant a host directory, read-only: HOST or HOST::GUEST. Repeatable.
-    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]", value_parser = parse_dir_ro)]
-    dirs_ro: Vec<DirGrant>,
-
-    /// The guest's argv[0]. Default: the Wasm file's name.
+    /// Talk to the guest through its message channel instead of stdin: each
+    /// line read on stdin is sent as a message (end of input closes the
+    /// channel), and each message the guest posts is printed as a line.
     #[arg(long)]
-    argv0: Option<String>,
-
-    /// Most linear memory the guest may use (e.g. 64MiB, 1GiB).
-    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
-    max_memory: ByteSize,
-
-    /// Fuel budget, about one unit per Wasm instruction. Default: unlimited.
-    #[arg(long, value_name = "N")]
-    fuel: Option<u64>,
-
-    /// Wall-clock limit (e.g. 500ms, 1.5s, 2m). Default: none.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    timeout: Option<Duration>,
-
-    /// Most bytes the guest may write to each of stdout and stderr; past it
-    /// the task is stopped. Default: unlimited.
-    #[arg(long, value_name = "SIZE")]
-    max_output: Option<ByteSize>,
-
-    /// Where the task runs.
-    #[arg(long, value_enum, default_value_t = IsolationArg::Thread)]
-    isolation: IsolationArg,
-
-    /// Directory for precompiled artifacts. Default: $ISOLA_CACHE_DIR, else
-    /// the user's cache directory (~/.cache/isola).
-    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
-    cache_dir: Option<PathBuf>,
-
-    /// Do not read or write the on-disk compile cache.
-    #[arg(long)]
-    no_cache: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum IsolationArg {
-    /// On a host thread, in its own store and linear memory.
-    Thread,
-    /// In a child process with its own engine.
-    Process,
-}
-
-#[derive(Clone)]
-struct EnvArg {
-    key: String,
-    value: Option<String>,
-}
-
-fn parse_env(s: &str) -> Result<EnvArg, String> {
-    let (key, value) = match s.split_once('=') {
-        Some((k, v)) => (k, Some(v.to_owned())),
-        None => (s, None),
-    };
-    if key.is_empty() {
-        return Err("the variable name is empty".into());
-    }
-    Ok(EnvArg {
-        key: key.to_owned(),
-        value,
-    })
-}
-
-fn parse_dir(s: &str, writable: bool) -> Result<DirGrant, String> {
-    let (host, guest) = match s.split_once("::") {
-        Some((h, g)) => (h, Some(g.to_owned())),
-        None => (s, None),
-    };
-    if host.is_empty() || guest.as_deref() == Some("") {
-        return Err("expected HOST or HOST::GUEST".into());
-    }
-    Ok(DirGrant {
-        host: host.into(),
-        guest,
-        writable,
-    })
-}
-
-fn parse_dir_rw(s: &str) -> Result<DirGrant, String> {
-    parse_dir(s, true)
-}
-
-fn parse_dir_ro(s: &str) -> Result<DirGrant, String> {
-    parse_dir(s, false)
+    messages: bool,
 }
 
 impl RunCommand {
-    fn spec(&self) -> TaskSpec {
-        let mut spec = TaskSpec::new(&self.wasm);
-        spec.argv0 = self.argv0.clone();
+    pub async fn execute(self) -> u8 {
+        let mut spec = self.task.spec(&self.wasm);
         spec.args = self.args.clone();
-        for env in &self.envs {
-            match &env.value {
-                Some(value) => {
-                    spec.env.insert(env.key.clone(), value.clone());
-                }
-                None => spec.inherit_env.push(env.key.clone()),
-            }
-        }
-        spec.dirs = self.dirs.iter().chain(&self.dirs_ro).cloned().collect();
-        spec.stdin = Stdin::Inherit;
+        spec.stdin = if self.messages {
+            Stdin::Closed
+        } else {
+            Stdin::Inherit
+        };
         spec.stdout = Output::Inherit;
         spec.stderr = Output::Inherit;
-        spec.limits = Limits {
-            max_memory: self.max_memory,
-            fuel: self.fuel,
-            timeout: self.timeout,
-            max_output: self.max_output,
-            ..Limits::default()
-        };
-        spec.isolation = match self.isolation {
-            IsolationArg::Thread => Isolation::Thread,
-            IsolationArg::Process => Isolation::Process,
-        };
-        spec
-    }
-
-    fn runner_config(&self) -> RunnerConfig {
-        RunnerConfig {
-            // One task: a pool of one keeps start-up small.
-            max_live_tasks: 1,
-            // One task: a spare worker would only be started and killed.
-            prestarted_workers: 0,
-            cache_dir: match (&self.cache_dir, self.no_cache) {
-                (_, true) => CacheDir::Disabled,
-                (Some(dir), false) => CacheDir::Path(dir.clone()),
-                (None, false) => CacheDir::Default,
-            },
-            ..RunnerConfig::default()
-        }
-    }
-
-    pub async fn execute(self) -> u8 {
-        let runner = match Runner::with_config(self.runner_config()) {
+        let runner = match Runner::with_config(self.task.runner_config()) {
             Ok(runner) => runner,
             Err(err) => {
                 eprintln!("error: {err}");
                 return exit::for_error(&err);
             }
         };
-        let handle = match runner.spawn(self.spec()).await {
+        let mut handle = match runner.spawn(spec).await {
             Ok(handle) => handle,
             Err(err) => {
                 eprintln!("error: {err}");
@@ -193,53 +66,46 @@ impl RunCommand {
                 canceller.cancel();
             }
         });
+        let bridge = self.messages.then(|| bridge_messages(&mut handle));
         let report = handle.wait().await;
+        if let Some(bridge) = bridge {
+            // Every message the guest posted is printed before we exit.
+            let _ = bridge.await;
+        }
         ctrl_c.abort();
-        self.explain(&report.outcome);
+        explain(&report.outcome);
         exit::for_outcome(&report.outcome)
     }
+}
 
-    /// Says on stderr why the task ended, unless it simply exited.
-    fn explain(&self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Exited { .. } | Outcome::Returned { .. } => {}
-            Outcome::Rejected { error } => {
-                eprintln!("error: the plugin returned an error: {error}")
-            }
-            Outcome::Trapped(trap) => {
-                eprintln!("error: the guest trapped: {}", trap.message);
-                if !trap.backtrace.is_empty() {
-                    eprintln!("wasm backtrace:");
-                    // Deep recursion repeats one frame many times: show it once.
-                    let mut frames = trap.backtrace.iter().enumerate().peekable();
-                    while let Some((i, frame)) = frames.next() {
-                        eprintln!("  {i:>3}: {frame}");
-                        let mut repeats = 0;
-                        while frames.next_if(|(_, next)| *next == frame).is_some() {
-                            repeats += 1;
-                        }
-                        if repeats > 0 {
-                            eprintln!("       ... the same frame {repeats} more times");
-                        }
-                    }
+/// Feeds stdin lines to the task as messages and prints its messages as
+/// lines, until both sides are done.
+fn bridge_messages(handle: &mut TaskHandle) -> tokio::task::JoinHandle<()> {
+    if let Some(sender) = handle.sender() {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if sender.send(line.into_bytes()).await.is_err() {
+                    break;
                 }
             }
-            Outcome::LimitExceeded { limit } => {
-                let flag = match limit {
-                    Limit::Memory { .. } => "--max-memory",
-                    Limit::ProcessMemory { .. } => "the worker's OS memory limit",
-                    Limit::Fuel { .. } => "--fuel",
-                    Limit::Timeout { .. } => "--timeout",
-                    Limit::Output { .. } => "--max-output",
-                    Limit::MessageSize { .. } | Limit::Messages { .. } => "message limits",
-                };
-                eprintln!("error: the task exceeded its {limit} ({flag})");
-            }
-            Outcome::Cancelled => eprintln!("error: the task was cancelled"),
-            Outcome::Crashed { .. } => eprintln!("error: the task's worker process {outcome}"),
-            Outcome::Failed { message } => {
-                eprintln!("error: isola failed to run the task: {message}")
+            // Dropping the sender closes the guest's channel.
+        });
+    }
+    handle.close_channel();
+    let messages = handle.take_messages();
+    tokio::spawn(async move {
+        let Some(mut messages) = messages else {
+            return;
+        };
+        let mut stdout = tokio::io::stdout();
+        while let Some(message) = messages.recv().await {
+            let mut line = message.to_vec();
+            line.push(b'\n');
+            if stdout.write_all(&line).await.is_err() {
+                break;
             }
         }
-    }
+        let _ = stdout.flush().await;
+    })
 }

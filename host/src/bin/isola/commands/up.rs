@@ -29,10 +29,10 @@ Exit codes:
 Ctrl-C cancels the running tasks and prints the summary; a second Ctrl-C
 exits at once.";
 
-/// Run a task set (tasks.toml): every task in its own sandbox, at most
-/// --jobs at once, each after the tasks it depends on succeeded.
+/// Run a task set (tasks.toml), at most --jobs tasks at once.
 ///
-/// Task output is shown line by line with the task's name in front. On a
+/// Every task runs in its own sandbox, at its own isolation level, after
+/// the tasks it depends on succeeded. Task output is shown line by line with the task's name in front. On a
 /// terminal a progress line shows how many tasks are queued, running, done
 /// and failed; otherwise the output is plain text with no control codes. At
 /// the end a summary table shows how each task ended.
@@ -92,8 +92,9 @@ impl UpCommand {
         });
         let runner = match Runner::with_config(RunnerConfig {
             // The scheduler never runs more than `jobs` tasks; a pool of
-            // that size keeps the address space reserved small.
-            max_live_tasks: jobs,
+            // that size keeps the address space reserved small. Past the
+            // default, spawns wait for a free instance instead.
+            max_live_tasks: jobs.min(RunnerConfig::default().max_live_tasks),
             cache_dir: match (&self.cache_dir, self.no_cache) {
                 (_, true) => CacheDir::Disabled,
                 (Some(dir), false) => CacheDir::Path(dir.clone()),
