@@ -10,11 +10,9 @@
 //! # A task that answers messages
 //!
 //! ```no_run
-//! fn main() {
-//!     // Like `parentPort.on('message')` in a Node worker: until the host closes.
-//!     while let Some(message) = isola_guest::recv() {
-//!         isola_guest::post(&message);
-//!     }
+//! // Like `parentPort.on('message')` in a Node worker: until the host closes.
+//! while let Some(message) = isola_guest::recv() {
+//!     isola_guest::post(&message);
 //! }
 //! ```
 //!
