@@ -9,6 +9,7 @@ GUEST_TARGETS := wasm32-wasip1 wasm32-wasip2
 GUEST_PROFILE := guest
 GUEST_PKG     := isola-guest-programs
 PLUGIN_PKG    := isola-guest-plugin
+SHARED_PKG    := isola-guest-shared
 HOST_PKG      := isola
 
 .PHONY: all targets guests build test demo lint fmt
@@ -31,6 +32,7 @@ targets:
 guests: targets
 	$(CARGO) build -p $(GUEST_PKG) -p $(PLUGIN_PKG) --profile $(GUEST_PROFILE) \
 		$(addprefix --target ,$(GUEST_TARGETS))
+	$(CARGO) build -p $(SHARED_PKG) --profile $(GUEST_PROFILE) --target wasm32-wasip1-threads
 
 # The host crate: library + `isola` binary.
 build: guests
@@ -40,7 +42,7 @@ build: guests
 # library and the `isola` binary on the guests. The binary is built first
 # because the integration tests run it.
 test: build
-	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude isola-guest
+	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude $(SHARED_PKG) --exclude isola-guest
 
 # The main job on the shipped examples: guests under the CLI and the library.
 demo: guests

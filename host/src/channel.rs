@@ -185,34 +185,65 @@ const CORE_CLOSED: i64 = -1;
 /// Returned by the core `try-recv-next` when no message is waiting.
 const CORE_EMPTY: i64 = -2;
 
-fn memory(caller: &mut Caller<'_, TaskState>) -> wasmtime::Result<wasmtime::Memory> {
+/// A core guest's memory: its own, or its group's shared one.
+enum GuestMemory {
+    Own(wasmtime::Memory),
+    Shared(wasmtime::SharedMemory),
+}
+
+fn memory(caller: &mut Caller<'_, TaskState>) -> wasmtime::Result<GuestMemory> {
     match caller.get_export("memory") {
-        Some(Extern::Memory(memory)) => Ok(memory),
+        Some(Extern::Memory(memory)) => Ok(GuestMemory::Own(memory)),
+        Some(Extern::SharedMemory(memory)) => Ok(GuestMemory::Shared(memory)),
         _ => Err(wasmtime::format_err!(
             "the module uses `{CORE_MODULE}` but exports no `memory`"
         )),
     }
 }
 
+fn out_of_bounds() -> wasmtime::Error {
+    wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds)
+}
+
 /// Copies `len` bytes at `ptr` out of the guest's memory.
-fn read_guest(caller: &mut Caller<'_, TaskState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
-    let memory = memory(caller)?;
+pub(crate) fn read_guest(
+    caller: &mut Caller<'_, TaskState>,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<Vec<u8>> {
     let (start, len) = (ptr as u32 as usize, len as u32 as usize);
-    let data = memory.data(&*caller);
-    data.get(start..start.saturating_add(len))
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds))
+    match memory(caller)? {
+        GuestMemory::Own(memory) => memory
+            .data(&*caller)
+            .get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(out_of_bounds),
+        GuestMemory::Shared(memory) => {
+            let mut buf = vec![0; len];
+            crate::group::whole(&memory)
+                .read(start, &mut buf)
+                .map_err(|_| out_of_bounds())?;
+            Ok(buf)
+        }
+    }
 }
 
 /// Copies `bytes` into the guest's memory at `ptr`.
 fn write_guest(caller: &mut Caller<'_, TaskState>, ptr: i32, bytes: &[u8]) -> wasmtime::Result<()> {
-    let memory = memory(caller)?;
     let start = ptr as u32 as usize;
-    let data = memory.data_mut(&mut *caller);
-    data.get_mut(start..start.saturating_add(bytes.len()))
-        .ok_or_else(|| wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds))?
-        .copy_from_slice(bytes);
-    Ok(())
+    match memory(caller)? {
+        GuestMemory::Own(memory) => {
+            memory
+                .data_mut(&mut *caller)
+                .get_mut(start..start.saturating_add(bytes.len()))
+                .ok_or_else(out_of_bounds)?
+                .copy_from_slice(bytes);
+            Ok(())
+        }
+        GuestMemory::Shared(memory) => crate::group::whole(&memory)
+            .write(start, bytes)
+            .map_err(|_| out_of_bounds()),
+    }
 }
 
 /// Length of the message now pending, to return to a core guest.

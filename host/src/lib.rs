@@ -46,6 +46,7 @@ pub mod runner;
 pub mod spec;
 pub mod taskset;
 
+pub mod group;
 pub mod process;
 
 mod cache;
@@ -58,6 +59,7 @@ mod task;
 
 pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};
+pub use group::{GroupSpec, OutOfBounds, Region, SharedGroup};
 pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,
 };

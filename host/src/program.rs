@@ -37,6 +37,9 @@ pub(crate) enum ProgramKind {
         command: bool,
         plugin: bool,
     },
+    /// A `wasm32-wasip1-threads` module importing a shared memory: it runs
+    /// only as tasks of a shared memory group ([`crate::SharedGroup`]).
+    Shared { module: Module },
     /// A WASI preview2 component: a command (`wasi:cli/run`), a plugin
     /// (`run` of the `isola:task/plugin` world), or both.
     Component {
@@ -70,14 +73,14 @@ impl Program {
     /// `"module"` for a core module, `"component"` for a component.
     pub fn kind_name(&self) -> &'static str {
         match self.inner.kind {
-            ProgramKind::Module { .. } => "module",
+            ProgramKind::Module { .. } | ProgramKind::Shared { .. } => "module",
             ProgramKind::Component { .. } => "component",
         }
     }
 
     pub(crate) fn wasm_kind(&self) -> WasmKind {
         match self.inner.kind {
-            ProgramKind::Module { .. } => WasmKind::Module,
+            ProgramKind::Module { .. } | ProgramKind::Shared { .. } => WasmKind::Module,
             ProgramKind::Component { .. } => WasmKind::Component,
         }
     }
@@ -86,6 +89,7 @@ impl Program {
     pub(crate) fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         match &self.inner.kind {
             ProgramKind::Module { pre, .. } => pre.module().serialize(),
+            ProgramKind::Shared { module } => module.serialize(),
             ProgramKind::Component { pre, .. } => pre.component().serialize(),
         }
     }
@@ -94,6 +98,7 @@ impl Program {
     pub fn is_command(&self) -> bool {
         match &self.inner.kind {
             ProgramKind::Module { command, .. } => *command,
+            ProgramKind::Shared { .. } => false,
             ProgramKind::Component { command, .. } => command.is_some(),
         }
     }
@@ -102,6 +107,7 @@ impl Program {
     pub fn is_plugin(&self) -> bool {
         match &self.inner.kind {
             ProgramKind::Module { plugin, .. } => *plugin,
+            ProgramKind::Shared { .. } => false,
             ProgramKind::Component { plugin, .. } => plugin.is_some(),
         }
     }
@@ -215,6 +221,15 @@ fn build(
                 }
             };
             check_module_imports(runner, path, &module)?;
+            if imports_shared_memory(&module) {
+                return Ok(Program {
+                    inner: Arc::new(ProgramInner {
+                        path: path.to_owned(),
+                        hash,
+                        kind: ProgramKind::Shared { module },
+                    }),
+                });
+            }
             let command = exports_func(&module, "_start", 0, 0);
             let plugin = exports_func(&module, CORE_PLUGIN_EXPORT, 0, 1);
             if !command && !plugin {
@@ -291,6 +306,10 @@ fn build(
 /// is missing instead of failing somewhere inside instantiation.
 fn check_module_imports(runner: &RunnerInner, path: &Path, module: &Module) -> Result<()> {
     for import in module.imports() {
+        if is_shared_memory_import(&import) {
+            // Provided by the shared memory group the task runs in.
+            continue;
+        }
         let provided = runner
             .provided_imports
             .contains(&(import.module().to_owned(), import.name().to_owned()));
@@ -303,6 +322,19 @@ fn check_module_imports(runner: &RunnerInner, path: &Path, module: &Module) -> R
         }
     }
     Ok(())
+}
+
+fn is_shared_memory_import(import: &wasmtime::ImportType<'_>) -> bool {
+    import.module() == "env"
+        && import.name() == "memory"
+        && matches!(import.ty(), ExternType::Memory(ty) if ty.is_shared())
+}
+
+/// Whether the module imports its memory shared (`wasm32-wasip1-threads`).
+pub(crate) fn imports_shared_memory(module: &Module) -> bool {
+    module
+        .imports()
+        .any(|import| is_shared_memory_import(&import))
 }
 
 /// Whether `module` exports a function `name` with this many params and

@@ -9,14 +9,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::cache::{ContentHash, DiskCache};
 use crate::error::{Error, Result};
+use crate::group::{GroupSpec, SharedGroup};
 use crate::process::{self, ProcessBackend};
 use crate::program::{self, Program, WasmKind};
 use crate::spec::TaskSpec;
-use crate::state::{MemoryLimiter, TaskState};
+use crate::state::TaskState;
 use crate::task::{self, TaskHandle};
 use crate::{Isolation, Outcome, TaskReport};
 
@@ -62,6 +62,10 @@ pub struct RunnerConfig {
     /// wait for one to start. Started on the first process task. By
     /// default 2.
     pub prestarted_workers: usize,
+    /// Most memory all shared memory groups together may grow to (the sum
+    /// of their maximums). Shared memories are outside the per-task memory
+    /// limit, so they get a budget of their own. By default 4 GiB.
+    pub shared_memory_budget: u64,
 }
 
 impl Default for RunnerConfig {
@@ -74,6 +78,7 @@ impl Default for RunnerConfig {
             instance_pool: true,
             worker_program: None,
             prestarted_workers: 2,
+            shared_memory_budget: 4 << 30,
         }
     }
 }
@@ -159,6 +164,9 @@ pub(crate) struct RunnerInner {
     pub(crate) ticker: EpochTicker,
     pub(crate) stats: Stats,
     pub(crate) process: Arc<ProcessBackend>,
+    groups: Mutex<HashMap<String, SharedGroup>>,
+    /// Sum of the maximums of the live groups' memories.
+    shared_memory_reserved: Mutex<u64>,
 }
 
 /// Most programs a runner keeps loaded; past it the cache starts over. A
@@ -214,6 +222,7 @@ impl Runner {
             .map_err(Error::internal)?;
         module_linker.allow_shadowing(false);
         crate::channel::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
+        crate::group::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         let mut component_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::internal)?;
         crate::channel::add_to_component_linker(&mut component_linker).map_err(Error::internal)?;
@@ -221,14 +230,7 @@ impl Runner {
         let provided_imports = {
             // Listing a linker's definitions needs a store; this one is never
             // used to run anything.
-            let mut store = Store::new(
-                &engine,
-                TaskState {
-                    wasi: WasiCtxBuilder::new().build_p1(),
-                    limiter: MemoryLimiter::new(0),
-                    channel: crate::channel::ChannelState::closed(),
-                },
-            );
+            let mut store = Store::new(&engine, TaskState::inert());
             module_linker
                 .iter(&mut store)
                 .map(|(module, name, _)| (module.to_owned(), name.to_owned()))
@@ -261,6 +263,8 @@ impl Runner {
                 ticker,
                 stats: Stats::default(),
                 process,
+                groups: Mutex::new(HashMap::new()),
+                shared_memory_reserved: Mutex::new(0),
             }),
         })
     }
@@ -295,6 +299,22 @@ impl Runner {
     ///
     /// As [`Runner::spawn`], except for loading.
     pub async fn spawn_program(&self, program: &Program, spec: TaskSpec) -> Result<TaskHandle> {
+        if let Some(name) = &spec.shared_group {
+            return task::spawn_in_group(&self.inner, program, name, spec.clone()).await;
+        }
+        if matches!(
+            program.inner.kind,
+            crate::program::ProgramKind::Shared { .. }
+        ) {
+            return Err(Error::InvalidSpec {
+                field: "shared_group".into(),
+                message: format!(
+                    "`{}` imports a shared memory (`env.memory`): it runs only in a shared \
+                     memory group; name one",
+                    program.path().display()
+                ),
+            });
+        }
         match spec.isolation {
             Isolation::Thread => {
                 task::spawn(&self.inner, program, spec, task::SpawnExtras::default()).await
@@ -352,6 +372,58 @@ impl Runner {
     /// As [`Runner::spawn`]. Once started, every ending is a report.
     pub async fn run(&self, spec: TaskSpec) -> Result<TaskReport> {
         Ok(self.spawn(spec).await?.wait().await)
+    }
+
+    /// Creates a shared memory group and registers it under its name, for
+    /// tasks that name it in [`TaskSpec::shared_group`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSpec`] naming the group and field: a module that does
+    /// not import a shared memory or lacks the wasi-threads entry points, a
+    /// size outside what the module declares, a name already in use, a
+    /// maximum past [`RunnerConfig::shared_memory_budget`], or a `main` that
+    /// ends without serving.
+    pub async fn create_group(&self, spec: GroupSpec) -> Result<SharedGroup> {
+        if self.group(&spec.name).is_some() {
+            return Err(Error::InvalidSpec {
+                field: format!("group `{}`.name", spec.name),
+                message: "a group of this name already exists".into(),
+            });
+        }
+        let group = crate::group::create(&self.inner, spec).await?;
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group.name().to_owned(), group.clone());
+        Ok(group)
+    }
+
+    /// The group registered under `name`.
+    pub fn group(&self, name: &str) -> Option<SharedGroup> {
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Stops the group `name` from taking tasks and forgets it; its memory
+    /// is freed (and its budget returned) once its running tasks end and
+    /// every [`SharedGroup`] handle is dropped.
+    pub fn close_group(&self, name: &str) {
+        let group = self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(group) = group {
+            group.inner.close();
+            self.inner.release_shared_memory(name, group.maximum());
+        }
     }
 
     /// How the compile caches have been used so far.
@@ -426,6 +498,43 @@ impl RunnerInner {
         }
     }
 
+    pub(crate) fn reserve_shared_memory(&self, name: &str, bytes: u64) -> Result<()> {
+        let mut reserved = self
+            .shared_memory_reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let budget = self.config.shared_memory_budget;
+        if reserved.saturating_add(bytes) > budget {
+            return Err(Error::InvalidSpec {
+                field: format!("group `{name}`.maximum"),
+                message: format!(
+                    "{} would exceed the runner's shared memory budget ({} of {} in use)",
+                    bytesize::ByteSize(bytes),
+                    bytesize::ByteSize(*reserved),
+                    bytesize::ByteSize(budget)
+                ),
+            });
+        }
+        *reserved += bytes;
+        Ok(())
+    }
+
+    pub(crate) fn release_shared_memory(&self, _name: &str, bytes: u64) {
+        let mut reserved = self
+            .shared_memory_reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *reserved = reserved.saturating_sub(bytes);
+    }
+
+    pub(crate) fn group(&self, name: &str) -> Option<SharedGroup> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// The root of the disk cache, when there is one.
     pub(crate) fn disk_cache_root(&self) -> Option<&Path> {
         self.disk_cache.as_ref().map(DiskCache::root)
@@ -456,6 +565,9 @@ fn engine_config(config: &RunnerConfig) -> Config {
     // Fuel is the deterministic CPU budget; its cost on straight-line code
     // is close to zero.
     c.consume_fuel(true);
+    // Shared memory groups (the threads proposal). Tier 2 in wasmtime.
+    c.wasm_threads(true);
+    c.shared_memory(true);
 
     let slots = u32::try_from(config.max_live_tasks).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();

@@ -95,6 +95,11 @@ pub struct TaskSpec {
     /// Thread or process isolation. Thread by default.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The shared memory group the task joins (see
+    /// [`crate::Runner::create_group`]): the task then runs the group's
+    /// module, in its memory. None by default. Thread isolation only.
+    #[serde(default)]
+    pub shared_group: Option<String>,
 }
 
 impl TaskSpec {
@@ -114,6 +119,7 @@ impl TaskSpec {
             input: None,
             limits: Limits::default(),
             isolation: Isolation::default(),
+            shared_group: None,
         }
     }
 }

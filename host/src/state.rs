@@ -5,6 +5,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use crate::channel::ChannelState;
+use crate::group::GroupLink;
 use crate::outcome::Limit;
 
 /// Largest table a guest may grow to. Tables live in host memory outside the
@@ -20,6 +21,21 @@ pub(crate) struct TaskState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) channel: ChannelState,
+    /// Set for the coordinator of a shared memory group.
+    pub(crate) group: Option<GroupLink>,
+}
+
+impl TaskState {
+    /// A state with no grants, no channel and no memory budget, for stores
+    /// that are not tasks (linker setup, group coordinators).
+    pub(crate) fn inert() -> TaskState {
+        TaskState {
+            wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
+            limiter: MemoryLimiter::new(0),
+            channel: ChannelState::closed(),
+            group: None,
+        }
+    }
 }
 
 impl WasiView for TaskState {

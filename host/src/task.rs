@@ -422,6 +422,100 @@ pub(crate) async fn spawn(
     ))
 }
 
+/// Starts a task in the shared memory group `name`: it is handed to the
+/// group's coordinator, which gives it a thread (see [`crate::group`]).
+pub(crate) async fn spawn_in_group(
+    runner: &Arc<RunnerInner>,
+    program: &Program,
+    name: &str,
+    spec: TaskSpec,
+) -> Result<TaskHandle> {
+    let spawned_at = Instant::now();
+    let group = runner.group(name).ok_or_else(|| Error::InvalidSpec {
+        field: "shared_group".into(),
+        message: format!("no shared memory group `{name}` exists"),
+    })?;
+    if spec.isolation != crate::Isolation::Thread {
+        return Err(Error::InvalidSpec {
+            field: "isolation".into(),
+            message: format!(
+                "shared memory group `{name}` needs `isolation = \"thread\"`: a memory \
+                 shared with the host cannot be shared with another process"
+            ),
+        });
+    }
+    if !crate::group::same_module(&group.inner, program) {
+        return Err(Error::InvalidSpec {
+            field: "wasm".into(),
+            message: format!(
+                "`{}` is not the module of shared memory group `{name}`, which is `{}`",
+                program.path().display(),
+                crate::group::group_path(&group.inner).display()
+            ),
+        });
+    }
+    let prepared = prepare(program, &spec, None)?;
+    let queue = spec.limits.message_queue.max(1);
+    let (to_guest_tx, to_guest_rx) = tokio::sync::mpsc::channel(queue);
+    let (from_guest_tx, from_guest_rx) = tokio::sync::mpsc::channel(queue);
+    let channel = ChannelState::new(
+        to_guest_rx,
+        from_guest_tx,
+        spec.input.clone().map(bytes::Bytes::from),
+        spec.limits.max_message_size,
+        spec.limits.max_messages,
+    );
+    let Prepared {
+        mut wasi,
+        stdout,
+        stderr,
+        stdout_rx,
+        stderr_rx,
+    } = prepared;
+    let state = TaskState {
+        wasi: wasi.build_p1(),
+        // The memory is the group's; its bound is the group's maximum.
+        limiter: MemoryLimiter::new(u64::MAX),
+        channel,
+        group: None,
+    };
+    let stop = Arc::new(crate::group::StopFlag::default());
+    let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+    let pending = crate::group::PendingTask {
+        state,
+        fuel: spec.limits.fuel.unwrap_or(u64::MAX),
+        stop: Arc::clone(&stop),
+        report: report_tx,
+        spawned_at,
+    };
+    if group.inner.enqueue(pending).is_err() {
+        return Err(Error::InvalidSpec {
+            field: "shared_group".into(),
+            message: format!("shared memory group `{name}` is closed"),
+        });
+    }
+    let cancel = CancellationToken::new();
+    let join = tokio::spawn(crate::group::supervise(
+        Arc::clone(&group.inner),
+        stop,
+        cancel.clone(),
+        spec.limits.timeout,
+        report_rx,
+        (stdout, stderr),
+    ));
+    Ok(TaskHandle::new(
+        TaskId::next(),
+        CancelHandle(cancel),
+        join,
+        (stdout_rx, stderr_rx),
+        (
+            MessageSender { tx: to_guest_tx },
+            MessageReceiver { rx: from_guest_rx },
+        ),
+        None,
+    ))
+}
+
 /// The entry a task of `program` starts at, or why it cannot.
 pub(crate) fn resolve_entry(program: &Program, entry: Entry) -> Result<Resolved> {
     let no_run = || Error::UnsupportedWorld {
@@ -476,6 +570,7 @@ impl Job {
                     .with_os_limit(self.os_memory_limit),
                 // A `Job` is built with its channel and runs once.
                 channel: self.channel.take().unwrap_or_else(ChannelState::closed),
+                group: None,
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -518,7 +613,7 @@ impl Job {
             End::Finished(Ok(Ended::Exited(code))) => Outcome::Exited { code },
             End::Finished(Ok(Ended::Returned(Ok(output)))) => Outcome::Returned { output },
             End::Finished(Ok(Ended::Returned(Err(error)))) => Outcome::Rejected { error },
-            End::Finished(Err(err)) => classify(&err, &self.limits),
+            End::Finished(Err(err)) => classify(&err, fuel_budget),
             End::TimedOut(after) => Outcome::LimitExceeded {
                 limit: Limit::Timeout { after },
             },
@@ -607,14 +702,14 @@ async fn execute(
             Ok(Ended::Returned(plugin.call_run(&mut *store, &input).await?))
         }
         // `resolve_entry` only picks entries the program has.
-        (ProgramKind::Component { .. }, _) => {
-            wasmtime::bail!("the component has no such entry")
+        (ProgramKind::Component { .. } | ProgramKind::Shared { .. }, _) => {
+            wasmtime::bail!("the program has no such entry")
         }
     }
 }
 
 /// Decides the outcome from the error's typed contents.
-fn classify(err: &wasmtime::Error, limits: &Limits) -> Outcome {
+pub(crate) fn classify(err: &wasmtime::Error, fuel_budget: u64) -> Outcome {
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return Outcome::Exited { code: exit.0 };
     }
@@ -631,7 +726,7 @@ fn classify(err: &wasmtime::Error, limits: &Limits) -> Outcome {
     if *trap == Trap::OutOfFuel {
         return Outcome::LimitExceeded {
             limit: Limit::Fuel {
-                budget: limits.fuel.unwrap_or(u64::MAX),
+                budget: fuel_budget,
             },
         };
     }

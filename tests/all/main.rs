@@ -9,4 +9,5 @@ mod hostile;
 mod library;
 mod messages;
 mod process;
+mod shared;
 mod taskset;

@@ -206,6 +206,90 @@ mod imp {
     }
 }
 
+/// Shared memory groups (`wasm32-wasip1-threads` only): tasks that share
+/// one linear memory with each other and with the host.
+///
+/// The group's module has a `main` that prepares shared data, publishes the
+/// regions the host may see, and then serves tasks; each task runs `task`
+/// on a thread of its own (its own stack and TLS, the same heap and
+/// statics):
+///
+/// ```no_run
+/// use std::sync::atomic::{AtomicU32, Ordering};
+///
+/// static DONE: AtomicU32 = AtomicU32::new(0);
+///
+/// fn task() {
+///     // Each task's start input says what to do.
+///     let _job = isola_guest::input();
+///     DONE.fetch_add(1, Ordering::SeqCst);
+/// }
+///
+/// let data = vec![0u8; 1 << 20].leak();
+/// isola_guest::group::publish("data", data);
+/// isola_guest::group::serve(task);
+/// ```
+pub mod group {
+    /// Makes `data` visible to the host as the region `name`.
+    pub fn publish<T>(name: &str, data: &[T]) {
+        super::group_imp::publish(name, data.as_ptr().cast(), std::mem::size_of_val(data))
+    }
+
+    /// Tells the host the group is ready, then runs `task` on a new thread
+    /// for every task the host starts in the group, until the group is
+    /// closed. Call it last in `main`.
+    pub fn serve(task: fn()) {
+        super::group_imp::serve(task)
+    }
+}
+
+#[cfg(isola_threads)]
+mod group_imp {
+    #[link(wasm_import_module = "isola:task")]
+    unsafe extern "C" {
+        #[link_name = "group-ready"]
+        safe fn group_ready();
+        #[link_name = "group-next-task"]
+        safe fn group_next_task() -> i32;
+        #[link_name = "publish-region"]
+        safe fn publish_region(name: *const u8, name_len: usize, offset: usize, len: usize);
+    }
+
+    /// Stack of each task's thread. Recursion that keeps its frames in
+    /// registers uses the engine's stack instead.
+    const TASK_STACK: usize = 1 << 20;
+
+    pub fn publish(name: &str, ptr: *const u8, len: usize) {
+        publish_region(name.as_ptr(), name.len(), ptr as usize, len)
+    }
+
+    pub fn serve(task: fn()) {
+        group_ready();
+        while group_next_task() == 1 {
+            // The host binds the thread this creates to the task it just
+            // handed out; failing to create it fails that task.
+            let _ = std::thread::Builder::new()
+                .stack_size(TASK_STACK)
+                .spawn(task);
+        }
+    }
+}
+
+#[cfg(not(isola_threads))]
+mod group_imp {
+    fn unsupported() -> ! {
+        panic!("shared memory groups need a `wasm32-wasip1-threads` build running in Isola")
+    }
+
+    pub fn publish(_name: &str, _ptr: *const u8, _len: usize) {
+        unsupported()
+    }
+
+    pub fn serve(_task: fn()) {
+        unsupported()
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     #[cfg(all(target_arch = "wasm32", not(target_env = "p2")))]

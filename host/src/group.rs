@@ -1,0 +1,902 @@
+//! Shared memory groups: tasks that share one Wasm linear memory with each
+//! other and with the host, like workers sharing a `SharedArrayBuffer`.
+//!
+//! # How a group works
+//!
+//! A program built for `wasm32-wasip1-threads` keeps its stack, heap and
+//! statics in the one memory it imports (`env.memory`, shared). Two
+//! instances started the ordinary way (`_start`) in one memory would use the
+//! same stack and run initialisation twice. So a group is a set of instances
+//! of **one module** that start the way wasi-threads starts a thread:
+//!
+//! 1. Creating the group creates the `SharedMemory` (its maximum fixed
+//!    then) and starts the *coordinator*: instance 0, running the module's
+//!    `_start`. Its `main` calls the guest SDK's `group::serve`, which may
+//!    first publish regions of memory, then tells the host it is ready and
+//!    waits for tasks (`isola:task::group-next-task`).
+//! 2. Spawning a task in the group queues it; the coordinator receives it
+//!    and calls `std::thread::spawn`. wasi-libc's `pthread_create` allocates
+//!    the new thread's stack and TLS with the guest's own allocator and calls
+//!    the `wasi::thread-spawn` import, which Isola implements: it creates a
+//!    new instance of the module in the task's own `Store` (its own WASI
+//!    context, limits, channel and output) over the same memory, and enters
+//!    it through the module's `wasi_thread_start` export on an OS thread of
+//!    its own.
+//!
+//! wasmtime dropped its wasi-threads implementation in version 47; this is
+//! the part of it Isola needs.
+//!
+//! # Waiting and stopping
+//!
+//! Group tasks may block in `memory.atomic.wait32`, which blocks the OS
+//! thread outright and is not interrupted by epochs. That is why each group
+//! task has an OS thread, and why cancel and timeout work by raising a stop
+//! flag that the task's epoch callback turns into a trap, then waking every
+//! possible waiter of the memory (a notify at each 4-byte address) until the
+//! task has stopped. Woken waiters that should not have been re-check their
+//! condition and wait again, as futex users must.
+//!
+//! # What is (not) isolated
+//!
+//! Tasks in a group can read and corrupt each other's data, by design; a
+//! task that traps while holding a guest lock (its allocator's, say) can
+//! block the others. Shared memory is tier 2 in wasmtime.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytesize::ByteSize;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use wasmtime::{
+    Caller, ExternType, InstancePre, Linker, MemoryType, SharedMemory, Store, UpdateDeadline,
+};
+
+use crate::error::{Error, Result};
+use crate::outcome::{Limit, Outcome, TaskMetrics, TaskReport};
+use crate::program::{Program, ProgramKind};
+use crate::runner::RunnerInner;
+use crate::state::TaskState;
+
+/// Wasm pages are 64 KiB.
+const PAGE: u64 = 64 * 1024;
+
+/// How a shared memory group is set up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// The group's name, which tasks use to join it.
+    pub name: String,
+    /// The module every task of the group is an instance of: a
+    /// `wasm32-wasip1-threads` program whose `main` calls the guest SDK's
+    /// `group::serve`.
+    pub wasm: PathBuf,
+    /// Memory size when the group starts. By default the module's own
+    /// minimum.
+    #[serde(default)]
+    pub initial: Option<ByteSize>,
+    /// The most the memory may grow to, fixed for the group's life and
+    /// counted against [`crate::RunnerConfig::shared_memory_budget`]. Must
+    /// be within what the module declares.
+    pub maximum: ByteSize,
+}
+
+/// A running shared memory group. Cheap to clone.
+///
+/// Dropping every clone (and the runner's reference, see
+/// [`crate::Runner::close_group`]) stops the coordinator.
+#[derive(Clone)]
+pub struct SharedGroup {
+    pub(crate) inner: Arc<GroupInner>,
+}
+
+impl std::fmt::Debug for SharedGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedGroup")
+            .field("name", &self.inner.name)
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+pub(crate) struct GroupInner {
+    pub(crate) name: String,
+    program: Program,
+    pre: InstancePre<TaskState>,
+    pub(crate) memory: SharedMemory,
+    pub(crate) maximum: u64,
+    regions: Mutex<HashMap<String, (u32, u32)>>,
+    queue: Mutex<VecDeque<PendingTask>>,
+    queued: Notify,
+    closed: AtomicBool,
+    ready: Mutex<Option<oneshot::Sender<()>>>,
+    next_tid: AtomicU32,
+}
+
+/// A task waiting for the coordinator to give it a thread.
+pub(crate) struct PendingTask {
+    pub(crate) state: TaskState,
+    pub(crate) fuel: u64,
+    pub(crate) stop: Arc<StopFlag>,
+    pub(crate) report: oneshot::Sender<(Outcome, TaskMetrics)>,
+    pub(crate) spawned_at: Instant,
+}
+
+/// Why a group task must stop, set from outside its thread.
+#[derive(Debug, Default)]
+pub(crate) struct StopFlag {
+    /// 0 running, 1 cancelled, 2 timed out.
+    state: AtomicU8,
+    timeout: Mutex<Option<Duration>>,
+    finished: AtomicBool,
+}
+
+impl StopFlag {
+    fn request(&self) -> Option<StopRequest> {
+        match self.state.load(Ordering::Acquire) {
+            1 => Some(StopRequest::Cancelled),
+            2 => Some(StopRequest::TimedOut(
+                self.timeout
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_default(),
+            )),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        let _ = self
+            .state
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn time_out(&self, after: Duration) {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = Some(after);
+        let _ = self
+            .state
+            .compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// The typed trap that ends a stopped group task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StopRequest {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("timed out")]
+    TimedOut(Duration),
+}
+
+/// The group side of a store: what the coordinator and members may ask.
+pub(crate) struct GroupLink {
+    pub(crate) group: Arc<GroupInner>,
+    /// The coordinator's task between `group-next-task` and the
+    /// `thread-spawn` its `std::thread::spawn` makes.
+    pub(crate) handing_over: Option<Box<PendingTask>>,
+    /// The runner, to run new members on.
+    pub(crate) runner: std::sync::Weak<RunnerInner>,
+}
+
+/// A named part of a group's memory, published by a guest. All accesses are
+/// bounds-checked against the region; concurrent guest writes may be seen
+/// partially, as with any shared memory.
+#[derive(Clone)]
+pub struct Region {
+    memory: SharedMemory,
+    offset: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// An access outside a region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("access of {len} bytes at {at} is outside the region of {region_len} bytes")]
+pub struct OutOfBounds {
+    at: usize,
+    len: usize,
+    region_len: usize,
+}
+
+impl Region {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset of the region in the group's memory.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    fn check(
+        &self,
+        at: usize,
+        len: usize,
+        align: usize,
+    ) -> std::result::Result<usize, OutOfBounds> {
+        let out = OutOfBounds {
+            at,
+            len,
+            region_len: self.len,
+        };
+        let end = at.checked_add(len).ok_or(out.clone())?;
+        if end > self.len {
+            return Err(out);
+        }
+        let addr = self.offset + at;
+        if addr % align != 0 {
+            return Err(out);
+        }
+        Ok(addr)
+    }
+
+    fn byte(&self, addr: usize) -> &AtomicU8 {
+        let cell = &self.memory.data()[addr];
+        // SAFETY: the cell lies within the shared memory (bounds checked by
+        // `check`, and the memory never shrinks); wasm threads access it
+        // concurrently, so it is only ever accessed atomically here.
+        unsafe { AtomicU8::from_ptr(cell.get()) }
+    }
+
+    fn word(&self, addr: usize) -> &AtomicU32 {
+        let cell = &self.memory.data()[addr];
+        // SAFETY: `check` verified the 4 bytes at `addr` are inside the
+        // memory and 4-byte aligned; access is atomic, as wasm atomics are.
+        unsafe { AtomicU32::from_ptr(cell.get().cast::<u32>()) }
+    }
+
+    /// Copies `buf.len()` bytes starting at `at` into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if the range leaves the region.
+    pub fn read(&self, at: usize, buf: &mut [u8]) -> std::result::Result<(), OutOfBounds> {
+        let addr = self.check(at, buf.len(), 1)?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.byte(addr + i).load(Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The whole region's bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut buf = vec![0; self.len];
+        // The range is the region itself.
+        let _ = self.read(0, &mut buf);
+        buf
+    }
+
+    /// Writes `data` starting at `at`.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if the range leaves the region.
+    pub fn write(&self, at: usize, data: &[u8]) -> std::result::Result<(), OutOfBounds> {
+        let addr = self.check(at, data.len(), 1)?;
+        for (i, b) in data.iter().enumerate() {
+            self.byte(addr + i).store(*b, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Atomically loads the `u32` at byte offset `at` (4-byte aligned).
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if it leaves the region or is misaligned.
+    pub fn load_u32(&self, at: usize) -> std::result::Result<u32, OutOfBounds> {
+        let addr = self.check(at, 4, 4)?;
+        Ok(u32::from_le(self.word(addr).load(Ordering::SeqCst)))
+    }
+
+    /// Atomically stores `value` at byte offset `at` (4-byte aligned).
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if it leaves the region or is misaligned.
+    pub fn store_u32(&self, at: usize, value: u32) -> std::result::Result<(), OutOfBounds> {
+        let addr = self.check(at, 4, 4)?;
+        self.word(addr).store(value.to_le(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Atomically adds to the `u32` at `at`, returning the previous value.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if it leaves the region or is misaligned.
+    pub fn fetch_add_u32(&self, at: usize, value: u32) -> std::result::Result<u32, OutOfBounds> {
+        let addr = self.check(at, 4, 4)?;
+        // Little-endian host (x86_64, aarch64): wasm's byte order.
+        Ok(self.word(addr).fetch_add(value, Ordering::SeqCst))
+    }
+
+    /// Wakes up to `count` guests waiting (`memory.atomic.wait32`) on the
+    /// `u32` at `at`; returns how many woke.
+    ///
+    /// # Errors
+    ///
+    /// [`OutOfBounds`] if it leaves the region or is misaligned.
+    pub fn notify(&self, at: usize, count: u32) -> std::result::Result<u32, OutOfBounds> {
+        let addr = self.check(at, 4, 4)?;
+        Ok(self.memory.atomic_notify(addr as u64, count).unwrap_or(0))
+    }
+}
+
+/// All of a shared memory as one region, for host functions that copy
+/// guest data in and out.
+pub(crate) fn whole(memory: &SharedMemory) -> Region {
+    Region {
+        memory: memory.clone(),
+        offset: 0,
+        len: memory.data_size(),
+    }
+}
+
+impl SharedGroup {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Current size of the memory in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.memory.data_size() as u64
+    }
+
+    /// The fixed maximum size of the memory in bytes.
+    pub fn maximum(&self) -> u64 {
+        self.inner.maximum
+    }
+
+    /// The region a guest published under `name`.
+    pub fn region(&self, name: &str) -> Option<Region> {
+        let regions = self.inner.regions.lock().unwrap_or_else(|e| e.into_inner());
+        let (offset, len) = *regions.get(name)?;
+        Some(Region {
+            memory: self.inner.memory.clone(),
+            offset: offset as usize,
+            len: len as usize,
+        })
+    }
+
+    /// Names of the published regions.
+    pub fn region_names(&self) -> Vec<String> {
+        let regions = self.inner.regions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = regions.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The program every task of the group runs.
+    pub fn program(&self) -> &Program {
+        &self.inner.program
+    }
+}
+
+impl GroupInner {
+    /// Stops handing out tasks; the coordinator's `serve` then returns.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.queued.notify_waiters();
+        self.queued.notify_one();
+    }
+
+    pub(crate) fn enqueue(&self, task: PendingTask) -> std::result::Result<(), PendingTask> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(task);
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(task);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    async fn next_task(&self) -> Option<PendingTask> {
+        loop {
+            let notified = self.queued.notified();
+            if let Some(task) = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            {
+                return Some(task);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes every waiter on the memory, so that a stopped task blocked in
+    /// `memory.atomic.wait32` reaches its next epoch check.
+    fn wake_all(&self) {
+        let size = self.memory.data_size() as u64;
+        let mut addr = 0;
+        while addr < size {
+            let _ = self.memory.atomic_notify(addr, u32::MAX);
+            addr += 4;
+        }
+    }
+}
+
+/// Checks the module can form a group and creates it.
+pub(crate) async fn create(runner: &Arc<RunnerInner>, spec: GroupSpec) -> Result<SharedGroup> {
+    let field = |name: &str| format!("group `{}`.{name}", spec.name);
+    let program = crate::program::load(runner, &spec.wasm).await?;
+    let ProgramKind::Shared { module } = &program.inner.kind else {
+        return Err(Error::InvalidSpec {
+            field: field("wasm"),
+            message: format!(
+                "`{}` does not import a shared memory (`env.memory`); build it for \
+                 `wasm32-wasip1-threads`",
+                spec.wasm.display()
+            ),
+        });
+    };
+    let module = module.clone();
+    let declared = shared_memory_import(&module).ok_or_else(|| Error::InvalidSpec {
+        field: field("wasm"),
+        message: format!(
+            "`{}` does not import a shared memory (`env.memory`); build it for \
+             `wasm32-wasip1-threads`",
+            spec.wasm.display()
+        ),
+    })?;
+    for export in ["_start", "wasi_thread_start"] {
+        if module.get_export(export).is_none() {
+            return Err(Error::InvalidSpec {
+                field: field("wasm"),
+                message: format!("`{}` does not export `{export}`", spec.wasm.display()),
+            });
+        }
+    }
+    let declared_max = declared.maximum().unwrap_or(65536) * PAGE;
+    let maximum = spec.maximum.as_u64();
+    let initial = spec
+        .initial
+        .map(|i| i.as_u64())
+        .unwrap_or(declared.minimum() * PAGE);
+    if maximum > declared_max {
+        return Err(Error::InvalidSpec {
+            field: field("maximum"),
+            message: format!(
+                "{} is more than the module declares ({})",
+                spec.maximum,
+                ByteSize(declared_max)
+            ),
+        });
+    }
+    if initial < declared.minimum() * PAGE || initial > maximum {
+        return Err(Error::InvalidSpec {
+            field: field("initial"),
+            message: format!(
+                "must be between the module's minimum ({}) and the maximum ({})",
+                ByteSize(declared.minimum() * PAGE),
+                spec.maximum
+            ),
+        });
+    }
+    runner.reserve_shared_memory(&spec.name, maximum)?;
+    let created = build(runner, spec.name.clone(), program, initial, maximum).await;
+    if created.is_err() {
+        runner.release_shared_memory(&spec.name, maximum);
+    }
+    created
+}
+
+fn shared_memory_import(module: &wasmtime::Module) -> Option<MemoryType> {
+    module.imports().find_map(|import| match import.ty() {
+        ExternType::Memory(ty)
+            if ty.is_shared() && import.module() == "env" && import.name() == "memory" =>
+        {
+            Some(ty)
+        }
+        _ => None,
+    })
+}
+
+async fn build(
+    runner: &Arc<RunnerInner>,
+    name: String,
+    program: Program,
+    initial: u64,
+    maximum: u64,
+) -> Result<SharedGroup> {
+    let to_pages = |bytes: u64| u32::try_from(bytes.div_ceil(PAGE)).unwrap_or(u32::MAX);
+    let memory = SharedMemory::new(
+        &runner.engine,
+        MemoryType::shared(to_pages(initial), to_pages(maximum)),
+    )
+    .map_err(Error::internal)?;
+    let ProgramKind::Shared { module } = &program.inner.kind else {
+        return Err(Error::Internal("not a shared-memory module".into()));
+    };
+    let mut linker: Linker<TaskState> = runner.module_linker.clone();
+    {
+        // Defining an item needs a store of the engine; shared memories
+        // belong to no store.
+        let store = Store::new(&runner.engine, TaskState::inert());
+        linker
+            .define(&store, "env", "memory", memory.clone())
+            .map_err(Error::internal)?;
+    }
+    let group_pre = linker.instantiate_pre(module).map_err(Error::internal)?;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let inner = Arc::new(GroupInner {
+        name,
+        program,
+        pre: group_pre,
+        memory,
+        maximum,
+        regions: Mutex::new(HashMap::new()),
+        queue: Mutex::new(VecDeque::new()),
+        queued: Notify::new(),
+        closed: AtomicBool::new(false),
+        ready: Mutex::new(Some(ready_tx)),
+        next_tid: AtomicU32::new(1),
+    });
+    let (coordinator_done_tx, coordinator_done) = oneshot::channel();
+    let coordinator = Coordinator {
+        group: Arc::clone(&inner),
+        runner: Arc::downgrade(runner),
+        engine: runner.engine.clone(),
+        ticker: runner.ticker.activate(),
+    };
+    std::thread::Builder::new()
+        .name(format!("isola-group-{}", inner.name))
+        .spawn(move || {
+            let ended = coordinator.run();
+            let _ = coordinator_done_tx.send(ended);
+        })
+        .map_err(Error::internal)?;
+    tokio::select! {
+        ready = ready_rx => match ready {
+            Ok(()) => Ok(SharedGroup { inner }),
+            Err(_) => Err(Error::Internal("the group coordinator went away".into())),
+        },
+        ended = coordinator_done => {
+            let why = ended.unwrap_or_else(|_| "it stopped".into());
+            Err(Error::InvalidSpec {
+                field: format!("group `{}`.wasm", inner.name),
+                message: format!(
+                    "the group's `main` ended before calling `isola_guest::group::serve`: {why}"
+                ),
+            })
+        }
+    }
+}
+
+/// Instance 0 of a group: runs the module's `main`, which serves tasks.
+struct Coordinator {
+    group: Arc<GroupInner>,
+    runner: std::sync::Weak<RunnerInner>,
+    engine: wasmtime::Engine,
+    ticker: Option<crate::runner::TickerGuard>,
+}
+
+impl Coordinator {
+    /// Runs `_start` to its end; returns how it ended.
+    fn run(self) -> String {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(err) => return format!("cannot start a runtime: {err}"),
+        };
+        let _ticking = self.ticker;
+        runtime.block_on(async {
+            let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+            wasi.inherit_stderr().arg(self.group.name.clone());
+            let mut state = TaskState::inert();
+            state.wasi = wasi.build_p1();
+            state.group = Some(GroupLink {
+                group: Arc::clone(&self.group),
+                handing_over: None,
+                runner: self.runner.clone(),
+            });
+            let mut store = Store::new(&self.engine, state);
+            let _ = store.set_fuel(u64::MAX);
+            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+            store.set_epoch_deadline(1);
+            let result = async {
+                let instance = self.group.pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }
+            .await;
+            match result {
+                Ok(()) => "main returned".to_owned(),
+                Err(err) => format!("{err:#}"),
+            }
+        })
+    }
+}
+
+/// Core imports for groups, added to every module linker: the coordinator's
+/// side (`group-ready`, `group-next-task`, `publish-region`) under
+/// `isola:task`, and `wasi::thread-spawn`.
+pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    let not_in_group = || wasmtime::format_err!("this task is not in a shared memory group");
+    linker.func_wrap(
+        crate::channel::CORE_MODULE,
+        "group-ready",
+        move |caller: Caller<'_, TaskState>| -> wasmtime::Result<()> {
+            let link = caller.data().group.as_ref().ok_or_else(not_in_group)?;
+            if let Some(ready) = link
+                .group
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                let _ = ready.send(());
+            }
+            Ok(())
+        },
+    )?;
+    linker.func_wrap_async(
+        crate::channel::CORE_MODULE,
+        "group-next-task",
+        move |mut caller: Caller<'_, TaskState>, (): ()| {
+            Box::new(async move {
+                let link = caller.data_mut().group.as_mut().ok_or_else(not_in_group)?;
+                let group = Arc::clone(&link.group);
+                match group.next_task().await {
+                    Some(task) => {
+                        if let Some(link) = caller.data_mut().group.as_mut() {
+                            link.handing_over = Some(Box::new(task));
+                        }
+                        Ok(1i32)
+                    }
+                    None => Ok(0i32),
+                }
+            })
+        },
+    )?;
+    linker.func_wrap(
+        crate::channel::CORE_MODULE,
+        "publish-region",
+        move |caller: Caller<'_, TaskState>,
+              name_ptr: i32,
+              name_len: i32,
+              offset: i32,
+              len: i32|
+              -> wasmtime::Result<()> {
+            let link = caller.data().group.as_ref().ok_or_else(not_in_group)?;
+            let group = Arc::clone(&link.group);
+            let size = group.memory.data_size();
+            let (offset, len) = (offset as u32, len as u32);
+            if offset as usize + len as usize > size {
+                wasmtime::bail!("region {offset}+{len} is outside the memory ({size} bytes)");
+            }
+            let mut name = vec![0u8; name_len as u32 as usize];
+            whole(&group.memory)
+                .read(name_ptr as u32 as usize, &mut name)
+                .map_err(wasmtime::Error::new)?;
+            let name = String::from_utf8(name)
+                .map_err(|_| wasmtime::format_err!("region name is not UTF-8"))?;
+            group
+                .regions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, (offset, len));
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        "wasi",
+        "thread-spawn",
+        move |mut caller: Caller<'_, TaskState>, start_arg: i32| -> i32 {
+            // Negative results are errors to wasi-libc (EAGAIN).
+            let Some(link) = caller.data_mut().group.as_mut() else {
+                return -1;
+            };
+            let Some(task) = link.handing_over.take() else {
+                // `std::thread::spawn` outside `serve`: Isola only runs
+                // threads that are tasks.
+                return -1;
+            };
+            let group = Arc::clone(&link.group);
+            let Some(runner) = link.runner.upgrade() else {
+                return -1;
+            };
+            let tid = group.next_tid.fetch_add(1, Ordering::Relaxed) & 0x1FFF_FFFF;
+            let member = Member {
+                group,
+                engine: runner.engine.clone(),
+                ticker: runner.ticker.activate(),
+                tid: tid.max(1),
+                start_arg,
+            };
+            match std::thread::Builder::new()
+                .name(format!("isola-group-task-{tid}"))
+                .spawn(move || member.run(*task))
+            {
+                Ok(_) => tid as i32,
+                Err(_) => -1,
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// A task of a group, on its own OS thread.
+struct Member {
+    group: Arc<GroupInner>,
+    engine: wasmtime::Engine,
+    ticker: Option<crate::runner::TickerGuard>,
+    tid: u32,
+    start_arg: i32,
+}
+
+impl Member {
+    fn run(self, task: PendingTask) {
+        let PendingTask {
+            mut state,
+            fuel,
+            stop,
+            report,
+            spawned_at,
+        } = task;
+        let _ticking = self.ticker;
+        state.group = None;
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .map(|runtime| {
+                runtime.block_on(async {
+                    let mut store = Store::new(&self.engine, state);
+                    store.limiter(|s| &mut s.limiter);
+                    let _ = store.set_fuel(fuel);
+                    let flag = Arc::clone(&stop);
+                    store.epoch_deadline_callback(move |_| match flag.request() {
+                        Some(request) => Err(wasmtime::Error::new(request)),
+                        None => Ok(UpdateDeadline::Yield(1)),
+                    });
+                    store.set_epoch_deadline(1);
+                    let mut started_at = None;
+                    let result = async {
+                        let instance = self.group.pre.instantiate_async(&mut store).await?;
+                        let entry = instance
+                            .get_typed_func::<(i32, i32), ()>(&mut store, "wasi_thread_start")?;
+                        started_at = Some(Instant::now());
+                        entry
+                            .call_async(&mut store, (self.tid as i32, self.start_arg))
+                            .await
+                    }
+                    .await;
+                    let ended_at = Instant::now();
+                    let started = started_at.unwrap_or(ended_at);
+                    let metrics = TaskMetrics {
+                        startup: started - spawned_at,
+                        run_time: ended_at - started,
+                        peak_memory: self.group.memory.data_size() as u64,
+                        fuel_used: fuel - store.get_fuel().unwrap_or(fuel),
+                    };
+                    // A stop request wins even if the guest got to return
+                    // first: a woken waiter may leave without another epoch
+                    // check.
+                    let result = match (result, stop.request()) {
+                        (Ok(()), Some(request)) => Err(wasmtime::Error::new(request)),
+                        (result, _) => result,
+                    };
+                    let outcome = match result {
+                        Ok(()) => Outcome::Exited { code: 0 },
+                        Err(err) => match err.downcast_ref::<StopRequest>() {
+                            Some(StopRequest::Cancelled) => Outcome::Cancelled,
+                            Some(StopRequest::TimedOut(after)) => Outcome::LimitExceeded {
+                                limit: Limit::Timeout { after: *after },
+                            },
+                            None => crate::task::classify(&err, fuel),
+                        },
+                    };
+                    (outcome, metrics)
+                })
+            });
+        stop.finished.store(true, Ordering::Release);
+        let ended =
+            result.unwrap_or_else(|message| (Outcome::Failed { message }, TaskMetrics::default()));
+        let _ = report.send(ended);
+    }
+}
+
+/// Watches a group task: applies its timeout and cancellation (waking
+/// waiters until it stops), then builds its report.
+pub(crate) async fn supervise(
+    group: Arc<GroupInner>,
+    stop: Arc<StopFlag>,
+    cancel: CancellationToken,
+    timeout: Option<Duration>,
+    report: oneshot::Receiver<(Outcome, TaskMetrics)>,
+    outputs: (crate::output::OutputPipe, crate::output::OutputPipe),
+) -> TaskReport {
+    let mut report = std::pin::pin!(report);
+    let deadline = async {
+        match timeout {
+            Some(after) => {
+                tokio::time::sleep(after).await;
+                after
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let early = tokio::select! {
+        biased;
+        ended = &mut report => Some(ended),
+        () = cancel.cancelled() => {
+            stop.cancel();
+            None
+        }
+        after = deadline => {
+            stop.time_out(after);
+            None
+        }
+    };
+    let ended = match early {
+        Some(ended) => ended,
+        None => loop {
+            // The task may be parked in `memory.atomic.wait32`: wake it so
+            // it reaches its epoch check.
+            if !stop.is_finished() {
+                let group = Arc::clone(&group);
+                let _ = tokio::task::spawn_blocking(move || group.wake_all()).await;
+            }
+            tokio::select! {
+                ended = &mut report => break ended,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        },
+    };
+    let (outcome, metrics) = ended.unwrap_or_else(|_| {
+        (
+            Outcome::Failed {
+                message: "the group task's thread ended without a report".into(),
+            },
+            TaskMetrics::default(),
+        )
+    });
+    TaskReport {
+        outcome,
+        metrics,
+        stdout: outputs.0.finish(),
+        stderr: outputs.1.finish(),
+    }
+}
+
+/// Whether `path` names the group's module (same bytes).
+pub(crate) fn same_module(group: &GroupInner, program: &Program) -> bool {
+    group.program.content_hash() == program.content_hash()
+}
+
+pub(crate) fn group_path(group: &GroupInner) -> &Path {
+    group.program.path()
+}
