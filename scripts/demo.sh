@@ -28,3 +28,12 @@ echo
 echo "== isola up: a task set with dependencies, both isolation levels and hostile tasks (examples/tasks.toml) =="
 step "$isola" check examples/tasks.toml
 step "$isola" up examples/tasks.toml --metrics
+echo
+echo "== process isolation, messages and plugins =="
+step "$isola" run --isolation process "$p1/hostile.wasm" -- unreachable
+step "$isola" call "$p2/plugin.wasm" --input 41
+step "$isola" call --isolation process --json "$p1/plugin.wasm" --input 99
+step bash -c "printf '1 10\n2 40\n3 90\n' | '$isola' run --messages '$p2/jobs.wasm'"
+echo
+echo "== shared memory: 8 tasks invert 64 MiB in place vs through messages (host/examples/shared_stripes.rs) =="
+step "$bin_dir/examples/shared_stripes"

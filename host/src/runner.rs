@@ -169,6 +169,10 @@ pub(crate) struct RunnerInner {
     shared_memory_reserved: Mutex<u64>,
 }
 
+/// Shared memory groups a runner can hold at once: each group's
+/// coordinator keeps an instance running beside the task slots.
+const MAX_GROUPS: u32 = 16;
+
 /// Most programs a runner keeps loaded; past it the cache starts over. A
 /// runner rarely sees this many distinct programs; the bound keeps a
 /// long-lived one from growing without limit.
@@ -391,6 +395,19 @@ impl Runner {
                 message: "a group of this name already exists".into(),
             });
         }
+        if self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            >= MAX_GROUPS as usize
+        {
+            return Err(Error::InvalidSpec {
+                field: format!("group `{}`", spec.name),
+                message: format!("a runner holds at most {MAX_GROUPS} shared memory groups"),
+            });
+        }
         let group = crate::group::create(&self.inner, spec).await?;
         self.inner
             .groups
@@ -577,7 +594,8 @@ fn engine_config(config: &RunnerConfig) -> Config {
         .total_core_instances(slots.saturating_mul(4))
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(4))
-        .total_stacks(slots)
+        // Each group's coordinator holds a fiber stack outside the task slots.
+        .total_stacks(slots.saturating_add(MAX_GROUPS))
         .max_memory_size(usize::try_from(config.max_memory_per_task).unwrap_or(usize::MAX));
     if config.instance_pool {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -479,6 +479,11 @@ pub(crate) async fn spawn_in_group(
         channel,
         group: None,
     };
+    // Group tasks count against the runner's live tasks like any other.
+    let slot = Arc::clone(&runner.slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::ShutDown)?;
     let stop = Arc::new(crate::group::StopFlag::default());
     let (report_tx, report_rx) = tokio::sync::oneshot::channel();
     let pending = crate::group::PendingTask {
@@ -495,14 +500,19 @@ pub(crate) async fn spawn_in_group(
         });
     }
     let cancel = CancellationToken::new();
-    let join = tokio::spawn(crate::group::supervise(
+    let supervised = crate::group::supervise(
         Arc::clone(&group.inner),
         stop,
         cancel.clone(),
         spec.limits.timeout,
         report_rx,
         (stdout, stderr),
-    ));
+    );
+    let join = tokio::spawn(async move {
+        let report = supervised.await;
+        drop(slot);
+        report
+    });
     Ok(TaskHandle::new(
         TaskId::next(),
         CancelHandle(cancel),

@@ -307,3 +307,102 @@ async fn bad_groups_and_members_are_refused_clearly() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_sets_declare_groups_and_their_tasks() {
+    use isola::config::TaskSet;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = probe();
+    let hello = guest("hello", GuestKind::Module);
+    let config = format!(
+        r#"
+[[shared_memory]]
+name = "g"
+wasm = "{probe}"
+maximum = "8MiB"
+
+[[task]]
+name = "writer"
+shared_memory = "g"
+input = "write 9 77"
+
+[[task]]
+name = "reader"
+shared_memory = "g"
+input = "read 9"
+depends_on = ["writer"]
+"#,
+        probe = probe.display()
+    );
+    let set = TaskSet::parse(&config, dir.path().join("tasks.toml")).expect("valid");
+    assert_eq!(set.groups().len(), 1);
+    assert_eq!(set.tasks()[0].spec.shared_group.as_deref(), Some("g"));
+    assert_eq!(
+        set.tasks()[0].spec.wasm,
+        probe,
+        "the group's module by default"
+    );
+    let runner = runner();
+    let report = isola::taskset::Scheduler::new(runner.clone())
+        .run(&set)
+        .await;
+    assert!(
+        report
+            .tasks
+            .iter()
+            .all(|t| t.outcome.as_ref().is_some_and(|o| o.is_success()))
+    );
+    let byte = runner
+        .group("g")
+        .expect("created")
+        .region("data")
+        .expect("region");
+    let mut b = [0u8];
+    byte.read(9, &mut b).expect("read");
+    assert_eq!(b, [77]);
+
+    let bad = format!(
+        r#"
+[[shared_memory]]
+name = "g"
+wasm = "{probe}"
+maximum = "8MiB"
+
+[[task]]
+name = "typo"
+shared_memory = "gg"
+
+[[task]]
+name = "process"
+shared_memory = "g"
+isolation = "process"
+
+[[task]]
+name = "other-module"
+shared_memory = "g"
+wasm = "{hello}"
+"#,
+        probe = probe.display(),
+        hello = hello.display()
+    );
+    let errors = TaskSet::parse(&bad, dir.path().join("bad.toml"))
+        .expect_err("three errors")
+        .to_string();
+    assert!(errors.contains("task `typo`: field `shared_memory`: no [[shared_memory]] group is named `gg` (did you mean `g`?)"), "{errors}");
+    assert!(
+        errors.contains("task `process`: field `isolation`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("task `other-module`: field `wasm`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("is not the module of shared memory group `g`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("bad.toml:9:17"),
+        "points at line and column: {errors}"
+    );
+}

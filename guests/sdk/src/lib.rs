@@ -230,9 +230,70 @@ mod imp {
 /// isola_guest::group::serve(task);
 /// ```
 pub mod group {
-    /// Makes `data` visible to the host as the region `name`.
+    use std::sync::Mutex;
+
+    /// Regions published so far, for [`region`]. A static of the shared
+    /// memory, so every task of the group sees the same list.
+    static REGIONS: Mutex<Vec<(String, usize, usize)>> = Mutex::new(Vec::new());
+
+    /// Makes `data` visible to the host (and to [`region`]) as the region
+    /// `name`.
     pub fn publish<T>(name: &str, data: &[T]) {
-        super::group_imp::publish(name, data.as_ptr().cast(), std::mem::size_of_val(data))
+        let bytes = std::mem::size_of_val(data);
+        super::group_imp::publish(name, data.as_ptr().cast(), bytes);
+        REGIONS.lock().unwrap_or_else(|e| e.into_inner()).push((
+            name.to_owned(),
+            data.as_ptr() as usize,
+            data.len(),
+        ));
+    }
+
+    /// A published region, seen as a slice of `T`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Region<T> {
+        ptr: *mut T,
+        len: usize,
+    }
+
+    impl<T> Region<T> {
+        /// Number of `T`s in the region.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// Whether the region is empty.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// The region as a mutable slice.
+        ///
+        /// # Safety
+        ///
+        /// The region is shared with the other tasks and the host: the
+        /// caller must make sure nobody writes the part it uses while it
+        /// holds the slice (for example, tasks working on disjoint
+        /// stripes), or use atomics instead.
+        #[allow(
+            clippy::mut_from_ref,
+            reason = "shared memory: aliasing is the caller's contract"
+        )]
+        pub unsafe fn as_mut_slice(&self) -> &mut [T] {
+            // SAFETY: `ptr`/`len` describe a live `'static` slice that was
+            // published; exclusivity is the caller's promise.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        }
+    }
+
+    /// The region published as `name`, as a slice of `T` (the type it was
+    /// published with).
+    pub fn region<T>(name: &str) -> Option<Region<T>> {
+        let regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, ptr, len) = regions.iter().find(|(n, _, _)| n == name)?;
+        Some(Region {
+            ptr: *ptr as *mut T,
+            len: *len,
+        })
     }
 
     /// Tells the host the group is ready, then runs `task` on a new thread

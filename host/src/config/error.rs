@@ -20,6 +20,13 @@ pub enum Scope {
     File,
     /// The `[defaults]` table.
     Defaults,
+    /// One `[[shared_memory]]` group.
+    Group {
+        /// Position of the entry among the `[[shared_memory]]` tables, from 1.
+        index: usize,
+        /// The group's name, when it has a valid one.
+        name: Option<String>,
+    },
     /// One `[[task]]` entry.
     Task {
         /// Position of the entry among the `[[task]]` tables, from 1.
@@ -38,6 +45,10 @@ impl fmt::Display for Scope {
                 name: Some(name), ..
             } => write!(f, "task `{name}`"),
             Scope::Task { index, name: None } => write!(f, "task #{index}"),
+            Scope::Group {
+                name: Some(name), ..
+            } => write!(f, "shared_memory `{name}`"),
+            Scope::Group { index, name: None } => write!(f, "shared_memory #{index}"),
         }
     }
 }

@@ -106,6 +106,7 @@ impl TaskConfig {
 pub struct TaskSet {
     path: Option<PathBuf>,
     tasks: Vec<TaskConfig>,
+    groups: Vec<crate::group::GroupSpec>,
 }
 
 impl TaskSet {
@@ -212,13 +213,23 @@ impl TaskSet {
             );
         }
         if errors.is_empty() {
-            Ok(TaskSet { path: None, tasks })
+            Ok(TaskSet {
+                path: None,
+                tasks,
+                groups: Vec::new(),
+            })
         } else {
             Err(ConfigErrors::new(errors))
         }
     }
 
     /// The tasks, in the order of the file.
+    /// The shared memory groups (`[[shared_memory]]`) the tasks may join.
+    pub fn groups(&self) -> &[crate::group::GroupSpec] {
+        &self.groups
+    }
+
+    /// The tasks, in file order.
     pub fn tasks(&self) -> &[TaskConfig] {
         &self.tasks
     }

@@ -13,6 +13,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, ConfigErrorKind as Kind, ConfigErrors, Location, Scope};
 use super::{RestartPolicy, TaskConfig, TaskSet, graph};
+use crate::group::GroupSpec;
 use crate::spec::{DirGrant, Isolation, Limits, Stdin, TaskSpec};
 
 type Span = Range<usize>;
@@ -36,6 +37,7 @@ const TASK_FIELDS: &[&str] = &[
     "restart",
     "max_restarts",
     "depends_on",
+    "shared_memory",
 ];
 const PER_TASK_ONLY: &[&str] = &["name", "depends_on"];
 const LIMIT_FIELDS: &[&str] = &[
@@ -47,7 +49,8 @@ const LIMIT_FIELDS: &[&str] = &[
 ];
 const DIR_FIELDS: &[&str] = &["host", "guest", "writable"];
 const STDIN_FIELDS: &[&str] = &["text", "file"];
-const TOP_FIELDS: &[&str] = &["defaults", "task"];
+const TOP_FIELDS: &[&str] = &["defaults", "task", "shared_memory"];
+const GROUP_FIELDS: &[&str] = &["name", "wasm", "initial", "maximum"];
 
 /// Restarts a process task gets with `restart = "on-crash"` and no
 /// `max_restarts`.
@@ -126,6 +129,7 @@ struct Partial {
     restart: Field<Restart>,
     max_restarts: Field<u32>,
     depends_on: Field<Vec<(String, Span)>>,
+    shared_memory: Field<String>,
 }
 
 /// Parses `source` as the task set in `file`. Relative paths in it are
@@ -141,12 +145,15 @@ pub(crate) fn parse(source: &str, file: &Path) -> Result<TaskSet, ConfigErrors> 
         base,
         lines: line_starts(source),
         errors: Vec::new(),
+        groups: Vec::new(),
+        groups_seen: Vec::new(),
     };
     let tasks = p.document();
     if p.errors.is_empty() {
         Ok(TaskSet {
             path: Some(file.to_owned()),
             tasks,
+            groups: p.groups,
         })
     } else {
         // Stable sort: errors at one position keep the order they were found.
@@ -177,6 +184,10 @@ struct Parser<'a> {
     lines: Vec<usize>,
     /// Errors with the byte offset they point at, for sorting.
     errors: Vec<(usize, ConfigError)>,
+    /// The valid `[[shared_memory]]` groups, read before the tasks.
+    groups: Vec<GroupSpec>,
+    /// Every group name seen, valid or not, to catch duplicates.
+    groups_seen: Vec<String>,
 }
 
 fn line_starts(source: &str) -> Vec<usize> {
@@ -283,11 +294,21 @@ impl Parser<'_> {
 
         let mut defaults = Partial::default();
         let mut tables = Vec::new();
+        let mut group_tables = Vec::new();
         for (key, value) in doc.iter() {
             match key.get_ref().as_ref() {
                 "defaults" => match value.get_ref() {
                     DeValue::Table(table) => defaults = self.entry(&Scope::Defaults, table),
                     _ => self.wrong_type(&Scope::File, "defaults", value, "a table ([defaults])"),
+                },
+                "shared_memory" => match value.get_ref() {
+                    DeValue::Array(array) => group_tables.extend(array.iter()),
+                    _ => self.wrong_type(
+                        &Scope::File,
+                        "shared_memory",
+                        value,
+                        "an array of tables ([[shared_memory]])",
+                    ),
                 },
                 "task" => match value.get_ref() {
                     DeValue::Array(array) => tables.extend(array.iter()),
@@ -310,6 +331,12 @@ impl Parser<'_> {
                 "no tasks: add at least one [[task]] table".into(),
             );
         }
+
+        self.groups = group_tables
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, value)| self.group(i + 1, value))
+            .collect();
 
         let mut tasks = Vec::new();
         let mut entries = Vec::new();
@@ -507,6 +534,9 @@ impl Parser<'_> {
                 "depends_on" => {
                     p.depends_on = Field::from_option(self.depends_on(scope, value), span)
                 }
+                "shared_memory" => {
+                    p.shared_memory = Field::from_option(self.string(scope, k, value), span)
+                }
                 _ => {
                     let known: Vec<&str> = TASK_FIELDS
                         .iter()
@@ -544,7 +574,12 @@ impl Parser<'_> {
             task: None,
         };
 
-        let wasm = own.wasm.clone().or(&defaults.wasm);
+        let group = self.task_group(scope, &own, defaults);
+        let mut wasm = own.wasm.clone().or(&defaults.wasm);
+        if let (Some(group), Field::Absent) = (&group, &wasm) {
+            // A group's tasks run the group's module; no need to repeat it.
+            wasm = Field::Set(group.wasm.clone(), table.clone());
+        }
         if matches!(wasm, Field::Absent) {
             self.error(
                 scope,
@@ -601,6 +636,7 @@ impl Parser<'_> {
             input: own.input.or(&defaults.input).value(),
             limits,
             isolation,
+            shared_group: group.map(|g| g.name),
             ..TaskSpec::new("")
         };
         entry.task = Some(TaskConfig {
@@ -610,6 +646,142 @@ impl Parser<'_> {
             restart,
         });
         entry
+    }
+
+    /// The shared memory group a task joins, checked: it must exist, the
+    /// task must be thread-isolated, and its `wasm` (if given) must be the
+    /// group's module.
+    fn task_group(
+        &mut self,
+        scope: &Scope,
+        own: &Partial,
+        defaults: &Partial,
+    ) -> Option<GroupSpec> {
+        let (name, span) = match own.shared_memory.clone().or(&defaults.shared_memory) {
+            Field::Set(name, span) => (name, span),
+            _ => return None,
+        };
+        let Some(group) = self.groups.iter().find(|g| g.name == name).cloned() else {
+            let known: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+            let hint = suggest(&name, known.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            self.error(
+                scope,
+                Some("shared_memory"),
+                &span,
+                Kind::InvalidValue,
+                format!("no [[shared_memory]] group is named `{name}`{hint}"),
+            );
+            return None;
+        };
+        if let Field::Set(Isolation::Process, iso_span) =
+            own.isolation.clone().or(&defaults.isolation)
+        {
+            self.error(
+                scope,
+                Some("isolation"),
+                &iso_span,
+                Kind::Conflict,
+                format!(
+                    "a task in shared memory group `{name}` must use isolation = \"thread\": \
+                     a memory shared with the host cannot be shared with another process"
+                ),
+            );
+            return None;
+        }
+        if let Field::Set(wasm, wasm_span) = own.wasm.clone().or(&defaults.wasm)
+            && wasm != group.wasm
+        {
+            self.error(
+                scope,
+                Some("wasm"),
+                &wasm_span,
+                Kind::Conflict,
+                format!(
+                    "`{}` is not the module of shared memory group `{name}`; expected `{}` \
+                     (or leave `wasm` out)",
+                    wasm.display(),
+                    group.wasm.display()
+                ),
+            );
+            return None;
+        }
+        Some(group)
+    }
+
+    /// One `[[shared_memory]]` table.
+    fn group(&mut self, index: usize, value: &Value<'_>) -> Option<GroupSpec> {
+        let scope = Scope::Group { index, name: None };
+        let DeValue::Table(table) = value.get_ref() else {
+            self.wrong_type(
+                &scope,
+                "shared_memory",
+                value,
+                "a table ([[shared_memory]])",
+            );
+            return None;
+        };
+        let name = table.get("name").and_then(|v| {
+            let name = self.name(&scope, v);
+            match name {
+                Field::Set(name, _) => Some(name),
+                _ => None,
+            }
+        });
+        let scope = Scope::Group {
+            index,
+            name: name.clone(),
+        };
+        let (mut wasm, mut initial, mut maximum) = (None, None, None);
+        for (key, value) in table.iter() {
+            let k = key.get_ref().as_ref();
+            match k {
+                "name" => {}
+                "wasm" => wasm = self.path(&scope, k, value, Expect::Wasm).value(),
+                "initial" => initial = self.size(&scope, k, value),
+                "maximum" => maximum = self.size(&scope, k, value),
+                _ => self.unknown_field(&scope, "", key, GROUP_FIELDS),
+            }
+        }
+        let missing = |p: &mut Self, field: &str| {
+            p.error(
+                &scope,
+                Some(field),
+                &value.span(),
+                Kind::MissingField,
+                format!("every [[shared_memory]] needs `{field}`"),
+            );
+        };
+        if name.is_none() && table.get("name").is_none() {
+            missing(self, "name");
+        }
+        if wasm.is_none() && table.get("wasm").is_none() {
+            missing(self, "wasm");
+        }
+        if maximum.is_none() && table.get("maximum").is_none() {
+            missing(self, "maximum");
+        }
+        if let Some(name) = &name
+            && self.groups_seen.contains(name)
+        {
+            self.error(
+                &scope,
+                Some("name"),
+                &value.span(),
+                Kind::DuplicateName,
+                format!("another [[shared_memory]] is named `{name}`"),
+            );
+            return None;
+        }
+        let name = name?;
+        self.groups_seen.push(name.clone());
+        Some(GroupSpec {
+            name,
+            wasm: wasm?,
+            initial,
+            maximum: maximum?,
+        })
     }
 
     /// The restart policy of a task. `[defaults]` may set one for all

@@ -194,6 +194,18 @@ impl Scheduler {
     ///
     /// Dropping the returned future cancels the tasks it started.
     pub async fn run_until(&self, set: &TaskSet, shutdown: impl Future<Output = ()>) -> SetReport {
+        // The set's shared memory groups exist before any of their tasks
+        // starts; a group that cannot be created fails its tasks with why.
+        let mut broken_groups = std::collections::HashMap::new();
+        for group in set.groups() {
+            if self.runner.group(&group.name).is_some() {
+                continue;
+            }
+            if let Err(err) = self.runner.create_group(group.clone()).await {
+                broken_groups.insert(group.name.clone(), err.to_string());
+            }
+        }
+        let broken_groups = &broken_groups;
         let mut run = Run::new(self, set);
         let mut running = FuturesUnordered::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -205,7 +217,7 @@ impl Scheduler {
                 };
                 let token = CancellationToken::new();
                 run.start(i, token.clone());
-                running.push(self.run_task(i, &set.tasks()[i], token));
+                running.push(self.run_task(i, &set.tasks()[i], token, broken_groups));
                 run.max_running = run.max_running.max(running.len());
             }
             if running.is_empty() {
@@ -229,9 +241,26 @@ impl Scheduler {
         i: usize,
         task: &TaskConfig,
         token: CancellationToken,
+        broken_groups: &std::collections::HashMap<String, String>,
     ) -> (usize, Ended) {
         let mut crashes = Vec::new();
         let mut attempt = 0;
+        if let Some(why) = task
+            .spec
+            .shared_group
+            .as_ref()
+            .and_then(|g| broken_groups.get(g))
+        {
+            let how = How::StartFailed(format!("its shared memory group failed to start: {why}"));
+            return (
+                i,
+                Ended {
+                    attempts: 1,
+                    crashes,
+                    how,
+                },
+            );
+        }
         loop {
             attempt += 1;
             self.sink.event(&Event::Started {

@@ -9,8 +9,6 @@
 /// Size of the shared buffer.
 const IMAGE: usize = 64 << 20;
 
-static mut IMAGE_PTR: usize = 0;
-
 fn stripe() {
     let input = isola_guest::input().unwrap_or_default();
     let text = String::from_utf8_lossy(&input);
@@ -20,9 +18,13 @@ fn stripe() {
         std::process::exit(2);
     };
     let end = end.min(IMAGE);
-    // SAFETY: IMAGE_PTR is written once by `main` before any task starts;
-    // stripes are disjoint, so tasks never touch the same bytes.
-    let image = unsafe { std::slice::from_raw_parts_mut(IMAGE_PTR as *mut u8, IMAGE) };
+    let Some(image) = isola_guest::group::region::<u8>("image") else {
+        eprintln!("no `image` region");
+        std::process::exit(2);
+    };
+    // SAFETY: stripes are disjoint, so tasks never touch the same bytes,
+    // and the host does not write while tasks run.
+    let image = unsafe { image.as_mut_slice() };
     for byte in &mut image[start.min(end)..end] {
         *byte = !*byte;
     }
@@ -31,8 +33,6 @@ fn stripe() {
 
 fn main() {
     let image: &'static mut [u8] = vec![0u8; IMAGE].leak();
-    // SAFETY: set before `serve` starts any task.
-    unsafe { IMAGE_PTR = image.as_mut_ptr() as usize };
     isola_guest::group::publish("image", image);
     isola_guest::group::serve(stripe);
 }
