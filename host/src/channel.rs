@@ -86,6 +86,11 @@ impl ChannelState {
         ChannelState::new(inbox, outbox, None, ByteSize(0), Some(0))
     }
 
+    /// Replaces the start input (a kept plugin instance, between calls).
+    pub(crate) fn set_input(&mut self, input: Option<Bytes>) {
+        self.input = input;
+    }
+
     /// The start input, for a plugin's `run`.
     pub(crate) fn input(&self) -> Option<Vec<u8>> {
         self.input.as_ref().map(|b| b.to_vec())

@@ -53,6 +53,7 @@ mod cache;
 mod channel;
 mod error;
 mod output;
+mod plugin;
 mod program;
 mod state;
 mod task;
@@ -64,6 +65,7 @@ pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,
 };
 pub use output::OutputReceiver;
+pub use plugin::PluginInstance;
 pub use process::worker;
 pub use program::Program;
 pub use runner::{CacheDir, CacheStats, CallError, Runner, RunnerConfig};

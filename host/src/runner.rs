@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::cache::{ContentHash, DiskCache};
 use crate::error::{Error, Result};
 use crate::group::{GroupSpec, SharedGroup};
+use crate::plugin::PluginInstance;
 use crate::process::{self, ProcessBackend};
 use crate::program::{self, Program, WasmKind};
 use crate::spec::TaskSpec;
@@ -367,6 +368,19 @@ impl Runner {
             Outcome::Rejected { error } => Err(CallError::Rejected(error)),
             _ => Err(CallError::Ended(Box::new(report))),
         }
+    }
+
+    /// Instantiates the plugin `spec.wasm` once, to call its `run` many
+    /// times with state kept between calls (see [`PluginInstance`]).
+    /// [`Runner::call`] is the default: a fresh instance per call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::spawn`], plus [`Error::Unsupported`] for process
+    /// isolation.
+    pub async fn plugin(&self, spec: TaskSpec) -> Result<PluginInstance> {
+        let program = self.load(&spec.wasm).await?;
+        crate::plugin::instantiate(&self.inner, program, spec).await
     }
 
     /// Starts a task and waits for its report.

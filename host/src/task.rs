@@ -422,6 +422,22 @@ pub(crate) async fn spawn(
     ))
 }
 
+/// The WASI context of a kept plugin instance. Its output is not captured
+/// (there is no per-call report to carry it); piped and inherited output
+/// work as for tasks.
+pub(crate) fn plugin_wasi(
+    program: &Program,
+    spec: &TaskSpec,
+) -> Result<wasmtime_wasi::p1::WasiP1Ctx> {
+    let mut spec = spec.clone();
+    for output in [&mut spec.stdout, &mut spec.stderr] {
+        if *output == crate::Output::Capture {
+            *output = crate::Output::Discard;
+        }
+    }
+    Ok(prepare(program, &spec, None)?.wasi.build_p1())
+}
+
 /// Starts a task in the shared memory group `name`: it is handed to the
 /// group's coordinator, which gives it a thread (see [`crate::group`]).
 pub(crate) async fn spawn_in_group(

@@ -345,3 +345,47 @@ fn cli_call_and_message_mode() {
         assert_eq!(stdout(&out), "1 55\n2 144\n", "{t:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_plugin_instance_keeps_its_state() {
+    for kind in isola_tests::KINDS {
+        let t = Target {
+            kind,
+            isolation: Isolation::Thread,
+        };
+        let runner = runner();
+        let mut plugin = runner.plugin(t.spec("plugin")).await.expect("instantiate");
+        assert_eq!(plugin.call("count").await.expect("call"), b"1", "{t:?}");
+        assert_eq!(plugin.call("5").await.expect("call"), b"6", "{t:?}");
+        // The same instance: the counter went on.
+        assert_eq!(plugin.call("count").await.expect("call"), b"3", "{t:?}");
+        match plugin.call("nope").await {
+            Err(CallError::Rejected(_)) => {}
+            other => panic!("{t:?}: {other:?}"),
+        }
+        assert_eq!(plugin.call("count").await.expect("still usable"), b"5");
+
+        // A call past its fuel leaves the instance unusable, and says so.
+        let mut spec = t.spec("plugin");
+        spec.limits.fuel = Some(10);
+        let mut starved = runner.plugin(spec).await.expect("instantiate");
+        assert!(matches!(starved.call("1").await, Err(CallError::Ended(_))));
+        match starved.call("1").await {
+            Err(CallError::Ended(report)) => {
+                assert!(
+                    matches!(report.outcome, Outcome::Failed { .. }),
+                    "{:?}",
+                    report.outcome
+                )
+            }
+            other => panic!("{t:?}: {other:?}"),
+        }
+
+        let mut spec = t.spec("plugin");
+        spec.isolation = Isolation::Process;
+        assert!(matches!(
+            runner.plugin(spec).await,
+            Err(Error::Unsupported(_))
+        ));
+    }
+}
