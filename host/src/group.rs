@@ -245,7 +245,7 @@ impl Region {
             return Err(out);
         }
         let addr = self.offset + at;
-        if addr % align != 0 {
+        if !addr.is_multiple_of(align) {
             return Err(out);
         }
         Ok(addr)
@@ -404,16 +404,17 @@ impl GroupInner {
         self.queued.notify_one();
     }
 
-    pub(crate) fn enqueue(&self, task: PendingTask) -> std::result::Result<(), PendingTask> {
+    /// Queues `task` for the coordinator; false if the group is closed.
+    pub(crate) fn enqueue(&self, task: PendingTask) -> bool {
         if self.closed.load(Ordering::Acquire) {
-            return Err(task);
+            return false;
         }
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(task);
         self.queued.notify_one();
-        Ok(())
+        true
     }
 
     async fn next_task(&self) -> Option<PendingTask> {

@@ -509,7 +509,7 @@ pub(crate) async fn spawn_in_group(
         report: report_tx,
         spawned_at,
     };
-    if group.inner.enqueue(pending).is_err() {
+    if !group.inner.enqueue(pending) {
         return Err(Error::InvalidSpec {
             field: "shared_group".into(),
             message: format!("shared memory group `{name}` is closed"),
