@@ -78,6 +78,43 @@ impl ChannelState {
         }
     }
 
+    /// A task's channel sized and limited by its spec, with the host's
+    /// ends for its [`crate::TaskHandle`].
+    pub(crate) fn for_spec(
+        spec: &crate::TaskSpec,
+    ) -> (ChannelState, (MessageSender, MessageReceiver)) {
+        let queue = spec.limits.message_queue.max(1);
+        let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
+        let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
+        let state = ChannelState::new(
+            to_guest_rx,
+            from_guest_tx,
+            spec.input.clone().map(Bytes::from),
+            spec.limits.max_message_size,
+            spec.limits.max_messages,
+        );
+        (
+            state,
+            (
+                MessageSender { tx: to_guest_tx },
+                MessageReceiver { rx: from_guest_rx },
+            ),
+        )
+    }
+
+    /// A core plugin's result after `isola_run` returned `status`.
+    pub(crate) fn take_result(&mut self, status: i32) -> Result<Vec<u8>, String> {
+        match (status, self.result.take()) {
+            (0, Some(Ok(output))) => Ok(output),
+            (0, _) => Ok(Vec::new()),
+            (_, Some(Err(error))) => Err(error),
+            (status, _) => Err(format!(
+                "`{}` returned {status}",
+                crate::program::CORE_PLUGIN_EXPORT
+            )),
+        }
+    }
+
     /// A channel with no host behind it: receives report closed, posts are
     /// dropped.
     pub(crate) fn closed() -> ChannelState {

@@ -135,13 +135,7 @@ impl PluginInstance {
             match &self.entry {
                 Entry::Core(run) => {
                     let status = run.call_async(&mut self.store, ()).await?;
-                    let result = self.store.data_mut().channel.result.take();
-                    Ok(match (status, result) {
-                        (0, Some(Ok(output))) => Ok(output),
-                        (0, _) => Ok(Vec::new()),
-                        (_, Some(Err(error))) => Err(error),
-                        (status, _) => Err(format!("`{CORE_PLUGIN_EXPORT}` returned {status}")),
-                    })
+                    Ok(self.store.data_mut().channel.take_result(status))
                 }
                 Entry::Component(plugin) => plugin.call_run(&mut self.store, &input).await,
             }

@@ -381,16 +381,7 @@ pub(crate) async fn spawn(
     let id = TaskId::next();
     let stdout_rx = prepared.stdout_rx.take();
     let stderr_rx = prepared.stderr_rx.take();
-    let queue = spec.limits.message_queue.max(1);
-    let (to_guest_tx, to_guest_rx) = tokio::sync::mpsc::channel(queue);
-    let (from_guest_tx, from_guest_rx) = tokio::sync::mpsc::channel(queue);
-    let channel = ChannelState::new(
-        to_guest_rx,
-        from_guest_tx,
-        spec.input.clone().map(bytes::Bytes::from),
-        spec.limits.max_message_size,
-        spec.limits.max_messages,
-    );
+    let (channel, host_ends) = ChannelState::for_spec(&spec);
     let job = Job {
         runner: Arc::clone(runner),
         program: program.clone(),
@@ -414,10 +405,7 @@ pub(crate) async fn spawn(
         CancelHandle(cancel),
         join,
         (stdout_rx, stderr_rx),
-        (
-            MessageSender { tx: to_guest_tx },
-            MessageReceiver { rx: from_guest_rx },
-        ),
+        host_ends,
         None,
     ))
 }
@@ -471,16 +459,7 @@ pub(crate) async fn spawn_in_group(
         });
     }
     let prepared = prepare(program, &spec, None)?;
-    let queue = spec.limits.message_queue.max(1);
-    let (to_guest_tx, to_guest_rx) = tokio::sync::mpsc::channel(queue);
-    let (from_guest_tx, from_guest_rx) = tokio::sync::mpsc::channel(queue);
-    let channel = ChannelState::new(
-        to_guest_rx,
-        from_guest_tx,
-        spec.input.clone().map(bytes::Bytes::from),
-        spec.limits.max_message_size,
-        spec.limits.max_messages,
-    );
+    let (channel, host_ends) = ChannelState::for_spec(&spec);
     let Prepared {
         mut wasi,
         stdout,
@@ -534,10 +513,7 @@ pub(crate) async fn spawn_in_group(
         CancelHandle(cancel),
         join,
         (stdout_rx, stderr_rx),
-        (
-            MessageSender { tx: to_guest_tx },
-            MessageReceiver { rx: from_guest_rx },
-        ),
+        host_ends,
         None,
     ))
 }
@@ -695,13 +671,9 @@ async fn execute(
             let run = instance.get_typed_func::<(), i32>(&mut *store, CORE_PLUGIN_EXPORT)?;
             mark_start();
             let status = run.call_async(&mut *store, ()).await?;
-            let result = store.data_mut().channel.result.take();
-            Ok(Ended::Returned(match (status, result) {
-                (0, Some(Ok(output))) => Ok(output),
-                (0, _) => Ok(Vec::new()),
-                (_, Some(Err(error))) => Err(error),
-                (status, _) => Err(format!("`{CORE_PLUGIN_EXPORT}` returned {status}")),
-            }))
+            Ok(Ended::Returned(
+                store.data_mut().channel.take_result(status),
+            ))
         }
         (
             ProgramKind::Component {

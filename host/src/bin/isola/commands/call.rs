@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use isola::{CallError, Output, Runner};
+use isola::{CallError, Output};
 
 use super::common::{TaskOptions, explain};
 use crate::exit;
@@ -50,12 +50,9 @@ impl CallCommand {
         // The guest's own prints must not mix with the output on stdout.
         spec.stdout = Output::Capture;
         spec.stderr = Output::Inherit;
-        let runner = match Runner::with_config(self.task.runner_config()) {
+        let runner = match self.task.runner() {
             Ok(runner) => runner,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return exit::for_error(&err);
-            }
+            Err(code) => return code,
         };
         match runner.call(spec, input).await {
             Ok(output) => {

@@ -139,7 +139,15 @@ impl TaskOptions {
         spec
     }
 
-    /// A runner for one task.
+    /// A runner for one task, or the exit code after saying why not.
+    pub fn runner(&self) -> Result<isola::Runner, u8> {
+        isola::Runner::with_config(self.runner_config()).map_err(|err| {
+            eprintln!("error: {err}");
+            crate::exit::for_error(&err)
+        })
+    }
+
+    /// The runner settings for one task.
     pub fn runner_config(&self) -> RunnerConfig {
         RunnerConfig {
             // One task: a pool of one keeps start-up small.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use isola::{Output, Runner, Stdin, TaskHandle};
+use isola::{Output, Stdin, TaskHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::common::{TaskOptions, explain};
@@ -46,12 +46,9 @@ impl RunCommand {
         };
         spec.stdout = Output::Inherit;
         spec.stderr = Output::Inherit;
-        let runner = match Runner::with_config(self.task.runner_config()) {
+        let runner = match self.task.runner() {
             Ok(runner) => runner,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return exit::for_error(&err);
-            }
+            Err(code) => return code,
         };
         let mut handle = match runner.spawn(spec).await {
             Ok(handle) => handle,
