@@ -1244,3 +1244,91 @@ fn the_shipped_example_is_valid_and_runs() {
         "{text}"
     );
 }
+
+/// Runs `isola up` under a pseudo-terminal (`script` from util-linux), so
+/// it takes its terminal path; returns everything it drew.
+fn up_on_a_terminal(path: &Path, extra: &str) -> (Option<i32>, String) {
+    let command = format!(
+        "{} up {} {extra}",
+        isola_bin().display(),
+        path.display()
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("ISOLA_CACHE_DIR", shared_cache())
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn on_a_terminal_output_is_colored_and_progress_is_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_set(
+        dir.path(),
+        r#"
+[[task]]
+name = "first"
+wasm = '{hello}'
+
+[[task]]
+name = "second"
+wasm = '{hello}'
+depends_on = ["first"]
+"#,
+    );
+    let (code, screen) = up_on_a_terminal(&path, "");
+    assert_eq!(code, Some(0), "{screen}");
+    // Task names are colored: an SGR sequence right before the prefix.
+    assert!(screen.contains("\u{1b}["), "no control codes on a terminal: {screen:?}");
+    assert!(screen.contains("first"), "{screen:?}");
+    assert!(screen.contains("Hello from Isola!"), "{screen:?}");
+    // The live progress line is redrawn in place (carriage return or
+    // erase-line), and counts what is done.
+    assert!(
+        screen.contains('\r') || screen.contains("\u{1b}[2K") || screen.contains("\u{1b}[K"),
+        "{screen:?}"
+    );
+    assert!(screen.contains("2 succeeded"), "{screen:?}");
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_set(
+        dir.path(),
+        r#"
+[[task]]
+name = "sleeper"
+wasm = '{hostile}'
+args = ["sleep", "60000"]
+"#,
+    );
+    let mut child = Command::new(isola_bin())
+        .args(["up", path.to_str().expect("utf-8")])
+        .env("ISOLA_CACHE_DIR", shared_cache())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn isola up");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for line in lines.by_ref() {
+        if line.expect("utf-8").starts_with("sleeper started") {
+            break;
+        }
+    }
+    for _ in 0..2 {
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success());
+    }
+    let started = std::time::Instant::now();
+    let code = child.wait().expect("wait").code();
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(10), "it exited promptly");
+}
