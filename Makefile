@@ -12,7 +12,7 @@ PLUGIN_PKG    := isola-guest-plugin
 SHARED_PKG    := isola-guest-shared
 HOST_PKG      := isola
 
-.PHONY: all targets guests build test demo lint fmt
+.PHONY: all targets guests build test demo lint fmt reliability soak
 
 all: build
 
@@ -44,6 +44,22 @@ build: guests
 test: build
 	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude $(SHARED_PKG) --exclude isola-guest
 
+# The reliability report: the hostile-guest matrix on every guest kind and
+# isolation level, signals sent to workers at random moments, cache and
+# config faults, and a short soak (ISOLA_SOAK_TASKS, default 2,000), as
+# one table: case, isolation/kind, expected outcome, got, time to stop.
+# Fails if any row is wrong. See tests/reliability.rs.
+reliability: build
+	$(CARGO) test -p isola-tests --test reliability -- --ignored --exact report \
+		--nocapture --test-threads=1
+
+# The long soak: 100,000 tasks (ISOLA_SOAK_TASKS), mixed isolation and
+# kinds, 10% hostile, 16 at a time; checks one right outcome per task and
+# that RSS, fds and child processes come back. Minutes, not seconds.
+soak: build
+	$(CARGO) test -p isola-tests --test reliability -- --ignored --exact soak \
+		--nocapture --test-threads=1
+
 # The main job on the shipped examples: guests under the CLI and the library.
 demo: guests
 	$(CARGO) build --release -p $(HOST_PKG) --bins --examples
@@ -55,3 +71,13 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Performance against Node.js workers and forked children, Piscina and the
+# wasmtime CLI, all in one run (README, "Performance"). Builds in release
+# mode, then bench/run.sh installs the peers it lacks and runs the harness:
+# one markdown table on stdout, raw samples in bench/results/.
+# `make bench BENCH_ARGS=--quick` for a short run.
+.PHONY: bench
+bench: guests
+	$(CARGO) build --release -p $(HOST_PKG) -p isola-bench
+	RUST_BACKTRACE=0 ./bench/run.sh $(BENCH_ARGS)

@@ -83,7 +83,7 @@ impl ChannelState {
     pub(crate) fn for_spec(
         spec: &crate::TaskSpec,
     ) -> (ChannelState, (MessageSender, MessageReceiver)) {
-        let queue = spec.limits.message_queue.max(1);
+        let queue = queue_capacity(spec.limits.message_queue);
         let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
         let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
         let state = ChannelState::new(
@@ -490,4 +490,12 @@ impl futures::Stream for MessageReceiver {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         self.rx.poll_recv(cx)
     }
+}
+
+/// The capacity of a channel for `Limits::message_queue = requested`: at
+/// least 1 (a zero-capacity channel cannot exist), at most what Tokio's
+/// bounded channel accepts (it panics above `usize::MAX >> 3`). No queue
+/// could hold that many messages anyway, so the cap changes nothing real.
+pub(crate) fn queue_capacity(requested: usize) -> usize {
+    requested.clamp(1, usize::MAX >> 3)
 }

@@ -76,11 +76,12 @@ pub struct GroupSpec {
     pub wasm: PathBuf,
     /// Memory size when the group starts. By default the module's own
     /// minimum.
-    #[serde(default)]
+    #[serde(default, with = "crate::size::exact_opt")]
     pub initial: Option<ByteSize>,
     /// The most the memory may grow to, fixed for the group's life and
     /// counted against [`crate::RunnerConfig::shared_memory_budget`]. Must
     /// be within what the module declares.
+    #[serde(with = "crate::size::exact")]
     pub maximum: ByteSize,
 }
 

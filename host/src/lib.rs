@@ -55,6 +55,7 @@ mod error;
 mod output;
 mod plugin;
 mod program;
+mod size;
 mod state;
 mod task;
 

@@ -176,6 +176,7 @@ pub enum Limit {
     #[error("memory limit of {max}")]
     Memory {
         /// The configured maximum.
+        #[serde(with = "crate::size::exact")]
         max: ByteSize,
     },
     /// The fuel budget ran out.
@@ -189,6 +190,7 @@ pub enum Limit {
     #[error("process memory limit of {max}")]
     ProcessMemory {
         /// The limit.
+        #[serde(with = "crate::size::exact")]
         max: ByteSize,
     },
     /// The guest posted a message larger than
@@ -196,6 +198,7 @@ pub enum Limit {
     #[error("message size limit of {max}")]
     MessageSize {
         /// The configured maximum.
+        #[serde(with = "crate::size::exact")]
         max: ByteSize,
     },
     /// The guest posted more than [`crate::Limits::max_messages`] messages.
@@ -217,6 +220,7 @@ pub enum Limit {
         /// Which stream.
         stream: Stream,
         /// The configured maximum.
+        #[serde(with = "crate::size::exact")]
         max: ByteSize,
     },
 }

@@ -474,6 +474,17 @@ impl Runner {
     }
 }
 
+impl Drop for RunnerInner {
+    fn drop(&mut self) {
+        // A group's coordinator holds its group, not the runner: without
+        // this it would wait for tasks forever, with its thread and memory.
+        let groups = self.groups.get_mut().unwrap_or_else(|e| e.into_inner());
+        for group in groups.values() {
+            group.inner.close();
+        }
+    }
+}
+
 impl RunnerInner {
     pub(crate) fn cached_program(&self, hash: &ContentHash) -> Option<Program> {
         self.programs

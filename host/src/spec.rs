@@ -190,6 +190,7 @@ pub enum Output {
 pub struct Limits {
     /// Most linear memory (all memories together) the task may use.
     /// By default [`Limits::DEFAULT_MAX_MEMORY`] (1 GiB).
+    #[serde(with = "crate::size::exact")]
     pub max_memory: ByteSize,
     /// Fuel budget (about one unit per Wasm instruction). Unlimited by
     /// default.
@@ -201,20 +202,24 @@ pub struct Limits {
     /// Most bytes the guest may write to each of stdout and stderr; past it
     /// the task is stopped with [`crate::Limit::Output`]. Unlimited by
     /// default.
+    #[serde(with = "crate::size::exact_opt")]
     pub max_output: Option<ByteSize>,
     /// Most bytes kept per stream when the stream is captured. By default
     /// [`Limits::DEFAULT_CAPTURE`] (16 MiB).
+    #[serde(with = "crate::size::exact")]
     pub capture: ByteSize,
     /// Process tasks only: the kernel's limit on the worker's writable
     /// memory (`RLIMIT_DATA`), which covers the guest's linear memory and
     /// everything the host side allocates for it. By default `max_memory`
     /// plus 512 MiB.
+    #[serde(with = "crate::size::exact_opt")]
     pub process_memory: Option<ByteSize>,
     /// Messages each direction of the task's channel holds before the sender
     /// waits. By default 64.
     pub message_queue: usize,
     /// Largest message the guest may post. By default
     /// [`Limits::DEFAULT_MAX_MESSAGE_SIZE`] (16 MiB).
+    #[serde(with = "crate::size::exact")]
     pub max_message_size: ByteSize,
     /// Most messages the guest may post in all. Unlimited by default.
     pub max_messages: Option<u64>,

@@ -31,6 +31,10 @@ impl std::fmt::Display for TaskId {
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Fuel between write-backs of the fuel count (about 10 ms of Wasm): the
+/// precision of `fuel_used` for a task stopped from outside.
+const FUEL_WRITE_BACK: u64 = 10_000_000;
+
 impl TaskId {
     pub(crate) fn next() -> TaskId {
         TaskId(NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed))
@@ -255,6 +259,24 @@ pub(crate) fn check_grants(spec: &TaskSpec) -> Result<()> {
                 message: "a variable name must be non-empty and contain no `=`".into(),
             });
         }
+    }
+    // WASI preview1 hands args and variables to the guest as C strings: a
+    // NUL would silently cut the string short (the guest would see less
+    // than, or other than, what was granted). Refuse it instead.
+    let nul = |field: String| Error::InvalidSpec {
+        field,
+        message: "contains a NUL character".into(),
+    };
+    for (key, value) in &spec.env {
+        if key.contains('\0') || value.contains('\0') {
+            return Err(nul(format!("env.{}", key.escape_default())));
+        }
+    }
+    if spec.argv0.as_deref().is_some_and(|a| a.contains('\0')) {
+        return Err(nul("argv0".into()));
+    }
+    if let Some(i) = spec.args.iter().position(|a| a.contains('\0')) {
+        return Err(nul(format!("args[{i}]")));
     }
     for (i, dir) in spec.dirs.iter().enumerate() {
         if !dir.host.is_dir() {
@@ -579,6 +601,10 @@ impl Job {
         let fuel_budget = self.limits.fuel.unwrap_or(u64::MAX);
         // Only fails when fuel is disabled in the engine, which it never is.
         let _ = store.set_fuel(fuel_budget);
+        // Compiled code keeps the fuel count in a register and writes it
+        // back at calls and at this interval's checks; without the interval
+        // a busy loop stopped by a timeout would report almost no fuel.
+        let _ = store.fuel_async_yield_interval(Some(FUEL_WRITE_BACK));
         // Yield to the runtime on every tick: busy guests share the worker
         // threads fairly, and the timeout/cancel race below gets to run.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));

@@ -1004,7 +1004,7 @@ fn check_validates_without_running() {
     assert_eq!(
         lines[1],
         format!(
-            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts` or `depends_on`",
+            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `depends_on` or `shared_memory`",
             path.display()
         )
     );
@@ -1240,7 +1240,7 @@ fn the_shipped_example_is_valid_and_runs() {
     );
     assert!(text.contains("inspect     | written by prepare"), "{text}");
     assert!(
-        text.contains(": 6 succeeded, 2 failed, 1 skipped in "),
+        text.contains(": 8 succeeded, 2 failed, 1 skipped in "),
         "{text}"
     );
 }
@@ -1248,11 +1248,7 @@ fn the_shipped_example_is_valid_and_runs() {
 /// Runs `isola up` under a pseudo-terminal (`script` from util-linux), so
 /// it takes its terminal path; returns everything it drew.
 fn up_on_a_terminal(path: &Path, extra: &str) -> (Option<i32>, String) {
-    let command = format!(
-        "{} up {} {extra}",
-        isola_bin().display(),
-        path.display()
-    );
+    let command = format!("{} up {} {extra}", isola_bin().display(), path.display());
     let out = Command::new("script")
         .args(["-qefc", &command, "/dev/null"])
         .env("ISOLA_CACHE_DIR", shared_cache())
@@ -1260,7 +1256,10 @@ fn up_on_a_terminal(path: &Path, extra: &str) -> (Option<i32>, String) {
         .stdin(Stdio::null())
         .output()
         .expect("script(1) runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -1282,7 +1281,10 @@ depends_on = ["first"]
     let (code, screen) = up_on_a_terminal(&path, "");
     assert_eq!(code, Some(0), "{screen}");
     // Task names are colored: an SGR sequence right before the prefix.
-    assert!(screen.contains("\u{1b}["), "no control codes on a terminal: {screen:?}");
+    assert!(
+        screen.contains("\u{1b}["),
+        "no control codes on a terminal: {screen:?}"
+    );
     assert!(screen.contains("first"), "{screen:?}");
     assert!(screen.contains("Hello from Isola!"), "{screen:?}");
     // The live progress line is redrawn in place (carriage return or
@@ -1330,5 +1332,8 @@ args = ["sleep", "60000"]
     let started = std::time::Instant::now();
     let code = child.wait().expect("wait").code();
     assert_eq!(code, Some(130));
-    assert!(started.elapsed() < Duration::from_secs(10), "it exited promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it exited promptly"
+    );
 }

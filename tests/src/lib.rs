@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use isola::{CacheDir, Isolation, Runner, RunnerConfig, TaskSpec};
 
 /// The two binary formats every guest is built in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GuestKind {
     /// `wasm32-wasip1`: a WASI preview1 core module.
     Module,
@@ -190,3 +190,9 @@ pub fn wat_file(dir: &Path, name: &str, wat: &str) -> PathBuf {
     std::fs::write(&path, bytes).expect("write wasm");
     path
 }
+
+pub mod faults;
+pub mod fuzz;
+pub mod matrix;
+pub mod procs;
+pub mod soak;

@@ -229,7 +229,9 @@ fn os_limits(spec: &TaskSpec) -> OsLimits {
         // Each linear memory reserves its full 4 GiB range plus guards up
         // front; the cap only stops an address-space explosion.
         address_space_bytes: data_bytes.saturating_add(64 << 30),
-        cpu_seconds: spec.limits.timeout.map(|t| t.as_secs() + 2),
+        // Saturating: an absurd timeout (say `Duration::MAX`) must mean "no
+        // practical limit", not an overflow.
+        cpu_seconds: spec.limits.timeout.map(|t| t.as_secs().saturating_add(2)),
         open_files: WORKER_OPEN_FILES,
     }
 }
@@ -277,7 +279,7 @@ pub(crate) async fn spawn(
         .await
         .map_err(|_| Error::ShutDown)?;
     let worker = backend.take_worker().await?;
-    let queue = limits.message_queue.max(1);
+    let queue = crate::channel::queue_capacity(limits.message_queue);
     let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
     let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
     let request = RunRequest {
@@ -434,7 +436,10 @@ impl Supervisor {
         // worker that cannot (stopped, wedged).
         let backstop = self
             .timeout
-            .map(|t| tokio::time::Instant::now() + t + GRACE);
+            // A timeout too far away to represent has no backstop: checked,
+            // because `Instant + Duration` panics on overflow.
+            .and_then(|t| t.checked_add(GRACE))
+            .and_then(|t| tokio::time::Instant::now().checked_add(t));
 
         while protocol_error.is_none() {
             tokio::select! {

@@ -36,7 +36,7 @@ pub(crate) fn apply_limits(limits: &OsLimits) -> io::Result<()> {
     set_limit(libc::RLIMIT_NOFILE, limits.open_files, limits.open_files)?;
     if let Some(seconds) = limits.cpu_seconds {
         // SIGXCPU at the soft limit (fatal by default), SIGKILL a second later.
-        set_limit(libc::RLIMIT_CPU, seconds, seconds + 1)?;
+        set_limit(libc::RLIMIT_CPU, seconds, seconds.saturating_add(1))?;
     }
     Ok(())
 }
