@@ -1,0 +1,157 @@
+//! Workload 9: the one-shot CLI. `isola run hello.wasm` as a whole process
+//! (the module already in its compile cache) against `wasmtime run` of the
+//! same file with its cache warm: wall time from exec to exit and peak RSS,
+//! for the preview1 module and the preview2 component, runs alternating.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+use super::cache::wasmtime_cache_config;
+use super::micros;
+use crate::Ctx;
+use crate::figure::{Figure, Series, Unit, rotation};
+use crate::procfs::measure;
+
+#[derive(Clone, Copy, PartialEq)]
+enum System {
+    Isola,
+    Wasmtime,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Isola => "Isola CLI (isola run)",
+            System::Wasmtime => "wasmtime run",
+        }
+    }
+}
+
+/// The two command lines, owned so they can run on a blocking thread.
+#[derive(Clone)]
+struct Commands {
+    isola: PathBuf,
+    isola_cache: PathBuf,
+    wasmtime: Option<PathBuf>,
+    wasmtime_config: PathBuf,
+    wasm: PathBuf,
+}
+
+impl Commands {
+    fn command(&self, system: System) -> Result<Command> {
+        Ok(match system {
+            System::Isola => {
+                let mut c = Command::new(&self.isola);
+                c.arg("run")
+                    .arg("--cache-dir")
+                    .arg(&self.isola_cache)
+                    .arg(&self.wasm);
+                c
+            }
+            System::Wasmtime => {
+                let mut c = Command::new(self.wasmtime.as_ref().context("no wasmtime")?);
+                c.arg("run")
+                    .arg("-C")
+                    .arg(format!("cache-config={}", self.wasmtime_config.display()))
+                    .arg(&self.wasm);
+                c
+            }
+        })
+    }
+
+    /// One run: wall time (µs) and peak RSS (bytes), output checked.
+    fn timed(&self, system: System) -> Result<(f64, f64)> {
+        let t = measure(&self.command(system)?)?;
+        ensure!(
+            t.stdout == b"Hello from Isola!\n",
+            "{} printed {:?}",
+            system.name(),
+            String::from_utf8_lossy(&t.stdout)
+        );
+        Ok((micros(t.wall), t.max_rss as f64))
+    }
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let runs = ctx.scale(100, 10);
+    let mut systems = vec![System::Isola];
+    if ctx.wasmtime.is_some() {
+        systems.push(System::Wasmtime);
+    }
+    let wasmtime_config = wasmtime_cache_config(
+        &ctx.work,
+        "cache-cli-wasmtime",
+        &ctx.work.join("cache-cli-wasmtime"),
+    )?;
+    let mut figures = Vec::new();
+    for (kind, wasm) in [
+        ("p1 module", ctx.guest_p1("hello")),
+        ("p2 component", ctx.guest_p2("hello")),
+    ] {
+        let commands = Commands {
+            isola: ctx.isola.clone(),
+            isola_cache: ctx.work.join("cache-cli-isola"),
+            wasmtime: ctx.wasmtime.clone(),
+            wasmtime_config: wasmtime_config.clone(),
+            wasm,
+        };
+        let systems2 = systems.clone();
+        let mut series = tokio::task::spawn_blocking(move || -> Result<Series> {
+            // Fill both caches, then warm the page cache.
+            for system in &systems2 {
+                for _ in 0..3 {
+                    commands.timed(*system)?;
+                }
+            }
+            let mut series = Series::default();
+            for run in 0..runs {
+                for system in rotation(&systems2, run) {
+                    let (wall, rss) = commands.timed(system)?;
+                    series.add(&format!("wall {}", system.name()), [wall]);
+                    series.add(&format!("rss {}", system.name()), [rss]);
+                }
+            }
+            Ok(series)
+        })
+        .await
+        .context("joining the CLI runs")??;
+
+        let wall_metric = format!("one-shot CLI, hello ({kind}): wall");
+        let rss_metric = format!("one-shot CLI, hello ({kind}): peak RSS");
+        let mut group = Vec::new();
+        for (metric, key, unit) in [
+            (&wall_metric, "wall", Unit::Micros),
+            (&rss_metric, "rss", Unit::Bytes),
+        ] {
+            for system in [System::Isola, System::Wasmtime] {
+                let mut f = Figure::new(9, metric, system.name(), unit)
+                    .samples(series.take(&format!("{key} {}", system.name())));
+                if system == System::Wasmtime && ctx.wasmtime.is_none() {
+                    f.note = Some("skipped: no wasmtime CLI (bench/run.sh installs it)".into());
+                }
+                group.push(f);
+            }
+        }
+        let wasmtime = |metric: &str| {
+            group
+                .iter()
+                .find(|f| f.metric == metric && f.system == System::Wasmtime.name())
+                .and_then(Figure::median)
+        };
+        let (wt_wall, wt_rss) = (wasmtime(&wall_metric), wasmtime(&rss_metric));
+        for f in group.iter_mut().filter(|f| f.isola) {
+            let median = f.median().unwrap_or(f64::INFINITY);
+            if f.metric == wall_metric {
+                if let Some(w) = wt_wall {
+                    f.judge("≤ 0.8× wasmtime run", median <= 0.8 * w);
+                }
+            } else if let Some(w) = wt_rss {
+                f.judge("≤ wasmtime run", median <= w);
+            }
+        }
+        figures.extend(group);
+    }
+    Ok(figures)
+}

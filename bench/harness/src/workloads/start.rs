@@ -1,0 +1,176 @@
+//! Workload 1: task start latency, from spawn to the task's first message.
+//!
+//! Isola: the echo guest started with a start input posts it back at once;
+//! the time is `spawn_program` to that message on the host. Thread tasks
+//! from a warm runner (program loaded, instance pool warm); process tasks
+//! cold (a new worker process each time: exec, handshake, engine, loading
+//! the precompiled artifact from the disk cache) and from a pre-started
+//! worker. Node: `new Worker(file)` / `fork(file)` to the first message.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use isola::{Isolation, RunnerConfig};
+
+use super::{finish_echo, load, micros, start_echo};
+use crate::Ctx;
+use crate::figure::{Class, Figure, Series, Unit, rotation};
+use crate::peers::node_samples;
+
+const METRIC: &str = "task start: spawn → first message";
+
+#[derive(Clone, Copy, PartialEq)]
+enum System {
+    Thread,
+    ThreadComponent,
+    ProcessCold,
+    ProcessWarm,
+    NodeWorker,
+    ForkJson,
+    ForkAdvanced,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Thread => "Isola thread",
+            System::ThreadComponent => "Isola thread (p2 component)",
+            System::ProcessCold => "Isola process, cold",
+            System::ProcessWarm => "Isola process, pre-started",
+            System::NodeWorker => "Node worker_threads",
+            System::ForkJson => "Node fork (json)",
+            System::ForkAdvanced => "Node fork (advanced)",
+        }
+    }
+
+    fn class(self) -> Class {
+        match self {
+            System::Thread | System::ThreadComponent | System::NodeWorker => Class::Thread,
+            _ => Class::Process,
+        }
+    }
+}
+
+/// Time for a pre-started worker to be replaced before the next sample, so
+/// every sample finds one ready (a worker starts in a few milliseconds).
+const REFILL_PAUSE: Duration = Duration::from_millis(40);
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let rounds = ctx.scale(6, 2);
+    let thread_n = ctx.scale(300, 50);
+    let process_n = ctx.scale(25, 5);
+    let node_worker_n = ctx.scale(12, 3);
+    let fork_n = ctx.scale(5, 2);
+
+    let thread_runner = ctx.runner(RunnerConfig::default())?;
+    let cold_runner = ctx.runner(RunnerConfig {
+        prestarted_workers: 0,
+        ..RunnerConfig::default()
+    })?;
+    let warm_runner = ctx.runner(RunnerConfig {
+        prestarted_workers: 1,
+        ..RunnerConfig::default()
+    })?;
+    let module = load(&thread_runner, &ctx.guest_p1("echo")).await?;
+    let component = load(&thread_runner, &ctx.guest_p2("echo")).await?;
+    let cold_module = load(&cold_runner, &ctx.guest_p1("echo")).await?;
+    let warm_module = load(&warm_runner, &ctx.guest_p1("echo")).await?;
+
+    // Warm-up: instance pool, code pages, the artifact on disk, the first
+    // pre-started worker.
+    for _ in 0..200 {
+        let (_, h) = start_echo(&thread_runner, &module, Isolation::Thread).await?;
+        finish_echo(h).await?;
+        let (_, h) = start_echo(&thread_runner, &component, Isolation::Thread).await?;
+        finish_echo(h).await?;
+    }
+    for runner_module in [(&cold_runner, &cold_module), (&warm_runner, &warm_module)] {
+        let (_, h) = start_echo(runner_module.0, runner_module.1, Isolation::Process).await?;
+        finish_echo(h).await?;
+    }
+
+    let systems = [
+        System::Thread,
+        System::ThreadComponent,
+        System::ProcessCold,
+        System::ProcessWarm,
+        System::NodeWorker,
+        System::ForkJson,
+        System::ForkAdvanced,
+    ];
+    let mut series = Series::default();
+    for round in 0..rounds {
+        for system in rotation(&systems, round) {
+            let samples = match system {
+                System::Thread | System::ThreadComponent => {
+                    let program = if system == System::Thread {
+                        &module
+                    } else {
+                        &component
+                    };
+                    let mut v = Vec::with_capacity(thread_n);
+                    for _ in 0..thread_n {
+                        let (t, h) = start_echo(&thread_runner, program, Isolation::Thread).await?;
+                        v.push(micros(t));
+                        finish_echo(h).await?;
+                    }
+                    v
+                }
+                System::ProcessCold | System::ProcessWarm => {
+                    let (runner, program) = if system == System::ProcessCold {
+                        (&cold_runner, &cold_module)
+                    } else {
+                        (&warm_runner, &warm_module)
+                    };
+                    let mut v = Vec::with_capacity(process_n);
+                    for _ in 0..process_n {
+                        tokio::time::sleep(REFILL_PAUSE).await;
+                        let (t, h) = start_echo(runner, program, Isolation::Process).await?;
+                        v.push(micros(t));
+                        finish_echo(h).await?;
+                    }
+                    v
+                }
+                System::NodeWorker | System::ForkJson | System::ForkAdvanced => {
+                    let (mode, n) = match system {
+                        System::NodeWorker => ("worker", node_worker_n),
+                        System::ForkJson => ("fork-json", fork_n),
+                        _ => ("fork-advanced", fork_n),
+                    };
+                    let n = n.to_string();
+                    node_samples(
+                        ctx,
+                        "start.mjs",
+                        &["--mode", mode, "--n", &n, "--warmup", "1"],
+                    )
+                    .await?
+                }
+            };
+            series.add(system.name(), samples);
+        }
+    }
+
+    let mut figures: Vec<Figure> = systems
+        .iter()
+        .map(|s| {
+            Figure::new(1, METRIC, s.name(), Unit::Micros)
+                .samples(series.take(s.name()))
+                .class(s.class())
+        })
+        .collect();
+    for f in &mut figures {
+        if f.system == System::Thread.name() {
+            f.note = Some("p1 module, echo guest, warm runner".into());
+            let p50 = f.median().unwrap_or(f64::INFINITY);
+            f.judge("p50 ≤ 10 µs", p50 <= 10.0);
+        } else if f.system == System::ProcessCold.name() {
+            f.note = Some("new worker process per task".into());
+            let p50 = f.median().unwrap_or(f64::INFINITY);
+            f.judge("≤ 3 ms", p50 <= 3_000.0);
+        } else if f.system == System::ProcessWarm.name() {
+            let p50 = f.median().unwrap_or(f64::INFINITY);
+            f.judge("≤ 300 µs", p50 <= 300.0);
+        }
+    }
+    Ok(figures)
+}
