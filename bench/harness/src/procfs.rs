@@ -96,6 +96,26 @@ pub fn resident_linear_memory(min_reserve: u64) -> Result<u64> {
     Ok(total)
 }
 
+/// CPU time (user + system, in clock ticks of 10 ms) a process has used,
+/// from `/proc/<pid>/stat`; 0 if it cannot be read.
+pub fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 0-based 11 and 12 after `)`.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 /// Number of memory mappings of this process (bounded by
 /// `vm.max_map_count`).
 pub fn map_count() -> usize {

@@ -15,6 +15,7 @@ use anyhow::{Result, bail};
 use isola::{Isolation, RunnerConfig};
 
 use crate::Ctx;
+use crate::procfs::cpu_ticks;
 use crate::workloads::{finish_echo, load, start_echo, throughput};
 
 /// The scenarios `--profile` knows.
@@ -28,26 +29,6 @@ pub const SCENARIOS: &[&str] = &[
     "idle-process",
     "idle-thread",
 ];
-
-/// CPU time (user + system, in clock ticks) a process has used, from
-/// `/proc/<pid>/stat`; 0 if it cannot be read.
-fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at state.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
 
 /// Runs `scenario` for about `seconds`, then prints how many iterations it
 /// did and their mean time.
