@@ -344,11 +344,26 @@ impl Runner {
     /// limit, crash, cancel).
     pub async fn call(
         &self,
+        spec: TaskSpec,
+        input: impl Into<Vec<u8>>,
+    ) -> std::result::Result<Vec<u8>, CallError> {
+        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
+        self.call_program(&program, spec, input).await
+    }
+
+    /// As [`Runner::call`], for an already loaded program (`spec.wasm` is
+    /// ignored): the hot path of a plugin host, with no file read per call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::call`].
+    pub async fn call_program(
+        &self,
+        program: &Program,
         mut spec: TaskSpec,
         input: impl Into<Vec<u8>>,
     ) -> std::result::Result<Vec<u8>, CallError> {
         spec.input = Some(input.into());
-        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
         let handle = match spec.isolation {
             Isolation::Thread => {
                 let extras = task::SpawnExtras {

@@ -271,6 +271,16 @@ async fn call_runs_a_plugin() {
             Err(CallError::Start(Error::UnsupportedWorld { .. })) => {}
             other => panic!("{t:?}: a program without `run`: {other:?}"),
         }
+        // A loaded program is called without reading its file again.
+        let program = runner
+            .load(isola_tests::guest("plugin", t.kind))
+            .await
+            .expect("load");
+        let output = runner
+            .call_program(&program, t.spec("plugin"), "1")
+            .await
+            .expect("call");
+        assert_eq!(output, b"2", "{t:?}");
         // Spawned as a task, a plugin runs `run` with the spec's input.
         let mut spec = t.spec("plugin");
         spec.input = Some(b"9".to_vec());
