@@ -370,10 +370,10 @@ impl Runner {
                     entry: task::Entry::Run,
                     ..Default::default()
                 };
-                task::spawn(&self.inner, &program, spec, extras).await
+                task::spawn(&self.inner, program, spec, extras).await
             }
             Isolation::Process => {
-                process::spawn(&self.inner, &program, spec, task::Entry::Run).await
+                process::spawn(&self.inner, program, spec, task::Entry::Run).await
             }
         }
         .map_err(CallError::Start)?;
