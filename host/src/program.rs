@@ -118,6 +118,27 @@ impl Program {
     }
 }
 
+/// What identifies a file's contents without reading them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
 /// The two binary formats Isola runs, told apart by the header's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WasmKind {
@@ -162,6 +183,21 @@ pub(crate) async fn load_with_cache(
     path: &Path,
     cache: Option<&DiskCache>,
 ) -> Result<Program> {
+    let read_error = |source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    // A file unchanged since it was last loaded (same device, inode, size
+    // and modification time) is not read and hashed again: spawning many
+    // tasks of one file by path stays cheap.
+    let stamp = FileStamp::of(&tokio::fs::metadata(path).await.map_err(read_error)?);
+    if let Some(program) = runner
+        .known_file(path, &stamp)
+        .and_then(|hash| runner.cached_program(&hash))
+    {
+        runner.stats.record_memory_hit();
+        return Ok(program);
+    }
     let bytes = tokio::fs::read(path).await.map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
@@ -170,6 +206,7 @@ pub(crate) async fn load_with_cache(
         path: path.to_owned(),
     })?;
     let hash = content_hash(&bytes);
+    runner.remember_file(path, stamp, hash);
     if let Some(program) = runner.cached_program(&hash) {
         runner.stats.record_memory_hit();
         return Ok(program);

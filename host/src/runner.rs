@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::group::{GroupSpec, SharedGroup};
 use crate::plugin::PluginInstance;
 use crate::process::{self, ProcessBackend};
-use crate::program::{self, Program, WasmKind};
+use crate::program::{self, FileStamp, Program, WasmKind};
 use crate::spec::TaskSpec;
 use crate::state::TaskState;
 use crate::task::{self, TaskHandle};
@@ -161,6 +161,8 @@ pub(crate) struct RunnerInner {
     pub(crate) provided_imports: HashSet<(String, String)>,
     pub(crate) disk_cache: Option<DiskCache>,
     programs: Mutex<HashMap<ContentHash, Program>>,
+    /// Content hashes of files already read, by path and stamp.
+    files: Mutex<HashMap<PathBuf, (FileStamp, ContentHash)>>,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     pub(crate) ticker: EpochTicker,
     pub(crate) stats: Stats,
@@ -265,6 +267,7 @@ impl Runner {
                 provided_imports,
                 disk_cache,
                 programs: Mutex::new(HashMap::new()),
+                files: Mutex::new(HashMap::new()),
                 ticker,
                 stats: Stats::default(),
                 process,
@@ -507,6 +510,23 @@ impl RunnerInner {
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
             .cloned()
+    }
+
+    /// The content hash of `path` if it was read before and is unchanged.
+    pub(crate) fn known_file(&self, path: &Path, stamp: &FileStamp) -> Option<ContentHash> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        match files.get(path) {
+            Some((known, hash)) if known == stamp => Some(*hash),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remember_file(&self, path: &Path, stamp: FileStamp, hash: ContentHash) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if files.len() >= MAX_CACHED_PROGRAMS {
+            files.clear();
+        }
+        files.insert(path.to_owned(), (stamp, hash));
     }
 
     pub(crate) fn remember_program(&self, hash: ContentHash, program: Program) {

@@ -102,3 +102,28 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_changed_in_place_is_loaded_again() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("task.wasm");
+    std::fs::copy(guest("hello", GuestKind::Module), &path).expect("copy");
+    let runner = runner_with_cache(cache.path());
+    let report = runner.run(TaskSpec::new(&path)).await.expect("run");
+    assert_eq!(report.stdout.text(), "Hello from Isola!\n");
+    runner.run(TaskSpec::new(&path)).await.expect("run");
+    assert_eq!(
+        runner.cache_stats().memory_hits,
+        1,
+        "unchanged: not compiled again"
+    );
+
+    // Replaced by another program at the same path: that one runs.
+    std::fs::copy(guest("echo_cli", GuestKind::Module), &path).expect("copy");
+    let mut spec = TaskSpec::new(&path);
+    spec.args = vec!["args".into(), "replaced".into()];
+    let report = runner.run(spec).await.expect("run");
+    assert_eq!(report.stdout.text(), "replaced\n");
+    assert_eq!(runner.cache_stats().compiled, 2);
+}

@@ -46,6 +46,7 @@ const KEYS: &[&str] = &[
     "restart",
     "max_restarts",
     "depends_on",
+    "shared_memory",
     "nmae",
     "max_memory",
     "fuel",
