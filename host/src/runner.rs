@@ -63,6 +63,10 @@ pub struct RunnerConfig {
     /// wait for one to start. Started on the first process task. By
     /// default 2.
     pub prestarted_workers: usize,
+    /// Most idle workers kept after running a task with
+    /// [`crate::TaskSpec::reuse_worker`], ready for the next such task.
+    /// By default 4.
+    pub reused_workers_kept: usize,
     /// Most memory all shared memory groups together may grow to (the sum
     /// of their maximums). Shared memories are outside the per-task memory
     /// limit, so they get a budget of their own. By default 4 GiB.
@@ -79,6 +83,7 @@ impl Default for RunnerConfig {
             instance_pool: true,
             worker_program: None,
             prestarted_workers: 2,
+            reused_workers_kept: 4,
             shared_memory_budget: 4 << 30,
         }
     }
@@ -256,6 +261,7 @@ impl Runner {
         let process = Arc::new(ProcessBackend::new(
             config.worker_program.clone(),
             config.prestarted_workers,
+            config.reused_workers_kept,
         ));
         Ok(Runner {
             inner: Arc::new(RunnerInner {

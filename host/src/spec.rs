@@ -100,6 +100,19 @@ pub struct TaskSpec {
     /// module, in its memory. None by default. Thread isolation only.
     #[serde(default)]
     pub shared_group: Option<String>,
+    /// Lets the task's worker process run further tasks that also opt in,
+    /// instead of exiting after this one. Process isolation only; off by
+    /// default.
+    ///
+    /// A reused worker skips process start-up and keeps the programs it has
+    /// loaded, so a run of short tasks costs far less. The price: tasks that
+    /// opt in share a process one after another (each still in its own
+    /// `Store`, with its own limits), so a fault that corrupts the process
+    /// could reach a later task. A worker is only reused after a task it
+    /// reported in full; one that was cancelled, timed out, crashed, or hit
+    /// an OS limit is ended as usual.
+    #[serde(default)]
+    pub reuse_worker: bool,
 }
 
 impl TaskSpec {
@@ -120,6 +133,7 @@ impl TaskSpec {
             limits: Limits::default(),
             isolation: Isolation::default(),
             shared_group: None,
+            reuse_worker: false,
         }
     }
 }

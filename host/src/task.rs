@@ -236,6 +236,14 @@ pub(crate) enum Entry {
 
 /// Checks the spec's limits against what the runner allows.
 pub(crate) fn check_limits(runner: &RunnerInner, spec: &TaskSpec) -> Result<()> {
+    if spec.reuse_worker && spec.isolation == crate::Isolation::Thread {
+        return Err(Error::InvalidSpec {
+            field: "reuse_worker".into(),
+            message: "only process tasks have a worker to reuse; set `isolation = \"process\"` \
+                      or leave `reuse_worker` out"
+                .into(),
+        });
+    }
     if spec.limits.max_memory.as_u64() > runner.config.max_memory_per_task {
         return Err(Error::InvalidSpec {
             field: "limits.max_memory".into(),

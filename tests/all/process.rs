@@ -243,3 +243,135 @@ fn killing_the_parent_leaves_no_worker_running() {
         assert!(!is_alive(worker), "worker {worker} outlived its parent");
     }
 }
+
+/// A process task that opts into worker reuse.
+fn reusable(name: &str, args: &[&str]) -> TaskSpec {
+    let mut spec = process(name);
+    spec.args = args.iter().map(|a| a.to_string()).collect();
+    spec.reuse_worker = true;
+    spec
+}
+
+/// Sends `message` to an echo task, closes its channel and returns the
+/// answer, the report and the worker's pid.
+async fn echo_once(
+    runner: &isola::Runner,
+    spec: TaskSpec,
+    message: &[u8],
+) -> (Vec<u8>, String, u32) {
+    let mut handle = runner.spawn(spec).await.expect("spawn");
+    let pid = handle.process_id().expect("a process task has a pid");
+    let sender = handle.sender().expect("sender");
+    sender.send(message.to_vec()).await.expect("send");
+    drop(sender);
+    handle.close_channel();
+    let mut messages = handle.take_messages().expect("messages");
+    let answer = messages.recv().await.expect("an answer");
+    let report = handle.wait().await;
+    assert_eq!(report.outcome, Outcome::Exited { code: 0 });
+    (answer.to_vec(), report.stdout.text().into_owned(), pid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_that_opt_in_reuse_one_worker_and_others_do_not() {
+    let runner = runner();
+    let mut pids = Vec::new();
+    for i in 0..4 {
+        let message = format!("job {i}");
+        let (answer, stdout, pid) =
+            echo_once(&runner, reusable("echo", &[]), message.as_bytes()).await;
+        assert_eq!(answer, message.as_bytes());
+        assert_eq!(
+            stdout, "answered 1\n",
+            "task {i} starts with a fresh instance"
+        );
+        pids.push(pid);
+    }
+    assert!(
+        pids.iter().all(|&p| p == pids[0]),
+        "one worker ran every reusable task: {pids:?}"
+    );
+    // A task that does not opt in never gets a used worker, and does not
+    // leave its own worker behind.
+    let (_, _, fresh) = echo_once(&runner, process("echo"), b"x").await;
+    assert_ne!(fresh, pids[0]);
+    let (_, _, again) = echo_once(&runner, reusable("echo", &[]), b"y").await;
+    assert_eq!(again, pids[0]);
+    assert_ne!(again, fresh);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_is_kept_after_a_trap_but_not_after_a_timeout() {
+    let runner = runner();
+    let run = |spec: TaskSpec| {
+        let runner = &runner;
+        async move {
+            let handle = runner.spawn(spec).await.expect("spawn");
+            let pid = handle.process_id().expect("pid");
+            (handle.wait().await.outcome, pid)
+        }
+    };
+    let (first, pid) = run(reusable("hostile", &["exit", "0"])).await;
+    assert_eq!(first, Outcome::Exited { code: 0 });
+
+    let (trapped, after_trap) = run(reusable("hostile", &["unreachable"])).await;
+    assert!(matches!(trapped, Outcome::Trapped(_)), "{trapped:?}");
+    assert_eq!(after_trap, pid, "a trap leaves the worker clean");
+
+    let mut sleeper = reusable("hostile", &["sleep", "60000"]);
+    sleeper.limits.timeout = Some(Duration::from_millis(200));
+    let (timed_out, slept_in) = run(sleeper).await;
+    assert!(
+        matches!(
+            timed_out,
+            Outcome::LimitExceeded {
+                limit: Limit::Timeout { .. }
+            }
+        ),
+        "{timed_out:?}"
+    );
+    assert_eq!(slept_in, pid);
+
+    let (next, next_pid) = run(reusable("hostile", &["exit", "3"])).await;
+    assert_eq!(next, Outcome::Exited { code: 3 });
+    assert_ne!(next_pid, pid, "a worker stopped by a timeout is not reused");
+    assert!(!is_alive(pid), "the timed-out worker is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_worker_takes_each_tasks_own_os_limits() {
+    let runner = runner();
+    // The first task lowers the worker's memory limit below what the
+    // second needs; the second must get its own, higher one.
+    let mut small = reusable("hostile", &["exit", "0"]);
+    small.limits.process_memory = Some(ByteSize::mib(200));
+    let handle = runner.spawn(small).await.expect("spawn");
+    let pid = handle.process_id().expect("pid");
+    assert_eq!(handle.wait().await.outcome, Outcome::Exited { code: 0 });
+
+    let mut grower = reusable("hostile", &["grow-bomb"]);
+    grower.limits.max_memory = ByteSize::mib(512);
+    grower.stderr = Output::Discard;
+    let handle = runner.spawn(grower).await.expect("spawn");
+    assert_eq!(handle.process_id(), Some(pid), "the same worker");
+    assert_eq!(
+        handle.wait().await.outcome,
+        Outcome::LimitExceeded {
+            limit: Limit::Memory {
+                max: ByteSize::mib(512)
+            }
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reuse_worker_on_a_thread_task_is_refused_by_name() {
+    let mut spec = process("hello");
+    spec.isolation = Isolation::Thread;
+    spec.reuse_worker = true;
+    match runner().spawn(spec).await {
+        Err(isola::Error::InvalidSpec { field, .. }) => assert_eq!(field, "reuse_worker"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a thread task cannot reuse a worker"),
+    }
+}

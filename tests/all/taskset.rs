@@ -121,6 +121,7 @@ restart = "on-crash"
 name = "bad name!"
 wasm = "notes.txt"
 max_restarts = 2
+reuse_worker = true
 "#;
     let path = write_set(dir.path(), source);
     let source = std::fs::read_to_string(&path).expect("read back");
@@ -254,6 +255,11 @@ max_restarts = 2
             K::Conflict,
             ("2\n", 0),
             "task #5: field `max_restarts`: restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`",
+        ),
+        (
+            K::Conflict,
+            ("true", 0),
+            "task #5: field `reuse_worker`: only process tasks have a worker to reuse; set `isolation = \"process\"`",
         ),
     ];
     for (kind, at, line) in cases {

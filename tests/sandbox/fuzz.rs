@@ -30,42 +30,29 @@ use isola_tests::{GuestKind, guest, isola_bin, runner, shared_cache};
 // The config parser
 // ---------------------------------------------------------------------
 
-const KEYS: &[&str] = &[
-    "name",
-    "wasm",
-    "argv0",
-    "args",
-    "env",
-    "inherit_env",
-    "dirs",
-    "stdin",
-    "input",
-    "input_file",
-    "limits",
-    "isolation",
-    "restart",
-    "max_restarts",
-    "depends_on",
-    "shared_memory",
-    "nmae",
-    "max_memory",
-    "fuel",
-    "timeout",
-    "max_output",
-    "process_memory",
-    "capture",
-    "message_queue",
-    "max_message_size",
-    "max_messages",
-    "host",
-    "guest",
-    "writable",
-    "text",
-    "file",
-    "task",
-    "defaults",
-    "",
-];
+/// Keys the parser knows (from the parser itself, so they stay in step),
+/// then near misses and keys of other tables.
+static KEYS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let others = [
+        "nmae",
+        "capture",
+        "message_queue",
+        "max_message_size",
+        "max_messages",
+        "host",
+        "guest",
+        "writable",
+        "text",
+        "file",
+        "task",
+        "defaults",
+        "",
+    ];
+    let known = isola::config::TASK_KEYS
+        .iter()
+        .chain(isola::config::LIMIT_KEYS);
+    known.copied().chain(others).collect()
+});
 
 /// A string that is often meaningful to the parser.
 fn word(u: &mut Unstructured, names: &[&str], paths: &[String]) -> AResult<String> {
@@ -94,7 +81,7 @@ fn word(u: &mut Unstructured, names: &[&str], paths: &[String]) -> AResult<Strin
             "\"",
         ])?)
         .to_owned(),
-        _ => (*u.choose(KEYS)?).to_owned(),
+        _ => (*u.choose(&KEYS)?).to_owned(),
     })
 }
 
@@ -157,7 +144,7 @@ fn key(u: &mut Unstructured) -> AResult<String> {
     Ok(match u.int_in_range(0..=7)? {
         0 => quoted(&u.arbitrary::<String>()?),
         _ => {
-            let k = *u.choose(KEYS)?;
+            let k = *u.choose(&KEYS)?;
             if k.is_empty() {
                 "\"\"".into()
             } else {

@@ -46,6 +46,13 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, Location, Scope};
 
+/// The keys a `[[task]]` table accepts (`[defaults]` takes the same except
+/// `name` and `depends_on`).
+pub const TASK_KEYS: &[&str] = parse::TASK_FIELDS;
+
+/// The keys a task's `limits` table accepts.
+pub const LIMIT_KEYS: &[&str] = parse::LIMIT_FIELDS;
+
 use crate::spec::{Isolation, TaskSpec};
 
 /// What happens when a process task's worker dies (its outcome is

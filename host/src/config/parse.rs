@@ -21,7 +21,7 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Fields of a `[[task]]` table. `[defaults]` takes the same except `name`
 /// and `depends_on`, which only make sense per task.
-const TASK_FIELDS: &[&str] = &[
+pub(crate) const TASK_FIELDS: &[&str] = &[
     "name",
     "wasm",
     "argv0",
@@ -36,11 +36,12 @@ const TASK_FIELDS: &[&str] = &[
     "limits",
     "restart",
     "max_restarts",
+    "reuse_worker",
     "depends_on",
     "shared_memory",
 ];
 const PER_TASK_ONLY: &[&str] = &["name", "depends_on"];
-const LIMIT_FIELDS: &[&str] = &[
+pub(crate) const LIMIT_FIELDS: &[&str] = &[
     "max_memory",
     "fuel",
     "timeout",
@@ -128,6 +129,7 @@ struct Partial {
     process_memory: Field<ByteSize>,
     restart: Field<Restart>,
     max_restarts: Field<u32>,
+    reuse_worker: Field<bool>,
     depends_on: Field<Vec<(String, Span)>>,
     shared_memory: Field<String>,
 }
@@ -522,6 +524,9 @@ impl Parser<'_> {
                     });
                     p.restart = Field::from_option(restart, span);
                 }
+                "reuse_worker" => {
+                    p.reuse_worker = Field::from_option(self.bool(scope, k, value), span);
+                }
                 "max_restarts" => {
                     let n = self.integer(scope, k, value).and_then(|n| {
                         u32::try_from(n).ok().or_else(|| {
@@ -595,6 +600,7 @@ impl Parser<'_> {
             Field::Bad => None,
         };
         let restart = self.restart(scope, &own, defaults, isolation);
+        let reuse_worker = self.reuse_worker(scope, &own, defaults, isolation);
 
         let env = match (own.env, &defaults.env) {
             (Field::Set(mine, span), Field::Set(theirs, _)) => {
@@ -604,8 +610,13 @@ impl Parser<'_> {
             }
             (mine, theirs) => mine.or(theirs),
         };
-        let (Some((name, _)), Field::Set(wasm, _), Some(isolation), Some(restart)) =
-            (&entry.name, wasm, isolation, restart)
+        let (
+            Some((name, _)),
+            Field::Set(wasm, _),
+            Some(isolation),
+            Some(restart),
+            Some(reuse_worker),
+        ) = (&entry.name, wasm, isolation, restart, reuse_worker)
         else {
             return entry;
         };
@@ -637,6 +648,7 @@ impl Parser<'_> {
             limits,
             isolation,
             shared_group: group.map(|g| g.name),
+            reuse_worker,
             ..TaskSpec::new("")
         };
         entry.task = Some(TaskConfig {
@@ -787,6 +799,37 @@ impl Parser<'_> {
     /// The restart policy of a task. `[defaults]` may set one for all
     /// process tasks; a thread task cannot crash, so setting one on a thread
     /// task itself is an error. `None` when the fields were invalid.
+    /// `reuse_worker` for a task: a process task takes it from the task or
+    /// [defaults]; a thread task has no worker, so setting it on one is an
+    /// error (from [defaults] it simply does not apply).
+    fn reuse_worker(
+        &mut self,
+        scope: &Scope,
+        own: &Partial,
+        defaults: &Partial,
+        isolation: Option<Isolation>,
+    ) -> Option<bool> {
+        match (isolation?, &own.reuse_worker) {
+            (Isolation::Thread, Field::Set(true, span)) => {
+                self.error(
+                    scope,
+                    Some("reuse_worker"),
+                    span,
+                    Kind::Conflict,
+                    "only process tasks have a worker to reuse; set `isolation = \"process\"`"
+                        .into(),
+                );
+                None
+            }
+            (Isolation::Thread, _) => Some(false),
+            (Isolation::Process, _) => match own.reuse_worker.clone().or(&defaults.reuse_worker) {
+                Field::Set(reuse, _) => Some(reuse),
+                Field::Absent => Some(false),
+                Field::Bad => None,
+            },
+        }
+    }
+
     fn restart(
         &mut self,
         scope: &Scope,

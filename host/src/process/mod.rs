@@ -59,21 +59,33 @@ struct Worker {
     writer: FramedWrite<ChildStdin, LengthDelimitedCodec>,
 }
 
+type Writer = FramedWrite<ChildStdin, LengthDelimitedCodec>;
+
 /// The process backend of a runner: the worker binary and idle workers.
 pub(crate) struct ProcessBackend {
     program: std::result::Result<PathBuf, String>,
     prestart: usize,
+    /// Fresh workers: handshake done, no task run yet.
     idle: Mutex<Vec<Worker>>,
+    /// Workers that ran a `reuse_worker` task and wait for another.
+    reusable: Mutex<Vec<Worker>>,
+    keep_reusable: usize,
     /// Artifacts for workers when the runner has no disk cache.
     private_cache: Mutex<Option<tempfile::TempDir>>,
 }
 
 impl ProcessBackend {
-    pub(crate) fn new(program: Option<PathBuf>, prestart: usize) -> ProcessBackend {
+    pub(crate) fn new(
+        program: Option<PathBuf>,
+        prestart: usize,
+        keep_reusable: usize,
+    ) -> ProcessBackend {
         ProcessBackend {
             program: program.map(Ok).unwrap_or_else(find_worker_program),
             prestart,
             idle: Mutex::new(Vec::new()),
+            reusable: Mutex::new(Vec::new()),
+            keep_reusable,
             private_cache: Mutex::new(None),
         }
     }
@@ -84,10 +96,23 @@ impl ProcessBackend {
             .map_err(|why| Error::Unsupported(format!("process isolation here ({why})")))
     }
 
-    /// An idle worker if one is ready, else a new one. Then tops the pool up
-    /// in the background.
-    async fn take_worker(self: &Arc<Self>) -> Result<Worker> {
+    /// For a task that opts into reuse, a worker a previous such task left
+    /// (if one is still alive); else an idle fresh worker if one is ready,
+    /// else a new one. Then tops the pool up in the background.
+    async fn take_worker(self: &Arc<Self>, reuse: bool) -> Result<Worker> {
         let program = self.program()?.to_owned();
+        while reuse {
+            let kept = self
+                .reusable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            let Some(mut worker) = kept else { break };
+            // One that died while idle has been reaped by `try_wait`.
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Ok(worker);
+            }
+        }
         let ready = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let worker = match ready {
             Some(worker) => worker,
@@ -113,6 +138,28 @@ impl ProcessBackend {
                 }
             }
         }
+    }
+
+    /// Keeps a worker that finished a `reuse_worker` task, or lets it go if
+    /// enough are kept already.
+    fn keep(&self, worker: Worker) {
+        let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < self.keep_reusable {
+            kept.push(worker);
+            return;
+        }
+        drop(kept);
+        let Worker {
+            mut child,
+            pid,
+            writer,
+            ..
+        } = worker;
+        tokio::spawn(async move {
+            // End of input is the worker's cue to exit.
+            drop(writer);
+            reap(&mut child, pid, false).await;
+        });
     }
 
     /// Where workers find precompiled artifacts.
@@ -278,7 +325,8 @@ pub(crate) async fn spawn(
         .acquire_owned()
         .await
         .map_err(|_| Error::ShutDown)?;
-    let worker = backend.take_worker().await?;
+    let reuse = spec.reuse_worker;
+    let worker = backend.take_worker(reuse).await?;
     let queue = crate::channel::queue_capacity(limits.message_queue);
     let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
     let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
@@ -304,15 +352,16 @@ pub(crate) async fn spawn(
     frames_tx
         .try_send(ToWorker::Run(Box::new(request)))
         .map_err(|_| Error::Internal("the worker queue is full".into()))?;
-    tokio::spawn(write_frames(writer, frames_rx));
+    let writer_task = tokio::spawn(write_frames(writer, frames_rx));
     tokio::spawn(forward_messages(to_guest_rx, frames_tx.clone()));
-    if forward_stdin {
-        tokio::spawn(forward_stdin_frames(frames_tx.clone()));
-    }
+    let stdin_task = forward_stdin.then(|| tokio::spawn(forward_stdin_frames(frames_tx.clone())));
     let supervisor = Supervisor {
         child,
         pid,
         reader,
+        writer_task,
+        stdin_task,
+        reuse: reuse.then_some(backend),
         frames: frames_tx,
         messages: from_guest_tx,
         cancel: cancel.clone(),
@@ -342,16 +391,19 @@ pub(crate) async fn spawn(
 /// Frames queued for the worker's pipe.
 const FRAME_QUEUE: usize = 16;
 
-async fn write_frames(
-    mut writer: FramedWrite<ChildStdin, LengthDelimitedCodec>,
-    mut frames: mpsc::Receiver<ToWorker>,
-) {
+/// Writes queued frames to the worker. Hands the pipe back after writing
+/// [`ToWorker::EndTask`], so a reused worker can take another task.
+async fn write_frames(mut writer: Writer, mut frames: mpsc::Receiver<ToWorker>) -> Option<Writer> {
     while let Some(frame) = frames.recv().await {
         if writer.send(frame.encode()).await.is_err() {
             // The worker is gone; the supervisor reports how it ended.
-            return;
+            return None;
+        }
+        if frame == ToWorker::EndTask {
+            return Some(writer);
         }
     }
+    None
 }
 
 /// Carries the host's messages to the worker, then tells it the channel
@@ -395,6 +447,10 @@ struct Supervisor {
     child: Child,
     pid: u32,
     reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    writer_task: tokio::task::JoinHandle<Option<Writer>>,
+    stdin_task: Option<tokio::task::JoinHandle<()>>,
+    /// Where the worker goes back if the task opted into reuse.
+    reuse: Option<Arc<ProcessBackend>>,
     frames: mpsc::Sender<ToWorker>,
     messages: mpsc::Sender<bytes::Bytes>,
     cancel: CancellationToken,
@@ -507,8 +563,34 @@ impl Supervisor {
         if protocol_error.is_some() {
             let _ = sys::signal_group(pid, libc::SIGKILL);
         }
-
-        let status = reap(&mut self.child, pid, finished.is_none()).await;
+        if let Some(stdin) = &self.stdin_task {
+            stdin.abort();
+        }
+        let reusable = protocol_error.is_none()
+            && stop.is_none()
+            && finished
+                .as_ref()
+                .is_some_and(|f| leaves_worker_clean(&f.outcome));
+        let mut child = Some(self.child);
+        if let (Some(backend), true) = (&self.reuse, reusable)
+            && let Some(writer) = end_task(&self.frames, &mut self.writer_task).await
+            && let Some(child) = child.take()
+        {
+            backend.keep(Worker {
+                child,
+                pid,
+                reader: self.reader,
+                writer,
+            });
+        }
+        let status = match child.as_mut() {
+            Some(child) => {
+                // Closing the pipe ends a worker that waits for another task.
+                self.writer_task.abort();
+                reap(child, pid, finished.is_none()).await
+            }
+            None => None,
+        };
         let outcome = match (finished.as_ref(), protocol_error, stop) {
             // A worker told to stop for a timeout reports "cancelled"; the
             // reason the parent stopped it is the truth.
@@ -542,6 +624,39 @@ impl Supervisor {
             stderr: self.stderr.finish(),
         }
     }
+}
+
+/// Whether a worker is fit for another task after this outcome: it reported
+/// in full and nothing stopped it from outside or at an OS limit.
+fn leaves_worker_clean(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Exited { .. }
+        | Outcome::Returned { .. }
+        | Outcome::Rejected { .. }
+        | Outcome::Trapped(_) => true,
+        Outcome::LimitExceeded { limit } => matches!(
+            limit,
+            Limit::Memory { .. }
+                | Limit::Fuel { .. }
+                | Limit::Output { .. }
+                | Limit::MessageSize { .. }
+                | Limit::Messages { .. }
+        ),
+        _ => false,
+    }
+}
+
+/// Ends a finished task on a worker that stays: queues
+/// [`ToWorker::EndTask`] and takes the pipe back once it is written.
+async fn end_task(
+    frames: &mpsc::Sender<ToWorker>,
+    writer_task: &mut tokio::task::JoinHandle<Option<Writer>>,
+) -> Option<Writer> {
+    let ended = async {
+        frames.send(ToWorker::EndTask).await.ok()?;
+        writer_task.await.ok().flatten()
+    };
+    tokio::time::timeout(GRACE, ended).await.ok().flatten()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -48,6 +48,9 @@ pub(crate) enum ToWorker {
     Message(Bytes),
     /// The host closed its side of the channel.
     CloseChannel,
+    /// The parent read the task's report and keeps the worker for another
+    /// task: nothing more for the finished task follows.
+    EndTask,
 }
 
 /// Worker → parent.
@@ -139,6 +142,7 @@ mod kind {
     pub(super) const CANCEL: u8 = 5;
     pub(super) const MESSAGE_IN: u8 = 6;
     pub(super) const CLOSE_CHANNEL: u8 = 7;
+    pub(super) const END_TASK: u8 = 8;
     pub(super) const STARTED: u8 = 16;
     pub(super) const STDOUT: u8 = 17;
     pub(super) const STDERR: u8 = 18;
@@ -198,6 +202,7 @@ impl ToWorker {
             ToWorker::Cancel => frame_with(kind::CANCEL, &[]),
             ToWorker::Message(bytes) => frame_with(kind::MESSAGE_IN, bytes),
             ToWorker::CloseChannel => frame_with(kind::CLOSE_CHANNEL, &[]),
+            ToWorker::EndTask => frame_with(kind::END_TASK, &[]),
         }
     }
 
@@ -219,6 +224,10 @@ impl ToWorker {
             kind::CLOSE_CHANNEL => {
                 expect_empty("close-channel", body)?;
                 ToWorker::CloseChannel
+            }
+            kind::END_TASK => {
+                expect_empty("end-task", body)?;
+                ToWorker::EndTask
             }
             other => return Err(ProtocolError::UnknownKind(other)),
         })
@@ -302,6 +311,7 @@ mod tests {
         round_trip_to_worker(ToWorker::Cancel);
         round_trip_to_worker(ToWorker::Message(Bytes::from_static(b"{\"job\":1}")));
         round_trip_to_worker(ToWorker::CloseChannel);
+        round_trip_to_worker(ToWorker::EndTask);
         round_trip_from_worker(FromWorker::Message(Bytes::from(vec![7u8; 1 << 20])));
         round_trip_from_worker(FromWorker::Started);
         round_trip_from_worker(FromWorker::Stdout(Bytes::from_static(b"out")));

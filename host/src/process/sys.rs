@@ -41,6 +41,43 @@ pub(crate) fn apply_limits(limits: &OsLimits) -> io::Result<()> {
     Ok(())
 }
 
+/// Applies `limits` as soft limits only, for a worker that runs one task
+/// after another: a guest cannot call `setrlimit`, so the soft limit binds
+/// it as firmly as a hard one, and the worker can raise it for the next
+/// task. CPU time counts over the life of the process, so the budget is
+/// added to what the worker has used so far.
+pub(crate) fn apply_soft_limits(limits: &OsLimits) -> io::Result<()> {
+    set_soft_limit(libc::RLIMIT_DATA, limits.data_bytes)?;
+    set_soft_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
+    set_soft_limit(libc::RLIMIT_NOFILE, limits.open_files)?;
+    let cpu = match limits.cpu_seconds {
+        Some(seconds) => cpu_seconds_used()?.saturating_add(seconds),
+        None => libc::RLIM_INFINITY,
+    };
+    set_soft_limit(libc::RLIMIT_CPU, cpu)
+}
+
+fn set_soft_limit(resource: libc::__rlimit_resource_t, soft: u64) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes only the struct we pass by reference.
+    check(unsafe { libc::getrlimit(resource, &mut limit) })?;
+    set_limit(resource, soft.min(limit.rlim_max), limit.rlim_max)
+}
+
+/// User plus system CPU time this process has used, rounded up.
+fn cpu_seconds_used() -> io::Result<u64> {
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `getrusage` writes only the struct we pass by reference.
+    check(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) })?;
+    let seconds =
+        |t: libc::timeval| u64::try_from(t.tv_sec).unwrap_or(0) + u64::from(t.tv_usec > 0);
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
 /// Asks the kernel to SIGKILL this process when its parent dies, then checks
 /// the parent did not die already (in which case we were re-parented).
 pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {

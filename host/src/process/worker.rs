@@ -4,7 +4,8 @@
 //! [`run_worker`]) started with [`WORKER_ARG`]. It talks to its parent over
 //! its stdin/stdout pipes, creates its own engine before it is given a task
 //! (so a pre-started worker pays that cost off the critical path), runs one
-//! task, reports, and exits.
+//! task, reports, and exits -- or, for tasks that opt into
+//! [`crate::TaskSpec::reuse_worker`], waits for the next one.
 
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -135,23 +136,46 @@ async fn serve() -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
 
-    let request = match next_frame(&mut reader).await? {
-        Some(ToWorker::Run(request)) => request,
-        // The parent let us go unused.
-        None => return Ok(()),
-        Some(_) => return Err("expected a run frame".into()),
-    };
-    run_one(&runner, *request, reader, &mut writer).await
+    // A worker whose tasks opt into reuse goes back to waiting for the next
+    // `run` after each; any other runs one task.
+    loop {
+        let request = match next_frame(&mut reader).await? {
+            Some(ToWorker::Run(request)) => request,
+            // The parent let us go (unused, or done reusing us).
+            None => return Ok(()),
+            Some(_) => return Err("expected a run frame".into()),
+        };
+        let reuse = request.spec.reuse_worker;
+        let rest = run_one(&runner, *request, reader, &mut writer).await?;
+        match rest {
+            Some(rest) if reuse => reader = rest,
+            _ => return Ok(()),
+        }
+    }
 }
 
+/// Runs one task and reports it. For a reusable worker, returns the reader
+/// once the parent has ended the task with [`ToWorker::EndTask`].
 async fn run_one(
     runner: &Runner,
     request: RunRequest,
     reader: Reader,
     writer: &mut Writer,
-) -> Result<(), String> {
-    if let Err(err) = sys::apply_limits(&request.os_limits) {
-        return finish_failed(writer, format!("cannot apply OS limits: {err}")).await;
+) -> Result<Option<Reader>, String> {
+    let reuse = request.spec.reuse_worker;
+    let limits = if reuse {
+        sys::apply_soft_limits(&request.os_limits)
+    } else {
+        sys::apply_limits(&request.os_limits)
+    };
+    if let Err(err) = limits {
+        return finish_failed(
+            writer,
+            reader,
+            reuse,
+            format!("cannot apply OS limits: {err}"),
+        )
+        .await;
     }
     let cache = DiskCache::new(&request.cache_dir, runner.engine());
     let mut spec = request.spec;
@@ -172,7 +196,7 @@ async fn run_one(
     let program =
         match crate::program::load_with_cache(&runner.inner, &spec.wasm, Some(&cache)).await {
             Ok(program) => program,
-            Err(err) => return finish_failed(writer, err.to_string()).await,
+            Err(err) => return finish_failed(writer, reader, reuse, err.to_string()).await,
         };
     let (started_tx, mut started_rx) = oneshot::channel();
     let extras = SpawnExtras {
@@ -183,7 +207,7 @@ async fn run_one(
     };
     let mut handle = match task::spawn(&runner.inner, &program, spec, extras).await {
         Ok(handle) => handle,
-        Err(err) => return finish_failed(writer, err.to_string()).await,
+        Err(err) => return finish_failed(writer, reader, reuse, err.to_string()).await,
     };
     let (Some(mut stdout), Some(mut stderr), Some(mut messages), Some(sender)) = (
         handle.take_stdout(),
@@ -191,7 +215,7 @@ async fn run_one(
         handle.take_messages(),
         handle.sender(),
     ) else {
-        return finish_failed(writer, "task pipes missing".into()).await;
+        return finish_failed(writer, reader, reuse, "task pipes missing".into()).await;
     };
     handle.close_channel();
     let canceller = handle.cancel_handle();
@@ -200,7 +224,14 @@ async fn run_one(
     // guest slow to take its messages never stops this loop from sending
     // the guest's output (which could deadlock both processes on full
     // pipes).
-    let inbound = tokio::spawn(read_parent(reader, sender, stdin_writer, canceller));
+    let task_over = tokio_util::sync::CancellationToken::new();
+    let inbound = tokio::spawn(read_parent(
+        reader,
+        sender,
+        stdin_writer,
+        canceller,
+        task_over.clone(),
+    ));
 
     let mut wait = std::pin::pin!(handle.wait());
     let mut report = None;
@@ -229,8 +260,11 @@ async fn run_one(
             done = &mut wait, if report.is_none() => report = Some(done),
         }
     }
-    inbound.abort();
     let report = report.ok_or("no report")?;
+    task_over.cancel();
+    if !reuse {
+        inbound.abort();
+    }
     send(
         writer,
         FromWorker::Finished(Box::new(Finished {
@@ -238,27 +272,39 @@ async fn run_one(
             metrics: report.metrics,
         })),
     )
-    .await
+    .await?;
+    if !reuse {
+        return Ok(None);
+    }
+    // The parent decides whether this worker goes on: `EndTask` or EOF.
+    Ok(inbound.await.ok().flatten())
 }
 
 /// Handles the parent's frames while a task runs: messages and stdin for
-/// the guest, cancellation. Exits the process when the parent is gone.
+/// the guest, cancellation. Returns the reader at [`ToWorker::EndTask`] (a
+/// reused worker); exits the process when the parent is gone.
 async fn read_parent(
     mut reader: Reader,
     sender: crate::channel::MessageSender,
     mut stdin: Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>,
     canceller: crate::task::CancelHandle,
-) {
+    task_over: tokio_util::sync::CancellationToken,
+) -> Option<Reader> {
     let mut sender = Some(sender);
     loop {
         match next_frame(&mut reader).await {
             Ok(Some(ToWorker::Message(bytes))) => {
                 if let Some(s) = &sender {
                     // Waits while the guest's inbox is full; the parent's
-                    // sender waits in turn.
-                    let _ = s.send(bytes).await;
+                    // sender waits in turn. Once the task is over, its
+                    // late messages are dropped.
+                    tokio::select! {
+                        _ = s.send(bytes) => {}
+                        () = task_over.cancelled() => sender = None,
+                    }
                 }
             }
+            Ok(Some(ToWorker::EndTask)) => return Some(reader),
             Ok(Some(ToWorker::CloseChannel)) => sender = None,
             Ok(Some(ToWorker::Stdin(bytes))) => {
                 if let Some(w) = &mut stdin
@@ -278,15 +324,24 @@ async fn read_parent(
             Ok(Some(ToWorker::Hello(_) | ToWorker::Run(_))) | Err(_) => {
                 // A confused parent: stop the task; the report still goes out.
                 canceller.cancel();
-                return;
+                return None;
             }
+            // The parent let a finished task's worker go.
+            Ok(None) if task_over.is_cancelled() => return None,
             // The parent is gone: nobody to report to.
             Ok(None) => std::process::exit(1),
         }
     }
 }
 
-async fn finish_failed(writer: &mut Writer, message: String) -> Result<(), String> {
+/// Reports a task that could not start. A reusable worker then waits for
+/// the parent to end the task, dropping whatever it sent for it meanwhile.
+async fn finish_failed(
+    writer: &mut Writer,
+    mut reader: Reader,
+    reuse: bool,
+    message: String,
+) -> Result<Option<Reader>, String> {
     send(
         writer,
         FromWorker::Finished(Box::new(Finished {
@@ -294,5 +349,15 @@ async fn finish_failed(writer: &mut Writer, message: String) -> Result<(), Strin
             metrics: TaskMetrics::default(),
         })),
     )
-    .await
+    .await?;
+    if !reuse {
+        return Ok(None);
+    }
+    loop {
+        match next_frame(&mut reader).await? {
+            Some(ToWorker::EndTask) => return Ok(Some(reader)),
+            None => return Ok(None),
+            Some(_) => {}
+        }
+    }
 }
