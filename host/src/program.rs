@@ -140,7 +140,8 @@ impl FileStamp {
 }
 
 /// The two binary formats Isola runs, told apart by the header's version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum WasmKind {
     Module,
     Component,
@@ -217,12 +218,55 @@ pub(crate) async fn load_with_cache(
     let path2 = path.to_owned();
     let cache = cache.cloned();
     let program = tokio::task::spawn_blocking(move || {
-        build(&runner2, cache.as_ref(), &path2, kind, hash, &bytes)
+        build(&runner2, cache.as_ref(), &path2, kind, hash, Some(&bytes))
     })
     .await
     .map_err(Error::internal)??;
     runner.remember_program(hash, program.clone());
     Ok(program)
+}
+
+/// Loads a program whose content hash and kind are already known (a worker
+/// is told them by its parent), on the calling thread: from memory or the
+/// disk cache without reading the Wasm file at all, else by reading and
+/// compiling it (checked to still have that hash).
+pub(crate) fn load_known(
+    runner: &RunnerInner,
+    path: &Path,
+    hash: ContentHash,
+    kind: WasmKind,
+    cache: Option<&DiskCache>,
+) -> Result<Program> {
+    if let Some(program) = runner.cached_program(&hash) {
+        runner.stats.record_memory_hit();
+        return Ok(program);
+    }
+    let program = build(runner, cache, path, kind, hash, None)?;
+    runner.remember_program(hash, program.clone());
+    Ok(program)
+}
+
+/// The Wasm bytes to compile: those already read, or the file's, checked to
+/// be the ones the program was identified by.
+fn wasm_bytes<'a>(
+    path: &Path,
+    hash: &ContentHash,
+    bytes: Option<&'a [u8]>,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if let Some(bytes) = bytes {
+        return Ok(bytes.into());
+    }
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if content_hash(&bytes) != *hash {
+        return Err(Error::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other("the file changed after it was loaded"),
+        });
+    }
+    Ok(bytes.into())
 }
 
 fn build(
@@ -231,7 +275,7 @@ fn build(
     path: &Path,
     kind: WasmKind,
     hash: ContentHash,
-    bytes: &[u8],
+    bytes: Option<&[u8]>,
 ) -> Result<Program> {
     let invalid = |err: wasmtime::Error| Error::Invalid {
         path: path.to_owned(),
@@ -243,12 +287,14 @@ fn build(
                 // SAFETY: `artifact` passed the cache's integrity check, so it
                 // is exactly what `Module::serialize` wrote for an engine with
                 // the same compatibility hash (the cache directory is keyed
-                // by it).
-                unsafe { Module::deserialize(&runner.engine, artifact) }
+                // by it), and artifacts are replaced only by rename, so the
+                // mapped file does not change.
+                unsafe { Module::deserialize_open_file(&runner.engine, artifact.file) }
             }) {
                 Some(module) => module,
                 None => {
-                    let module = Module::new(&runner.engine, bytes).map_err(invalid)?;
+                    let bytes = wasm_bytes(path, &hash, bytes)?;
+                    let module = Module::new(&runner.engine, &bytes).map_err(invalid)?;
                     runner.stats.record_compile();
                     tracing::debug!(path = %path.display(), "module compiled from wasm");
                     if let Ok(artifact) = module.serialize() {
@@ -292,11 +338,12 @@ fn build(
             let component = match runner.cached_artifact(cache, &hash, kind, |artifact| {
                 // SAFETY: as for modules above: verified bytes written by
                 // `Component::serialize` for a compatible engine.
-                unsafe { Component::deserialize(&runner.engine, artifact) }
+                unsafe { Component::deserialize_file(&runner.engine, &artifact.path) }
             }) {
                 Some(component) => component,
                 None => {
-                    let component = Component::new(&runner.engine, bytes).map_err(invalid)?;
+                    let bytes = wasm_bytes(path, &hash, bytes)?;
+                    let component = Component::new(&runner.engine, &bytes).map_err(invalid)?;
                     runner.stats.record_compile();
                     tracing::debug!(path = %path.display(), "component compiled from wasm");
                     if let Ok(artifact) = component.serialize() {

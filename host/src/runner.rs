@@ -550,10 +550,10 @@ impl RunnerInner {
         cache: Option<&DiskCache>,
         hash: &ContentHash,
         kind: WasmKind,
-        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+        deserialize: impl FnOnce(crate::cache::Artifact) -> wasmtime::Result<T>,
     ) -> Option<T> {
-        let bytes = cache?.load(hash, kind.as_str())?;
-        match deserialize(&bytes) {
+        let file = cache?.open_verified(hash, kind.as_str())?;
+        match deserialize(file) {
             Ok(value) => {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(

@@ -334,6 +334,10 @@ pub(crate) async fn spawn(
         os_limits: os_limits(&spec),
         spec,
         cache_dir,
+        program: protocol::ProgramId {
+            hash: program.inner.hash,
+            kind: program.wasm_kind(),
+        },
         entry,
     };
     let cancel = CancellationToken::new();

@@ -19,7 +19,7 @@ use crate::outcome::{Outcome, TaskMetrics};
 use crate::spec::TaskSpec;
 
 /// Bumped on any incompatible change; checked in the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// Identifies Isola's protocol in the first frame, so a worker started by
 /// something else fails fast instead of misreading its input.
@@ -92,10 +92,21 @@ pub(crate) struct RunRequest {
     /// Where the parent keeps precompiled artifacts: the worker loads from
     /// here instead of compiling.
     pub(crate) cache_dir: std::path::PathBuf,
+    /// The program as the parent identified it, so the worker finds its
+    /// artifact without reading and hashing the Wasm file.
+    pub(crate) program: ProgramId,
     /// OS limits the worker applies to itself before loading the program.
     pub(crate) os_limits: OsLimits,
     /// The export to enter.
     pub(crate) entry: crate::task::Entry,
+}
+
+/// A program by content: the SHA-256 of its Wasm bytes and its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProgramId {
+    #[serde(with = "hex::serde")]
+    pub(crate) hash: crate::cache::ContentHash,
+    pub(crate) kind: crate::program::WasmKind,
 }
 
 /// Kernel-enforced limits of a worker process.
@@ -298,6 +309,10 @@ mod tests {
         round_trip_to_worker(ToWorker::Run(Box::new(RunRequest {
             spec,
             cache_dir: "/tmp/c".into(),
+            program: ProgramId {
+                hash: [7; 32],
+                kind: crate::program::WasmKind::Component,
+            },
             os_limits: OsLimits {
                 data_bytes: 1,
                 address_space_bytes: 2,

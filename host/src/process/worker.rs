@@ -20,6 +20,7 @@ use super::protocol::{self, Finished, FromWorker, Hello, RunRequest, ToWorker};
 use super::sys;
 use crate::cache::DiskCache;
 use crate::outcome::{Outcome, TaskMetrics};
+use crate::program::load_known;
 use crate::runner::{CacheDir, Runner, RunnerConfig};
 use crate::spec::{Output, Stdin};
 use crate::task::{self, SpawnExtras};
@@ -193,11 +194,13 @@ async fn run_one(
         (None, None)
     };
 
-    let program =
-        match crate::program::load_with_cache(&runner.inner, &spec.wasm, Some(&cache)).await {
-            Ok(program) => program,
-            Err(err) => return finish_failed(writer, reader, reuse, err.to_string()).await,
-        };
+    // On this thread: the worker has nothing else to do meanwhile, and a
+    // first blocking-pool thread would cost more than the load.
+    let id = &request.program;
+    let program = match load_known(&runner.inner, &spec.wasm, id.hash, id.kind, Some(&cache)) {
+        Ok(program) => program,
+        Err(err) => return finish_failed(writer, reader, reuse, err.to_string()).await,
+    };
     let (started_tx, mut started_rx) = oneshot::channel();
     let extras = SpawnExtras {
         stdin: stdin_override,

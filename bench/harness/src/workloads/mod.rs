@@ -90,7 +90,21 @@ pub async fn start_echo(
     program: &Program,
     isolation: Isolation,
 ) -> Result<(Duration, TaskHandle)> {
-    let spec = spec_with_input(program, isolation, b"ready");
+    start_echo_spec(
+        runner,
+        program,
+        spec_with_input(program, isolation, b"ready"),
+    )
+    .await
+}
+
+/// As [`start_echo`], with a spec made by [`spec_with_input`] (input
+/// `ready`) and then adjusted.
+pub async fn start_echo_spec(
+    runner: &Runner,
+    program: &Program,
+    spec: isola::TaskSpec,
+) -> Result<(Duration, TaskHandle)> {
     let t0 = Instant::now();
     let mut handle = runner.spawn_program(program, spec).await?;
     let first = handle.recv().await;

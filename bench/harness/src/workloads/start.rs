@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use isola::{Isolation, RunnerConfig};
 
-use super::{finish_echo, load, micros, start_echo};
+use super::{finish_echo, load, micros, spec_with_input, start_echo, start_echo_spec};
 use crate::Ctx;
 use crate::figure::{Class, Figure, Series, Unit, rotation};
 use crate::peers::node_samples;
@@ -25,6 +25,7 @@ enum System {
     ThreadComponent,
     ProcessCold,
     ProcessWarm,
+    ProcessReused,
     NodeWorker,
     ForkJson,
     ForkAdvanced,
@@ -37,6 +38,7 @@ impl System {
             System::ThreadComponent => "Isola thread (p2 component)",
             System::ProcessCold => "Isola process, cold",
             System::ProcessWarm => "Isola process, pre-started",
+            System::ProcessReused => "Isola process, reused worker",
             System::NodeWorker => "Node worker_threads",
             System::ForkJson => "Node fork (json)",
             System::ForkAdvanced => "Node fork (advanced)",
@@ -88,12 +90,22 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         let (_, h) = start_echo(runner_module.0, runner_module.1, Isolation::Process).await?;
         finish_echo(h).await?;
     }
+    let reused_spec = || {
+        let mut spec = spec_with_input(&warm_module, Isolation::Process, b"ready");
+        spec.reuse_worker = true;
+        spec
+    };
+    for _ in 0..3 {
+        let (_, h) = start_echo_spec(&warm_runner, &warm_module, reused_spec()).await?;
+        finish_echo(h).await?;
+    }
 
     let systems = [
         System::Thread,
         System::ThreadComponent,
         System::ProcessCold,
         System::ProcessWarm,
+        System::ProcessReused,
         System::NodeWorker,
         System::ForkJson,
         System::ForkAdvanced,
@@ -126,6 +138,16 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                     for _ in 0..process_n {
                         tokio::time::sleep(REFILL_PAUSE).await;
                         let (t, h) = start_echo(runner, program, Isolation::Process).await?;
+                        v.push(micros(t));
+                        finish_echo(h).await?;
+                    }
+                    v
+                }
+                System::ProcessReused => {
+                    let mut v = Vec::with_capacity(thread_n);
+                    for _ in 0..thread_n {
+                        let spec = reused_spec();
+                        let (t, h) = start_echo_spec(&warm_runner, &warm_module, spec).await?;
                         v.push(micros(t));
                         finish_echo(h).await?;
                     }
@@ -168,6 +190,11 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
             let p50 = f.median().unwrap_or(f64::INFINITY);
             f.judge("≤ 3 ms", p50 <= 3_000.0);
         } else if f.system == System::ProcessWarm.name() {
+            f.note = Some("a fresh worker started ahead of the task".into());
+            let p50 = f.median().unwrap_or(f64::INFINITY);
+            f.judge("≤ 300 µs", p50 <= 300.0);
+        } else if f.system == System::ProcessReused.name() {
+            f.note = Some("`reuse_worker`: the worker of the previous task, program loaded".into());
             let p50 = f.median().unwrap_or(f64::INFINITY);
             f.judge("≤ 300 µs", p50 <= 300.0);
         }
