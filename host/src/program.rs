@@ -246,6 +246,24 @@ pub(crate) fn load_known(
     Ok(program)
 }
 
+/// Compiles a program from bytes built into Isola (`name` stands in for
+/// its path), bypassing every cache.
+pub(crate) fn from_builtin_bytes(
+    runner: &RunnerInner,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Program> {
+    let kind = WasmKind::detect(bytes).ok_or_else(|| Error::NotWasm { path: name.into() })?;
+    build(
+        runner,
+        None,
+        Path::new(name),
+        kind,
+        content_hash(bytes),
+        Some(bytes),
+    )
+}
+
 /// The Wasm bytes to compile: those already read, or the file's, checked to
 /// be the ones the program was identified by.
 fn wasm_bytes<'a>(

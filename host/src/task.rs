@@ -672,6 +672,21 @@ impl Job {
     }
 }
 
+/// Instantiates a module program once and drops the instance. The first
+/// instantiation of a module builds lazy state (its copy-on-write memory
+/// image); a pre-started worker pays for it before its task arrives. With
+/// no fuel, no guest code can run, not even a `start` function.
+pub(crate) async fn instantiate_only(runner: &RunnerInner, program: &Program) {
+    let ProgramKind::Module { pre, .. } = &program.inner.kind else {
+        return;
+    };
+    let mut store = Store::new(&runner.engine, TaskState::inert());
+    let _ = store.set_fuel(0);
+    // Far away, but not so far that the deadline (epoch + delta) overflows.
+    store.set_epoch_deadline(1 << 40);
+    let _ = pre.instantiate_async(&mut store).await;
+}
+
 /// How a guest that did not trap or hit a limit ended.
 enum Ended {
     Exited(i32),

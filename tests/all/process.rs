@@ -375,3 +375,49 @@ async fn reuse_worker_on_a_thread_task_is_refused_by_name() {
         Ok(_) => panic!("a thread task cannot reuse a worker"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preloaded_program_cannot_hold_up_a_pre_started_worker() {
+    // Pre-started workers load (and instantiate, running nothing) the last
+    // program a process task ran. One whose `start` function never returns
+    // must not wedge them: the next task of it still starts and ends by its
+    // timeout, and other programs still run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spinner = isola_tests::wat_file(
+        dir.path(),
+        "spin-at-start",
+        r#"(module
+            (memory (export "memory") 1)
+            (func $spin (loop $l (br $l)))
+            (start $spin)
+            (func (export "_start")))"#,
+    );
+    let runner = runner();
+    for round in 0..3 {
+        let mut spec = TaskSpec::new(&spinner);
+        spec.isolation = Isolation::Process;
+        spec.limits.timeout = Some(Duration::from_millis(200));
+        let report = tokio::time::timeout(Duration::from_secs(10), runner.run(spec))
+            .await
+            .expect("the task ends")
+            .expect("run");
+        assert!(
+            matches!(
+                report.outcome,
+                Outcome::LimitExceeded {
+                    limit: Limit::Timeout { .. }
+                }
+            ),
+            "round {round}: {:?}",
+            report.outcome
+        );
+        // Give the pool time to start a worker that preloads the spinner.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(10), runner.run(process("hello")))
+        .await
+        .expect("a task after the spinner starts")
+        .expect("run");
+    assert_eq!(report.outcome, Outcome::Exited { code: 0 });
+    assert_eq!(report.stdout.text(), "Hello from Isola!\n");
+}

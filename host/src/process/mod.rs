@@ -18,6 +18,7 @@ pub mod worker;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,12 @@ pub(crate) struct ProcessBackend {
     /// Workers that ran a `reuse_worker` task and wait for another.
     reusable: Mutex<Vec<Worker>>,
     keep_reusable: usize,
+    /// The program of the last process task, which pre-started workers
+    /// load while they wait: the next task most likely runs it too.
+    last_program: Mutex<Option<protocol::Preload>>,
+    /// Whether a refill is under way (one at a time, so a burst of tasks
+    /// does not start a burst of surplus processes).
+    refilling: AtomicBool,
     /// Artifacts for workers when the runner has no disk cache.
     private_cache: Mutex<Option<tempfile::TempDir>>,
 }
@@ -86,6 +93,8 @@ impl ProcessBackend {
             idle: Mutex::new(Vec::new()),
             reusable: Mutex::new(Vec::new()),
             keep_reusable,
+            last_program: Mutex::new(None),
+            refilling: AtomicBool::new(false),
             private_cache: Mutex::new(None),
         }
     }
@@ -98,35 +107,70 @@ impl ProcessBackend {
 
     /// For a task that opts into reuse, a worker a previous such task left
     /// (if one is still alive); else an idle fresh worker if one is ready,
-    /// else a new one. Then tops the pool up in the background.
+    /// else a new one. The caller tops the pool up with
+    /// [`ProcessBackend::refill_soon`] once its task is under way.
     async fn take_worker(self: &Arc<Self>, reuse: bool) -> Result<Worker> {
         let program = self.program()?.to_owned();
-        while reuse {
-            let kept = self
-                .reusable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
-            let Some(mut worker) = kept else { break };
-            // One that died while idle has been reaped by `try_wait`.
-            if matches!(worker.child.try_wait(), Ok(None)) {
-                return Ok(worker);
-            }
+        if reuse && let Some(worker) = self.take_reusable() {
+            return Ok(worker);
         }
         let ready = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let worker = match ready {
             Some(worker) => worker,
             None => start_worker(&program).await.map_err(Error::Internal)?,
         };
-        let backend = Arc::clone(self);
-        tokio::spawn(async move { backend.refill(&program).await });
         Ok(worker)
+    }
+
+    /// A kept worker that is still alive, if any. One that died while idle
+    /// is reaped by `try_wait` and dropped.
+    fn take_reusable(&self) -> Option<Worker> {
+        let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut worker) = kept.pop() {
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Some(worker);
+            }
+        }
+        None
+    }
+
+    /// Starts workers in the background until `prestart` are idle. Called
+    /// once a task's worker has started its guest: a new process starting
+    /// at the same time would compete with it for the CPU.
+    fn refill_soon(self: &Arc<Self>) {
+        let Ok(program) = self.program() else { return };
+        if self.prestart == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let program = program.to_owned();
+        let backend = Arc::clone(self);
+        tokio::spawn(async move {
+            backend.refill(&program).await;
+            backend.refilling.store(false, Ordering::Release);
+        });
     }
 
     async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
             match start_worker(program).await {
-                Ok(worker) => {
+                Ok(mut worker) => {
+                    if worker.writer.send(ToWorker::WarmUp.encode()).await.is_err() {
+                        continue;
+                    }
+                    let preload = self
+                        .last_program
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    if let Some(preload) = preload
+                        && worker
+                            .writer
+                            .send(ToWorker::Preload(Box::new(preload)).encode())
+                            .await
+                            .is_err()
+                    {
+                        continue;
+                    }
                     let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                     if idle.len() < self.prestart {
                         idle.push(worker);
@@ -330,14 +374,23 @@ pub(crate) async fn spawn(
     let queue = crate::channel::queue_capacity(limits.message_queue);
     let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
     let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
+    let program_id = protocol::ProgramId {
+        hash: program.inner.hash,
+        kind: program.wasm_kind(),
+    };
+    *backend
+        .last_program
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(protocol::Preload {
+        wasm: spec.wasm.clone(),
+        cache_dir: cache_dir.clone(),
+        program: program_id.clone(),
+    });
     let request = RunRequest {
         os_limits: os_limits(&spec),
         spec,
         cache_dir,
-        program: protocol::ProgramId {
-            hash: program.inner.hash,
-            kind: program.wasm_kind(),
-        },
+        program: program_id,
         entry,
     };
     let cancel = CancellationToken::new();
@@ -365,7 +418,8 @@ pub(crate) async fn spawn(
         reader,
         writer_task,
         stdin_task,
-        reuse: reuse.then_some(backend),
+        reuse: reuse.then(|| Arc::clone(&backend)),
+        refill: Some(backend),
         frames: frames_tx,
         messages: from_guest_tx,
         cancel: cancel.clone(),
@@ -455,6 +509,8 @@ struct Supervisor {
     stdin_task: Option<tokio::task::JoinHandle<()>>,
     /// Where the worker goes back if the task opted into reuse.
     reuse: Option<Arc<ProcessBackend>>,
+    /// The pool to top up once the guest has started.
+    refill: Option<Arc<ProcessBackend>>,
     frames: mpsc::Sender<ToWorker>,
     messages: mpsc::Sender<bytes::Bytes>,
     cancel: CancellationToken,
@@ -524,7 +580,12 @@ impl Supervisor {
                     None => break,
                     Some(Err(err)) => protocol_error = Some(format!("bad frame from worker: {err}")),
                     Some(Ok(frame)) => match FromWorker::decode(&frame) {
-                        Ok(FromWorker::Started) => started_at = Some(Instant::now()),
+                        Ok(FromWorker::Started) => {
+                            started_at = Some(Instant::now());
+                            if let Some(pool) = self.refill.take() {
+                                pool.refill_soon();
+                            }
+                        }
                         // Delivery waits for a slow reader (backpressure reaches
                         // the guest through the pipe) but never past a cancel
                         // or the timeout, which the next turn handles. Once the
@@ -569,6 +630,9 @@ impl Supervisor {
         }
         if let Some(stdin) = &self.stdin_task {
             stdin.abort();
+        }
+        if let Some(pool) = self.refill.take() {
+            pool.refill_soon();
         }
         let reusable = protocol_error.is_none()
             && stop.is_none()

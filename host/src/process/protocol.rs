@@ -51,6 +51,13 @@ pub(crate) enum ToWorker {
     /// The parent read the task's report and keeps the worker for another
     /// task: nothing more for the finished task follows.
     EndTask,
+    /// A program the worker's task will probably run (the last one the
+    /// parent ran in a process): an idle worker loads it ahead of time.
+    Preload(Box<Preload>),
+    /// The worker was started ahead of need: it runs a trivial task
+    /// through the whole task path while idle, so the real one finds code
+    /// paged in and lazy state set up.
+    WarmUp,
 }
 
 /// Worker → parent.
@@ -99,6 +106,14 @@ pub(crate) struct RunRequest {
     pub(crate) os_limits: OsLimits,
     /// The export to enter.
     pub(crate) entry: crate::task::Entry,
+}
+
+/// What a [`ToWorker::Preload`] names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Preload {
+    pub(crate) wasm: std::path::PathBuf,
+    pub(crate) cache_dir: std::path::PathBuf,
+    pub(crate) program: ProgramId,
 }
 
 /// A program by content: the SHA-256 of its Wasm bytes and its kind.
@@ -154,6 +169,8 @@ mod kind {
     pub(super) const MESSAGE_IN: u8 = 6;
     pub(super) const CLOSE_CHANNEL: u8 = 7;
     pub(super) const END_TASK: u8 = 8;
+    pub(super) const PRELOAD: u8 = 9;
+    pub(super) const WARM_UP: u8 = 10;
     pub(super) const STARTED: u8 = 16;
     pub(super) const STDOUT: u8 = 17;
     pub(super) const STDERR: u8 = 18;
@@ -214,6 +231,8 @@ impl ToWorker {
             ToWorker::Message(bytes) => frame_with(kind::MESSAGE_IN, bytes),
             ToWorker::CloseChannel => frame_with(kind::CLOSE_CHANNEL, &[]),
             ToWorker::EndTask => frame_with(kind::END_TASK, &[]),
+            ToWorker::Preload(preload) => json_frame(kind::PRELOAD, preload),
+            ToWorker::WarmUp => frame_with(kind::WARM_UP, &[]),
         }
     }
 
@@ -239,6 +258,11 @@ impl ToWorker {
             kind::END_TASK => {
                 expect_empty("end-task", body)?;
                 ToWorker::EndTask
+            }
+            kind::PRELOAD => ToWorker::Preload(Box::new(parse_json("preload", body)?)),
+            kind::WARM_UP => {
+                expect_empty("warm-up", body)?;
+                ToWorker::WarmUp
             }
             other => return Err(ProtocolError::UnknownKind(other)),
         })
@@ -327,6 +351,15 @@ mod tests {
         round_trip_to_worker(ToWorker::Message(Bytes::from_static(b"{\"job\":1}")));
         round_trip_to_worker(ToWorker::CloseChannel);
         round_trip_to_worker(ToWorker::EndTask);
+        round_trip_to_worker(ToWorker::WarmUp);
+        round_trip_to_worker(ToWorker::Preload(Box::new(Preload {
+            wasm: "/w/a.wasm".into(),
+            cache_dir: "/c".into(),
+            program: ProgramId {
+                hash: [1; 32],
+                kind: crate::program::WasmKind::Module,
+            },
+        })));
         round_trip_from_worker(FromWorker::Message(Bytes::from(vec![7u8; 1 << 20])));
         round_trip_from_worker(FromWorker::Started);
         round_trip_from_worker(FromWorker::Stdout(Bytes::from_static(b"out")));

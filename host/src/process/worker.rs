@@ -142,6 +142,22 @@ async fn serve() -> Result<(), String> {
     loop {
         let request = match next_frame(&mut reader).await? {
             Some(ToWorker::Run(request)) => request,
+            Some(ToWorker::Preload(preload)) => {
+                // Only a head start: if it fails, the task's own load
+                // reports why.
+                let cache = DiskCache::new(&preload.cache_dir, runner.engine());
+                let id = preload.program;
+                if let Ok(program) =
+                    load_known(&runner.inner, &preload.wasm, id.hash, id.kind, Some(&cache))
+                {
+                    task::instantiate_only(&runner.inner, &program).await;
+                }
+                continue;
+            }
+            Some(ToWorker::WarmUp) => {
+                warm_up(&runner).await;
+                continue;
+            }
             // The parent let us go (unused, or done reusing us).
             None => return Ok(()),
             Some(_) => return Err("expected a run frame".into()),
@@ -152,6 +168,37 @@ async fn serve() -> Result<(), String> {
             Some(rest) if reuse => reader = rest,
             _ => return Ok(()),
         }
+    }
+}
+
+/// The smallest WASI command: one page of memory and an empty `_start`.
+/// (`(module (memory (export "memory") 1) (func (export "_start")))`)
+const WARM_UP_MODULE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: () -> ()
+    0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+    0x05, 0x03, 0x01, 0x00, 0x01, // memories: min 1 page
+    0x07, 0x13, 0x02, // exports: two
+    0x06, b'm', b'e', b'm', b'o', b'r', b'y', 0x02, 0x00, // memory 0
+    0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // func 0
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
+];
+
+/// Runs a trivial task through the whole task path (instance, WASI
+/// context, channel, output, fiber, epoch ticker), so a pre-started
+/// worker's real task does not pay for first use: code paged in from the
+/// binary, lazily built runtime state. Failures only cost the head start.
+async fn warm_up(runner: &Runner) {
+    let Ok(program) =
+        crate::program::from_builtin_bytes(&runner.inner, "isola-warm-up", WARM_UP_MODULE)
+    else {
+        return;
+    };
+    let mut spec = crate::TaskSpec::new("isola-warm-up");
+    spec.stdout = Output::Discard;
+    spec.stderr = Output::Discard;
+    if let Ok(handle) = task::spawn(&runner.inner, &program, spec, SpawnExtras::default()).await {
+        handle.wait().await;
     }
 }
 
@@ -324,7 +371,10 @@ async fn read_parent(
                 }
             }
             Ok(Some(ToWorker::Cancel)) => canceller.cancel(),
-            Ok(Some(ToWorker::Hello(_) | ToWorker::Run(_))) | Err(_) => {
+            Ok(Some(
+                ToWorker::Hello(_) | ToWorker::Run(_) | ToWorker::Preload(_) | ToWorker::WarmUp,
+            ))
+            | Err(_) => {
                 // A confused parent: stop the task; the report still goes out.
                 canceller.cancel();
                 return None;

@@ -53,9 +53,24 @@ impl System {
     }
 }
 
-/// Time for a pre-started worker to be replaced before the next sample, so
-/// every sample finds one ready (a worker starts in a few milliseconds).
-const REFILL_PAUSE: Duration = Duration::from_millis(40);
+/// Time for the pool of pre-started workers to fill up before a series (a
+/// worker starts, warms up and preloads in a few milliseconds). Samples
+/// then run back to back, like every other row: a pause before each would
+/// measure the machine waking from idle (about 0.5 ms on this VM, for a
+/// reused worker too) rather than Isola.
+const POOL_FILL_PAUSE: Duration = Duration::from_millis(500);
+
+/// Between two pre-started samples: time for the pool to replace the
+/// worker the last one took (start, warm-up, preload), spent spinning so
+/// that the CPUs do not go idle.
+const REFILL_WAIT: Duration = Duration::from_millis(30);
+
+fn spin_for(time: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
     let rounds = ctx.scale(6, 2);
@@ -70,7 +85,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         ..RunnerConfig::default()
     })?;
     let warm_runner = ctx.runner(RunnerConfig {
-        prestarted_workers: 1,
+        prestarted_workers: process_n,
         ..RunnerConfig::default()
     })?;
     let module = load(&thread_runner, &ctx.guest_p1("echo")).await?;
@@ -135,8 +150,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                         (&warm_runner, &warm_module)
                     };
                     let mut v = Vec::with_capacity(process_n);
+                    tokio::time::sleep(POOL_FILL_PAUSE).await;
                     for _ in 0..process_n {
-                        tokio::time::sleep(REFILL_PAUSE).await;
+                        if system == System::ProcessWarm {
+                            // The pool tops itself up after each task; let
+                            // that finish without the machine going idle.
+                            spin_for(REFILL_WAIT);
+                        }
                         let (t, h) = start_echo(runner, program, Isolation::Process).await?;
                         v.push(micros(t));
                         finish_echo(h).await?;
