@@ -56,6 +56,9 @@ pub(crate) struct ChannelState {
     max_message_size: u64,
     max_messages: Option<u64>,
     posted: u64,
+    /// Paused while the guest waits for a message, so an idle task costs
+    /// no epoch ticks.
+    pub(crate) ticker: Option<crate::runner::TickerHandle>,
 }
 
 impl ChannelState {
@@ -75,6 +78,7 @@ impl ChannelState {
             max_message_size: max_message_size.as_u64(),
             max_messages,
             posted: 0,
+            ticker: None,
         }
     }
 
@@ -159,7 +163,14 @@ impl ChannelState {
 
     async fn recv(&mut self) -> Option<Bytes> {
         let inbox = self.inbox.as_mut()?;
-        let message = inbox.recv().await;
+        let message = match inbox.try_recv() {
+            Ok(message) => Some(message),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let _idle = self.ticker.as_ref().map(|t| t.pause());
+                inbox.recv().await
+            }
+        };
         if message.is_none() {
             self.inbox = None;
         }

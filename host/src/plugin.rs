@@ -19,7 +19,7 @@ use crate::channel::bindings::Plugin;
 use crate::error::{Error, Result};
 use crate::outcome::{Limit, Outcome, TaskMetrics, TaskReport};
 use crate::program::{CORE_PLUGIN_EXPORT, Program, ProgramKind};
-use crate::runner::{CallError, RunnerInner, TickerGuard};
+use crate::runner::{CallError, RunnerInner, TickerHandle};
 use crate::spec::{Limits, TaskSpec};
 use crate::state::{MemoryLimiter, TaskState};
 
@@ -35,7 +35,7 @@ pub struct PluginInstance {
     limits: Limits,
     program: Program,
     broken: Option<Outcome>,
-    _ticking: Option<TickerGuard>,
+    ticker: Option<TickerHandle>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -70,6 +70,9 @@ pub(crate) async fn instantiate(
     let mut state = TaskState::inert();
     state.wasi = wasi;
     state.limiter = MemoryLimiter::new(spec.limits.max_memory.as_u64());
+    let ticker = runner.ticker.handle();
+    // Instantiation may run a `start` function: tick while it does.
+    let ticking = ticker.clone().map(|t| t.activate());
     let mut store = Store::new(&runner.engine, state);
     store.limiter(|s| &mut s.limiter);
     let _ = store.set_fuel(u64::MAX);
@@ -90,13 +93,14 @@ pub(crate) async fn instantiate(
         } => Entry::Component(pre.instantiate_async(&mut store).await.map_err(failed)?),
         _ => return Err(Error::Internal("not a plugin".into())),
     };
+    drop(ticking);
     Ok(PluginInstance {
         store,
         entry,
         limits: spec.limits,
         program,
         broken: None,
-        _ticking: runner.ticker.activate(),
+        ticker,
         _slot: slot,
     })
 }
@@ -131,6 +135,9 @@ impl PluginInstance {
             .channel
             .set_input(Some(Bytes::from(input.clone())));
         let started = Instant::now();
+        // Epochs tick only while a call runs: an instance between calls
+        // costs nothing.
+        let _ticking = self.ticker.clone().map(|t| t.activate());
         let call = async {
             match &self.entry {
                 Entry::Core(run) => {

@@ -191,7 +191,9 @@ pub(crate) async fn load_with_cache(
     // A file unchanged since it was last loaded (same device, inode, size
     // and modification time) is not read and hashed again: spawning many
     // tasks of one file by path stays cheap.
-    let stamp = FileStamp::of(&tokio::fs::metadata(path).await.map_err(read_error)?);
+    // A plain `stat` on this thread: tokio's would hand it to the blocking
+    // pool, costing more than the call itself on this hot path.
+    let stamp = FileStamp::of(&std::fs::metadata(path).map_err(read_error)?);
     if let Some(program) = runner
         .known_file(path, &stamp)
         .and_then(|hash| runner.cached_program(&hash))

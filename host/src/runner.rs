@@ -67,6 +67,18 @@ pub struct RunnerConfig {
     /// [`crate::TaskSpec::reuse_worker`], ready for the next such task.
     /// By default 4.
     pub reused_workers_kept: usize,
+    /// Address space reserved for each linear memory, and so the most one
+    /// can grow to ([`RunnerConfig::max_memory_per_task`] is capped at it).
+    /// By default (`None`) wasmtime's 4 GiB plus guard, which lets compiled
+    /// code skip bounds checks. A smaller reservation (say 64 MiB) lets a
+    /// runner hold far more live tasks before the address space runs out,
+    /// at the price of explicit bounds checks (roughly 10-20% on
+    /// memory-heavy guests).
+    pub memory_reservation: Option<u64>,
+    /// Linear memories each task slot has room for. By default 2 (a
+    /// component can have more than one); 1 halves the address space and
+    /// memory mappings a slot needs, for runners of many small modules.
+    pub memories_per_task: u32,
     /// Most memory all shared memory groups together may grow to (the sum
     /// of their maximums). Shared memories are outside the per-task memory
     /// limit, so they get a budget of their own. By default 4 GiB.
@@ -84,6 +96,8 @@ impl Default for RunnerConfig {
             worker_program: None,
             prestarted_workers: 2,
             reused_workers_kept: 4,
+            memory_reservation: None,
+            memories_per_task: 2,
             shared_memory_budget: 4 << 30,
         }
     }
@@ -181,6 +195,14 @@ pub(crate) struct RunnerInner {
 /// coordinator keeps an instance running beside the task slots.
 const MAX_GROUPS: u32 = 16;
 
+/// Bytes of a freed linear memory zeroed in place rather than given back to
+/// the kernel (see `engine_config`): enough for a small guest's stack, data
+/// and heap. Bounded in total by wasmtime's warm-slot count.
+const KEEP_RESIDENT_PER_MEMORY: usize = 2 << 20;
+
+/// As [`KEEP_RESIDENT_PER_MEMORY`], for tables.
+const KEEP_RESIDENT_PER_TABLE: usize = 64 << 10;
+
 /// Most programs a runner keeps loaded; past it the cache starts over. A
 /// runner rarely sees this many distinct programs; the bound keeps a
 /// long-lived one from growing without limit.
@@ -203,12 +225,27 @@ impl Runner {
     ///
     /// Fails on a config that cannot work (zero slots, zero tick) or if the
     /// engine cannot be created.
-    pub fn with_config(config: RunnerConfig) -> Result<Runner> {
+    pub fn with_config(mut config: RunnerConfig) -> Result<Runner> {
         if config.max_live_tasks == 0 {
             return Err(Error::InvalidSpec {
                 field: "max_live_tasks".into(),
                 message: "must be at least 1".into(),
             });
+        }
+        if config.memories_per_task == 0 {
+            return Err(Error::InvalidSpec {
+                field: "memories_per_task".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if config.memory_reservation.is_some_and(|r| r < 64 << 10) {
+            return Err(Error::InvalidSpec {
+                field: "memory_reservation".into(),
+                message: "must be at least one Wasm page (64 KiB)".into(),
+            });
+        }
+        if let Some(reservation) = config.memory_reservation {
+            config.max_memory_per_task = config.max_memory_per_task.min(reservation);
         }
         if config.epoch_tick.is_zero() {
             return Err(Error::InvalidSpec {
@@ -651,6 +688,13 @@ fn engine_config(config: &RunnerConfig) -> Config {
     // Shared memory groups (the threads proposal). Tier 2 in wasmtime.
     c.wasm_threads(true);
     c.shared_memory(true);
+    if let Some(reservation) = config.memory_reservation {
+        c.memory_reservation(reservation);
+        // Small reservations are for many small tasks: keep the guard in
+        // proportion (it is address space, never memory).
+        c.memory_guard_size(reservation.min(32 << 20));
+        c.memory_reservation_for_growth(0);
+    }
 
     let slots = u32::try_from(config.max_live_tasks).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();
@@ -658,11 +702,19 @@ fn engine_config(config: &RunnerConfig) -> Config {
     // (the program, the WASI adapter and small shims); budget for that.
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(4))
-        .total_memories(slots.saturating_mul(2))
+        .total_memories(slots.saturating_mul(config.memories_per_task))
         .total_tables(slots.saturating_mul(4))
         // Each group's coordinator holds a fiber stack outside the task slots.
         .total_stacks(slots.saturating_add(MAX_GROUPS))
-        .max_memory_size(usize::try_from(config.max_memory_per_task).unwrap_or(usize::MAX));
+        .max_memory_size(usize::try_from(config.max_memory_per_task).unwrap_or(usize::MAX))
+        // A freed slot is reset to zero for the next instance. By default
+        // that is an `madvise` of the whole memory, and the next instance
+        // faults every page back in: about 40% of a short task's cost. With
+        // PAGEMAP_SCAN (Linux 6.7+) the pages it actually touched, up to
+        // this much, are zeroed in place and stay resident instead.
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_PER_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_PER_TABLE);
     if config.instance_pool {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
@@ -679,10 +731,24 @@ pub(crate) struct EpochTicker {
 struct TickerShared {
     running: AtomicUsize,
     stop: AtomicBool,
+    /// Epochs advanced so far.
+    ticks: AtomicU64,
 }
 
 /// Keeps the ticker going while alive: one per running task.
 pub(crate) struct TickerGuard {
+    ticker: TickerHandle,
+}
+
+/// Lets the ticker stop while alive: a task waiting in a host call (for a
+/// message) runs no Wasm, so it needs no epoch to interrupt it.
+pub(crate) struct TickerPause {
+    ticker: TickerHandle,
+}
+
+/// A task's link to its runner's ticker.
+#[derive(Clone)]
+pub(crate) struct TickerHandle {
     shared: Arc<TickerShared>,
     thread: std::thread::Thread,
 }
@@ -692,6 +758,7 @@ impl EpochTicker {
         let shared = Arc::new(TickerShared {
             running: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -704,6 +771,7 @@ impl EpochTicker {
                     }
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    thread_shared.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .ok();
@@ -715,23 +783,59 @@ impl EpochTicker {
         EpochTicker { shared, thread }
     }
 
-    pub(crate) fn activate(&self) -> Option<TickerGuard> {
-        let thread = self.thread.as_ref()?.thread().clone();
-        if self.shared.running.fetch_add(1, Ordering::AcqRel) == 0 {
-            thread.unpark();
-        }
-        Some(TickerGuard {
+    /// Epochs advanced so far.
+    #[cfg(test)]
+    fn ticks(&self) -> u64 {
+        self.shared.ticks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn handle(&self) -> Option<TickerHandle> {
+        Some(TickerHandle {
             shared: Arc::clone(&self.shared),
-            thread,
+            thread: self.thread.as_ref()?.thread().clone(),
         })
+    }
+
+    pub(crate) fn activate(&self) -> Option<TickerGuard> {
+        Some(self.handle()?.activate())
+    }
+}
+
+impl TickerHandle {
+    fn up(&self) {
+        if self.shared.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.thread.unpark();
+        }
+    }
+
+    fn down(&self) {
+        // No unpark: the ticker notices on its next tick and parks.
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn activate(self) -> TickerGuard {
+        self.up();
+        TickerGuard { ticker: self }
+    }
+
+    /// Only while the task holds a [`TickerGuard`].
+    pub(crate) fn pause(&self) -> TickerPause {
+        self.down();
+        TickerPause {
+            ticker: self.clone(),
+        }
     }
 }
 
 impl Drop for TickerGuard {
     fn drop(&mut self) {
-        self.shared.running.fetch_sub(1, Ordering::AcqRel);
-        // No unpark: the ticker notices on its next tick and parks.
-        let _ = &self.thread;
+        self.ticker.down();
+    }
+}
+
+impl Drop for TickerPause {
+    fn drop(&mut self) {
+        self.ticker.up();
     }
 }
 
@@ -742,5 +846,50 @@ impl Drop for EpochTicker {
             thread.thread().unpark();
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Epochs `ticker` advanced within `wait`.
+    fn ticks_during(ticker: &EpochTicker, wait: Duration) -> u64 {
+        let before = ticker.ticks();
+        std::thread::sleep(wait);
+        ticker.ticks() - before
+    }
+
+    #[test]
+    fn the_ticker_runs_only_while_a_task_runs_wasm() {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).expect("engine");
+        let ticker = EpochTicker::start(engine.clone(), Duration::from_millis(1));
+        let wait = Duration::from_millis(100);
+        let handle = ticker.handle().expect("ticker thread");
+
+        assert_eq!(ticks_during(&ticker, wait), 0, "idle: no ticks");
+        let running = handle.clone().activate();
+        assert!(
+            ticks_during(&ticker, wait) > 10,
+            "a running task gets ticks"
+        );
+        let waiting = handle.pause();
+        // The ticker parks at its next tick.
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(
+            ticks_during(&ticker, wait),
+            0,
+            "a waiting task costs no ticks"
+        );
+        drop(waiting);
+        assert!(
+            ticks_during(&ticker, wait) > 10,
+            "ticks resume after the wait"
+        );
+        drop(running);
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(ticks_during(&ticker, wait), 0, "idle again");
     }
 }

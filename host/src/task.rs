@@ -593,15 +593,18 @@ enum End {
 
 impl Job {
     async fn run(mut self) -> TaskReport {
-        let _ticking = self.runner.ticker.activate();
+        let ticker = self.runner.ticker.handle();
+        let _ticking = ticker.clone().map(|t| t.activate());
+        // A `Job` is built with its channel and runs once.
+        let mut channel = self.channel.take().unwrap_or_else(ChannelState::closed);
+        channel.ticker = ticker;
         let mut store = Store::new(
             &self.runner.engine,
             TaskState {
                 wasi: self.prepared.wasi.build_p1(),
                 limiter: MemoryLimiter::new(self.limits.max_memory.as_u64())
                     .with_os_limit(self.os_memory_limit),
-                // A `Job` is built with its channel and runs once.
-                channel: self.channel.take().unwrap_or_else(ChannelState::closed),
+                channel,
                 group: None,
             },
         );

@@ -273,3 +273,70 @@ async fn many_tasks(isolation: isola::Isolation) {
         assert_eq!(report.stdout.text(), format!("{i}\n"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_for_many_small_tasks_caps_their_memory_at_its_reservation() {
+    let runner = isola::Runner::with_config(isola::RunnerConfig {
+        max_live_tasks: 8,
+        memory_reservation: Some(64 << 20),
+        memories_per_task: 1,
+        cache_dir: isola::CacheDir::Path(isola_tests::shared_cache()),
+        ..isola::RunnerConfig::default()
+    })
+    .expect("runner");
+    let hello = guest("hello", GuestKind::Module);
+
+    let mut small = TaskSpec::new(&hello);
+    small.limits.max_memory = isola::ByteSize::mib(64);
+    let report = runner.run(small).await.expect("run");
+    assert_exit(&report, 0);
+    assert_eq!(report.stdout.text(), "Hello from Isola!\n");
+
+    // The default 1 GiB cannot fit in a 64 MiB reservation: said, by field.
+    match runner.spawn(TaskSpec::new(&hello)).await {
+        Err(isola::Error::InvalidSpec { field, message }) => {
+            assert_eq!(field, "limits.max_memory");
+            assert!(message.contains("64.0 MiB"), "{message}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a 1 GiB task in a 64 MiB reservation"),
+    }
+
+    // A guest growing past the reservation is stopped by its limit.
+    let mut grower = TaskSpec::new(guest("hostile", GuestKind::Module));
+    grower.args = vec!["grow-bomb".into()];
+    grower.limits.max_memory = isola::ByteSize::mib(64);
+    grower.stderr = Output::Discard;
+    let report = runner.run(grower).await.expect("run");
+    assert_eq!(
+        report.outcome,
+        Outcome::LimitExceeded {
+            limit: isola::Limit::Memory {
+                max: isola::ByteSize::mib(64)
+            }
+        }
+    );
+
+    for (field, config) in [
+        (
+            "memories_per_task",
+            isola::RunnerConfig {
+                memories_per_task: 0,
+                ..isola::RunnerConfig::default()
+            },
+        ),
+        (
+            "memory_reservation",
+            isola::RunnerConfig {
+                memory_reservation: Some(4096),
+                ..isola::RunnerConfig::default()
+            },
+        ),
+    ] {
+        match isola::Runner::with_config(config) {
+            Err(isola::Error::InvalidSpec { field: f, .. }) => assert_eq!(f, field),
+            Err(other) => panic!("{field}: wrong error: {other}"),
+            Ok(_) => panic!("{field}: an impossible runner was made"),
+        }
+    }
+}

@@ -399,3 +399,33 @@ async fn a_kept_plugin_instance_keeps_its_state() {
         ));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_waited_for_a_message_is_still_stopped_by_its_timeout() {
+    // While a guest waits for a message the runner's epoch ticker may stop
+    // (it runs no Wasm); once a message wakes it, ticking must resume, or a
+    // guest spinning after that could never be interrupted.
+    for t in targets() {
+        let mut spec = t.spec("hostile");
+        spec.args = vec!["wait-then-loop".into()];
+        spec.limits.timeout = Some(Duration::from_millis(400));
+        let runner = runner();
+        let handle = runner.spawn(spec).await.expect("spawn");
+        // Long enough for the guest to be waiting, alone, with the ticker idle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let sender = handle.sender().expect("sender");
+        sender.send(&b"go"[..]).await.expect("send");
+        let report = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{t:?}: the spinning guest was never interrupted"));
+        assert_eq!(
+            report.outcome,
+            Outcome::LimitExceeded {
+                limit: Limit::Timeout {
+                    after: Duration::from_millis(400)
+                }
+            },
+            "{t:?}"
+        );
+    }
+}

@@ -241,13 +241,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         Figure::new(5, IDLE_CPU, "Isola thread", Unit::Micros)
             .samples(series.take("thread cpu"))
             .runs(thread_runs.clone())
-            .note("the runner's one epoch thread ticks while any task is alive"),
+            .note("a task waiting for a message pauses the runner's epoch ticker"),
     );
     figures.push(
         Figure::new(5, IDLE_CPU, "Isola process", Unit::Micros)
             .samples(series.take("process cpu"))
             .runs(process_runs.clone())
-            .note("each worker's epoch thread ticks every 1 ms while its guest waits"),
+            .note("likewise in the worker: nothing ticks while its guest waits"),
     );
     let mut overhead = Figure::new(5, OVERHEAD, "Isola thread", Unit::Bytes)
         .samples(series.take("thread overhead"))

@@ -23,7 +23,8 @@ usage: hostile MODE [ARG]
   exit N         exit with code N
   sleep MS       sleep MS milliseconds, print `woke`, exit 0
   post-flood N   post numbered messages of N bytes to the host, forever
-  huge-post MIB  post one message of MIB MiB";
+  huge-post MIB  post one message of MIB MiB
+  wait-then-loop wait for one message from the host, then spin forever";
 
 const MIB: usize = 1024 * 1024;
 
@@ -33,6 +34,10 @@ fn main() -> ExitCode {
 
     match args.as_slice() {
         ["loop"] => spin(),
+        ["wait-then-loop"] => {
+            let _ = isola_guest::recv();
+            spin()
+        }
         ["tiny-writes"] => tiny_writes(),
         ["alloc-bomb"] => alloc_bomb(),
         ["grow-bomb"] => grow_bomb(),
