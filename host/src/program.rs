@@ -201,7 +201,16 @@ pub(crate) async fn load_with_cache(
         runner.stats.record_memory_hit();
         return Ok(program);
     }
-    let bytes = tokio::fs::read(path).await.map_err(|source| Error::Read {
+    // A small file is read, hashed and (if precompiled) mapped right here:
+    // a trip to the blocking pool costs more than that work. Anything that
+    // may take milliseconds (a big file, compiling) goes to the pool.
+    let small = stamp.len <= INLINE_LOAD_MAX;
+    let bytes = if small {
+        std::fs::read(path)
+    } else {
+        tokio::fs::read(path).await
+    }
+    .map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?;
@@ -212,6 +221,11 @@ pub(crate) async fn load_with_cache(
     runner.remember_file(path, stamp, hash);
     if let Some(program) = runner.cached_program(&hash) {
         runner.stats.record_memory_hit();
+        return Ok(program);
+    }
+    if small && cache.is_some_and(|c| c.contains(&hash, kind.as_str())) {
+        let program = build(runner, cache, path, kind, hash, Some(&bytes))?;
+        runner.remember_program(hash, program.clone());
         return Ok(program);
     }
     // Compiling and even deserializing take milliseconds to seconds: keep them
@@ -227,6 +241,11 @@ pub(crate) async fn load_with_cache(
     runner.remember_program(hash, program.clone());
     Ok(program)
 }
+
+/// Largest Wasm file loaded without the blocking pool (when its artifact
+/// is cached): reading, hashing and mapping it take well under a
+/// millisecond.
+const INLINE_LOAD_MAX: u64 = 1 << 20;
 
 /// Loads a program whose content hash and kind are already known (a worker
 /// is told them by its parent), on the calling thread: from memory or the
@@ -323,8 +342,8 @@ fn build(
                     module
                 }
             };
-            check_module_imports(runner, path, &module)?;
             if imports_shared_memory(&module) {
+                check_module_imports(runner, path, &module)?;
                 return Ok(Program {
                     inner: Arc::new(ProgramInner {
                         path: path.to_owned(),
@@ -332,6 +351,12 @@ fn build(
                         kind: ProgramKind::Shared { module },
                     }),
                 });
+            }
+            // Linking succeeds for the modules that will run; only a failure
+            // needs the slower check that names the missing import.
+            let linked = runner.module_linker.instantiate_pre(&module);
+            if linked.is_err() {
+                check_module_imports(runner, path, &module)?;
             }
             let command = exports_func(&module, "_start", 0, 0);
             let plugin = exports_func(&module, CORE_PLUGIN_EXPORT, 0, 1);
@@ -344,10 +369,7 @@ fn build(
                     ),
                 });
             }
-            let pre = runner
-                .module_linker
-                .instantiate_pre(&module)
-                .map_err(invalid)?;
+            let pre = linked.map_err(invalid)?;
             ProgramKind::Module {
                 pre,
                 command,
@@ -377,7 +399,7 @@ fn build(
                 detail: format!("{err:#}"),
             };
             let pre = runner
-                .component_linker
+                .component_linker()?
                 .instantiate_pre(&component)
                 .map_err(unsupported)?;
             let command = CommandPre::new(pre.clone()).ok();
@@ -415,7 +437,7 @@ fn check_module_imports(runner: &RunnerInner, path: &Path, module: &Module) -> R
             continue;
         }
         let provided = runner
-            .provided_imports
+            .provided_imports()
             .contains(&(import.module().to_owned(), import.name().to_owned()));
         if !provided {
             return Err(Error::UnknownImport {

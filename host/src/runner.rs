@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -175,9 +175,12 @@ pub(crate) struct RunnerInner {
     pub(crate) engine: Engine,
     pub(crate) config: RunnerConfig,
     pub(crate) module_linker: wasmtime::Linker<TaskState>,
-    pub(crate) component_linker: wasmtime::component::Linker<TaskState>,
+    /// Built on first use: a runner of modules never needs it.
+    component_linker: OnceLock<std::result::Result<wasmtime::component::Linker<TaskState>, String>>,
     /// Every `(module, name)` the core-module linker defines.
-    pub(crate) provided_imports: HashSet<(String, String)>,
+    /// What the module linker defines, listed on first need (an error
+    /// naming a missing import).
+    provided_imports: OnceLock<HashSet<(String, String)>>,
     pub(crate) disk_cache: Option<DiskCache>,
     programs: Mutex<HashMap<ContentHash, Program>>,
     /// Content hashes of files already read, by path and stamp.
@@ -196,9 +199,10 @@ pub(crate) struct RunnerInner {
 const MAX_GROUPS: u32 = 16;
 
 /// Bytes of a freed linear memory zeroed in place rather than given back to
-/// the kernel (see `engine_config`): enough for a small guest's stack, data
-/// and heap. Bounded in total by wasmtime's warm-slot count.
-const KEEP_RESIDENT_PER_MEMORY: usize = 2 << 20;
+/// the kernel (see `engine_config`): what a small guest touches (its stack
+/// top, data and a little heap). Each slot that has run a task keeps at
+/// most this much resident; more would show as RSS growth in the soak.
+const KEEP_RESIDENT_PER_MEMORY: usize = 512 << 10;
 
 /// As [`KEEP_RESIDENT_PER_MEMORY`], for tables.
 const KEEP_RESIDENT_PER_TABLE: usize = 64 << 10;
@@ -272,20 +276,6 @@ impl Runner {
         module_linker.allow_shadowing(false);
         crate::channel::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         crate::group::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
-        let mut component_linker = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::internal)?;
-        crate::channel::add_to_component_linker(&mut component_linker).map_err(Error::internal)?;
-
-        let provided_imports = {
-            // Listing a linker's definitions needs a store; this one is never
-            // used to run anything.
-            let mut store = Store::new(&engine, TaskState::inert());
-            module_linker
-                .iter(&mut store)
-                .map(|(module, name, _)| (module.to_owned(), name.to_owned()))
-                .collect()
-        };
-
         let disk_cache = match &config.cache_dir {
             CacheDir::Default => {
                 DiskCache::default_root().map(|root| DiskCache::new(&root, &engine))
@@ -306,8 +296,8 @@ impl Runner {
                 engine,
                 config,
                 module_linker,
-                component_linker,
-                provided_imports,
+                component_linker: OnceLock::new(),
+                provided_imports: OnceLock::new(),
                 disk_cache,
                 programs: Mutex::new(HashMap::new()),
                 files: Mutex::new(HashMap::new()),
@@ -582,6 +572,32 @@ impl RunnerInner {
 
     /// Deserializes the disk artifact for `hash`, if there is a sound one.
     /// An artifact wasmtime rejects is treated as a miss.
+    /// The linker for components, built on first use.
+    pub(crate) fn component_linker(&self) -> Result<&wasmtime::component::Linker<TaskState>> {
+        self.component_linker
+            .get_or_init(|| {
+                let mut linker = wasmtime::component::Linker::new(&self.engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
+                crate::channel::add_to_component_linker(&mut linker).map_err(|e| e.to_string())?;
+                Ok(linker)
+            })
+            .as_ref()
+            .map_err(|e| Error::Internal(format!("cannot set up the component linker: {e}")))
+    }
+
+    /// The `(module, name)` pairs the module linker defines.
+    pub(crate) fn provided_imports(&self) -> &HashSet<(String, String)> {
+        self.provided_imports.get_or_init(|| {
+            // Listing a linker's definitions needs a store; this one is never
+            // used to run anything.
+            let mut store = Store::new(&self.engine, TaskState::inert());
+            self.module_linker
+                .iter(&mut store)
+                .map(|(module, name, _)| (module.to_owned(), name.to_owned()))
+                .collect()
+        })
+    }
+
     pub(crate) fn cached_artifact<T>(
         &self,
         cache: Option<&DiskCache>,
@@ -843,8 +859,10 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            // Not joined: the thread may be inside a tick's sleep, and a
+            // short-lived runner (a one-shot CLI run) would wait that out.
+            // It sees `stop` when it wakes and exits on its own.
             thread.thread().unpark();
-            let _ = thread.join();
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use isola::{ByteSize, Isolation, Limit, Outcome, Output, RunnerConfig, TaskSpec};
+use isola_tests::procs::open_fds;
 use isola_tests::{GuestKind, Target, isola_bin, runner, shared_cache};
 
 fn process(name: &str) -> TaskSpec {
@@ -137,12 +138,6 @@ fn zombie_children() -> Vec<u32> {
         }
     }
     zombies
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

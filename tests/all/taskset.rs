@@ -608,36 +608,75 @@ async fn never_more_than_jobs_tasks_run_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crashed_process_tasks_are_restarted_up_to_their_limit() {
-    // A worker process cannot even start under a 1 MiB data limit: every
-    // attempt crashes.
+    // Every worker that starts is killed from outside (SIGKILL), as a
+    // crash would end it: each attempt crashes.
     let source = r#"
 [[task]]
 name = "crashy"
-wasm = '{hello}'
+wasm = '{hostile}'
+args = ["sleep", "60000"]
 isolation = "process"
 restart = "on-crash"
 max_restarts = 2
-limits = { process_memory = "1MiB" }
 
 [[task]]
 name = "once"
-wasm = '{hello}'
+wasm = '{hostile}'
+args = ["sleep", "60000"]
 isolation = "process"
-limits = { process_memory = "1MiB" }
-
-[[task]]
-name = "fine"
-wasm = '{hello}'
-isolation = "process"
-restart = "on-crash"
 "#;
-    let (_dir, set) = load(source);
+    let (dir, set) = load(source);
     let log = Log::default();
-    let report = run_set(&set, 3, &log).await;
+    // This runner's workers run under a name of their own, so that only
+    // they are killed (other tests run in this process too).
+    let worker = dir.path().join("crashing-worker");
+    std::os::unix::fs::symlink(isola_bin(), &worker).expect("symlink");
+    let runner = isola::Runner::with_config(isola::RunnerConfig {
+        prestarted_workers: 0,
+        worker_program: Some(worker.clone()),
+        cache_dir: isola::CacheDir::Path(isola_tests::shared_cache()),
+        ..isola::RunnerConfig::default()
+    })
+    .expect("runner");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let done = std::sync::Arc::clone(&done);
+        let worker = worker.clone();
+        std::thread::spawn(move || {
+            // Killed once it has run a while: by then its task has started
+            // (a kill during the handshake would be a start failure).
+            let mut seen = std::collections::HashMap::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                for pid in isola_tests::procs::children_of(std::process::id()) {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+                    let first_seen = *seen.entry(pid).or_insert_with(std::time::Instant::now);
+                    if program == worker.as_os_str().as_encoded_bytes()
+                        && first_seen.elapsed() > Duration::from_millis(300)
+                    {
+                        let _ = isola_tests::procs::send_signal(pid, 9);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let scheduler = Scheduler::new(runner).jobs(3).sink(log.sink());
+    let report = tokio::time::timeout(Duration::from_secs(120), scheduler.run(&set))
+        .await
+        .expect("the set finishes");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    killer.join().expect("killer thread");
 
     let crashy = record(&report, "crashy");
     assert!(
-        matches!(crashy.outcome, Some(Outcome::Crashed { .. })),
+        matches!(
+            crashy.outcome,
+            Some(Outcome::Crashed {
+                signal: Some(9),
+                ..
+            })
+        ),
         "{crashy:#?}"
     );
     assert_eq!(crashy.status, TaskStatus::Failed);
@@ -669,9 +708,46 @@ restart = "on-crash"
     assert_eq!(once.attempts, 1, "restart = \"never\" by default");
     assert!(once.crashes.is_empty());
 
+    // Only crashes restart: a process task that succeeds runs once.
+    let (_dir, set) = load(
+        r#"
+[[task]]
+name = "fine"
+wasm = '{hello}'
+isolation = "process"
+restart = "on-crash"
+"#,
+    );
+    let report = run_set(&set, 1, &Log::default()).await;
     let fine = record(&report, "fine");
     assert_eq!(fine.status, TaskStatus::Succeeded);
-    assert_eq!(fine.attempts, 1, "only crashes restart");
+    assert_eq!(fine.attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_memory_limit_too_small_to_start_is_reported_as_that_limit() {
+    let (_dir, set) = load(
+        r#"
+[[task]]
+name = "tiny"
+wasm = '{hello}'
+isolation = "process"
+restart = "on-crash"
+limits = { process_memory = "1MiB" }
+"#,
+    );
+    let report = run_set(&set, 1, &Log::default()).await;
+    let tiny = record(&report, "tiny");
+    match &tiny.outcome {
+        Some(Outcome::LimitExceeded {
+            limit: Limit::ProcessMemory { max },
+        }) => assert_eq!(*max, isola::ByteSize::mib(1)),
+        // The worker's own allocations can fail first; then it aborts.
+        Some(Outcome::Crashed {
+            signal: Some(6), ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Resolves when `log` shows every task in `names` started.
@@ -1010,7 +1086,7 @@ fn check_validates_without_running() {
     assert_eq!(
         lines[1],
         format!(
-            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `depends_on` or `shared_memory`",
+            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `reuse_worker`, `depends_on` or `shared_memory`",
             path.display()
         )
     );

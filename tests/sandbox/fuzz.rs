@@ -549,7 +549,7 @@ fn kind_frame(kind: u8, body: &[u8]) -> Vec<u8> {
 
 /// The worker's answer to the handshake, as the real worker writes it.
 fn hello_frame() -> Vec<u8> {
-    kind_frame(1, br#"{"magic":"isola-ipc","version":1,"pid":4242}"#)
+    kind_frame(1, br#"{"magic":"isola-ipc","version":2,"pid":4242}"#)
 }
 
 /// A size that survives the JSON of the IPC frames: whole MiB below 1,000
@@ -757,9 +757,14 @@ async fn fuzz_frames_from_a_hostile_worker() {
 fn run_request(u: &mut Unstructured, wasm: &Path) -> AResult<Vec<u8>> {
     let mut spec = TaskSpec::new(wasm);
     spec.args = vec![u.arbitrary()?];
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(
+        std::fs::read(wasm).expect("read the guest"),
+    ));
     let mut request = serde_json::json!({
         "spec": spec,
         "cache_dir": shared_cache(),
+        "program": { "hash": hash, "kind": "module" },
         "os_limits": {
             "data_bytes": 2u64 << 30,
             "address_space_bytes": 80u64 << 30,
@@ -770,7 +775,7 @@ fn run_request(u: &mut Unstructured, wasm: &Path) -> AResult<Vec<u8>> {
     });
     // Change one field to a random value of a random type.
     if u.arbitrary()? {
-        let fields = ["spec", "cache_dir", "os_limits", "entry"];
+        let fields = ["spec", "cache_dir", "program", "os_limits", "entry"];
         let field = *u.choose(&fields)?;
         request[field] = match u.int_in_range(0..=3)? {
             0 => serde_json::Value::Null,
@@ -793,7 +798,7 @@ fn fuzz_frames_from_a_hostile_parent() {
     let wasm = guest("hello", GuestKind::Module);
     // Relative paths in a random run frame land here, not in the repo.
     let cwd = tempfile::tempdir().expect("tempdir");
-    let parent_hello = kind_frame(1, br#"{"magic":"isola-ipc","version":1,"pid":1}"#);
+    let parent_hello = kind_frame(1, br#"{"magic":"isola-ipc","version":2,"pid":1}"#);
     let mut fuzz = Fuzz::new("frames from a parent", 1.0, 10);
     while let Some(bytes) = fuzz.next_case(1024) {
         let mut u = Unstructured::new(&bytes);

@@ -64,7 +64,10 @@ type Writer = FramedWrite<ChildStdin, LengthDelimitedCodec>;
 
 /// The process backend of a runner: the worker binary and idle workers.
 pub(crate) struct ProcessBackend {
-    program: std::result::Result<PathBuf, String>,
+    /// Configured, or looked up on first use (most runners never start a
+    /// worker, and the lookup costs a few system calls).
+    configured_program: Option<PathBuf>,
+    program: std::sync::OnceLock<std::result::Result<PathBuf, String>>,
     prestart: usize,
     /// Fresh workers: handshake done, no task run yet.
     idle: Mutex<Vec<Worker>>,
@@ -88,7 +91,8 @@ impl ProcessBackend {
         keep_reusable: usize,
     ) -> ProcessBackend {
         ProcessBackend {
-            program: program.map(Ok).unwrap_or_else(find_worker_program),
+            configured_program: program,
+            program: std::sync::OnceLock::new(),
             prestart,
             idle: Mutex::new(Vec::new()),
             reusable: Mutex::new(Vec::new()),
@@ -101,6 +105,10 @@ impl ProcessBackend {
 
     fn program(&self) -> Result<&Path> {
         self.program
+            .get_or_init(|| match &self.configured_program {
+                Some(path) => Ok(path.clone()),
+                None => find_worker_program(),
+            })
             .as_deref()
             .map_err(|why| Error::Unsupported(format!("process isolation here ({why})")))
     }

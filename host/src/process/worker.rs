@@ -217,14 +217,12 @@ async fn run_one(
         sys::apply_limits(&request.os_limits)
     };
     if let Err(err) = limits {
-        return finish_failed(
-            writer,
-            reader,
-            reuse,
-            format!("cannot apply OS limits: {err}"),
-        )
-        .await;
+        let outcome = Outcome::Failed {
+            message: format!("cannot apply OS limits: {err}"),
+        };
+        return finish_failed(writer, reader, reuse, outcome).await;
     }
+    let data_bytes = request.os_limits.data_bytes;
     let cache = DiskCache::new(&request.cache_dir, runner.engine());
     let mut spec = request.spec;
     spec.stdout = Output::Pipe;
@@ -246,7 +244,10 @@ async fn run_one(
     let id = &request.program;
     let program = match load_known(&runner.inner, &spec.wasm, id.hash, id.kind, Some(&cache)) {
         Ok(program) => program,
-        Err(err) => return finish_failed(writer, reader, reuse, err.to_string()).await,
+        Err(err) => {
+            let outcome = failed(err.to_string(), data_bytes);
+            return finish_failed(writer, reader, reuse, outcome).await;
+        }
     };
     let (started_tx, mut started_rx) = oneshot::channel();
     let extras = SpawnExtras {
@@ -257,7 +258,10 @@ async fn run_one(
     };
     let mut handle = match task::spawn(&runner.inner, &program, spec, extras).await {
         Ok(handle) => handle,
-        Err(err) => return finish_failed(writer, reader, reuse, err.to_string()).await,
+        Err(err) => {
+            let outcome = failed(err.to_string(), data_bytes);
+            return finish_failed(writer, reader, reuse, outcome).await;
+        }
     };
     let (Some(mut stdout), Some(mut stderr), Some(mut messages), Some(sender)) = (
         handle.take_stdout(),
@@ -265,7 +269,10 @@ async fn run_one(
         handle.take_messages(),
         handle.sender(),
     ) else {
-        return finish_failed(writer, reader, reuse, "task pipes missing".into()).await;
+        let outcome = Outcome::Failed {
+            message: "task pipes missing".into(),
+        };
+        return finish_failed(writer, reader, reuse, outcome).await;
     };
     handle.close_channel();
     let canceller = handle.cancel_handle();
@@ -318,7 +325,10 @@ async fn run_one(
     send(
         writer,
         FromWorker::Finished(Box::new(Finished {
-            outcome: report.outcome,
+            outcome: match report.outcome {
+                Outcome::Failed { message } => failed(message, data_bytes),
+                other => other,
+            },
             metrics: report.metrics,
         })),
     )
@@ -387,18 +397,35 @@ async fn read_parent(
     }
 }
 
+/// A task that failed, as precisely as can be said: under the worker's
+/// kernel memory limit, an allocation the kernel refused (ENOMEM, from an
+/// `mmap` while loading or instantiating) means that limit was reached, as
+/// the machine itself rarely runs out.
+fn failed(message: String, data_bytes: u64) -> Outcome {
+    let enomem = std::io::Error::from_raw_os_error(libc::ENOMEM).to_string();
+    if message.contains(&enomem) {
+        Outcome::LimitExceeded {
+            limit: crate::outcome::Limit::ProcessMemory {
+                max: bytesize::ByteSize(data_bytes),
+            },
+        }
+    } else {
+        Outcome::Failed { message }
+    }
+}
+
 /// Reports a task that could not start. A reusable worker then waits for
 /// the parent to end the task, dropping whatever it sent for it meanwhile.
 async fn finish_failed(
     writer: &mut Writer,
     mut reader: Reader,
     reuse: bool,
-    message: String,
+    outcome: Outcome,
 ) -> Result<Option<Reader>, String> {
     send(
         writer,
         FromWorker::Finished(Box::new(Finished {
-            outcome: Outcome::Failed { message },
+            outcome,
             metrics: TaskMetrics::default(),
         })),
     )

@@ -154,6 +154,8 @@ impl TaskOptions {
             max_live_tasks: 1,
             // One task: a spare worker would only be started and killed.
             prestarted_workers: 0,
+            // One task: setting up a pool would cost more than it saves.
+            instance_pool: false,
             cache_dir: match (&self.cache_dir, self.no_cache) {
                 (_, true) => CacheDir::Disabled,
                 (Some(dir), false) => CacheDir::Path(dir.clone()),
