@@ -284,7 +284,7 @@ impl Runner {
             CacheDir::Disabled => None,
         };
 
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        let ticker = EpochTicker::start(&engine, config.epoch_tick);
         let process = Arc::new(ProcessBackend::new(
             config.worker_program.clone(),
             config.prestarted_workers,
@@ -770,7 +770,8 @@ pub(crate) struct TickerHandle {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> EpochTicker {
+    fn start(engine: &Engine, tick: Duration) -> EpochTicker {
+        let engine = engine.weak();
         let shared = Arc::new(TickerShared {
             running: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -786,6 +787,10 @@ impl EpochTicker {
                         continue;
                     }
                     std::thread::sleep(tick);
+                    // Weak: a dropped runner frees its engine (and the
+                    // instance pool's address space) at once, not when this
+                    // detached thread next wakes.
+                    let Some(engine) = engine.upgrade() else { break };
                     engine.increment_epoch();
                     thread_shared.ticks.fetch_add(1, Ordering::Relaxed);
                 }
@@ -883,7 +888,7 @@ mod tests {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).expect("engine");
-        let ticker = EpochTicker::start(engine.clone(), Duration::from_millis(1));
+        let ticker = EpochTicker::start(&engine, Duration::from_millis(1));
         let wait = Duration::from_millis(100);
         let handle = ticker.handle().expect("ticker thread");
 

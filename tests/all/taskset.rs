@@ -1307,6 +1307,11 @@ fn the_shipped_example_is_valid_and_runs() {
     let example = example.to_str().expect("utf-8");
     let out = isola(&["check", example]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).trim_end().ends_with(", 1 shared memory group"),
+        "the summary counts groups: {}",
+        stdout(&out)
+    );
 
     let out = isola(&["up", example]);
     let text = stdout(&out);

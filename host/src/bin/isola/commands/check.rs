@@ -45,8 +45,12 @@ fn summary(set: &TaskSet) -> String {
     let path = set
         .path()
         .map_or_else(|| "task set".into(), |p| p.display().to_string());
+    let groups = match set.groups().len() {
+        0 => String::new(),
+        n => format!(", {}", plural(n, "shared memory group")),
+    };
     format!(
-        "{}: OK, {} ({} thread, {} process), {}",
+        "{}: OK, {} ({} thread, {} process), {}{groups}",
         clean(&path),
         plural(set.len(), "task"),
         set.len() - process,
