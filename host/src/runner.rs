@@ -790,7 +790,9 @@ impl EpochTicker {
                     // Weak: a dropped runner frees its engine (and the
                     // instance pool's address space) at once, not when this
                     // detached thread next wakes.
-                    let Some(engine) = engine.upgrade() else { break };
+                    let Some(engine) = engine.upgrade() else {
+                        break;
+                    };
                     engine.increment_epoch();
                     thread_shared.ticks.fetch_add(1, Ordering::Relaxed);
                 }
