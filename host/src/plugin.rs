@@ -8,6 +8,10 @@
 //! budget and timeout; linear memory and its limit persist. A call that
 //! traps, hits a limit or times out leaves the instance in an unknown
 //! state, so the instance refuses further calls.
+//!
+//! With process isolation the instance lives in a worker process of its
+//! own (see [`crate::process`]), which serves calls until the instance is
+//! dropped; a crash of that process ends the instance as `Crashed`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,23 +32,56 @@ enum Entry {
     Component(Plugin),
 }
 
-/// One instance of a plugin, called many times. Thread isolation only.
+/// One instance of a plugin, called many times, in the host process or in
+/// a worker process of its own, as its spec's isolation says.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(runner: &isola::Runner) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut spec = isola::TaskSpec::new("plugin.wasm");
+/// spec.isolation = isola::Isolation::Process;
+/// let mut plugin = runner.plugin(spec).await?;
+/// let first = plugin.call("count").await?;
+/// let second = plugin.call("count").await?; // same instance, state kept
+/// # let _ = (first, second);
+/// # Ok(()) }
+/// ```
 pub struct PluginInstance {
+    kind: Kind,
+}
+
+enum Kind {
+    Thread(Box<InProcess>),
+    Process(Box<crate::process::PluginWorker>),
+}
+
+/// A plugin instance in this process's own store.
+struct InProcess {
     store: Store<TaskState>,
     entry: Entry,
     limits: Limits,
     program: Program,
     broken: Option<Outcome>,
+    /// A call is under way (or its caller dropped it half-way).
+    in_call: bool,
     ticker: Option<TickerHandle>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for PluginInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginInstance")
-            .field("program", &self.program)
-            .field("broken", &self.broken)
-            .finish_non_exhaustive()
+        match &self.kind {
+            Kind::Thread(instance) => f
+                .debug_struct("PluginInstance")
+                .field("program", &instance.program)
+                .field("broken", &instance.broken)
+                .finish_non_exhaustive(),
+            Kind::Process(worker) => f
+                .debug_struct("PluginInstance")
+                .field("pid", &worker.pid())
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -53,10 +90,11 @@ pub(crate) async fn instantiate(
     program: Program,
     spec: TaskSpec,
 ) -> Result<PluginInstance> {
-    if spec.isolation != crate::Isolation::Thread {
-        return Err(Error::Unsupported(
-            "keeping a plugin instance across calls in process isolation".into(),
-        ));
+    if spec.isolation == crate::Isolation::Process {
+        let worker = crate::process::start_plugin(runner, &program, spec).await?;
+        return Ok(PluginInstance {
+            kind: Kind::Process(Box::new(worker)),
+        });
     }
     if !program.is_plugin() {
         crate::task::resolve_entry(&program, crate::task::Entry::Run)?;
@@ -95,13 +133,16 @@ pub(crate) async fn instantiate(
     };
     drop(ticking);
     Ok(PluginInstance {
-        store,
-        entry,
-        limits: spec.limits,
-        program,
-        broken: None,
-        ticker,
-        _slot: slot,
+        kind: Kind::Thread(Box::new(InProcess {
+            store,
+            entry,
+            limits: spec.limits,
+            program,
+            broken: None,
+            in_call: false,
+            ticker,
+            _slot: slot,
+        })),
     })
 }
 
@@ -112,24 +153,58 @@ impl PluginInstance {
     ///
     /// [`CallError::Rejected`] if `run` returned an error (the instance
     /// stays usable); [`CallError::Ended`] if the call trapped, hit a limit
-    /// or timed out, or an earlier call did (the instance is then unusable).
+    /// or timed out, its worker process crashed, or an earlier call ended
+    /// so (the instance is then unusable).
     pub async fn call(
         &mut self,
         input: impl Into<Vec<u8>>,
     ) -> std::result::Result<Vec<u8>, CallError> {
-        if let Some(outcome) = &self.broken {
-            return Err(ended(
-                Outcome::Failed {
-                    message: format!(
-                        "the instance is unusable after an earlier call ended: {outcome}"
-                    ),
-                },
-                TaskMetrics::default(),
-            ));
+        match &mut self.kind {
+            Kind::Thread(instance) => instance.call(input.into()).await,
+            Kind::Process(worker) => worker.call(input.into()).await,
         }
+    }
+
+    /// The pid of the worker process holding the instance (process
+    /// isolation); `None` for an instance in this process.
+    pub fn process_id(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Thread(_) => None,
+            Kind::Process(worker) => Some(worker.pid()),
+        }
+    }
+}
+
+/// Why an instance whose caller dropped a call half-way is unusable.
+pub(crate) fn abandoned() -> Outcome {
+    Outcome::Failed {
+        message: "an earlier call was abandoned before it answered".into(),
+    }
+}
+
+/// The answer to a call on an instance an earlier call left unusable.
+pub(crate) fn unusable(outcome: &Outcome) -> CallError {
+    ended(
+        Outcome::Failed {
+            message: format!("the instance is unusable after an earlier call ended: {outcome}"),
+        },
+        TaskMetrics::default(),
+    )
+}
+
+impl InProcess {
+    async fn call(&mut self, input: Vec<u8>) -> std::result::Result<Vec<u8>, CallError> {
+        if self.in_call && self.broken.is_none() {
+            // The caller dropped the last call while it ran: the instance
+            // stopped somewhere in the middle of `run`.
+            self.broken = Some(abandoned());
+        }
+        if let Some(outcome) = &self.broken {
+            return Err(unusable(outcome));
+        }
+        self.in_call = true;
         let budget = self.limits.fuel.unwrap_or(u64::MAX);
         let _ = self.store.set_fuel(budget);
-        let input: Vec<u8> = input.into();
         self.store
             .data_mut()
             .channel
@@ -162,6 +237,7 @@ impl PluginInstance {
                 None => call.await,
             };
         let metrics = self.metrics(started, budget);
+        self.in_call = false;
         match result {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(CallError::Rejected(error)),
@@ -183,7 +259,7 @@ impl PluginInstance {
     }
 }
 
-fn ended(outcome: Outcome, metrics: TaskMetrics) -> CallError {
+pub(crate) fn ended(outcome: Outcome, metrics: TaskMetrics) -> CallError {
     CallError::Ended(Box::new(TaskReport {
         outcome,
         metrics,

@@ -427,8 +427,9 @@ impl Runner {
     ///
     /// # Errors
     ///
-    /// As [`Runner::spawn`], plus [`Error::Unsupported`] for process
-    /// isolation.
+    /// As [`Runner::spawn`]. With process isolation the instance gets a
+    /// worker process of its own; its output is discarded and it cannot read
+    /// the host's stdin ([`Error::InvalidSpec`] for `stdin = inherit`).
     pub async fn plugin(&self, spec: TaskSpec) -> Result<PluginInstance> {
         let program = self.load(&spec.wasm).await?;
         crate::plugin::instantiate(&self.inner, program, spec).await

@@ -358,13 +358,14 @@ fn cli_call_and_message_mode() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_plugin_instance_keeps_its_state() {
-    for kind in isola_tests::KINDS {
-        let t = Target {
-            kind,
-            isolation: Isolation::Thread,
-        };
+    for t in targets() {
         let runner = runner();
         let mut plugin = runner.plugin(t.spec("plugin")).await.expect("instantiate");
+        assert_eq!(
+            plugin.process_id().is_some(),
+            t.isolation == Isolation::Process,
+            "{t:?}"
+        );
         assert_eq!(plugin.call("count").await.expect("call"), b"1", "{t:?}");
         assert_eq!(plugin.call("5").await.expect("call"), b"6", "{t:?}");
         // The same instance: the counter went on.
@@ -379,7 +380,19 @@ async fn a_kept_plugin_instance_keeps_its_state() {
         let mut spec = t.spec("plugin");
         spec.limits.fuel = Some(10);
         let mut starved = runner.plugin(spec).await.expect("instantiate");
-        assert!(matches!(starved.call("1").await, Err(CallError::Ended(_))));
+        match starved.call("1").await {
+            Err(CallError::Ended(report)) => assert!(
+                matches!(
+                    report.outcome,
+                    Outcome::LimitExceeded {
+                        limit: Limit::Fuel { budget: 10 }
+                    }
+                ),
+                "{t:?}: {:?}",
+                report.outcome
+            ),
+            other => panic!("{t:?}: {other:?}"),
+        }
         match starved.call("1").await {
             Err(CallError::Ended(report)) => {
                 assert!(
@@ -391,12 +404,82 @@ async fn a_kept_plugin_instance_keeps_its_state() {
             other => panic!("{t:?}: {other:?}"),
         }
 
+        // Each call has the spec's timeout.
         let mut spec = t.spec("plugin");
-        spec.isolation = Isolation::Process;
+        spec.limits.timeout = Some(Duration::from_millis(300));
+        let mut slow = runner.plugin(spec).await.expect("instantiate");
+        match slow.call("spin").await {
+            Err(CallError::Ended(report)) => assert_eq!(
+                report.outcome,
+                Outcome::LimitExceeded {
+                    limit: Limit::Timeout {
+                        after: Duration::from_millis(300)
+                    }
+                },
+                "{t:?}"
+            ),
+            other => panic!("{t:?}: {other:?}"),
+        }
+
+        // A call its caller gave up on leaves the instance unusable.
+        let mut abandoned = runner.plugin(t.spec("plugin")).await.expect("instantiate");
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(200), abandoned.call("spin")).await;
+        assert!(gave_up.is_err(), "{t:?}: spin returned");
+        match abandoned.call("count").await {
+            Err(CallError::Ended(report)) => assert!(
+                matches!(&report.outcome, Outcome::Failed { message } if message.contains("abandoned")),
+                "{t:?}: {:?}",
+                report.outcome
+            ),
+            other => panic!("{t:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_plugin_whose_worker_dies_ends_as_crashed() {
+    for kind in isola_tests::KINDS {
+        let t = Target {
+            kind,
+            isolation: Isolation::Process,
+        };
+        let runner = runner();
+        let mut plugin = runner.plugin(t.spec("plugin")).await.expect("instantiate");
+        assert_eq!(plugin.call("count").await.expect("call"), b"1", "{t:?}");
+        let pid = plugin.process_id().expect("a worker");
+        isola_tests::procs::send_signal(pid, 9).expect("kill");
+        match plugin.call("count").await {
+            Err(CallError::Ended(report)) => assert_eq!(
+                report.outcome,
+                Outcome::Crashed {
+                    signal: Some(9),
+                    status: None
+                },
+                "{t:?}"
+            ),
+            other => panic!("{t:?}: {other:?}"),
+        }
+        // Unusable from then on; other plugins are not affected.
         assert!(matches!(
-            runner.plugin(spec).await,
-            Err(Error::Unsupported(_))
+            plugin.call("count").await,
+            Err(CallError::Ended(_))
         ));
+        assert!(
+            !isola_tests::procs::is_alive(pid),
+            "the killed worker is reaped"
+        );
+        let mut other = runner.plugin(t.spec("plugin")).await.expect("instantiate");
+        assert_eq!(other.call("count").await.expect("call"), b"1", "{t:?}");
+        let other_pid = other.process_id().expect("a worker");
+        drop(other);
+        // A dropped instance's worker exits and is reaped.
+        assert!(
+            isola_tests::procs::wait_until(Duration::from_secs(5), || {
+                !isola_tests::procs::is_alive(other_pid)
+            }),
+            "the dropped instance's worker is gone"
+        );
     }
 }
 

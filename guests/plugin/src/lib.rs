@@ -6,6 +6,7 @@
 //! - `count` → how many times this instance's `run` was called, which
 //!   shows whether the host reused the instance;
 //! - `fail` → an error;
+//! - `spin` → never returns (for timeouts and abandoned calls);
 //! - anything else → an error naming the input.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,12 @@ fn run(input: Vec<u8>) -> Result<Vec<u8>, String> {
     }
     if text == "fail" {
         return Err("asked to fail".into());
+    }
+    if text == "spin" {
+        let mut n = 0u64;
+        loop {
+            n = std::hint::black_box(n).wrapping_add(1);
+        }
     }
     match text.parse::<i64>() {
         Ok(n) => Ok(n.wrapping_add(1).to_string().into_bytes()),

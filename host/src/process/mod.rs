@@ -628,6 +628,9 @@ impl Supervisor {
                         Ok(FromWorker::Hello(_)) => {
                             protocol_error = Some("unexpected hello frame from worker".into());
                         }
+                        Ok(FromWorker::CallOutput(_) | FromWorker::CallFailed(_)) => {
+                            protocol_error = Some("unexpected plugin frame from worker".into());
+                        }
                         Err(err) => protocol_error = Some(format!("bad frame from worker: {err}")),
                     },
                 },
@@ -752,6 +755,243 @@ async fn reap(child: &mut Child, pid: u32, abnormal: bool) -> Option<std::proces
         _ => {
             let _ = sys::signal_group(pid, libc::SIGKILL);
             child.wait().await.ok()
+        }
+    }
+}
+
+/// A kept plugin instance in a worker process of its own: the worker
+/// instantiates it once and answers calls until the pipe closes.
+pub(crate) struct PluginWorker {
+    /// `None` once reaped (after a crash or a kill).
+    child: Option<Child>,
+    pid: u32,
+    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    writer: Writer,
+    timeout: Option<Duration>,
+    /// Why the instance is unusable, once it is.
+    broken: Option<Outcome>,
+    /// A call was sent and its answer not read: a caller gave up on it, and
+    /// the next answer on the pipe would be that one's.
+    in_call: bool,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Starts a worker that keeps a plugin instance (see
+/// [`crate::Runner::plugin`]).
+pub(crate) async fn start_plugin(
+    runner: &Arc<RunnerInner>,
+    program: &Program,
+    mut spec: TaskSpec,
+) -> Result<PluginWorker> {
+    crate::task::check_limits(runner, &spec)?;
+    crate::task::resolve_entry(program, Entry::Run)?;
+    if spec.stdin == Stdin::Inherit {
+        return Err(Error::InvalidSpec {
+            field: "stdin".into(),
+            message: "a kept plugin instance in a worker process cannot read the host's stdin"
+                .into(),
+        });
+    }
+    let backend = Arc::clone(&runner.process);
+    let cache_dir = backend.cache_root(runner)?;
+    runner.ensure_artifact(program, &cache_dir)?;
+    for key in std::mem::take(&mut spec.inherit_env) {
+        if let Ok(value) = std::env::var(&key) {
+            spec.env.insert(key, value);
+        }
+    }
+    spec.wasm = program.path().to_owned();
+    crate::task::check_grants(&spec)?;
+    let slot = Arc::clone(&runner.slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::ShutDown)?;
+    let Worker {
+        child,
+        pid,
+        reader,
+        mut writer,
+    } = backend.take_worker(false).await?;
+    backend.refill_soon();
+    let timeout = spec.limits.timeout;
+    let request = RunRequest {
+        os_limits: os_limits(&spec),
+        program: protocol::ProgramId {
+            hash: program.inner.hash,
+            kind: program.wasm_kind(),
+        },
+        spec,
+        cache_dir,
+        entry: Entry::Run,
+    };
+    let mut worker = PluginWorker {
+        child: Some(child),
+        pid,
+        reader,
+        writer: {
+            let sent = writer
+                .send(ToWorker::Plugin(Box::new(request)).encode())
+                .await;
+            sent.map_err(|e| Error::Internal(format!("cannot reach the plugin's worker: {e}")))?;
+            writer
+        },
+        timeout,
+        broken: None,
+        in_call: false,
+        _slot: slot,
+    };
+    let ready = async {
+        loop {
+            let frame = match worker.reader.next().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(err)) => return Err(format!("bad frame from the worker: {err}")),
+                None => return Err(format!("the worker ended: {}", worker.died().await)),
+            };
+            match FromWorker::decode(&frame).map_err(|e| e.to_string())? {
+                FromWorker::Started => return Ok(()),
+                FromWorker::Finished(finished) => return Err(finished.outcome.to_string()),
+                FromWorker::Stdout(_) | FromWorker::Stderr(_) => {}
+                _ => return Err("unexpected frame from the worker".into()),
+            }
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready).await {
+        Ok(Ok(())) => Ok(worker),
+        Ok(Err(why)) => Err(Error::Internal(format!(
+            "cannot instantiate the plugin: {why}"
+        ))),
+        Err(_) => Err(Error::Internal(
+            "the plugin's worker did not get ready in time".into(),
+        )),
+    }
+}
+
+impl PluginWorker {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) async fn call(
+        &mut self,
+        input: Vec<u8>,
+    ) -> std::result::Result<Vec<u8>, crate::runner::CallError> {
+        use crate::plugin::{ended, unusable};
+        if self.in_call && self.broken.is_none() {
+            // The caller dropped the last call while it ran: its answer
+            // would come next, and the instance stopped mid-`run`.
+            self.broken = Some(crate::plugin::abandoned());
+            self.kill().await;
+        }
+        if let Some(outcome) = &self.broken {
+            return Err(unusable(outcome));
+        }
+        self.in_call = true;
+        let started = Instant::now();
+        let metrics = |started: Instant| crate::outcome::TaskMetrics {
+            run_time: started.elapsed(),
+            ..Default::default()
+        };
+        if self
+            .writer
+            .send(ToWorker::Call(input.into()).encode())
+            .await
+            .is_err()
+        {
+            let outcome = self.died().await;
+            return Err(ended(outcome, metrics(started)));
+        }
+        // The worker enforces the timeout; this backstop covers one that
+        // cannot (stopped, wedged).
+        let backstop = self
+            .timeout
+            .and_then(|t| t.checked_add(GRACE))
+            .and_then(|t| tokio::time::Instant::now().checked_add(t));
+        loop {
+            let frame = tokio::select! {
+                frame = self.reader.next() => frame,
+                () = sleep_until(backstop) => {
+                    self.kill().await;
+                    let outcome = Outcome::LimitExceeded {
+                        limit: Limit::Timeout {
+                            after: self.timeout.unwrap_or_default(),
+                        },
+                    };
+                    self.broken = Some(outcome.clone());
+                    return Err(ended(outcome, metrics(started)));
+                }
+            };
+            let decoded = match frame {
+                Some(Ok(frame)) => FromWorker::decode(&frame).map_err(|e| e.to_string()),
+                Some(Err(err)) => Err(err.to_string()),
+                None => {
+                    let outcome = self.died().await;
+                    return Err(ended(outcome, metrics(started)));
+                }
+            };
+            match decoded {
+                Ok(FromWorker::CallOutput(output)) => {
+                    self.in_call = false;
+                    return Ok(output.to_vec());
+                }
+                Ok(FromWorker::CallFailed(failure)) => {
+                    self.in_call = false;
+                    return Err(match *failure {
+                        protocol::CallFailure::Rejected { error } => {
+                            crate::runner::CallError::Rejected(error)
+                        }
+                        protocol::CallFailure::Ended { outcome, metrics } => {
+                            self.broken = Some(outcome.clone());
+                            ended(outcome, metrics)
+                        }
+                    });
+                }
+                Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
+                Ok(_) | Err(_) => {
+                    self.kill().await;
+                    let outcome = Outcome::Failed {
+                        message: "bad frame from the plugin's worker".into(),
+                    };
+                    self.broken = Some(outcome.clone());
+                    return Err(ended(outcome, metrics(started)));
+                }
+            }
+        }
+    }
+
+    /// The worker's pipe closed: reaps it and says how it ended.
+    async fn died(&mut self) -> Outcome {
+        let status = match self.child.as_mut() {
+            Some(child) => reap(child, self.pid, true).await,
+            None => None,
+        };
+        self.child = None;
+        let outcome = Outcome::Crashed {
+            signal: status.and_then(|s| s.signal()),
+            status: status.and_then(|s| s.code()),
+        };
+        self.broken = Some(outcome.clone());
+        outcome
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = sys::signal_group(self.pid, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl Drop for PluginWorker {
+    fn drop(&mut self) {
+        // The writer closes after this returns: end of input is the
+        // worker's cue to exit; it is reaped in the background.
+        if let (Some(mut child), Ok(runtime)) =
+            (self.child.take(), tokio::runtime::Handle::try_current())
+        {
+            let pid = self.pid;
+            runtime.spawn(async move {
+                reap(&mut child, pid, false).await;
+            });
         }
     }
 }

@@ -54,6 +54,11 @@ pub(crate) enum ToWorker {
     /// A program the worker's task will probably run (the last one the
     /// parent ran in a process): an idle worker loads it ahead of time.
     Preload(Box<Preload>),
+    /// Instantiate the plugin `run` of this request's program and keep it
+    /// for [`ToWorker::Call`]s until the pipe closes.
+    Plugin(Box<RunRequest>),
+    /// Call the kept plugin instance with this input.
+    Call(Bytes),
     /// The worker was started ahead of need: it runs a trivial task
     /// through the whole task path while idle, so the real one finds code
     /// paged in and lazy state set up.
@@ -71,6 +76,23 @@ pub(crate) enum FromWorker {
     /// A message the guest posted.
     Message(Bytes),
     Finished(Box<Finished>),
+    /// What a kept plugin's `run` returned.
+    CallOutput(Bytes),
+    /// A call to a kept plugin that returned no output.
+    CallFailed(Box<CallFailure>),
+}
+
+/// How a call to a kept plugin instance failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "failure", rename_all = "snake_case")]
+pub(crate) enum CallFailure {
+    /// `run` returned an error; the instance stays usable.
+    Rejected { error: String },
+    /// The call ended otherwise (trap, limit); the instance is unusable.
+    Ended {
+        outcome: Outcome,
+        metrics: TaskMetrics,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +193,10 @@ mod kind {
     pub(super) const END_TASK: u8 = 8;
     pub(super) const PRELOAD: u8 = 9;
     pub(super) const WARM_UP: u8 = 10;
+    pub(super) const PLUGIN: u8 = 11;
+    pub(super) const CALL: u8 = 12;
+    pub(super) const CALL_OUTPUT: u8 = 21;
+    pub(super) const CALL_FAILED: u8 = 22;
     pub(super) const STARTED: u8 = 16;
     pub(super) const STDOUT: u8 = 17;
     pub(super) const STDERR: u8 = 18;
@@ -233,6 +259,8 @@ impl ToWorker {
             ToWorker::EndTask => frame_with(kind::END_TASK, &[]),
             ToWorker::Preload(preload) => json_frame(kind::PRELOAD, preload),
             ToWorker::WarmUp => frame_with(kind::WARM_UP, &[]),
+            ToWorker::Plugin(request) => json_frame(kind::PLUGIN, request),
+            ToWorker::Call(input) => frame_with(kind::CALL, input),
         }
     }
 
@@ -264,6 +292,8 @@ impl ToWorker {
                 expect_empty("warm-up", body)?;
                 ToWorker::WarmUp
             }
+            kind::PLUGIN => ToWorker::Plugin(Box::new(parse_json("plugin", body)?)),
+            kind::CALL => ToWorker::Call(Bytes::copy_from_slice(body)),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -278,6 +308,8 @@ impl FromWorker {
             FromWorker::Stderr(bytes) => frame_with(kind::STDERR, bytes),
             FromWorker::Finished(finished) => json_frame(kind::FINISHED, finished),
             FromWorker::Message(bytes) => frame_with(kind::MESSAGE_OUT, bytes),
+            FromWorker::CallOutput(bytes) => frame_with(kind::CALL_OUTPUT, bytes),
+            FromWorker::CallFailed(failure) => json_frame(kind::CALL_FAILED, failure),
         }
     }
 
@@ -293,6 +325,8 @@ impl FromWorker {
             kind::STDERR => FromWorker::Stderr(Bytes::copy_from_slice(body)),
             kind::FINISHED => FromWorker::Finished(Box::new(parse_json("finished", body)?)),
             kind::MESSAGE_OUT => FromWorker::Message(Bytes::copy_from_slice(body)),
+            kind::CALL_OUTPUT => FromWorker::CallOutput(Bytes::copy_from_slice(body)),
+            kind::CALL_FAILED => FromWorker::CallFailed(Box::new(parse_json("call-failed", body)?)),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -352,6 +386,17 @@ mod tests {
         round_trip_to_worker(ToWorker::CloseChannel);
         round_trip_to_worker(ToWorker::EndTask);
         round_trip_to_worker(ToWorker::WarmUp);
+        round_trip_to_worker(ToWorker::Call(Bytes::from_static(b"input")));
+        round_trip_from_worker(FromWorker::CallOutput(Bytes::from_static(b"\0out")));
+        round_trip_from_worker(FromWorker::CallFailed(Box::new(CallFailure::Rejected {
+            error: "no".into(),
+        })));
+        round_trip_from_worker(FromWorker::CallFailed(Box::new(CallFailure::Ended {
+            outcome: Outcome::LimitExceeded {
+                limit: Limit::Fuel { budget: 10 },
+            },
+            metrics: TaskMetrics::default(),
+        })));
         round_trip_to_worker(ToWorker::Preload(Box::new(Preload {
             wasm: "/w/a.wasm".into(),
             cache_dir: "/c".into(),

@@ -16,7 +16,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use super::protocol::{self, Finished, FromWorker, Hello, RunRequest, ToWorker};
+use super::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
 use super::sys;
 use crate::cache::DiskCache;
 use crate::outcome::{Outcome, TaskMetrics};
@@ -158,6 +158,10 @@ async fn serve() -> Result<(), String> {
                 warm_up(&runner).await;
                 continue;
             }
+            // A kept plugin instance: this worker serves it until the end.
+            Some(ToWorker::Plugin(request)) => {
+                return serve_plugin(&runner, *request, reader, &mut writer).await;
+            }
             // The parent let us go (unused, or done reusing us).
             None => return Ok(()),
             Some(_) => return Err("expected a run frame".into()),
@@ -168,6 +172,74 @@ async fn serve() -> Result<(), String> {
             Some(rest) if reuse => reader = rest,
             _ => return Ok(()),
         }
+    }
+}
+
+/// Instantiates a plugin once and answers [`ToWorker::Call`]s on it until
+/// the parent closes the pipe (it dropped the instance).
+async fn serve_plugin(
+    runner: &Runner,
+    request: RunRequest,
+    mut reader: Reader,
+    writer: &mut Writer,
+) -> Result<(), String> {
+    let not_started = |outcome| {
+        FromWorker::Finished(Box::new(Finished {
+            outcome,
+            metrics: TaskMetrics::default(),
+        }))
+    };
+    if let Err(err) = sys::apply_limits(&request.os_limits) {
+        let message = format!("cannot apply OS limits: {err}");
+        return send(writer, not_started(Outcome::Failed { message })).await;
+    }
+    let data_bytes = request.os_limits.data_bytes;
+    let cache = DiskCache::new(&request.cache_dir, runner.engine());
+    let mut spec = request.spec;
+    spec.isolation = crate::Isolation::Thread;
+    spec.reuse_worker = false;
+    // This process's stdout is the pipe to the parent: never the guest's.
+    spec.stdout = Output::Discard;
+    spec.stderr = Output::Discard;
+    let id = &request.program;
+    let instance = match load_known(&runner.inner, &spec.wasm, id.hash, id.kind, Some(&cache)) {
+        Ok(program) => crate::plugin::instantiate(&runner.inner, program, spec).await,
+        Err(err) => Err(err),
+    };
+    let mut instance = match instance {
+        Ok(instance) => instance,
+        Err(err) => return send(writer, not_started(failed(err.to_string(), data_bytes))).await,
+    };
+    send(writer, FromWorker::Started).await?;
+    loop {
+        let input = match next_frame(&mut reader).await? {
+            Some(ToWorker::Call(input)) => input,
+            None => return Ok(()),
+            Some(_) => return Err("expected a call frame".into()),
+        };
+        let reply = match instance.call(input.to_vec()).await {
+            Ok(output) => FromWorker::CallOutput(output.into()),
+            Err(crate::CallError::Rejected(error)) => {
+                FromWorker::CallFailed(Box::new(CallFailure::Rejected { error }))
+            }
+            Err(crate::CallError::Ended(report)) => {
+                let outcome = match report.outcome {
+                    Outcome::Failed { message } => failed(message, data_bytes),
+                    other => other,
+                };
+                FromWorker::CallFailed(Box::new(CallFailure::Ended {
+                    outcome,
+                    metrics: report.metrics,
+                }))
+            }
+            Err(crate::CallError::Start(err)) => {
+                FromWorker::CallFailed(Box::new(CallFailure::Ended {
+                    outcome: failed(err.to_string(), data_bytes),
+                    metrics: TaskMetrics::default(),
+                }))
+            }
+        };
+        send(writer, reply).await?;
     }
 }
 
@@ -382,7 +454,12 @@ async fn read_parent(
             }
             Ok(Some(ToWorker::Cancel)) => canceller.cancel(),
             Ok(Some(
-                ToWorker::Hello(_) | ToWorker::Run(_) | ToWorker::Preload(_) | ToWorker::WarmUp,
+                ToWorker::Hello(_)
+                | ToWorker::Run(_)
+                | ToWorker::Preload(_)
+                | ToWorker::WarmUp
+                | ToWorker::Plugin(_)
+                | ToWorker::Call(_),
             ))
             | Err(_) => {
                 // A confused parent: stop the task; the report still goes out.
