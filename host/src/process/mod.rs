@@ -335,6 +335,28 @@ fn os_limits(spec: &TaskSpec) -> OsLimits {
     }
 }
 
+/// Readies a spec for a worker and returns the cache directory it loads
+/// from: the artifact is put there (compiled once, here), inherited
+/// variables are resolved (the worker's environment is empty), the program
+/// is named by its path, and the grants are checked.
+fn prepare_for_worker(
+    runner: &RunnerInner,
+    backend: &ProcessBackend,
+    program: &Program,
+    spec: &mut TaskSpec,
+) -> Result<PathBuf> {
+    let cache_dir = backend.cache_root(runner)?;
+    runner.ensure_artifact(program, &cache_dir)?;
+    for key in std::mem::take(&mut spec.inherit_env) {
+        if let Ok(value) = std::env::var(&key) {
+            spec.env.insert(key, value);
+        }
+    }
+    spec.wasm = program.path().to_owned();
+    crate::task::check_grants(spec)?;
+    Ok(cache_dir)
+}
+
 /// Starts a process-isolated task.
 pub(crate) async fn spawn(
     runner: &Arc<RunnerInner>,
@@ -355,17 +377,7 @@ pub(crate) async fn spawn(
         });
     }
     let backend = Arc::clone(&runner.process);
-    let cache_dir = backend.cache_root(runner)?;
-    runner.ensure_artifact(program, &cache_dir)?;
-
-    // The worker's environment is empty: resolve inherited variables here.
-    for key in std::mem::take(&mut spec.inherit_env) {
-        if let Ok(value) = std::env::var(&key) {
-            spec.env.insert(key, value);
-        }
-    }
-    spec.wasm = program.path().to_owned();
-    crate::task::check_grants(&spec)?;
+    let cache_dir = prepare_for_worker(runner, &backend, program, &mut spec)?;
 
     let limits = spec.limits.clone();
     // The worker enforces the output limit; the parent only delivers.
@@ -793,15 +805,7 @@ pub(crate) async fn start_plugin(
         });
     }
     let backend = Arc::clone(&runner.process);
-    let cache_dir = backend.cache_root(runner)?;
-    runner.ensure_artifact(program, &cache_dir)?;
-    for key in std::mem::take(&mut spec.inherit_env) {
-        if let Ok(value) = std::env::var(&key) {
-            spec.env.insert(key, value);
-        }
-    }
-    spec.wasm = program.path().to_owned();
-    crate::task::check_grants(&spec)?;
+    let cache_dir = prepare_for_worker(runner, &backend, program, &mut spec)?;
     let slot = Arc::clone(&runner.slots)
         .acquire_owned()
         .await
