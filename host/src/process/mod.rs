@@ -394,10 +394,7 @@ pub(crate) async fn spawn(
     let queue = crate::channel::queue_capacity(limits.message_queue);
     let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
     let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
-    let program_id = protocol::ProgramId {
-        hash: program.inner.hash,
-        kind: program.wasm_kind(),
-    };
+    let program_id = protocol::ProgramId::of(program);
     *backend
         .last_program
         .lock()
@@ -820,10 +817,7 @@ pub(crate) async fn start_plugin(
     let timeout = spec.limits.timeout;
     let request = RunRequest {
         os_limits: os_limits(&spec),
-        program: protocol::ProgramId {
-            hash: program.inner.hash,
-            kind: program.wasm_kind(),
-        },
+        program: protocol::ProgramId::of(program),
         spec,
         cache_dir,
         entry: Entry::Run,

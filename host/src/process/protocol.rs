@@ -146,6 +146,15 @@ pub(crate) struct ProgramId {
     pub(crate) kind: crate::program::WasmKind,
 }
 
+impl ProgramId {
+    pub(crate) fn of(program: &crate::program::Program) -> ProgramId {
+        ProgramId {
+            hash: program.inner.hash,
+            kind: program.wasm_kind(),
+        }
+    }
+}
+
 /// Kernel-enforced limits of a worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct OsLimits {
