@@ -11,6 +11,7 @@ GUEST_PKG     := isola-guest-programs
 PLUGIN_PKG    := isola-guest-plugin
 SHARED_PKG    := isola-guest-shared
 HOST_PKG      := isola
+CLI_PKG       := isola-cli
 
 .PHONY: all targets guests build test demo lint fmt reliability soak
 
@@ -34,13 +35,14 @@ guests: targets
 		$(addprefix --target ,$(GUEST_TARGETS))
 	$(CARGO) build -p $(SHARED_PKG) --profile $(GUEST_PROFILE) --target wasm32-wasip1-threads
 
-# The host crate: library + `isola` binary.
+# The `isola` binary (crate isola-cli, over the library in host/).
 build: guests
-	$(CARGO) build -p $(HOST_PKG) --bins
+	$(CARGO) build -p $(CLI_PKG) --bins
 
-# All tests: unit tests, and the integration tests in tests/ that drive the
-# library and the `isola` binary on the guests. The binary is built first
-# because the integration tests run it.
+# All tests: the library's unit tests, the CLI's, and the integration tests
+# in tests/ that drive the library and the `isola` binary on the guests. The
+# integration tests are targets of isola-cli, so cargo builds the binary for
+# them and names it in CARGO_BIN_EXE_isola.
 test: build
 	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude $(SHARED_PKG) --exclude isola-guest
 
@@ -50,19 +52,21 @@ test: build
 # one table: case, isolation/kind, expected outcome, got, time to stop.
 # Fails if any row is wrong. See tests/reliability.rs.
 reliability: build
-	$(CARGO) test -p isola-tests --test reliability -- --ignored --exact report \
+	$(CARGO) test -p $(CLI_PKG) --test reliability -- --ignored --exact report \
 		--nocapture --test-threads=1
 
 # The long soak: 100,000 tasks (ISOLA_SOAK_TASKS), mixed isolation and
 # kinds, 10% hostile, 16 at a time; checks one right outcome per task and
 # that RSS, fds and child processes come back. Minutes, not seconds.
 soak: build
-	$(CARGO) test -p isola-tests --test reliability -- --ignored --exact soak \
+	$(CARGO) test -p $(CLI_PKG) --test reliability -- --ignored --exact soak \
 		--nocapture --test-threads=1
 
 # The main job on the shipped examples: guests under the CLI and the library.
+# One cargo invocation for the binary (isola-cli) and the library's examples
+# (isola), so both see one feature set of the shared dependencies.
 demo: guests
-	$(CARGO) build --release -p $(HOST_PKG) --bins --examples
+	$(CARGO) build --release -p $(CLI_PKG) -p $(HOST_PKG) --bins --examples
 	@./scripts/demo.sh target/release
 
 lint:
@@ -79,5 +83,5 @@ fmt:
 # `make bench BENCH_ARGS=--quick` for a short run.
 .PHONY: bench
 bench: guests
-	$(CARGO) build --release -p $(HOST_PKG) -p isola-bench
+	$(CARGO) build --release -p $(CLI_PKG) -p isola-bench
 	RUST_BACKTRACE=0 ./bench/run.sh $(BENCH_ARGS)

@@ -37,11 +37,19 @@ pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
     Sha256::digest(bytes).into()
 }
 
-/// A verified artifact file, open (modules load from the open file) and by
-/// path (components load by path).
+/// A verified artifact file, open: wasmtime maps this descriptor, never the
+/// path again, so what it loads is what was checked.
 pub(crate) struct Artifact {
     pub(crate) file: fs::File,
-    pub(crate) path: PathBuf,
+}
+
+impl Artifact {
+    /// A path that opens this very file (the verified one) even if its name
+    /// has been replaced since: `/proc/self/fd/N`.
+    pub(crate) fn fd_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
 }
 
 /// A directory of precompiled artifacts for one engine configuration.
@@ -54,9 +62,12 @@ impl DiskCache {
     /// The cache for `engine` under `root`. Nothing is created until the
     /// first artifact is stored.
     pub(crate) fn new(root: &Path, engine: &wasmtime::Engine) -> DiskCache {
-        let mut hasher = std::hash::DefaultHasher::new();
+        // SHA-256 rather than `std::hash::DefaultHasher`, whose output may
+        // change between Rust releases and would silently orphan the cache.
+        let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let dir = root.join(format!("wasmtime-{:016x}", hasher.finish()));
+        let digest = hasher.0.finalize();
+        let dir = root.join(format!("wasmtime-{}", hex::encode(&digest[..8])));
         DiskCache { dir }
     }
 
@@ -96,7 +107,7 @@ impl DiskCache {
         // place, so the mapped file does not change under us.
         let map = unsafe { memmap2::Mmap::map(&file) };
         if map.is_ok_and(|map| split_trailer(&map).is_some()) {
-            return Some(Artifact { file, path });
+            return Some(Artifact { file });
         }
         tracing::warn!(path = %path.display(), "discarding damaged cache artifact");
         let _ = fs::remove_file(&path);
@@ -138,6 +149,23 @@ impl DiskCache {
         tmp.as_file().sync_data()?;
         tmp.persist(self.path_for(key, kind)).map_err(|e| e.error)?;
         Ok(())
+    }
+}
+
+/// Feeds what a `Hash` impl writes into SHA-256, so the digest depends only
+/// on the hashed bytes, not on the standard library's hasher of the day.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
     }
 }
 

@@ -58,7 +58,7 @@ pub(crate) struct ChannelState {
     posted: u64,
     /// Paused while the guest waits for a message, so an idle task costs
     /// no epoch ticks.
-    pub(crate) ticker: Option<crate::runner::TickerHandle>,
+    pub(crate) ticker: Option<crate::ticker::TickerHandle>,
 }
 
 impl ChannelState {

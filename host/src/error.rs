@@ -63,6 +63,12 @@ pub enum Error {
     /// The runner has shut down.
     #[error("the runner has shut down")]
     ShutDown,
+    /// The kernel refused memory (`ENOMEM`) while loading or starting the
+    /// task: the machine, or the OS memory limit of the process doing the
+    /// work. Told apart from [`Error::Internal`] by the error's type, so a
+    /// worker under `RLIMIT_DATA` can report it as that limit.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// Isola itself failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,7 +81,10 @@ impl Error {
 
     /// Whether the error is the caller's (bad input) rather than Isola's.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Error::Internal(_) | Error::ShutDown)
+        !matches!(
+            self,
+            Error::Internal(_) | Error::ShutDown | Error::OutOfMemory(_)
+        )
     }
 }
 

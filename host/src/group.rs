@@ -43,7 +43,7 @@
 //! block the others. Shared memory is tier 2 in wasmtime.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,15 +51,19 @@ use std::time::{Duration, Instant};
 use bytesize::ByteSize;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
-use wasmtime::{
-    Caller, ExternType, InstancePre, Linker, MemoryType, SharedMemory, Store, UpdateDeadline,
-};
+use wasmtime::{Caller, ExternType, InstancePre, Linker, MemoryType, SharedMemory, Store};
 
+use crate::channel::ChannelState;
 use crate::error::{Error, Result};
-use crate::outcome::{Limit, Outcome, TaskMetrics, TaskReport};
+use crate::handle::{CancelHandle, TaskHandle, TaskId};
+use crate::loader::MAX_GROUPS;
+use crate::outcome::{Budget, Ending, Outcome, Stop, TaskMetrics, TaskReport};
+use crate::parts::Parts;
 use crate::program::{Program, ProgramKind};
-use crate::runner::RunnerInner;
-use crate::state::TaskState;
+use crate::spec::TaskSpec;
+use crate::state::{MemoryLimiter, Prepared, TaskState, prepare};
+use crate::store;
+use crate::ticker::{TickerGuard, TickerHandle};
 
 /// Wasm pages are 64 KiB.
 const PAGE: u64 = 64 * 1024;
@@ -136,10 +140,10 @@ pub(crate) struct StopFlag {
 }
 
 impl StopFlag {
-    fn request(&self) -> Option<StopRequest> {
+    fn request(&self) -> Option<Stop> {
         match self.state.load(Ordering::Acquire) {
-            1 => Some(StopRequest::Cancelled),
-            2 => Some(StopRequest::TimedOut(
+            1 => Some(Stop::Cancelled),
+            2 => Some(Stop::TimedOut(
                 self.timeout
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -167,23 +171,27 @@ impl StopFlag {
     }
 }
 
-/// The typed trap that ends a stopped group task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum StopRequest {
-    #[error("cancelled")]
-    Cancelled,
-    #[error("timed out")]
-    TimedOut(Duration),
-}
-
 /// The group side of a store: what the coordinator and members may ask.
 pub(crate) struct GroupLink {
     pub(crate) group: Arc<GroupInner>,
     /// The coordinator's task between `group-next-task` and the
     /// `thread-spawn` its `std::thread::spawn` makes.
     pub(crate) handing_over: Option<Box<PendingTask>>,
-    /// The runner, to run new members on.
-    pub(crate) runner: std::sync::Weak<RunnerInner>,
+    /// The engine, to run new members on; weak, so a coordinator does not
+    /// keep a dropped runner's engine (and its instance pool) alive.
+    pub(crate) engine: wasmtime::EngineWeak,
+    /// The runner's epoch ticker, for new members.
+    pub(crate) ticker: Option<TickerHandle>,
+}
+
+/// The group link of a coordinator's store, if it is one.
+fn link(state: &TaskState) -> Option<&GroupLink> {
+    state.extension.as_ref()?.downcast_ref()
+}
+
+/// As [`link`], mutable.
+fn link_mut(state: &mut TaskState) -> Option<&mut GroupLink> {
+    state.extension.as_mut()?.downcast_mut()
 }
 
 /// A named part of a group's memory, published by a guest. All accesses are
@@ -448,10 +456,126 @@ impl GroupInner {
     }
 }
 
-/// Checks the module can form a group and creates it.
-pub(crate) async fn create(runner: &Arc<RunnerInner>, spec: GroupSpec) -> Result<SharedGroup> {
+/// The shared memory groups of a runner, by name, and the sum of their
+/// maximums against the runner's budget.
+pub(crate) struct Groups {
+    budget: u64,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    live: HashMap<String, SharedGroup>,
+    /// Names being created: taken, so that a second `create` of the same
+    /// name fails at once rather than after the first one's `.await`.
+    creating: HashMap<String, u64>,
+    /// Sum of the maximums of the live and creating groups.
+    reserved: u64,
+}
+
+impl Groups {
+    /// No groups yet; at most `budget` bytes of shared memory in all.
+    pub(crate) fn new(budget: u64) -> Groups {
+        Groups {
+            budget,
+            registry: Mutex::new(Registry::default()),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The group registered under `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<SharedGroup> {
+        self.registry().live.get(name).cloned()
+    }
+
+    /// Stops the group `name` from taking tasks, forgets it and returns its
+    /// budget.
+    pub(crate) fn close(&self, name: &str) {
+        let mut registry = self.registry();
+        if let Some(group) = registry.live.remove(name) {
+            registry.reserved = registry.reserved.saturating_sub(group.maximum());
+            drop(registry);
+            group.inner.close();
+        }
+    }
+
+    /// Claims `name` and `bytes` of the budget for a group being created,
+    /// in one step under one lock.
+    fn claim(&self, name: &str, bytes: u64) -> Result<()> {
+        let mut registry = self.registry();
+        if registry.live.contains_key(name) || registry.creating.contains_key(name) {
+            return Err(Error::InvalidSpec {
+                field: format!("group `{name}`.name"),
+                message: "a group of this name already exists".into(),
+            });
+        }
+        if registry.live.len() + registry.creating.len() >= MAX_GROUPS as usize {
+            return Err(Error::InvalidSpec {
+                field: format!("group `{name}`"),
+                message: format!("a runner holds at most {MAX_GROUPS} shared memory groups"),
+            });
+        }
+        if registry.reserved.saturating_add(bytes) > self.budget {
+            return Err(Error::InvalidSpec {
+                field: format!("group `{name}`.maximum"),
+                message: format!(
+                    "{} would exceed the runner's shared memory budget ({} of {} in use)",
+                    ByteSize(bytes),
+                    ByteSize(registry.reserved),
+                    ByteSize(self.budget)
+                ),
+            });
+        }
+        registry.reserved += bytes;
+        registry.creating.insert(name.to_owned(), bytes);
+        Ok(())
+    }
+
+    /// Ends a claim: registers the created group, or returns the budget.
+    fn settle(&self, name: &str, created: &Result<SharedGroup>) {
+        let mut registry = self.registry();
+        let bytes = registry.creating.remove(name).unwrap_or(0);
+        match created {
+            Ok(group) => {
+                registry.live.insert(name.to_owned(), group.clone());
+            }
+            Err(_) => registry.reserved = registry.reserved.saturating_sub(bytes),
+        }
+    }
+
+    /// Checks the module can form a group and creates it.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Runner::create_group`].
+    pub(crate) async fn create(&self, parts: &Parts, spec: GroupSpec) -> Result<SharedGroup> {
+        let (program, initial, maximum) = check(parts, &spec).await?;
+        self.claim(&spec.name, maximum)?;
+        let created = build(parts, spec.name.clone(), program, initial, maximum).await;
+        self.settle(&spec.name, &created);
+        created
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        // A group's coordinator holds its group, not the runner: without
+        // this it would wait for tasks forever, with its thread and memory.
+        let registry = self.registry.get_mut().unwrap_or_else(|e| e.into_inner());
+        for group in registry.live.values() {
+            group.inner.close();
+        }
+    }
+}
+
+/// Checks that `spec` can form a group: its program, initial size and
+/// maximum (in bytes).
+async fn check(parts: &Parts, spec: &GroupSpec) -> Result<(Program, u64, u64)> {
     let field = |name: &str| format!("group `{}`.{name}", spec.name);
-    let program = crate::program::load(runner, &spec.wasm).await?;
+    let program = parts.loader.load(&spec.wasm).await?;
     let ProgramKind::Shared { module } = &program.inner.kind else {
         return Err(Error::InvalidSpec {
             field: field("wasm"),
@@ -462,8 +586,7 @@ pub(crate) async fn create(runner: &Arc<RunnerInner>, spec: GroupSpec) -> Result
             ),
         });
     };
-    let module = module.clone();
-    let declared = shared_memory_import(&module).ok_or_else(|| Error::InvalidSpec {
+    let declared = shared_memory_import(module).ok_or_else(|| Error::InvalidSpec {
         field: field("wasm"),
         message: format!(
             "`{}` does not import a shared memory (`env.memory`); build it for \
@@ -505,12 +628,7 @@ pub(crate) async fn create(runner: &Arc<RunnerInner>, spec: GroupSpec) -> Result
             ),
         });
     }
-    runner.reserve_shared_memory(&spec.name, maximum)?;
-    let created = build(runner, spec.name.clone(), program, initial, maximum).await;
-    if created.is_err() {
-        runner.release_shared_memory(&spec.name, maximum);
-    }
-    created
+    Ok((program, initial, maximum))
 }
 
 fn shared_memory_import(module: &wasmtime::Module) -> Option<MemoryType> {
@@ -525,7 +643,7 @@ fn shared_memory_import(module: &wasmtime::Module) -> Option<MemoryType> {
 }
 
 async fn build(
-    runner: &Arc<RunnerInner>,
+    parts: &Parts,
     name: String,
     program: Program,
     initial: u64,
@@ -533,18 +651,18 @@ async fn build(
 ) -> Result<SharedGroup> {
     let to_pages = |bytes: u64| u32::try_from(bytes.div_ceil(PAGE)).unwrap_or(u32::MAX);
     let memory = SharedMemory::new(
-        &runner.engine,
+        parts.engine(),
         MemoryType::shared(to_pages(initial), to_pages(maximum)),
     )
     .map_err(Error::internal)?;
     let ProgramKind::Shared { module } = &program.inner.kind else {
         return Err(Error::Internal("not a shared-memory module".into()));
     };
-    let mut linker: Linker<TaskState> = runner.module_linker.clone();
+    let mut linker: Linker<TaskState> = parts.loader.module_linker().clone();
     {
         // Defining an item needs a store of the engine; shared memories
         // belong to no store.
-        let store = Store::new(&runner.engine, TaskState::inert());
+        let store = Store::new(parts.engine(), TaskState::inert());
         linker
             .define(&store, "env", "memory", memory.clone())
             .map_err(Error::internal)?;
@@ -567,9 +685,8 @@ async fn build(
     let (coordinator_done_tx, coordinator_done) = oneshot::channel();
     let coordinator = Coordinator {
         group: Arc::clone(&inner),
-        runner: Arc::downgrade(runner),
-        engine: runner.engine.clone(),
-        ticker: runner.ticker.activate(),
+        engine: parts.engine().clone(),
+        ticker: parts.ticker.clone(),
     };
     std::thread::Builder::new()
         .name(format!("isola-group-{}", inner.name))
@@ -598,9 +715,8 @@ async fn build(
 /// Instance 0 of a group: runs the module's `main`, which serves tasks.
 struct Coordinator {
     group: Arc<GroupInner>,
-    runner: std::sync::Weak<RunnerInner>,
     engine: wasmtime::Engine,
-    ticker: Option<crate::runner::TickerGuard>,
+    ticker: Option<TickerHandle>,
 }
 
 impl Coordinator {
@@ -613,21 +729,21 @@ impl Coordinator {
             Ok(rt) => rt,
             Err(err) => return format!("cannot start a runtime: {err}"),
         };
-        let _ticking = self.ticker;
+        let _ticking = self.ticker.clone().map(TickerHandle::activate);
         runtime.block_on(async {
             let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
             wasi.inherit_stderr().arg(self.group.name.clone());
             let mut state = TaskState::inert();
             state.wasi = wasi.build_p1();
-            state.group = Some(GroupLink {
+            // The memory is the group's, bounded by its maximum.
+            state.limiter = MemoryLimiter::new(u64::MAX);
+            state.extension = Some(Box::new(GroupLink {
                 group: Arc::clone(&self.group),
                 handing_over: None,
-                runner: self.runner.clone(),
-            });
-            let mut store = Store::new(&self.engine, state);
-            let _ = store.set_fuel(u64::MAX);
-            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-            store.set_epoch_deadline(1);
+                engine: self.engine.weak(),
+                ticker: self.ticker.clone(),
+            }));
+            let mut store = store::new_store(&self.engine, state, u64::MAX, None);
             let result = async {
                 let instance = self.group.pre.instantiate_async(&mut store).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -651,7 +767,7 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
         crate::channel::CORE_MODULE,
         "group-ready",
         move |caller: Caller<'_, TaskState>| -> wasmtime::Result<()> {
-            let link = caller.data().group.as_ref().ok_or_else(not_in_group)?;
+            let link = link(caller.data()).ok_or_else(not_in_group)?;
             if let Some(ready) = link
                 .group
                 .ready
@@ -669,11 +785,11 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
         "group-next-task",
         move |mut caller: Caller<'_, TaskState>, (): ()| {
             Box::new(async move {
-                let link = caller.data_mut().group.as_mut().ok_or_else(not_in_group)?;
+                let link = link_mut(caller.data_mut()).ok_or_else(not_in_group)?;
                 let group = Arc::clone(&link.group);
                 match group.next_task().await {
                     Some(task) => {
-                        if let Some(link) = caller.data_mut().group.as_mut() {
+                        if let Some(link) = link_mut(caller.data_mut()) {
                             link.handing_over = Some(Box::new(task));
                         }
                         Ok(1i32)
@@ -692,7 +808,7 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
               offset: i32,
               len: i32|
               -> wasmtime::Result<()> {
-            let link = caller.data().group.as_ref().ok_or_else(not_in_group)?;
+            let link = link(caller.data()).ok_or_else(not_in_group)?;
             let group = Arc::clone(&link.group);
             let size = group.memory.data_size();
             let (offset, len) = (offset as u32, len as u32);
@@ -718,7 +834,7 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
         "thread-spawn",
         move |mut caller: Caller<'_, TaskState>, start_arg: i32| -> i32 {
             // Negative results are errors to wasi-libc (EAGAIN).
-            let Some(link) = caller.data_mut().group.as_mut() else {
+            let Some(link) = link_mut(caller.data_mut()) else {
                 return -1;
             };
             let Some(task) = link.handing_over.take() else {
@@ -727,14 +843,14 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
                 return -1;
             };
             let group = Arc::clone(&link.group);
-            let Some(runner) = link.runner.upgrade() else {
+            let Some(engine) = link.engine.upgrade() else {
                 return -1;
             };
             let tid = group.next_tid.fetch_add(1, Ordering::Relaxed) & 0x1FFF_FFFF;
             let member = Member {
                 group,
-                engine: runner.engine.clone(),
-                ticker: runner.ticker.activate(),
+                engine,
+                ticker: link.ticker.clone().map(TickerHandle::activate),
                 tid: tid.max(1),
                 start_arg,
             };
@@ -754,7 +870,7 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
 struct Member {
     group: Arc<GroupInner>,
     engine: wasmtime::Engine,
-    ticker: Option<crate::runner::TickerGuard>,
+    ticker: Option<TickerGuard>,
     tid: u32,
     start_arg: i32,
 }
@@ -769,22 +885,16 @@ impl Member {
             spawned_at,
         } = task;
         let _ticking = self.ticker;
-        state.group = None;
+        state.extension = None;
         let result = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
             .map(|runtime| {
                 runtime.block_on(async {
-                    let mut store = Store::new(&self.engine, state);
-                    store.limiter(|s| &mut s.limiter);
-                    let _ = store.set_fuel(fuel);
                     let flag = Arc::clone(&stop);
-                    store.epoch_deadline_callback(move |_| match flag.request() {
-                        Some(request) => Err(wasmtime::Error::new(request)),
-                        None => Ok(UpdateDeadline::Yield(1)),
-                    });
-                    store.set_epoch_deadline(1);
+                    let check: store::StopCheck = Arc::new(move || flag.request());
+                    let mut store = store::new_store(&self.engine, state, fuel, Some(check));
                     let mut started_at = None;
                     let result = async {
                         let instance = self.group.pre.instantiate_async(&mut store).await?;
@@ -802,25 +912,17 @@ impl Member {
                         startup: started - spawned_at,
                         run_time: ended_at - started,
                         peak_memory: self.group.memory.data_size() as u64,
-                        fuel_used: fuel - store.get_fuel().unwrap_or(fuel),
+                        fuel_used: store::fuel_used(&store, fuel),
                     };
                     // A stop request wins even if the guest got to return
                     // first: a woken waiter may leave without another epoch
                     // check.
-                    let result = match (result, stop.request()) {
-                        (Ok(()), Some(request)) => Err(wasmtime::Error::new(request)),
-                        (result, _) => result,
-                    };
-                    let outcome = match result {
-                        Ok(()) => Outcome::Exited { code: 0 },
-                        Err(err) => match err.downcast_ref::<StopRequest>() {
-                            Some(StopRequest::Cancelled) => Outcome::Cancelled,
-                            Some(StopRequest::TimedOut(after)) => Outcome::LimitExceeded {
-                                limit: Limit::Timeout { after: *after },
-                            },
-                            None => crate::task::classify(&err, fuel),
-                        },
-                    };
+                    let outcome = match (result, stop.request()) {
+                        (Ok(()), Some(request)) => Ending::Stopped(request),
+                        (Ok(()), None) => Ending::Exited(0),
+                        (Err(err), _) => Ending::Error(err),
+                    }
+                    .into_outcome(&Budget::fuel(fuel));
                     (outcome, metrics)
                 })
             });
@@ -833,7 +935,7 @@ impl Member {
 
 /// Watches a group task: applies its timeout and cancellation (waking
 /// waiters until it stops), then builds its report.
-pub(crate) async fn supervise(
+async fn supervise(
     group: Arc<GroupInner>,
     stop: Arc<StopFlag>,
     cancel: CancellationToken,
@@ -842,24 +944,14 @@ pub(crate) async fn supervise(
     outputs: (crate::output::OutputPipe, crate::output::OutputPipe),
 ) -> TaskReport {
     let mut report = std::pin::pin!(report);
-    let deadline = async {
-        match timeout {
-            Some(after) => {
-                tokio::time::sleep(after).await;
-                after
-            }
-            None => std::future::pending().await,
-        }
-    };
     let early = tokio::select! {
         biased;
         ended = &mut report => Some(ended),
-        () = cancel.cancelled() => {
-            stop.cancel();
-            None
-        }
-        after = deadline => {
-            stop.time_out(after);
+        request = store::stopped(timeout, Some(&cancel)) => {
+            match request {
+                Stop::Cancelled => stop.cancel(),
+                Stop::TimedOut(after) => stop.time_out(after),
+            }
             None
         }
     };
@@ -894,11 +986,94 @@ pub(crate) async fn supervise(
     }
 }
 
-/// Whether `path` names the group's module (same bytes).
-pub(crate) fn same_module(group: &GroupInner, program: &Program) -> bool {
+/// Whether `program` is the group's module (same bytes).
+fn same_module(group: &GroupInner, program: &Program) -> bool {
     group.program.content_hash() == program.content_hash()
 }
 
-pub(crate) fn group_path(group: &GroupInner) -> &Path {
-    group.program.path()
+/// Starts a task in the shared memory group `name`: it is handed to the
+/// group's coordinator, which gives it a thread (see [`crate::group`]).
+///
+/// # Errors
+///
+/// [`Error::InvalidSpec`] for a spec the rulebook refuses, a group that
+/// does not exist or is closed, or a program that is not the group's.
+pub(crate) async fn spawn(
+    parts: &Parts,
+    groups: &Groups,
+    program: &Program,
+    name: &str,
+    spec: TaskSpec,
+) -> Result<TaskHandle> {
+    let spawned_at = Instant::now();
+    parts.check(&spec)?;
+    let group = groups.get(name).ok_or_else(|| Error::InvalidSpec {
+        field: "shared_group".into(),
+        message: format!("no shared memory group `{name}` exists"),
+    })?;
+    if !same_module(&group.inner, program) {
+        return Err(Error::InvalidSpec {
+            field: "wasm".into(),
+            message: format!(
+                "`{}` is not the module of shared memory group `{name}`, which is `{}`",
+                program.path().display(),
+                group.inner.program.path().display()
+            ),
+        });
+    }
+    let prepared = prepare(program.path(), &spec, None)?;
+    let (channel, host_ends) = ChannelState::for_spec(&spec);
+    let Prepared {
+        mut wasi,
+        stdout,
+        stderr,
+        stdout_rx,
+        stderr_rx,
+    } = prepared;
+    let state = TaskState {
+        wasi: wasi.build_p1(),
+        // The memory is the group's; its bound is the group's maximum.
+        limiter: MemoryLimiter::new(u64::MAX),
+        channel,
+        extension: None,
+    };
+    // Group tasks count against the runner's live tasks like any other.
+    let slot = parts.slot().await?;
+    let stop = Arc::new(StopFlag::default());
+    let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+    let pending = PendingTask {
+        state,
+        fuel: spec.limits.fuel.unwrap_or(u64::MAX),
+        stop: Arc::clone(&stop),
+        report: report_tx,
+        spawned_at,
+    };
+    if !group.inner.enqueue(pending) {
+        return Err(Error::InvalidSpec {
+            field: "shared_group".into(),
+            message: format!("shared memory group `{name}` is closed"),
+        });
+    }
+    let cancel = CancellationToken::new();
+    let supervised = supervise(
+        Arc::clone(&group.inner),
+        stop,
+        cancel.clone(),
+        spec.limits.timeout,
+        report_rx,
+        (stdout, stderr),
+    );
+    let join = tokio::spawn(async move {
+        let report = supervised.await;
+        drop(slot);
+        report
+    });
+    Ok(TaskHandle::new(
+        TaskId::next(),
+        CancelHandle::new(cancel),
+        join,
+        (stdout_rx, stderr_rx),
+        host_ends,
+        None,
+    ))
 }

@@ -28,50 +28,64 @@
 //!
 //! # Layout
 //!
-//! - [`spec`]: what a task is (serde data: module, args, env, dirs, stdin,
-//!   output, limits, isolation).
-//! - [`runner`]: the [`Runner`], owner of the engine, the linkers, the compile
-//!   caches and the instance pool.
-//! - `program`: reading, recognising, compiling and pre-instantiating Wasm.
-//! - `cache`: the integrity-checked on-disk cache of precompiled artifacts.
-//! - `task`: one running task: WASI context, store, timeout and cancel race,
-//!   and the classification of its ending.
-//! - `state` and `output`: the store's data (WASI, memory limiter) and the
-//!   guest's output streams.
-//! - [`outcome`]: how a task ended and what it cost.
+//! From the bottom up (each layer imports only the layers below it):
+//!
+//! - Data: [`spec`] (what a task is, plus the rulebook in `rules`),
+//!   [`outcome`] (how it ended, and the one classifier), `error`, `size`.
+//! - Runtime core: `cache` (integrity-checked artifacts), `program`
+//!   (a loaded program), `loader` (engine, linkers, caches), `ticker`
+//!   (epochs), `output`, `channel`, `state` (a store's data and WASI
+//!   context), `store` (the one store recipe, entry by kind, and the
+//!   timeout/cancel race), `handle` (what every backend returns), `parts`
+//!   (what backends borrow from a runner), `ipc` (the worker protocol).
+//! - Backends, none importing another: `thread` (tasks and kept plugins in
+//!   this process), `process` (worker pool, supervisor, kept-plugin
+//!   session), [`group`] (shared memory groups).
+//! - Façades: [`runner`] (the [`Runner`]), `plugin` ([`PluginInstance`]),
+//!   [`worker`] (the child side of process isolation), [`config`] and
+//!   [`taskset`] (task sets).
+
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+pub mod group;
 pub mod outcome;
 pub mod runner;
 pub mod spec;
 pub mod taskset;
-
-pub mod group;
-pub mod process;
+pub mod worker;
 
 mod cache;
 mod channel;
 mod error;
+mod handle;
+mod ipc;
+mod loader;
 mod output;
+mod parts;
 mod plugin;
+mod process;
 mod program;
+mod rules;
 mod size;
 mod state;
-mod task;
+mod store;
+mod thread;
+mod ticker;
 
 pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};
 pub use group::{GroupSpec, OutOfBounds, Region, SharedGroup};
+pub use handle::{CancelHandle, TaskHandle, TaskId};
 pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,
 };
 pub use output::OutputReceiver;
 pub use plugin::PluginInstance;
-pub use process::worker;
 pub use program::Program;
 pub use runner::{CacheDir, CacheStats, CallError, Runner, RunnerConfig};
 pub use spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};
-pub use task::{CancelHandle, TaskHandle, TaskId};
 
 /// Re-exported so embedders can name sizes in [`Limits`] without adding the
 /// dependency themselves.

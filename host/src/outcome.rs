@@ -288,3 +288,251 @@ impl Captured {
         String::from_utf8_lossy(&self.bytes)
     }
 }
+
+/// Why [`crate::Runner::call`], [`crate::Runner::plugin`] or
+/// [`crate::PluginInstance::call`] returned no output.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The task could not start (nothing of the guest ran).
+    #[error(transparent)]
+    Start(#[from] crate::Error),
+    /// The plugin's `run` returned this error.
+    #[error("the plugin returned an error: {0}")]
+    Rejected(String),
+    /// The task ended without returning: trapped (also in a kept
+    /// instance's `start` function or `_initialize`), hit a limit, crashed
+    /// or was cancelled. The report says how, with the guest's output.
+    #[error("the plugin did not return: {}", .0.outcome)]
+    Ended(Box<TaskReport>),
+}
+
+/// Why an instance whose caller dropped a call half-way is unusable.
+pub(crate) fn abandoned() -> Outcome {
+    Outcome::Failed {
+        message: "an earlier call was abandoned before it answered".into(),
+    }
+}
+
+/// The answer to a call on a kept instance an earlier call left unusable.
+pub(crate) fn unusable(outcome: &Outcome) -> CallError {
+    ended(
+        Outcome::Failed {
+            message: format!("the instance is unusable after an earlier call ended: {outcome}"),
+        },
+        TaskMetrics::default(),
+    )
+}
+
+/// A call of a kept instance that ended without returning. Its output is
+/// not in the report: a kept instance's output is not captured.
+pub(crate) fn ended(outcome: Outcome, metrics: TaskMetrics) -> CallError {
+    CallError::Ended(Box::new(TaskReport {
+        outcome,
+        metrics,
+        stdout: Default::default(),
+        stderr: Default::default(),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Classification: the one place an ending becomes an `Outcome`.
+// ---------------------------------------------------------------------------
+
+/// How a guest's run ended, before it is classified. Every backend (thread
+/// task, kept plugin, group member, worker process) reduces its ending to
+/// this and calls [`Ending::into_outcome`].
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// The command's `main` returned (0) or a component's `wasi:cli/run`
+    /// returned an error (1).
+    Exited(i32),
+    /// A plugin's `run` returned its output or its error.
+    Returned(Result<Vec<u8>, String>),
+    /// The guest, or a host call it made, ended with this error.
+    Error(wasmtime::Error),
+    /// Stopped from outside.
+    Stopped(Stop),
+}
+
+/// What classification needs to know about where the guest ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// The fuel the guest was given (`u64::MAX` when unlimited): the budget
+    /// an out-of-fuel trap reports.
+    pub(crate) fuel: u64,
+    /// The kernel memory limit of the process the guest runs in (a worker
+    /// under `RLIMIT_DATA`), if any: an `ENOMEM` is then that limit.
+    pub(crate) os_memory_limit: Option<u64>,
+}
+
+impl Budget {
+    /// A guest in the host's own process with `fuel`.
+    pub(crate) fn fuel(fuel: u64) -> Budget {
+        Budget {
+            fuel,
+            os_memory_limit: None,
+        }
+    }
+}
+
+impl Ending {
+    /// The outcome of this ending.
+    pub(crate) fn into_outcome(self, budget: &Budget) -> Outcome {
+        match self {
+            Ending::Exited(code) => Outcome::Exited { code },
+            Ending::Returned(Ok(output)) => Outcome::Returned { output },
+            Ending::Returned(Err(error)) => Outcome::Rejected { error },
+            Ending::Error(err) => classify(&err, budget),
+            Ending::Stopped(stop) => stop.outcome(),
+        }
+    }
+}
+
+/// Why a task was stopped from outside: also the typed error a stopped
+/// guest traps with where the stop is raised inside the store (shared
+/// memory group tasks), so [`classify`] recognises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Stop {
+    /// [`crate::CancelHandle::cancel`] or a dropped run.
+    #[error("cancelled")]
+    Cancelled,
+    /// The wall-clock limit, after this long.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+impl Stop {
+    fn outcome(self) -> Outcome {
+        match self {
+            Stop::Cancelled => Outcome::Cancelled,
+            Stop::TimedOut(after) => Outcome::LimitExceeded {
+                limit: Limit::Timeout { after },
+            },
+        }
+    }
+}
+
+/// How a worker process's task ended, as its parent saw it: the one input
+/// of the process backend's classification.
+#[derive(Debug)]
+pub(crate) struct WorkerEnding {
+    /// The outcome the worker reported (`finished`), if it did.
+    pub(crate) reported: Option<Outcome>,
+    /// A frame that broke the protocol, if one did.
+    pub(crate) protocol_error: Option<String>,
+    /// Why the parent stopped the worker, if it did.
+    pub(crate) stop: Option<Stop>,
+    /// The worker's exit status once reaped, if it was.
+    pub(crate) status: Option<std::process::ExitStatus>,
+}
+
+impl WorkerEnding {
+    /// The task's outcome. What the worker reported wins, except that a
+    /// worker told to stop for a timeout reports "cancelled": the reason
+    /// the parent stopped it is the truth. A worker that reported nothing
+    /// crashed, unless the parent stopped it or it broke the protocol.
+    pub(crate) fn into_outcome(self) -> Outcome {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.reported, self.protocol_error, self.stop) {
+            (Some(Outcome::Cancelled), _, Some(stop)) => stop.outcome(),
+            (Some(reported), _, _) => reported,
+            (None, Some(message), _) => Outcome::Failed { message },
+            (None, None, Some(stop)) => stop.outcome(),
+            (None, None, None) => Outcome::Crashed {
+                signal: self.status.and_then(|s| s.signal()),
+                status: self.status.and_then(|s| s.code()),
+            },
+        }
+    }
+}
+
+/// Whether the error, or an error it wraps, is the kernel refusing memory
+/// (`ENOMEM`), as `std::io::Error` or as the `rustix` error wasmtime's own
+/// `mmap` calls return.
+pub(crate) fn is_out_of_memory(err: &wasmtime::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOMEM))
+            || cause
+                .downcast_ref::<rustix::io::Errno>()
+                .is_some_and(|errno| *errno == rustix::io::Errno::NOMEM)
+    })
+}
+
+/// Decides the outcome of a guest error from its typed contents, never
+/// from its text: an `I32Exit` is an exit, Isola's [`Limit`] a limit, a
+/// [`Stop`] a cancel or timeout, a [`wasmtime::Trap`] a trap (out of fuel
+/// is the fuel limit), and an allocation the kernel refused (`ENOMEM`)
+/// under a process's memory limit is that limit. Anything else is
+/// [`Outcome::Failed`].
+pub(crate) fn classify(err: &wasmtime::Error, budget: &Budget) -> Outcome {
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Outcome::Exited { code: exit.0 };
+    }
+    if let Some(limit) = err.downcast_ref::<Limit>() {
+        return Outcome::LimitExceeded {
+            limit: limit.clone(),
+        };
+    }
+    if let Some(stop) = err.downcast_ref::<Stop>() {
+        return stop.outcome();
+    }
+    let Some(trap) = err.downcast_ref::<wasmtime::Trap>() else {
+        if let Some(max) = budget.os_memory_limit
+            && is_out_of_memory(err)
+        {
+            return Outcome::LimitExceeded {
+                limit: Limit::ProcessMemory { max: ByteSize(max) },
+            };
+        }
+        return Outcome::Failed {
+            message: format!("{err:#}"),
+        };
+    };
+    if *trap == wasmtime::Trap::OutOfFuel {
+        return Outcome::LimitExceeded {
+            limit: Limit::Fuel {
+                budget: budget.fuel,
+            },
+        };
+    }
+    let kind = TrapKind::from_wasmtime(*trap);
+    let message = trap_message(*trap);
+    let backtrace = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| {
+            bt.frames()
+                .iter()
+                .map(|frame| Frame {
+                    module: frame.module().name().map(str::to_owned),
+                    function: frame.func_name().map(demangle),
+                    func_index: frame.func_index(),
+                    offset: frame.module_offset(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Outcome::Trapped(TrapInfo {
+        kind,
+        message,
+        backtrace,
+    })
+}
+
+/// The trap's description without wasmtime's `wasm trap: ` prefix.
+fn trap_message(trap: wasmtime::Trap) -> String {
+    let text = trap.to_string();
+    match text.strip_prefix("wasm trap: ") {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    }
+}
+
+/// A readable function name: Rust symbols demangled, without their hash.
+fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(symbol) => format!("{symbol:#}"),
+        Err(_) => name.to_owned(),
+    }
+}

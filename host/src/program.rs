@@ -1,17 +1,17 @@
-//! Loading Wasm into runnable programs: read, recognize, compile (or load
-//! the precompiled artifact), check imports, pre-instantiate.
+//! A loaded program: compiled, linked, ready to instantiate. Made by the
+//! loader ([`crate::loader`]); this module holds the types and what can be
+//! told of a program without loading anything (its kind, its entries).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::Component;
-use wasmtime::{ExternType, InstancePre, Module};
+use wasmtime::{InstancePre, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-use crate::cache::{ContentHash, DiskCache, content_hash};
+use crate::cache::ContentHash;
 use crate::channel::bindings::PluginPre;
 use crate::error::{Error, Result};
-use crate::runner::RunnerInner;
+use crate::spec::Entry;
 use crate::state::TaskState;
 
 /// A compiled, linked, ready-to-instantiate Wasm program.
@@ -118,6 +118,34 @@ impl Program {
     }
 }
 
+impl Program {
+    /// The entry a task of this program starts at, or why it cannot.
+    pub(crate) fn resolve_entry(&self, entry: Entry) -> Result<Resolved> {
+        let program = self;
+        let no_run = || Error::UnsupportedWorld {
+            path: program.path().to_owned(),
+            detail: "it has no plugin `run` export (a core module exports `isola_run`; a \
+                     component exports `run` of `isola:task/plugin`)"
+                .into(),
+        };
+        match entry {
+            Entry::Run if program.is_plugin() => Ok(Resolved::Run),
+            Entry::Run => Err(no_run()),
+            Entry::Auto if program.is_command() => Ok(Resolved::Main),
+            Entry::Auto => Ok(Resolved::Run),
+        }
+    }
+}
+
+/// The export a task of a program actually starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// The command's `main` (`_start`, or `wasi:cli/run`).
+    Main,
+    /// The plugin's `run` (`isola_run`, or `run` of `isola:task/plugin`).
+    Run,
+}
+
 /// What identifies a file's contents without reading them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FileStamp {
@@ -128,7 +156,8 @@ pub(crate) struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(meta: &std::fs::Metadata) -> FileStamp {
+    /// The stamp of a file, from its metadata.
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
         FileStamp {
             dev: meta.dev(),
@@ -136,6 +165,11 @@ impl FileStamp {
             len: meta.len(),
             modified: meta.modified().ok(),
         }
+    }
+
+    /// The file's size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
     }
 }
 
@@ -169,307 +203,6 @@ impl WasmKind {
             _ => None,
         }
     }
-}
-
-/// Loads the program at `path`: compiled once per content hash, from the
-/// in-memory cache, the disk cache, or by compiling.
-pub(crate) async fn load(runner: &Arc<RunnerInner>, path: &Path) -> Result<Program> {
-    load_with_cache(runner, path, runner.disk_cache.as_ref()).await
-}
-
-/// As [`load`], with the precompiled artifacts taken from `cache` (a worker
-/// process uses its parent's cache this way).
-pub(crate) async fn load_with_cache(
-    runner: &Arc<RunnerInner>,
-    path: &Path,
-    cache: Option<&DiskCache>,
-) -> Result<Program> {
-    let read_error = |source| Error::Read {
-        path: path.to_owned(),
-        source,
-    };
-    // A file unchanged since it was last loaded (same device, inode, size
-    // and modification time) is not read and hashed again: spawning many
-    // tasks of one file by path stays cheap.
-    // A plain `stat` on this thread: tokio's would hand it to the blocking
-    // pool, costing more than the call itself on this hot path.
-    let stamp = FileStamp::of(&std::fs::metadata(path).map_err(read_error)?);
-    if let Some(program) = runner
-        .known_file(path, &stamp)
-        .and_then(|hash| runner.cached_program(&hash))
-    {
-        runner.stats.record_memory_hit();
-        return Ok(program);
-    }
-    // A small file is read, hashed and (if precompiled) mapped right here:
-    // a trip to the blocking pool costs more than that work. Anything that
-    // may take milliseconds (a big file, compiling) goes to the pool.
-    let small = stamp.len <= INLINE_LOAD_MAX;
-    let bytes = if small {
-        std::fs::read(path)
-    } else {
-        tokio::fs::read(path).await
-    }
-    .map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let kind = WasmKind::detect(&bytes).ok_or_else(|| Error::NotWasm {
-        path: path.to_owned(),
-    })?;
-    let hash = content_hash(&bytes);
-    runner.remember_file(path, stamp, hash);
-    if let Some(program) = runner.cached_program(&hash) {
-        runner.stats.record_memory_hit();
-        return Ok(program);
-    }
-    if small && cache.is_some_and(|c| c.contains(&hash, kind.as_str())) {
-        let program = build(runner, cache, path, kind, hash, Some(&bytes))?;
-        runner.remember_program(hash, program.clone());
-        return Ok(program);
-    }
-    // Compiling and even deserializing take milliseconds to seconds: keep them
-    // off the async workers.
-    let runner2 = Arc::clone(runner);
-    let path2 = path.to_owned();
-    let cache = cache.cloned();
-    let program = tokio::task::spawn_blocking(move || {
-        build(&runner2, cache.as_ref(), &path2, kind, hash, Some(&bytes))
-    })
-    .await
-    .map_err(Error::internal)??;
-    runner.remember_program(hash, program.clone());
-    Ok(program)
-}
-
-/// Largest Wasm file loaded without the blocking pool (when its artifact
-/// is cached): reading, hashing and mapping it take well under a
-/// millisecond.
-const INLINE_LOAD_MAX: u64 = 1 << 20;
-
-/// Loads a program whose content hash and kind are already known (a worker
-/// is told them by its parent), on the calling thread: from memory or the
-/// disk cache without reading the Wasm file at all, else by reading and
-/// compiling it (checked to still have that hash).
-pub(crate) fn load_known(
-    runner: &RunnerInner,
-    path: &Path,
-    hash: ContentHash,
-    kind: WasmKind,
-    cache: Option<&DiskCache>,
-) -> Result<Program> {
-    if let Some(program) = runner.cached_program(&hash) {
-        runner.stats.record_memory_hit();
-        return Ok(program);
-    }
-    let program = build(runner, cache, path, kind, hash, None)?;
-    runner.remember_program(hash, program.clone());
-    Ok(program)
-}
-
-/// Compiles a program from bytes built into Isola (`name` stands in for
-/// its path), bypassing every cache.
-pub(crate) fn from_builtin_bytes(
-    runner: &RunnerInner,
-    name: &str,
-    bytes: &[u8],
-) -> Result<Program> {
-    let kind = WasmKind::detect(bytes).ok_or_else(|| Error::NotWasm { path: name.into() })?;
-    build(
-        runner,
-        None,
-        Path::new(name),
-        kind,
-        content_hash(bytes),
-        Some(bytes),
-    )
-}
-
-/// The Wasm bytes to compile: those already read, or the file's, checked to
-/// be the ones the program was identified by.
-fn wasm_bytes<'a>(
-    path: &Path,
-    hash: &ContentHash,
-    bytes: Option<&'a [u8]>,
-) -> Result<std::borrow::Cow<'a, [u8]>> {
-    if let Some(bytes) = bytes {
-        return Ok(bytes.into());
-    }
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    if content_hash(&bytes) != *hash {
-        return Err(Error::Read {
-            path: path.to_owned(),
-            source: std::io::Error::other("the file changed after it was loaded"),
-        });
-    }
-    Ok(bytes.into())
-}
-
-fn build(
-    runner: &RunnerInner,
-    cache: Option<&DiskCache>,
-    path: &Path,
-    kind: WasmKind,
-    hash: ContentHash,
-    bytes: Option<&[u8]>,
-) -> Result<Program> {
-    let invalid = |err: wasmtime::Error| Error::Invalid {
-        path: path.to_owned(),
-        message: format!("{err:#}"),
-    };
-    let kind = match kind {
-        WasmKind::Module => {
-            let module = match runner.cached_artifact(cache, &hash, kind, |artifact| {
-                // SAFETY: `artifact` passed the cache's integrity check, so it
-                // is exactly what `Module::serialize` wrote for an engine with
-                // the same compatibility hash (the cache directory is keyed
-                // by it), and artifacts are replaced only by rename, so the
-                // mapped file does not change.
-                unsafe { Module::deserialize_open_file(&runner.engine, artifact.file) }
-            }) {
-                Some(module) => module,
-                None => {
-                    let bytes = wasm_bytes(path, &hash, bytes)?;
-                    let module = Module::new(&runner.engine, &bytes).map_err(invalid)?;
-                    runner.stats.record_compile();
-                    tracing::debug!(path = %path.display(), "module compiled from wasm");
-                    if let Ok(artifact) = module.serialize() {
-                        runner.store_artifact(cache, &hash, kind, &artifact);
-                    }
-                    module
-                }
-            };
-            if imports_shared_memory(&module) {
-                check_module_imports(runner, path, &module)?;
-                return Ok(Program {
-                    inner: Arc::new(ProgramInner {
-                        path: path.to_owned(),
-                        hash,
-                        kind: ProgramKind::Shared { module },
-                    }),
-                });
-            }
-            // Linking succeeds for the modules that will run; only a failure
-            // needs the slower check that names the missing import.
-            let linked = runner.module_linker.instantiate_pre(&module);
-            if linked.is_err() {
-                check_module_imports(runner, path, &module)?;
-            }
-            let command = exports_func(&module, "_start", 0, 0);
-            let plugin = exports_func(&module, CORE_PLUGIN_EXPORT, 0, 1);
-            if !command && !plugin {
-                return Err(Error::UnsupportedWorld {
-                    path: path.to_owned(),
-                    detail: format!(
-                        "it exports neither `_start` (a WASI command) nor \
-                         `{CORE_PLUGIN_EXPORT}` (an Isola plugin)"
-                    ),
-                });
-            }
-            let pre = linked.map_err(invalid)?;
-            ProgramKind::Module {
-                pre,
-                command,
-                plugin,
-            }
-        }
-        WasmKind::Component => {
-            let component = match runner.cached_artifact(cache, &hash, kind, |artifact| {
-                // SAFETY: as for modules above: verified bytes written by
-                // `Component::serialize` for a compatible engine.
-                unsafe { Component::deserialize_file(&runner.engine, &artifact.path) }
-            }) {
-                Some(component) => component,
-                None => {
-                    let bytes = wasm_bytes(path, &hash, bytes)?;
-                    let component = Component::new(&runner.engine, &bytes).map_err(invalid)?;
-                    runner.stats.record_compile();
-                    tracing::debug!(path = %path.display(), "component compiled from wasm");
-                    if let Ok(artifact) = component.serialize() {
-                        runner.store_artifact(cache, &hash, kind, &artifact);
-                    }
-                    component
-                }
-            };
-            let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
-                path: path.to_owned(),
-                detail: format!("{err:#}"),
-            };
-            let pre = runner
-                .component_linker()?
-                .instantiate_pre(&component)
-                .map_err(unsupported)?;
-            let command = CommandPre::new(pre.clone()).ok();
-            let plugin = PluginPre::new(pre.clone()).ok();
-            if command.is_none() && plugin.is_none() {
-                return Err(Error::UnsupportedWorld {
-                    path: path.to_owned(),
-                    detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
-                             `isola:task/plugin`"
-                        .into(),
-                });
-            }
-            ProgramKind::Component {
-                pre,
-                command,
-                plugin,
-            }
-        }
-    };
-    Ok(Program {
-        inner: Arc::new(ProgramInner {
-            path: path.to_owned(),
-            hash,
-            kind,
-        }),
-    })
-}
-
-/// Names the first import the linker cannot satisfy, so the error says what
-/// is missing instead of failing somewhere inside instantiation.
-fn check_module_imports(runner: &RunnerInner, path: &Path, module: &Module) -> Result<()> {
-    for import in module.imports() {
-        if is_shared_memory_import(&import) {
-            // Provided by the shared memory group the task runs in.
-            continue;
-        }
-        let provided = runner
-            .provided_imports()
-            .contains(&(import.module().to_owned(), import.name().to_owned()));
-        if !provided {
-            return Err(Error::UnknownImport {
-                path: path.to_owned(),
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn is_shared_memory_import(import: &wasmtime::ImportType<'_>) -> bool {
-    import.module() == "env"
-        && import.name() == "memory"
-        && matches!(import.ty(), ExternType::Memory(ty) if ty.is_shared())
-}
-
-/// Whether the module imports its memory shared (`wasm32-wasip1-threads`).
-pub(crate) fn imports_shared_memory(module: &Module) -> bool {
-    module
-        .imports()
-        .any(|import| is_shared_memory_import(&import))
-}
-
-/// Whether `module` exports a function `name` with this many params and
-/// results.
-fn exports_func(module: &Module, name: &str, params: usize, results: usize) -> bool {
-    matches!(
-        module.get_export(name),
-        Some(ExternType::Func(f)) if f.params().len() == params && f.results().len() == results
-    )
 }
 
 #[cfg(test)]

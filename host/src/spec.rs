@@ -265,3 +265,17 @@ impl Default for Limits {
         }
     }
 }
+
+/// Where a task starts: which export of its program is entered.
+///
+/// Travels to worker processes inside the `run` frame, hence serde.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Entry {
+    /// `main` if the program has one (a command), else the plugin `run`
+    /// with the spec's input.
+    #[default]
+    Auto,
+    /// The plugin `run` with the spec's input ([`crate::Runner::call`]).
+    Run,
+}

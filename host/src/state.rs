@@ -1,12 +1,18 @@
-//! The per-task store data: WASI context and resource accounting.
+//! The per-task store data: WASI context, memory accounting, the task
+//! channel; and the building of a task's WASI context from its spec.
+
+use std::any::Any;
+use std::path::Path;
 
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::channel::ChannelState;
-use crate::group::GroupLink;
-use crate::outcome::Limit;
+use crate::error::{Error, Result};
+use crate::outcome::{Limit, Stream};
+use crate::output::{OutputPipe, OutputReceiver};
+use crate::spec::{Stdin, TaskSpec};
 
 /// Largest table a guest may grow to. Tables live in host memory outside the
 /// linear-memory budget, so they get a fixed bound of their own.
@@ -21,8 +27,10 @@ pub(crate) struct TaskState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) channel: ChannelState,
-    /// Set for the coordinator of a shared memory group.
-    pub(crate) group: Option<GroupLink>,
+    /// Data a backend keeps beside the task's own (the link of a shared
+    /// memory group's coordinator to its group). Opaque here, so that the
+    /// store's data does not depend on the backends that use it.
+    pub(crate) extension: Option<Box<dyn Any + Send>>,
 }
 
 impl TaskState {
@@ -33,7 +41,7 @@ impl TaskState {
             wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
             limiter: MemoryLimiter::new(0),
             channel: ChannelState::closed(),
-            group: None,
+            extension: None,
         }
     }
 }
@@ -42,6 +50,105 @@ impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.ctx()
     }
+}
+
+/// Everything a task needs that is built (and checked) before it starts.
+pub(crate) struct Prepared {
+    pub(crate) wasi: WasiCtxBuilder,
+    pub(crate) stdout: OutputPipe,
+    pub(crate) stderr: OutputPipe,
+    pub(crate) stdout_rx: Option<OutputReceiver>,
+    pub(crate) stderr_rx: Option<OutputReceiver>,
+}
+
+/// Turns the spec's grants into a WASI context. Errors name the spec field.
+///
+/// The grants themselves are checked by the caller ([`crate::rules`]);
+/// this only fails if a granted directory or file cannot be opened now.
+pub(crate) fn prepare(
+    program_path: &Path,
+    spec: &TaskSpec,
+    stdin_override: Option<wasmtime_wasi::cli::AsyncStdinStream>,
+) -> Result<Prepared> {
+    let mut wasi = WasiCtxBuilder::new();
+    // Deny the network outright; `WasiCtxBuilder` allows the socket APIs
+    // (with every address refused) by default.
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+
+    let argv0 = spec.argv0.clone().unwrap_or_else(|| {
+        program_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "main.wasm".into())
+    });
+    wasi.arg(argv0).args(&spec.args);
+
+    for (key, value) in &spec.env {
+        wasi.env(key, value);
+    }
+    for key in &spec.inherit_env {
+        if let Ok(value) = std::env::var(key) {
+            wasi.env(key, value);
+        }
+    }
+
+    for (i, dir) in spec.dirs.iter().enumerate() {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(&dir.host, dir.guest_path(), perms)
+            .map_err(|err| Error::InvalidSpec {
+                field: format!("dirs[{i}].host"),
+                message: format!("cannot open `{}`: {err}", dir.host.display()),
+            })?;
+    }
+
+    match (&spec.stdin, stdin_override) {
+        (_, Some(stream)) => {
+            wasi.stdin(stream);
+        }
+        (Stdin::Closed, None) => {}
+        (Stdin::Bytes(bytes), None) => {
+            wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(bytes.clone()));
+        }
+        (Stdin::File(path), None) => {
+            let file = std::fs::File::open(path).map_err(|err| Error::InvalidSpec {
+                field: "stdin".into(),
+                message: format!("cannot open `{}`: {err}", path.display()),
+            })?;
+            wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
+        }
+        (Stdin::Inherit, None) => {
+            wasi.inherit_stdin();
+        }
+    }
+
+    let limits = &spec.limits;
+    let (stdout, stdout_rx) = OutputPipe::new(
+        Stream::Stdout,
+        spec.stdout,
+        limits.max_output,
+        limits.capture,
+    );
+    let (stderr, stderr_rx) = OutputPipe::new(
+        Stream::Stderr,
+        spec.stderr,
+        limits.max_output,
+        limits.capture,
+    );
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+
+    Ok(Prepared {
+        wasi,
+        stdout,
+        stderr,
+        stdout_rx,
+        stderr_rx,
+    })
 }
 
 /// Enforces [`crate::Limits::max_memory`] over all of a task's memories
@@ -75,6 +182,11 @@ impl MemoryLimiter {
     pub(crate) fn with_os_limit(mut self, os_limit: Option<u64>) -> Self {
         self.os_limit = os_limit;
         self
+    }
+
+    /// The kernel memory limit set by [`MemoryLimiter::with_os_limit`].
+    pub(crate) fn os_limit(&self) -> Option<u64> {
+        self.os_limit
     }
 
     /// Largest total linear memory reached so far.

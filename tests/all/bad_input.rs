@@ -155,6 +155,99 @@ async fn bad_grants_name_the_field() {
     cli_error(&["run", "--dir", "/no/such/dir", hello], &["/no/such/dir"]);
 }
 
+/// The field an `InvalidSpec` error names.
+fn invalid_field(err: Error) -> String {
+    match err {
+        Error::InvalidSpec { field, .. } => field,
+        other => panic!("expected an invalid spec, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn spec_rules_are_checked_before_a_task_starts() {
+    // The rules `tasks.toml` and `TaskSet::new` apply, from the library:
+    // each spec breaks one, and the error names its field.
+    let hello = guest("hello", GuestKind::Module);
+    let dir = tempfile::tempdir().expect("tempdir");
+    /// A field and a change that breaks its rule.
+    type Case = (&'static str, fn(&mut TaskSpec));
+    let cases: &[Case] = &[
+        ("limits.message_queue", |s| s.limits.message_queue = 0),
+        ("limits.fuel", |s| s.limits.fuel = Some(0)),
+        ("limits.timeout", |s| {
+            s.limits.timeout = Some(std::time::Duration::ZERO);
+        }),
+        ("inherit_env[0]", |s| s.inherit_env = vec!["A=B".into()]),
+        ("inherit_env[0]", |s| {
+            s.env.insert("HOME".into(), "/x".into());
+            s.inherit_env = vec!["HOME".into()];
+        }),
+        ("args[1]", |s| s.args = vec!["a".into(), "b\0".into()]),
+        ("env.", |s| {
+            s.env.insert(String::new(), "x".into());
+        }),
+        ("dirs[0].guest", |s| {
+            s.dirs = vec![isola::DirGrant {
+                host: std::env::temp_dir(),
+                guest: Some(String::new()),
+                writable: false,
+            }];
+        }),
+        ("reuse_worker", |s| s.reuse_worker = true),
+        ("limits.max_message_size", |s| {
+            s.isolation = isola::Isolation::Process;
+            s.limits.max_message_size = isola::ByteSize::mib(64);
+        }),
+        ("isolation", |s| {
+            s.isolation = isola::Isolation::Process;
+            s.shared_group = Some("g".into());
+        }),
+    ];
+    for (field, break_it) in cases {
+        let mut spec = TaskSpec::new(&hello);
+        break_it(&mut spec);
+        let described = format!("{spec:?}");
+        assert_eq!(
+            invalid_field(spawn_error(spec).await),
+            *field,
+            "{described}"
+        );
+    }
+    // The rules come before the host's file system: a zero queue is named
+    // even with a stdin file that does not exist.
+    let mut spec = TaskSpec::new(&hello);
+    spec.stdin = isola::Stdin::File(dir.path().join("missing"));
+    spec.limits.message_queue = 0;
+    assert_eq!(
+        invalid_field(spawn_error(spec).await),
+        "limits.message_queue"
+    );
+    let mut spec = TaskSpec::new(&hello);
+    spec.stdin = isola::Stdin::File(dir.path().to_owned());
+    assert_eq!(
+        invalid_field(spawn_error(spec).await),
+        "stdin",
+        "a directory is no stdin"
+    );
+
+    // A call checks the same rules.
+    let mut spec = TaskSpec::new(guest("plugin", GuestKind::Module));
+    spec.limits.message_queue = 0;
+    match runner().call(spec, "41").await {
+        Err(isola::CallError::Start(err)) => {
+            assert_eq!(invalid_field(err), "limits.message_queue");
+        }
+        other => panic!("expected a start error, got {other:?}"),
+    }
+
+    // And the CLI, which reports it as a usage error.
+    let hello = hello.to_str().expect("utf-8 path");
+    cli_error(
+        &["run", "--fuel", "0", hello],
+        &["limits.fuel", "must be at least 1"],
+    );
+}
+
 #[test]
 fn bad_flag_values() {
     let hello = guest("hello", GuestKind::Module);

@@ -177,7 +177,7 @@ reuse_worker = true
         (
             K::UnknownField,
             ("cpu", 0),
-            "task `b`: field `limits.cpu`: unknown field `cpu`; expected one of `max_memory`, `fuel`, `timeout`, `max_output` or `process_memory`",
+            "task `b`: field `limits.cpu`: unknown field `cpu`; expected one of `max_memory`, `fuel`, `timeout`, `max_output`, `capture`, `process_memory`, `message_queue`, `max_message_size` or `max_messages`",
         ),
         (
             K::DuplicateName,
@@ -259,7 +259,7 @@ reuse_worker = true
         (
             K::Conflict,
             ("true", 0),
-            "task #5: field `reuse_worker`: only process tasks have a worker to reuse; set `isolation = \"process\"`",
+            "task #5: field `reuse_worker`: only process tasks have a worker to reuse; set `isolation = \"process\"` or leave `reuse_worker` out",
         ),
     ];
     for (kind, at, line) in cases {
@@ -428,12 +428,286 @@ fn sets_built_in_code_are_checked_too() {
     assert_eq!(
         lines,
         [
-            "task `r`: field `restart`: restarts apply only to process tasks (a thread task cannot crash)",
+            "task `r`: field `restart`: restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`",
             "task `a`: field `name`: the name `a` is already used by task #1; task names must be unique",
             "task `b`: field `depends_on[1]`: no task is named `zzz`",
             "task `b`: field `depends_on[0]`: dependency cycle: a -> b -> a",
         ]
     );
+}
+
+#[test]
+fn spec_problems_in_every_task_are_reported_at_once_at_their_keys() {
+    // Each task breaks a rule of the spec (the rulebook the runner applies
+    // too); a bad value in [defaults] is reported there, once, though two
+    // tasks inherit it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = r#"[defaults]
+limits = { message_queue = 0 }
+
+[[task]]
+name = "a"
+wasm = '{hello}'
+args = ["fine", "nul\u0000here"]
+reuse_worker = true
+limits = { fuel = 0, message_queue = 8 }
+
+[[task]]
+name = "b"
+wasm = '{hello}'
+isolation = "process"
+env = { "BAD=NAME" = "x", GOOD = "ok" }
+inherit_env = ["HOME", "GOOD"]
+limits = { max_message_size = "64MiB", timeout = "0s" }
+
+[[task]]
+name = "c"
+wasm = '{hello}'
+argv0 = "a\u0000b"
+dirs = [{ host = ".", guest = "" }]
+"#;
+    let path = write_set(dir.path(), source);
+    let source = std::fs::read_to_string(&path).expect("read back");
+    let errors = TaskSet::load(&path).expect_err("invalid set");
+    let errors = errors.errors();
+    use ConfigErrorKind as K;
+    let frame = format!(
+        "task `b`: field `limits.max_message_size`: process tasks carry messages in IPC frames of at most {}: use a smaller size or `isolation = \"thread\"`",
+        ByteSize::mib(64)
+    );
+    let cases: &[(K, (&str, usize), &str)] = &[
+        (
+            K::InvalidValue,
+            ("0 }", 0),
+            "[defaults]: field `limits.message_queue`: must be at least 1",
+        ),
+        (
+            K::InvalidValue,
+            ("\"nul\\u0000here\"", 0),
+            "task `a`: field `args[1]`: contains a NUL character",
+        ),
+        (
+            K::Conflict,
+            ("true", 0),
+            "task `a`: field `reuse_worker`: only process tasks have a worker to reuse; set `isolation = \"process\"` or leave `reuse_worker` out",
+        ),
+        (
+            K::InvalidValue,
+            ("0, message_queue", 0),
+            "task `a`: field `limits.fuel`: must be at least 1",
+        ),
+        (
+            K::InvalidValue,
+            ("\"BAD=NAME\"", 0),
+            "task `b`: field `env.BAD=NAME`: a variable name must be non-empty and contain no `=`",
+        ),
+        (
+            K::Conflict,
+            ("\"GOOD\"]", 0),
+            "task `b`: field `inherit_env[1]`: `GOOD` also has a value in `env`: give a variable a value or pass the host's through, not both",
+        ),
+        (K::Conflict, ("\"64MiB\"", 0), &frame),
+        (
+            K::InvalidValue,
+            ("\"0s\"", 0),
+            "task `b`: field `limits.timeout`: must be longer than zero",
+        ),
+        (
+            K::InvalidValue,
+            ("\"a\\u0000b\"", 0),
+            "task `c`: field `argv0`: contains a NUL character",
+        ),
+        (
+            K::InvalidValue,
+            ("\"\" }", 0),
+            "task `c`: field `dirs[0].guest`: the guest path is empty",
+        ),
+    ];
+    for (kind, at, line) in cases {
+        expect_error(errors, &source, *kind, *at, line);
+    }
+    assert_eq!(
+        errors.len(),
+        cases.len(),
+        "exactly these errors: {:#?}",
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+    let lines: Vec<usize> = errors
+        .iter()
+        .map(|e| e.location.expect("located").line)
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+
+    // Fixed, the same set loads.
+    let fixed = source
+        .replace("message_queue = 0", "message_queue = 1")
+        .replace("\"nul\\u0000here\"", "\"nul\"")
+        .replace("reuse_worker = true", "reuse_worker = false")
+        .replace("fuel = 0,", "fuel = 1,")
+        .replace("\"BAD=NAME\"", "BAD_NAME")
+        .replace("\"HOME\", \"GOOD\"", "\"HOME\"")
+        .replace("\"64MiB\"", "\"1MiB\"")
+        .replace("\"0s\"", "\"1s\"")
+        .replace("\"a\\u0000b\"", "\"ab\"")
+        .replace("guest = \"\"", "guest = \"/d\"");
+    std::fs::write(&path, fixed).expect("write");
+    let set = TaskSet::load(&path).unwrap_or_else(|e| panic!("fixed set:\n{e}"));
+    assert_eq!(set.len(), 3);
+}
+
+#[test]
+fn every_limit_is_accepted_in_defaults_and_tasks_and_reaches_the_spec() {
+    use isola::Limits;
+    // The keys are exactly the fields of `Limits`, by their serialized names.
+    let json = serde_json::to_value(Limits::default()).expect("limits as JSON");
+    let mut fields: Vec<&str> = json
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    let mut keys = isola::config::LIMIT_KEYS.to_vec();
+    keys.sort_unstable();
+    assert_eq!(keys, fields);
+
+    let (_dir, set) = load(
+        r#"
+[defaults]
+limits = { capture = "1MiB", message_queue = 16, max_message_size = 4096, max_messages = 100 }
+
+[[task]]
+name = "every"
+wasm = '{hello}'
+isolation = "process"
+limits = { max_memory = "32MiB", fuel = 5000, timeout = "2s", max_output = "2KiB", capture = 512, process_memory = "600MiB", message_queue = 3, max_message_size = "1MiB", max_messages = 7 }
+
+[[task]]
+name = "merged"
+wasm = '{hello}'
+limits = { max_messages = 9, max_output = 100 }
+"#,
+    );
+    // Every field named, so a new limit must be added here too.
+    let every = Limits {
+        max_memory: ByteSize::mib(32),
+        fuel: Some(5000),
+        timeout: Some(Duration::from_secs(2)),
+        max_output: Some(ByteSize::kib(2)),
+        capture: ByteSize(512),
+        process_memory: Some(ByteSize::mib(600)),
+        message_queue: 3,
+        max_message_size: ByteSize::mib(1),
+        max_messages: Some(7),
+    };
+    assert_eq!(set.get("every").expect("every").spec.limits, every);
+    let merged = Limits {
+        capture: ByteSize::mib(1),
+        message_queue: 16,
+        max_message_size: ByteSize(4096),
+        max_messages: Some(9),
+        max_output: Some(ByteSize(100)),
+        ..Limits::default()
+    };
+    assert_eq!(set.get("merged").expect("merged").spec.limits, merged);
+
+    // The new keys have the typed readers of the old ones.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = "[[task]]\nname = \"t\"\nwasm = '{hello}'\nlimits = { message_queue = \"many\", max_messages = -1, capture = \"lots\", max_message_size = true }\n";
+    let path = write_set(dir.path(), source);
+    let source = std::fs::read_to_string(&path).expect("read back");
+    let errors = TaskSet::load(&path).expect_err("bad limits");
+    let errors = errors.errors();
+    use ConfigErrorKind as K;
+    let cases: &[(K, (&str, usize), &str)] = &[
+        (
+            K::WrongType,
+            ("\"many\"", 0),
+            "task `t`: field `limits.message_queue`: expected an integer, found a string",
+        ),
+        (
+            K::InvalidValue,
+            ("-1", 0),
+            "task `t`: field `limits.max_messages`: must not be negative, found -1",
+        ),
+        (
+            K::InvalidValue,
+            ("\"lots\"", 0),
+            "task `t`: field `limits.capture`: \"lots\" is not a size; use one like \"64MiB\", \"512KiB\" or \"1GiB\"",
+        ),
+        (
+            K::WrongType,
+            ("true", 0),
+            "task `t`: field `limits.max_message_size`: expected a size such as \"64MiB\", found a boolean",
+        ),
+    ];
+    for (kind, at, line) in cases {
+        expect_error(errors, &source, *kind, *at, line);
+    }
+    assert_eq!(errors.len(), cases.len(), "{errors:?}");
+}
+
+#[test]
+fn a_zero_message_queue_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = "[[task]]\nname = \"q\"\nwasm = '{hello}'\nlimits = { message_queue = 0 }\n";
+    let path = write_set(dir.path(), source);
+    let source = std::fs::read_to_string(&path).expect("read back");
+    let errors = TaskSet::load(&path).expect_err("a zero queue");
+    assert_eq!(errors.len(), 1, "{errors}");
+    expect_error(
+        errors.errors(),
+        &source,
+        ConfigErrorKind::InvalidValue,
+        ("0 }", 0),
+        "task `q`: field `limits.message_queue`: must be at least 1",
+    );
+
+    // Built in code: the same rule, the same words.
+    let mut spec = TaskSpec::new("x.wasm");
+    spec.limits.message_queue = 0;
+    let errors = TaskSet::new(vec![TaskConfig::new("q", spec)]).expect_err("a zero queue");
+    assert_eq!(
+        errors.to_string(),
+        "task `q`: field `limits.message_queue`: must be at least 1"
+    );
+    assert_eq!(errors.errors()[0].kind, ConfigErrorKind::InvalidValue);
+}
+
+#[test]
+fn sets_built_in_code_are_checked_by_the_spec_rules() {
+    let mut nul = TaskSpec::new("x.wasm");
+    nul.args = vec!["a\0".into()];
+    nul.reuse_worker = true;
+    let mut grouped = TaskSpec::new("x.wasm");
+    grouped.shared_group = Some("g".into());
+    grouped.isolation = Isolation::Process;
+    grouped.limits.max_message_size = ByteSize::mib(64);
+    let errors = TaskSet::new(vec![
+        TaskConfig::new("nul", nul),
+        TaskConfig::new("grouped", grouped),
+        TaskConfig::new("fine", TaskSpec::new("x.wasm")),
+    ])
+    .expect_err("invalid specs");
+    let found: Vec<(String, Option<String>, ConfigErrorKind)> = errors
+        .iter()
+        .map(|e| (e.scope.to_string(), e.field.clone(), e.kind))
+        .collect();
+    let expected = [
+        ("task `nul`", "args[0]", ConfigErrorKind::InvalidValue),
+        ("task `nul`", "reuse_worker", ConfigErrorKind::Conflict),
+        (
+            "task `grouped`",
+            "limits.max_message_size",
+            ConfigErrorKind::Conflict,
+        ),
+        ("task `grouped`", "isolation", ConfigErrorKind::Conflict),
+    ];
+    let expected: Vec<(String, Option<String>, ConfigErrorKind)> = expected
+        .iter()
+        .map(|(s, f, k)| ((*s).to_owned(), Some((*f).to_owned()), *k))
+        .collect();
+    assert_eq!(found, expected);
 }
 
 /// Every event of a run, as text: `started a 1`, `out a hello`,

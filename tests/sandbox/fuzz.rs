@@ -9,7 +9,7 @@
 //! `ISOLA_FUZZ_SEED=...` to reproduce it):
 //!
 //! ```sh
-//! ISOLA_FUZZ_SECS=300 cargo test -p isola-tests --test sandbox fuzz -- --nocapture --test-threads=1
+//! ISOLA_FUZZ_SECS=300 cargo test -p isola-cli --test sandbox fuzz -- --nocapture --test-threads=1
 //! ```
 
 use std::io::{Read, Write};

@@ -106,21 +106,25 @@ pub fn guest(name: &str, kind: GuestKind) -> PathBuf {
     path
 }
 
-/// The `isola` binary next to the running test executable.
+/// The `isola` binary Cargo built for the running test.
+///
+/// The test binaries are targets of the `isola-cli` package, which owns
+/// the binary, so Cargo builds it for them and names it in
+/// `CARGO_BIN_EXE_isola` when it runs them (`cargo test -p isola-cli`).
+///
+/// # Panics
+///
+/// If `CARGO_BIN_EXE_isola` is not set, that is, when not run by Cargo as a
+/// test of `isola-cli`.
 pub fn isola_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/all-<hash> -> target/debug/isola
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join("isola");
-    assert!(
-        bin.exists(),
-        "`{}` is missing: build it with `cargo build -p isola`",
-        bin.display()
-    );
-    bin
+    match std::env::var_os("CARGO_BIN_EXE_isola") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "CARGO_BIN_EXE_isola is not set: it names the `isola` binary Cargo builds \
+             for the tests of `isola-cli`; run them with `cargo test -p isola-cli` \
+             (or `make test`)"
+        ),
+    }
 }
 
 /// A runner whose disk cache lives in `cache` (shared by the tests that

@@ -198,7 +198,7 @@ fn run(args: Args) -> Result<bool> {
     let isola = absolute(&root, &args.isola);
     anyhow::ensure!(
         isola.is_file(),
-        "`{}` not found: build it with `cargo build --release -p isola`",
+        "`{}` not found: build it with `cargo build --release -p isola-cli`",
         isola.display()
     );
     let work = absolute(&root, &args.work);

@@ -53,7 +53,17 @@ pub const TASK_KEYS: &[&str] = parse::TASK_FIELDS;
 /// The keys a task's `limits` table accepts.
 pub const LIMIT_KEYS: &[&str] = parse::LIMIT_FIELDS;
 
-use crate::spec::{Isolation, TaskSpec};
+use crate::rules::{self, ProblemKind};
+use crate::spec::TaskSpec;
+
+/// The config error kind of a problem found by the rulebook
+/// ([`crate::rules`]).
+fn config_kind(kind: ProblemKind) -> ConfigErrorKind {
+    match kind {
+        ProblemKind::InvalidValue => ConfigErrorKind::InvalidValue,
+        ProblemKind::Conflict => ConfigErrorKind::Conflict,
+    }
+}
 
 /// What happens when a process task's worker dies (its outcome is
 /// [`crate::Outcome::Crashed`]).
@@ -108,7 +118,10 @@ impl TaskConfig {
 }
 
 /// A checked set of tasks: names are valid and unique, every dependency
-/// names a task of the set, and there is no dependency cycle.
+/// names a task of the set, there is no dependency cycle, and every task's
+/// spec passes the rulebook that [`crate::Runner::spawn`] applies (what
+/// depends on the host, such as a directory that must exist, is checked
+/// when the set is loaded from a file, and again when a task starts).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSet {
     path: Option<PathBuf>,
@@ -145,8 +158,12 @@ impl TaskSet {
     ///
     /// # Errors
     ///
-    /// Invalid or duplicate names, unknown dependencies, cycles, and restart
-    /// policies on thread tasks; the errors have no file position.
+    /// Invalid or duplicate names, unknown dependencies, cycles, every
+    /// problem the rulebook finds in a task's spec (the same rules
+    /// [`crate::Runner::spawn`] and `tasks.toml` apply: a NUL in an argument,
+    /// a zero `limits.message_queue`, `reuse_worker` on a thread task...),
+    /// and restart policies on thread tasks; the errors have no file
+    /// position.
     ///
     /// # Examples
     ///
@@ -192,12 +209,21 @@ impl TaskSet {
                     problem,
                 );
             }
-            if task.spec.isolation == Isolation::Thread && task.restart != RestartPolicy::Never {
+            // The spec's own rules, then the restart policy's (which lives
+            // here, not in the spec); a policy built in code always carries
+            // its `max_restarts`, so that is never set on its own.
+            let mut problems = rules::problems(&task.spec);
+            problems.extend(rules::restart_problems(
+                task.spec.isolation,
+                matches!(task.restart, RestartPolicy::OnCrash { .. }),
+                false,
+            ));
+            for problem in problems {
                 error(
                     scope(i, valid),
-                    "restart",
-                    ConfigErrorKind::Conflict,
-                    "restarts apply only to process tasks (a thread task cannot crash)".into(),
+                    &problem.field,
+                    config_kind(problem.kind),
+                    problem.message,
                 );
             }
             names.push(valid.then_some(task.name.as_str()));

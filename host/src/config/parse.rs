@@ -1,8 +1,14 @@
 //! Reading `tasks.toml`: the document is parsed with spans (`toml::de::DeTable`)
 //! and walked by hand rather than deserialized with serde, because serde
 //! stops at the first error and users should see every problem at once.
+//!
+//! The readers here check what is about the document: TOML types, sizes
+//! and durations that parse, paths that exist, names, the graph. Whether a
+//! task's spec can work is the rulebook's ([`crate::rules`]), asked once
+//! the defaults are merged in, the same rules the runner applies; each of
+//! its problems is reported at the key it names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,8 +18,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, ConfigErrorKind as Kind, ConfigErrors, Location, Scope};
-use super::{RestartPolicy, TaskConfig, TaskSet, graph};
+use super::{RestartPolicy, TaskConfig, TaskSet, config_kind, graph};
+use crate::cache::{ContentHash, content_hash};
 use crate::group::GroupSpec;
+use crate::rules::{self, Problem, ProblemKind};
 use crate::spec::{DirGrant, Isolation, Limits, Stdin, TaskSpec};
 
 type Span = Range<usize>;
@@ -41,12 +49,17 @@ pub(crate) const TASK_FIELDS: &[&str] = &[
     "shared_memory",
 ];
 const PER_TASK_ONLY: &[&str] = &["name", "depends_on"];
+/// Fields of a `limits` table: every field of [`Limits`], in its order.
 pub(crate) const LIMIT_FIELDS: &[&str] = &[
     "max_memory",
     "fuel",
     "timeout",
     "max_output",
+    "capture",
     "process_memory",
+    "message_queue",
+    "max_message_size",
+    "max_messages",
 ];
 const DIR_FIELDS: &[&str] = &["host", "guest", "writable"];
 const STDIN_FIELDS: &[&str] = &["text", "file"];
@@ -93,13 +106,6 @@ impl<T> Field<T> {
             _ => None,
         }
     }
-
-    fn span(&self) -> Option<Span> {
-        match self {
-            Field::Set(_, span) => Some(span.clone()),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,12 +132,21 @@ struct Partial {
     fuel: Field<u64>,
     timeout: Field<Duration>,
     max_output: Field<ByteSize>,
+    capture: Field<ByteSize>,
     process_memory: Field<ByteSize>,
+    message_queue: Field<usize>,
+    max_message_size: Field<ByteSize>,
+    max_messages: Field<u64>,
     restart: Field<Restart>,
     max_restarts: Field<u32>,
     reuse_worker: Field<bool>,
     depends_on: Field<Vec<(String, Span)>>,
     shared_memory: Field<String>,
+    /// The span of every key written in the table, by the name the
+    /// rulebook gives its field: `argv0` and `limits.fuel` (their values),
+    /// `args[1]` and `dirs[0].guest` (the item or value), `env.NAME` (the
+    /// key). Where a rulebook problem is reported (see [`locate`]).
+    spans: BTreeMap<String, Span>,
 }
 
 /// Parses `source` as the task set in `file`. Relative paths in it are
@@ -149,6 +164,7 @@ pub(crate) fn parse(source: &str, file: &Path) -> Result<TaskSet, ConfigErrors> 
         errors: Vec::new(),
         groups: Vec::new(),
         groups_seen: Vec::new(),
+        hashes: HashMap::new(),
     };
     let tasks = p.document();
     if p.errors.is_empty() {
@@ -190,6 +206,9 @@ struct Parser<'a> {
     groups: Vec<GroupSpec>,
     /// Every group name seen, valid or not, to catch duplicates.
     groups_seen: Vec<String>,
+    /// Content hashes of the Wasm files compared with a group's module, so
+    /// each is read once however many tasks name it.
+    hashes: HashMap<PathBuf, ContentHash>,
 }
 
 fn line_starts(source: &str) -> Vec<usize> {
@@ -300,7 +319,10 @@ impl Parser<'_> {
         for (key, value) in doc.iter() {
             match key.get_ref().as_ref() {
                 "defaults" => match value.get_ref() {
-                    DeValue::Table(table) => defaults = self.entry(&Scope::Defaults, table),
+                    DeValue::Table(table) => {
+                        defaults = self.entry(&Scope::Defaults, table);
+                        self.defaults_problems(&defaults, &value.span());
+                    }
                     _ => self.wrong_type(&Scope::File, "defaults", value, "a table ([defaults])"),
                 },
                 "shared_memory" => match value.get_ref() {
@@ -428,6 +450,7 @@ impl Parser<'_> {
         for (key, value) in table.iter() {
             let span = value.span();
             let k = key.get_ref().as_ref();
+            p.spans.insert(k.to_owned(), span.clone());
             match k {
                 _ if in_defaults && PER_TASK_ONLY.contains(&k) => self.error(
                     scope,
@@ -455,20 +478,17 @@ impl Parser<'_> {
                     });
                     p.isolation = Field::from_option(isolation, span);
                 }
-                "args" => p.args = Field::from_option(self.strings(scope, k, value), span),
-                "env" => p.env = Field::from_option(self.env(scope, value), span),
-                "inherit_env" => {
-                    let names = self.strings(scope, k, value).and_then(|names| {
-                        let bad = names.iter().find(|n| n.is_empty() || n.contains('='));
-                        if let Some(bad) = bad {
-                            self.invalid(scope, k, &span, format!("`{bad}` is not a variable name (it must be non-empty and contain no `=`)"));
-                            return None;
-                        }
-                        Some(names)
-                    });
-                    p.inherit_env = Field::from_option(names, span);
+                "args" => {
+                    item_spans(&mut p.spans, k, value);
+                    p.args = Field::from_option(self.strings(scope, k, value), span);
                 }
-                "dirs" => p.dirs = Field::from_option(self.dirs(scope, value), span),
+                "env" => p.env = Field::from_option(self.env(scope, value, &mut p.spans), span),
+                // The names are the rulebook's to judge, like `env`'s.
+                "inherit_env" => {
+                    item_spans(&mut p.spans, k, value);
+                    p.inherit_env = Field::from_option(self.strings(scope, k, value), span);
+                }
+                "dirs" => p.dirs = Field::from_option(self.dirs(scope, value, &mut p.spans), span),
                 "stdin" => p.stdin = Field::from_option(self.stdin(scope, value), span),
                 "input" => {
                     // Keys come sorted, so `input` is seen before `input_file`.
@@ -489,6 +509,8 @@ impl Parser<'_> {
                         p.input = Field::Bad;
                         continue;
                     }
+                    // The rulebook knows this value as `input`.
+                    p.spans.insert("input".to_owned(), span.clone());
                     let bytes = match self.path(scope, k, value, Expect::File) {
                         Field::Set(path, _) => match std::fs::read(&path) {
                             Ok(bytes) => Some(bytes),
@@ -555,7 +577,10 @@ impl Parser<'_> {
         p
     }
 
-    /// Merges the defaults into a task and builds its [`TaskConfig`].
+    /// Merges the defaults into a task, checks the result against the
+    /// rulebook and builds its [`TaskConfig`]. The spec is checked even
+    /// when the task cannot be built (no valid name or `wasm`), so that
+    /// every problem shows at once.
     fn finish(&mut self, scope: &Scope, table: &Span, own: Partial, defaults: &Partial) -> Entry {
         let name = match &own.name {
             Field::Set(name, span) => Some((name.clone(), span.clone())),
@@ -594,62 +619,31 @@ impl Parser<'_> {
                 "no `wasm` in this task or in [defaults]".into(),
             );
         }
+        // `None`: invalid, already reported.
         let isolation = match own.isolation.clone().or(&defaults.isolation) {
             Field::Set(isolation, _) => Some(isolation),
             Field::Absent => Some(Isolation::default()),
             Field::Bad => None,
         };
-        let restart = self.restart(scope, &own, defaults, isolation);
-        let reuse_worker = self.reuse_worker(scope, &own, defaults, isolation);
+        let restart =
+            isolation.map(|isolation| self.restart(scope, table, &own, defaults, isolation));
 
-        let env = match (own.env, &defaults.env) {
-            (Field::Set(mine, span), Field::Set(theirs, _)) => {
-                let mut env = theirs.clone();
-                env.extend(mine);
-                Field::Set(env, span)
+        let mut spec = merged_spec(&own, defaults);
+        spec.wasm = wasm.clone().value().unwrap_or_default();
+        spec.shared_group = group.map(|g| g.name);
+        spec.reuse_worker = reuse_worker(&own, defaults, isolation);
+        let problems = match isolation {
+            Some(isolation) => {
+                spec.isolation = isolation;
+                rules::problems(&spec)
             }
-            (mine, theirs) => mine.or(theirs),
+            None => certain_problems(&spec),
         };
-        let (
-            Some((name, _)),
-            Field::Set(wasm, _),
-            Some(isolation),
-            Some(restart),
-            Some(reuse_worker),
-        ) = (&entry.name, wasm, isolation, restart, reuse_worker)
+        self.report(scope, table, &own, defaults, problems);
+
+        let (Some((name, _)), Field::Set(_, _), Some(restart)) = (&entry.name, &wasm, restart)
         else {
             return entry;
-        };
-        let limits = Limits {
-            max_memory: own
-                .max_memory
-                .or(&defaults.max_memory)
-                .value()
-                .unwrap_or(Limits::DEFAULT_MAX_MEMORY),
-            fuel: own.fuel.or(&defaults.fuel).value(),
-            timeout: own.timeout.or(&defaults.timeout).value(),
-            max_output: own.max_output.or(&defaults.max_output).value(),
-            process_memory: own.process_memory.or(&defaults.process_memory).value(),
-            ..Limits::default()
-        };
-        let spec = TaskSpec {
-            wasm,
-            argv0: own.argv0.or(&defaults.argv0).value(),
-            args: own.args.or(&defaults.args).value().unwrap_or_default(),
-            env: env.value().unwrap_or_default(),
-            inherit_env: own
-                .inherit_env
-                .or(&defaults.inherit_env)
-                .value()
-                .unwrap_or_default(),
-            dirs: own.dirs.or(&defaults.dirs).value().unwrap_or_default(),
-            stdin: own.stdin.or(&defaults.stdin).value().unwrap_or_default(),
-            input: own.input.or(&defaults.input).value(),
-            limits,
-            isolation,
-            shared_group: group.map(|g| g.name),
-            reuse_worker,
-            ..TaskSpec::new("")
         };
         entry.task = Some(TaskConfig {
             name: name.clone(),
@@ -660,9 +654,58 @@ impl Parser<'_> {
         entry
     }
 
-    /// The shared memory group a task joins, checked: it must exist, the
-    /// task must be thread-isolated, and its `wasm` (if given) must be the
-    /// group's module.
+    /// Reports what the rulebook found wrong with a task (or with
+    /// `[defaults]`), each problem at the key it names (see [`locate`]),
+    /// else at the table. A bad value that came from `[defaults]` was
+    /// reported there, once, by [`Parser::defaults_problems`]: not again for
+    /// each task it reaches. A conflict is the task's, though its key may be
+    /// in `[defaults]` (say `isolation = "process"` for a task of a group).
+    fn report(
+        &mut self,
+        scope: &Scope,
+        table: &Span,
+        own: &Partial,
+        defaults: &Partial,
+        problems: Vec<Problem>,
+    ) {
+        for problem in problems {
+            let (span, in_defaults) =
+                locate(&problem.field, own, defaults).unwrap_or_else(|| (table.clone(), false));
+            if in_defaults && problem.kind == ProblemKind::InvalidValue {
+                continue;
+            }
+            self.error(
+                scope,
+                Some(&problem.field),
+                &span,
+                config_kind(problem.kind),
+                problem.message,
+            );
+        }
+    }
+
+    /// The bad values of `[defaults]` itself, reported once under
+    /// `[defaults]`, whether or not a task uses them. A bad value is bad
+    /// whatever the task (unlike a conflict, which needs the task's other
+    /// fields and is reported with it).
+    fn defaults_problems(&mut self, defaults: &Partial, table: &Span) {
+        let spec = merged_spec(defaults, &Partial::default());
+        let problems = rules::problems(&spec)
+            .into_iter()
+            .filter(|p| p.kind == ProblemKind::InvalidValue)
+            .collect();
+        self.report(
+            &Scope::Defaults,
+            table,
+            defaults,
+            &Partial::default(),
+            problems,
+        );
+    }
+
+    /// The shared memory group a task joins, checked: it must exist, and the
+    /// task's `wasm` (if given) must be the group's module. That the task
+    /// is thread-isolated is the rulebook's to check.
     fn task_group(
         &mut self,
         scope: &Scope,
@@ -687,39 +730,58 @@ impl Parser<'_> {
             );
             return None;
         };
-        if let Field::Set(Isolation::Process, iso_span) =
-            own.isolation.clone().or(&defaults.isolation)
-        {
-            self.error(
-                scope,
-                Some("isolation"),
-                &iso_span,
-                Kind::Conflict,
-                format!(
-                    "a task in shared memory group `{name}` must use isolation = \"thread\": \
-                     a memory shared with the host cannot be shared with another process"
-                ),
-            );
-            return None;
-        }
-        if let Field::Set(wasm, wasm_span) = own.wasm.clone().or(&defaults.wasm)
-            && wasm != group.wasm
-        {
-            self.error(
-                scope,
-                Some("wasm"),
-                &wasm_span,
-                Kind::Conflict,
-                format!(
-                    "`{}` is not the module of shared memory group `{name}`; expected `{}` \
-                     (or leave `wasm` out)",
-                    wasm.display(),
-                    group.wasm.display()
-                ),
-            );
-            return None;
+        if let Field::Set(wasm, wasm_span) = own.wasm.clone().or(&defaults.wasm) {
+            let problem = match self.same_module(&wasm, &group.wasm) {
+                Ok(true) => None,
+                Ok(false) => Some((
+                    Kind::Conflict,
+                    format!(
+                        "`{}` is not the module of shared memory group `{name}`; expected `{}` \
+                         (or leave `wasm` out)",
+                        wasm.display(),
+                        group.wasm.display()
+                    ),
+                )),
+                Err(err) => Some((
+                    Kind::MissingFile,
+                    format!(
+                        "cannot read `{}` or `{}` to compare them: {err}",
+                        wasm.display(),
+                        group.wasm.display()
+                    ),
+                )),
+            };
+            if let Some((kind, message)) = problem {
+                self.error(scope, Some("wasm"), &wasm_span, kind, message);
+                return None;
+            }
         }
         Some(group)
+    }
+
+    /// Whether the Wasm files `a` and `b` are the same module, compared as
+    /// the runner compares a task's program with its group's
+    /// (`group::same_module`): by the SHA-256 of their bytes, so a copy or
+    /// another path to the same file counts as the same module.
+    fn same_module(&mut self, a: &Path, b: &Path) -> std::io::Result<bool> {
+        if a == b {
+            return Ok(true);
+        }
+        // Files of different lengths differ: no need to read them.
+        if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
+            return Ok(false);
+        }
+        Ok(self.content_hash(a)? == self.content_hash(b)?)
+    }
+
+    /// The SHA-256 of the file at `path`, read once per parse.
+    fn content_hash(&mut self, path: &Path) -> std::io::Result<ContentHash> {
+        if let Some(hash) = self.hashes.get(path) {
+            return Ok(*hash);
+        }
+        let hash = content_hash(&std::fs::read(path)?);
+        self.hashes.insert(path.to_owned(), hash);
+        Ok(hash)
     }
 
     /// One `[[shared_memory]]` table.
@@ -797,88 +859,38 @@ impl Parser<'_> {
     }
 
     /// The restart policy of a task. `[defaults]` may set one for all
-    /// process tasks; a thread task cannot crash, so setting one on a thread
-    /// task itself is an error. `None` when the fields were invalid.
-    /// `reuse_worker` for a task: a process task takes it from the task or
-    /// [defaults]; a thread task has no worker, so setting it on one is an
-    /// error (from [defaults] it simply does not apply).
-    fn reuse_worker(
-        &mut self,
-        scope: &Scope,
-        own: &Partial,
-        defaults: &Partial,
-        isolation: Option<Isolation>,
-    ) -> Option<bool> {
-        match (isolation?, &own.reuse_worker) {
-            (Isolation::Thread, Field::Set(true, span)) => {
-                self.error(
-                    scope,
-                    Some("reuse_worker"),
-                    span,
-                    Kind::Conflict,
-                    "only process tasks have a worker to reuse; set `isolation = \"process\"`"
-                        .into(),
-                );
-                None
-            }
-            (Isolation::Thread, _) => Some(false),
-            (Isolation::Process, _) => match own.reuse_worker.clone().or(&defaults.reuse_worker) {
-                Field::Set(reuse, _) => Some(reuse),
-                Field::Absent => Some(false),
-                Field::Bad => None,
-            },
-        }
-    }
-
+    /// process tasks; a thread task takes none from there (it cannot
+    /// crash), and one set on a thread task itself is refused by the
+    /// rulebook ([`rules::restart_problems`]), as is a `max_restarts`
+    /// without `restart = "on-crash"`. Invalid fields (already reported)
+    /// count as absent.
     fn restart(
         &mut self,
         scope: &Scope,
+        table: &Span,
         own: &Partial,
         defaults: &Partial,
-        isolation: Option<Isolation>,
-    ) -> Option<RestartPolicy> {
-        match isolation {
-            None => return None,
-            Some(Isolation::Thread) => {
-                let mut ok = true;
-                if let Field::Set(Restart::OnCrash, span) = &own.restart {
-                    self.error(
-                        scope,
-                        Some("restart"),
-                        span,
-                        Kind::Conflict,
-                        "restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`".into(),
-                    );
-                    ok = false;
-                }
-                if let Some(span) = own.max_restarts.span() {
-                    self.error(scope, Some("max_restarts"), &span, Kind::Conflict, "restarts apply only to process tasks (a thread task cannot crash); set `isolation = \"process\"`".into());
-                    ok = false;
-                }
-                return ok.then_some(RestartPolicy::Never);
+        isolation: Isolation,
+    ) -> RestartPolicy {
+        let restart = match isolation {
+            Isolation::Thread => own.restart.clone(),
+            Isolation::Process => own.restart.clone().or(&defaults.restart),
+        };
+        let on_crash = matches!(restart, Field::Set(Restart::OnCrash, _));
+        let max_restarts_set = matches!(own.max_restarts, Field::Set(..));
+        let problems = rules::restart_problems(isolation, on_crash, max_restarts_set);
+        self.report(scope, table, own, defaults, problems);
+        if on_crash && isolation == Isolation::Process {
+            RestartPolicy::OnCrash {
+                max_restarts: own
+                    .max_restarts
+                    .clone()
+                    .or(&defaults.max_restarts)
+                    .value()
+                    .unwrap_or(DEFAULT_MAX_RESTARTS),
             }
-            Some(Isolation::Process) => {}
-        }
-        let restart = own.restart.clone().or(&defaults.restart);
-        let max = own.max_restarts.clone().or(&defaults.max_restarts);
-        match restart {
-            Field::Set(Restart::OnCrash, _) => Some(RestartPolicy::OnCrash {
-                max_restarts: max.value().unwrap_or(DEFAULT_MAX_RESTARTS),
-            }),
-            Field::Bad => None,
-            Field::Absent | Field::Set(Restart::Never, _) => {
-                if let Some(span) = own.max_restarts.span() {
-                    self.error(
-                        scope,
-                        Some("max_restarts"),
-                        &span,
-                        Kind::Conflict,
-                        "`max_restarts` needs `restart = \"on-crash\"`".into(),
-                    );
-                    return None;
-                }
-                Some(RestartPolicy::Never)
-            }
+        } else {
+            RestartPolicy::Never
         }
     }
 
@@ -993,16 +1005,8 @@ impl Parser<'_> {
             );
             return None;
         };
+        // A zero duration parses; whether it can work is the rulebook's.
         match humantime::parse_duration(s.trim()) {
-            Ok(d) if d.is_zero() => {
-                self.invalid(
-                    scope,
-                    field,
-                    &value.span(),
-                    "must be longer than zero".into(),
-                );
-                None
-            }
             Ok(d) => Some(d),
             // humantime's own message ("expected number at 0") helps less
             // than an example.
@@ -1070,7 +1074,14 @@ impl Parser<'_> {
         }
     }
 
-    fn env(&mut self, scope: &Scope, value: &Value<'_>) -> Option<BTreeMap<String, String>> {
+    /// `env = { NAME = "value" }`. The names are checked by the rulebook,
+    /// once merged with the defaults' (see [`Partial::spans`]).
+    fn env(
+        &mut self,
+        scope: &Scope,
+        value: &Value<'_>,
+        spans: &mut BTreeMap<String, Span>,
+    ) -> Option<BTreeMap<String, String>> {
         let DeValue::Table(table) = value.get_ref() else {
             self.wrong_type(
                 scope,
@@ -1084,16 +1095,9 @@ impl Parser<'_> {
         let mut ok = true;
         for (key, value) in table.iter() {
             let name = key.get_ref().as_ref();
-            let field = format!("env.{name}");
-            if name.is_empty() || name.contains('=') {
-                self.invalid(
-                    scope,
-                    &field,
-                    &key.span(),
-                    "a variable name must be non-empty and contain no `=`".into(),
-                );
-                ok = false;
-            }
+            let field = rules::env_field(name);
+            // A problem with a variable is most often its name: point there.
+            spans.insert(field.clone(), key.span());
             match self.string(scope, &field, value) {
                 Some(v) => {
                     env.insert(name.to_owned(), v);
@@ -1104,7 +1108,14 @@ impl Parser<'_> {
         ok.then_some(env)
     }
 
-    fn dirs(&mut self, scope: &Scope, value: &Value<'_>) -> Option<Vec<DirGrant>> {
+    /// `dirs = [{ host = "data", guest = "/data", writable = true }]`. The
+    /// guest paths are checked by the rulebook.
+    fn dirs(
+        &mut self,
+        scope: &Scope,
+        value: &Value<'_>,
+        spans: &mut BTreeMap<String, Span>,
+    ) -> Option<Vec<DirGrant>> {
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(
                 scope,
@@ -1118,6 +1129,7 @@ impl Parser<'_> {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let prefix = format!("dirs[{i}]");
+            spans.insert(prefix.clone(), item.span());
             let DeValue::Table(table) = item.get_ref() else {
                 self.wrong_type(
                     scope,
@@ -1133,18 +1145,10 @@ impl Parser<'_> {
             let mut writable = false;
             for (key, value) in table.iter() {
                 let field = format!("{prefix}.{}", key.get_ref());
+                spans.insert(field.clone(), value.span());
                 match key.get_ref().as_ref() {
                     "host" => host = self.path(scope, &field, value, Expect::Dir),
                     "guest" => match self.string(scope, &field, value) {
-                        Some(g) if g.is_empty() => {
-                            self.invalid(
-                                scope,
-                                &field,
-                                &value.span(),
-                                "the guest path is empty".into(),
-                            );
-                            ok = false;
-                        }
                         Some(g) => guest = Some(g),
                         None => ok = false,
                     },
@@ -1258,32 +1262,42 @@ impl Parser<'_> {
             );
             return;
         };
+        // Only the types here: which values can work (a zero fuel or queue,
+        // a message size too large for a process task) is the rulebook's.
         for (key, value) in table.iter() {
             let span = value.span();
             let k = key.get_ref().as_ref();
             let field = format!("limits.{k}");
+            p.spans.insert(field.clone(), span.clone());
             match k {
                 "max_memory" => {
                     p.max_memory = Field::from_option(self.size(scope, &field, value), span)
                 }
-                "max_output" => {
-                    p.max_output = Field::from_option(self.size(scope, &field, value), span)
-                }
-                "process_memory" => {
-                    p.process_memory = Field::from_option(self.size(scope, &field, value), span)
-                }
+                "fuel" => p.fuel = Field::from_option(self.integer(scope, &field, value), span),
                 "timeout" => {
                     p.timeout = Field::from_option(self.duration(scope, &field, value), span)
                 }
-                "fuel" => {
-                    let fuel = self.integer(scope, &field, value).and_then(|n| {
-                        if n == 0 {
-                            self.invalid(scope, &field, &span, "must be at least 1".into());
-                            return None;
-                        }
-                        Some(n)
+                "max_output" => {
+                    p.max_output = Field::from_option(self.size(scope, &field, value), span)
+                }
+                "capture" => p.capture = Field::from_option(self.size(scope, &field, value), span),
+                "process_memory" => {
+                    p.process_memory = Field::from_option(self.size(scope, &field, value), span)
+                }
+                "message_queue" => {
+                    let queue = self.integer(scope, &field, value).and_then(|n| {
+                        usize::try_from(n).ok().or_else(|| {
+                            self.invalid(scope, &field, &span, format!("{n} is too large"));
+                            None
+                        })
                     });
-                    p.fuel = Field::from_option(fuel, span);
+                    p.message_queue = Field::from_option(queue, span);
+                }
+                "max_message_size" => {
+                    p.max_message_size = Field::from_option(self.size(scope, &field, value), span)
+                }
+                "max_messages" => {
+                    p.max_messages = Field::from_option(self.integer(scope, &field, value), span)
                 }
                 _ => self.unknown_field(scope, "limits.", key, LIMIT_FIELDS),
             }
@@ -1306,6 +1320,115 @@ impl Parser<'_> {
             }
         }
         ok.then_some(deps)
+    }
+}
+
+/// The spec a task's own fields and the defaults make, the task winning
+/// (`env` and `limits` key by key). `wasm`, `isolation`, `shared_group` and
+/// `reuse_worker` are left for the caller, which has rules of its own for
+/// them. A field that was invalid (already reported) is left at its
+/// default.
+fn merged_spec(own: &Partial, defaults: &Partial) -> TaskSpec {
+    /// The task's value, else the defaults' one.
+    fn pick<T: Clone>(own: &Field<T>, defaults: &Field<T>) -> Option<T> {
+        own.clone().or(defaults).value()
+    }
+    let env = match (&own.env, &defaults.env) {
+        (Field::Set(mine, _), Field::Set(theirs, _)) => {
+            let mut env = theirs.clone();
+            env.extend(mine.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Some(env)
+        }
+        (mine, theirs) => pick(mine, theirs),
+    };
+    // Every field listed, no `..Limits::default()`: a limit added to the
+    // spec must be added here (and to LIMIT_FIELDS) too.
+    let limits = Limits {
+        max_memory: pick(&own.max_memory, &defaults.max_memory)
+            .unwrap_or(Limits::DEFAULT_MAX_MEMORY),
+        fuel: pick(&own.fuel, &defaults.fuel),
+        timeout: pick(&own.timeout, &defaults.timeout),
+        max_output: pick(&own.max_output, &defaults.max_output),
+        capture: pick(&own.capture, &defaults.capture).unwrap_or(Limits::DEFAULT_CAPTURE),
+        process_memory: pick(&own.process_memory, &defaults.process_memory),
+        message_queue: pick(&own.message_queue, &defaults.message_queue)
+            .unwrap_or(Limits::DEFAULT_MESSAGE_QUEUE),
+        max_message_size: pick(&own.max_message_size, &defaults.max_message_size)
+            .unwrap_or(Limits::DEFAULT_MAX_MESSAGE_SIZE),
+        max_messages: pick(&own.max_messages, &defaults.max_messages),
+    };
+    TaskSpec {
+        argv0: pick(&own.argv0, &defaults.argv0),
+        args: pick(&own.args, &defaults.args).unwrap_or_default(),
+        env: env.unwrap_or_default(),
+        inherit_env: pick(&own.inherit_env, &defaults.inherit_env).unwrap_or_default(),
+        dirs: pick(&own.dirs, &defaults.dirs).unwrap_or_default(),
+        stdin: pick(&own.stdin, &defaults.stdin).unwrap_or_default(),
+        input: pick(&own.input, &defaults.input),
+        limits,
+        ..TaskSpec::new("")
+    }
+}
+
+/// `reuse_worker` for a task: a process task takes it from the task or
+/// `[defaults]`; a thread task only from itself (from `[defaults]` it does
+/// not apply; on the task itself the rulebook refuses it). With the
+/// isolation unknown (invalid), the task's own value.
+fn reuse_worker(own: &Partial, defaults: &Partial, isolation: Option<Isolation>) -> bool {
+    let field = match isolation {
+        Some(Isolation::Process) => own.reuse_worker.clone().or(&defaults.reuse_worker),
+        Some(Isolation::Thread) | None => own.reuse_worker.clone(),
+    };
+    field.value().unwrap_or(false)
+}
+
+/// The problems of `spec` whatever its isolation. For a task whose
+/// `isolation` is invalid (already reported), only what would be wrong
+/// either way is certain: the problems found both as a thread task and as
+/// a process task.
+fn certain_problems(spec: &TaskSpec) -> Vec<Problem> {
+    let as_isolation = |isolation| {
+        let mut spec = spec.clone();
+        spec.isolation = isolation;
+        rules::problems(&spec)
+    };
+    let process = as_isolation(Isolation::Process);
+    as_isolation(Isolation::Thread)
+        .into_iter()
+        .filter(|problem| process.contains(problem))
+        .collect()
+}
+
+/// Where to report a problem with `field` (a rulebook name such as
+/// `dirs[0].guest`): the task's own key, else the `[defaults]` key its
+/// value came from, else the nearest enclosing key written (`dirs[0]`,
+/// then `dirs`), the task's first. The flag says the span is in
+/// `[defaults]`. `None` when neither table wrote any part of the field
+/// (a default value, or the group's `wasm`).
+///
+/// The task's key comes first at each level because the task wins the
+/// merge: where both tables set a field, the value is the task's.
+fn locate(field: &str, own: &Partial, defaults: &Partial) -> Option<(Span, bool)> {
+    let mut path = field;
+    loop {
+        if let Some(span) = own.spans.get(path) {
+            return Some((span.clone(), false));
+        }
+        if let Some(span) = defaults.spans.get(path) {
+            return Some((span.clone(), true));
+        }
+        let cut = path.rfind(['.', '['])?;
+        path = &path[..cut];
+    }
+}
+
+/// Records the span of each item of the array `value` as `field[i]`, the
+/// name the rulebook gives it.
+fn item_spans(spans: &mut BTreeMap<String, Span>, field: &str, value: &Value<'_>) {
+    if let DeValue::Array(items) = value.get_ref() {
+        for (i, item) in items.iter().enumerate() {
+            spans.insert(format!("{field}[{i}]"), item.span());
+        }
     }
 }
 

@@ -57,10 +57,10 @@ pub use report::{
 
 use crate::OutputReceiver;
 use crate::config::{RestartPolicy, TaskConfig, TaskSet};
+use crate::handle::CancelHandle;
 use crate::outcome::{Outcome, Stream, TaskReport};
 use crate::runner::Runner;
 use crate::spec::{Isolation, Output};
-use crate::task::CancelHandle;
 
 /// Something that happened while a set runs, in the order it happened for
 /// each task.

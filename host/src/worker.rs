@@ -16,14 +16,16 @@ use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use super::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
-use super::sys;
-use crate::cache::DiskCache;
-use crate::outcome::{Outcome, TaskMetrics};
-use crate::program::load_known;
-use crate::runner::{CacheDir, Runner, RunnerConfig};
-use crate::spec::{Output, Stdin};
-use crate::task::{self, SpawnExtras};
+use crate::error::Error;
+use crate::handle::CancelHandle;
+use crate::ipc::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
+use crate::ipc::sys;
+use crate::loader::{EngineSettings, Loader};
+use crate::outcome::{CallError, Limit, Outcome, TaskMetrics};
+use crate::parts::Parts;
+use crate::spec::{Isolation, Output, Stdin};
+use crate::thread::{self, SpawnExtras};
+use crate::ticker::EpochTicker;
 
 /// The first argument that turns a binary into an Isola worker. Long and
 /// odd on purpose, so no ordinary command line collides with it.
@@ -128,14 +130,27 @@ async fn serve() -> Result<(), String> {
     send(&mut writer, FromWorker::Hello(Hello::current())).await?;
 
     // The engine is ready before the task arrives: this is the work a
-    // pre-started worker saves.
-    let runner = Runner::with_config(RunnerConfig {
-        max_live_tasks: 1,
-        instance_pool: false,
-        cache_dir: CacheDir::Disabled,
-        ..RunnerConfig::default()
-    })
+    // pre-started worker saves. No instance pool (one task at a time) and
+    // no disk cache until the parent names its own.
+    let loader = Loader::new(
+        &EngineSettings {
+            slots: 1,
+            max_memory_per_task: crate::RunnerConfig::default().max_memory_per_task,
+            instance_pool: false,
+            memory_reservation: None,
+            memories_per_task: crate::RunnerConfig::default().memories_per_task,
+        },
+        None,
+        crate::group::add_to_module_linker,
+    )
     .map_err(|e| e.to_string())?;
+    let ticker = EpochTicker::start(loader.engine(), crate::RunnerConfig::default().epoch_tick);
+    let parts = Parts {
+        loader: std::sync::Arc::new(loader),
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        ticker: ticker.handle(),
+        max_memory_per_task: crate::RunnerConfig::default().max_memory_per_task,
+    };
 
     // A worker whose tasks opt into reuse goes back to waiting for the next
     // `run` after each; any other runs one task.
@@ -145,29 +160,27 @@ async fn serve() -> Result<(), String> {
             Some(ToWorker::Preload(preload)) => {
                 // Only a head start: if it fails, the task's own load
                 // reports why.
-                let cache = DiskCache::new(&preload.cache_dir, runner.engine());
+                parts.loader.use_disk_cache(&preload.cache_dir);
                 let id = preload.program;
-                if let Ok(program) =
-                    load_known(&runner.inner, &preload.wasm, id.hash, id.kind, Some(&cache))
-                {
-                    task::instantiate_only(&runner.inner, &program).await;
+                if let Ok(program) = parts.loader.load_known(&preload.wasm, id.hash, id.kind) {
+                    thread::instantiate_only(&parts, &program).await;
                 }
                 continue;
             }
             Some(ToWorker::WarmUp) => {
-                warm_up(&runner).await;
+                warm_up(&parts).await;
                 continue;
             }
             // A kept plugin instance: this worker serves it until the end.
             Some(ToWorker::Plugin(request)) => {
-                return serve_plugin(&runner, *request, reader, &mut writer).await;
+                return serve_plugin(&parts, *request, reader, &mut writer).await;
             }
             // The parent let us go (unused, or done reusing us).
             None => return Ok(()),
             Some(_) => return Err("expected a run frame".into()),
         };
         let reuse = request.spec.reuse_worker;
-        let rest = run_one(&runner, *request, reader, &mut writer).await?;
+        let rest = run_one(&parts, *request, reader, &mut writer).await?;
         match rest {
             Some(rest) if reuse => reader = rest,
             _ => return Ok(()),
@@ -178,37 +191,44 @@ async fn serve() -> Result<(), String> {
 /// Instantiates a plugin once and answers [`ToWorker::Call`]s on it until
 /// the parent closes the pipe (it dropped the instance).
 async fn serve_plugin(
-    runner: &Runner,
+    parts: &Parts,
     request: RunRequest,
     mut reader: Reader,
     writer: &mut Writer,
 ) -> Result<(), String> {
-    let not_started = |outcome| {
-        FromWorker::Finished(Box::new(Finished {
-            outcome,
-            metrics: TaskMetrics::default(),
-        }))
-    };
+    let not_started =
+        |outcome, metrics| FromWorker::Finished(Box::new(Finished { outcome, metrics }));
     if let Err(err) = sys::apply_limits(&request.os_limits) {
         let message = format!("cannot apply OS limits: {err}");
-        return send(writer, not_started(Outcome::Failed { message })).await;
+        let outcome = Outcome::Failed { message };
+        return send(writer, not_started(outcome, TaskMetrics::default())).await;
     }
     let data_bytes = request.os_limits.data_bytes;
-    let cache = DiskCache::new(&request.cache_dir, runner.engine());
+    parts.loader.use_disk_cache(&request.cache_dir);
     let mut spec = request.spec;
-    spec.isolation = crate::Isolation::Thread;
+    spec.isolation = Isolation::Thread;
     spec.reuse_worker = false;
     // This process's stdout is the pipe to the parent: never the guest's.
     spec.stdout = Output::Discard;
     spec.stderr = Output::Discard;
     let id = &request.program;
-    let instance = match load_known(&runner.inner, &spec.wasm, id.hash, id.kind, Some(&cache)) {
-        Ok(program) => crate::plugin::instantiate(&runner.inner, program, spec).await,
-        Err(err) => Err(err),
+    let instance = match parts.loader.load_known(&spec.wasm, id.hash, id.kind) {
+        Ok(program) => thread::plugin::instantiate(parts, program, spec, Some(data_bytes)).await,
+        Err(err) => Err(CallError::Start(err)),
     };
     let mut instance = match instance {
         Ok(instance) => instance,
-        Err(err) => return send(writer, not_started(failed(err.to_string(), data_bytes))).await,
+        Err(CallError::Ended(report)) => {
+            return send(writer, not_started(report.outcome, report.metrics)).await;
+        }
+        Err(CallError::Start(err)) => {
+            let outcome = refused(&err, data_bytes);
+            return send(writer, not_started(outcome, TaskMetrics::default())).await;
+        }
+        Err(CallError::Rejected(error)) => {
+            let outcome = Outcome::Failed { message: error };
+            return send(writer, not_started(outcome, TaskMetrics::default())).await;
+        }
     };
     send(writer, FromWorker::Started).await?;
     loop {
@@ -219,25 +239,17 @@ async fn serve_plugin(
         };
         let reply = match instance.call(input.to_vec()).await {
             Ok(output) => FromWorker::CallOutput(output.into()),
-            Err(crate::CallError::Rejected(error)) => {
+            Err(CallError::Rejected(error)) => {
                 FromWorker::CallFailed(Box::new(CallFailure::Rejected { error }))
             }
-            Err(crate::CallError::Ended(report)) => {
-                let outcome = match report.outcome {
-                    Outcome::Failed { message } => failed(message, data_bytes),
-                    other => other,
-                };
-                FromWorker::CallFailed(Box::new(CallFailure::Ended {
-                    outcome,
-                    metrics: report.metrics,
-                }))
-            }
-            Err(crate::CallError::Start(err)) => {
-                FromWorker::CallFailed(Box::new(CallFailure::Ended {
-                    outcome: failed(err.to_string(), data_bytes),
-                    metrics: TaskMetrics::default(),
-                }))
-            }
+            Err(CallError::Ended(report)) => FromWorker::CallFailed(Box::new(CallFailure::Ended {
+                outcome: report.outcome,
+                metrics: report.metrics,
+            })),
+            Err(CallError::Start(err)) => FromWorker::CallFailed(Box::new(CallFailure::Ended {
+                outcome: refused(&err, data_bytes),
+                metrics: TaskMetrics::default(),
+            })),
         };
         send(writer, reply).await?;
     }
@@ -260,16 +272,17 @@ const WARM_UP_MODULE: &[u8] = &[
 /// context, channel, output, fiber, epoch ticker), so a pre-started
 /// worker's real task does not pay for first use: code paged in from the
 /// binary, lazily built runtime state. Failures only cost the head start.
-async fn warm_up(runner: &Runner) {
-    let Ok(program) =
-        crate::program::from_builtin_bytes(&runner.inner, "isola-warm-up", WARM_UP_MODULE)
+async fn warm_up(parts: &Parts) {
+    let Ok(program) = parts
+        .loader
+        .load_builtin("isola-warm-up", WARM_UP_MODULE)
     else {
         return;
     };
     let mut spec = crate::TaskSpec::new("isola-warm-up");
     spec.stdout = Output::Discard;
     spec.stderr = Output::Discard;
-    if let Ok(handle) = task::spawn(&runner.inner, &program, spec, SpawnExtras::default()).await {
+    if let Ok(handle) = thread::spawn(parts, &program, spec, SpawnExtras::default()).await {
         handle.wait().await;
     }
 }
@@ -277,7 +290,7 @@ async fn warm_up(runner: &Runner) {
 /// Runs one task and reports it. For a reusable worker, returns the reader
 /// once the parent has ended the task with [`ToWorker::EndTask`].
 async fn run_one(
-    runner: &Runner,
+    parts: &Parts,
     request: RunRequest,
     reader: Reader,
     writer: &mut Writer,
@@ -295,7 +308,7 @@ async fn run_one(
         return finish_failed(writer, reader, reuse, outcome).await;
     }
     let data_bytes = request.os_limits.data_bytes;
-    let cache = DiskCache::new(&request.cache_dir, runner.engine());
+    parts.loader.use_disk_cache(&request.cache_dir);
     let mut spec = request.spec;
     spec.stdout = Output::Pipe;
     spec.stderr = Output::Pipe;
@@ -314,10 +327,10 @@ async fn run_one(
     // On this thread: the worker has nothing else to do meanwhile, and a
     // first blocking-pool thread would cost more than the load.
     let id = &request.program;
-    let program = match load_known(&runner.inner, &spec.wasm, id.hash, id.kind, Some(&cache)) {
+    let program = match parts.loader.load_known(&spec.wasm, id.hash, id.kind) {
         Ok(program) => program,
         Err(err) => {
-            let outcome = failed(err.to_string(), data_bytes);
+            let outcome = refused(&err, data_bytes);
             return finish_failed(writer, reader, reuse, outcome).await;
         }
     };
@@ -328,10 +341,10 @@ async fn run_one(
         os_memory_limit: Some(request.os_limits.data_bytes),
         entry: request.entry,
     };
-    let mut handle = match task::spawn(&runner.inner, &program, spec, extras).await {
+    let mut handle = match thread::spawn(parts, &program, spec, extras).await {
         Ok(handle) => handle,
         Err(err) => {
-            let outcome = failed(err.to_string(), data_bytes);
+            let outcome = refused(&err, data_bytes);
             return finish_failed(writer, reader, reuse, outcome).await;
         }
     };
@@ -397,10 +410,7 @@ async fn run_one(
     send(
         writer,
         FromWorker::Finished(Box::new(Finished {
-            outcome: match report.outcome {
-                Outcome::Failed { message } => failed(message, data_bytes),
-                other => other,
-            },
+            outcome: report.outcome,
             metrics: report.metrics,
         })),
     )
@@ -419,7 +429,7 @@ async fn read_parent(
     mut reader: Reader,
     sender: crate::channel::MessageSender,
     mut stdin: Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>,
-    canceller: crate::task::CancelHandle,
+    canceller: CancelHandle,
     task_over: tokio_util::sync::CancellationToken,
 ) -> Option<Reader> {
     let mut sender = Some(sender);
@@ -474,20 +484,20 @@ async fn read_parent(
     }
 }
 
-/// A task that failed, as precisely as can be said: under the worker's
-/// kernel memory limit, an allocation the kernel refused (ENOMEM, from an
-/// `mmap` while loading or instantiating) means that limit was reached, as
-/// the machine itself rarely runs out.
-fn failed(message: String, data_bytes: u64) -> Outcome {
-    let enomem = std::io::Error::from_raw_os_error(libc::ENOMEM).to_string();
-    if message.contains(&enomem) {
-        Outcome::LimitExceeded {
-            limit: crate::outcome::Limit::ProcessMemory {
+/// The outcome of a task the worker could not start. Under the worker's
+/// kernel memory limit, an allocation the kernel refused while loading or
+/// starting ([`Error::OutOfMemory`], told by the error's type) is that
+/// limit: the machine itself rarely runs out.
+fn refused(err: &Error, data_bytes: u64) -> Outcome {
+    match err {
+        Error::OutOfMemory(_) => Outcome::LimitExceeded {
+            limit: Limit::ProcessMemory {
                 max: bytesize::ByteSize(data_bytes),
             },
-        }
-    } else {
-        Outcome::Failed { message }
+        },
+        other => Outcome::Failed {
+            message: other.to_string(),
+        },
     }
 }
 

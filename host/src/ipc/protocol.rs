@@ -27,7 +27,7 @@ pub(crate) const MAGIC: &str = "isola-ipc";
 
 /// Largest frame either side accepts: bounds what a confused or hostile
 /// peer can make the other allocate.
-pub(crate) const MAX_FRAME: usize = 64 << 20;
+pub(crate) const MAX_FRAME: usize = crate::rules::MAX_PROCESS_MESSAGE as usize;
 
 /// The codec both ends use.
 pub(crate) fn codec() -> LengthDelimitedCodec {
@@ -127,7 +127,7 @@ pub(crate) struct RunRequest {
     /// OS limits the worker applies to itself before loading the program.
     pub(crate) os_limits: OsLimits,
     /// The export to enter.
-    pub(crate) entry: crate::task::Entry,
+    pub(crate) entry: crate::spec::Entry,
 }
 
 /// What a [`ToWorker::Preload`] names.
@@ -386,7 +386,7 @@ mod tests {
                 cpu_seconds: Some(3),
                 open_files: 4,
             },
-            entry: crate::task::Entry::Run,
+            entry: crate::spec::Entry::Run,
         })));
         round_trip_to_worker(ToWorker::Stdin(Bytes::from_static(b"\0\xffbytes")));
         round_trip_to_worker(ToWorker::StdinEnd);

@@ -1,0 +1,653 @@
+//! The loader: the engine, the linkers, the in-memory program cache, the
+//! file stamps, the optional disk cache of precompiled artifacts and their
+//! counters. [`crate::Runner`], worker processes and plugins all load
+//! programs through one [`Loader`].
+//!
+//! Loading is: read the file (skipped when its stamp is unchanged) →
+//! recognise module or component → compile, or map the precompiled
+//! artifact → check imports → pre-instantiate. Each distinct content (by
+//! SHA-256) is compiled once per loader and once per disk cache.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use wasmtime::component::Component;
+use wasmtime::{
+    Config, Engine, ExternType, InstanceAllocationStrategy, Linker, Module,
+    PoolingAllocationConfig, Store,
+};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::cache::{Artifact, ContentHash, DiskCache, content_hash};
+use crate::channel::bindings::PluginPre;
+use crate::error::{Error, Result};
+use crate::program::{CORE_PLUGIN_EXPORT, FileStamp, Program, ProgramInner, ProgramKind, WasmKind};
+use crate::state::TaskState;
+
+/// Shared memory groups a runner can hold at once: each group's
+/// coordinator keeps a fiber stack outside the task slots, so the engine's
+/// pool reserves this many more.
+pub(crate) const MAX_GROUPS: u32 = 16;
+
+/// Bytes of a freed linear memory zeroed in place rather than given back to
+/// the kernel (see [`engine_config`]): what a small guest touches (its stack
+/// top, data and a little heap). Each slot that has run a task keeps at
+/// most this much resident; more would show as RSS growth in the soak.
+const KEEP_RESIDENT_PER_MEMORY: usize = 512 << 10;
+
+/// As [`KEEP_RESIDENT_PER_MEMORY`], for tables.
+const KEEP_RESIDENT_PER_TABLE: usize = 64 << 10;
+
+/// Most programs a loader keeps loaded; past it the cache starts over. A
+/// runner rarely sees this many distinct programs; the bound keeps a
+/// long-lived one from growing without limit.
+const MAX_CACHED_PROGRAMS: usize = 256;
+
+/// Largest Wasm file loaded without the blocking pool (when its artifact
+/// is cached): reading, hashing and mapping it take well under a
+/// millisecond.
+const INLINE_LOAD_MAX: u64 = 1 << 20;
+
+/// How the engine is sized: the part of [`crate::RunnerConfig`] the
+/// engine depends on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineSettings {
+    /// Instance slots in the pool (`RunnerConfig::max_live_tasks`).
+    pub(crate) slots: usize,
+    /// Largest linear memory of one task, in bytes.
+    pub(crate) max_memory_per_task: u64,
+    /// Whether instances come from a pre-reserved pool.
+    pub(crate) instance_pool: bool,
+    /// Address space reserved per linear memory, in bytes; `None` for
+    /// wasmtime's default (4 GiB plus guard).
+    pub(crate) memory_reservation: Option<u64>,
+    /// Linear memories each slot has room for.
+    pub(crate) memories_per_task: u32,
+}
+
+/// Counters of the compile caches, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Programs compiled from Wasm.
+    pub compiled: u64,
+    /// Programs loaded from the on-disk cache.
+    pub disk_hits: u64,
+    /// Programs found already loaded in this runner.
+    pub memory_hits: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    compiled: AtomicU64,
+    disk_hits: AtomicU64,
+    memory_hits: AtomicU64,
+}
+
+/// Extra host functions a loader's module linker defines beyond WASI and
+/// the task channel (the shared memory group imports): given by the layer
+/// that owns them, so this module does not depend on it.
+pub(crate) type LinkerExtension = fn(&mut Linker<TaskState>) -> wasmtime::Result<()>;
+
+/// Loads programs for one engine. Shared behind an `Arc`.
+pub(crate) struct Loader {
+    engine: Engine,
+    module_linker: Linker<TaskState>,
+    /// Built on first use: a runner of modules never needs it.
+    component_linker: OnceLock<std::result::Result<wasmtime::component::Linker<TaskState>, String>>,
+    /// What the module linker defines, listed on first need (an error
+    /// naming a missing import).
+    provided_imports: OnceLock<HashSet<(String, String)>>,
+    /// Precompiled artifacts. A runner sets it at creation; a worker process
+    /// takes its parent's on its first request.
+    disk_cache: OnceLock<DiskCache>,
+    programs: Mutex<HashMap<ContentHash, Program>>,
+    /// Content hashes of files already read, by path and stamp.
+    files: Mutex<HashMap<PathBuf, (FileStamp, ContentHash)>>,
+    stats: Stats,
+}
+
+impl Loader {
+    /// A loader with a new engine sized by `settings`, its module linker
+    /// (WASI preview1, the task channel, and `extension`'s functions) and,
+    /// if given, the disk cache under `cache_root`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Internal`] if the engine or a linker cannot be created.
+    pub(crate) fn new(
+        settings: &EngineSettings,
+        cache_root: Option<&Path>,
+        extension: LinkerExtension,
+    ) -> Result<Loader> {
+        let engine = Engine::new(&engine_config(settings)).map_err(Error::internal)?;
+        let mut module_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut TaskState| &mut s.wasi)
+            .map_err(Error::internal)?;
+        // wasmtime-wasi refuses exit codes of 126 and above (reserved by
+        // WASI); a POSIX program may use the whole 0..=255 range, and its
+        // user expects the code it chose.
+        module_linker.allow_shadowing(true);
+        module_linker
+            .func_wrap(
+                "wasi_snapshot_preview1",
+                "proc_exit",
+                |code: i32| -> wasmtime::Result<()> { Err(wasmtime_wasi::I32Exit(code).into()) },
+            )
+            .map_err(Error::internal)?;
+        module_linker.allow_shadowing(false);
+        crate::channel::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
+        extension(&mut module_linker).map_err(Error::internal)?;
+        let disk_cache = OnceLock::new();
+        if let Some(root) = cache_root {
+            let _ = disk_cache.set(DiskCache::new(root, &engine));
+        }
+        Ok(Loader {
+            engine,
+            module_linker,
+            component_linker: OnceLock::new(),
+            provided_imports: OnceLock::new(),
+            disk_cache,
+            programs: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The engine every program of this loader is compiled for.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker for core modules.
+    pub(crate) fn module_linker(&self) -> &Linker<TaskState> {
+        &self.module_linker
+    }
+
+    /// Uses the disk cache under `root` from now on, unless one is set
+    /// already (a worker's parent always sends the same one).
+    pub(crate) fn use_disk_cache(&self, root: &Path) {
+        if self.disk_cache.get().is_none() {
+            let _ = self.disk_cache.set(DiskCache::new(root, &self.engine));
+        }
+    }
+
+    /// The root of the disk cache, when there is one.
+    pub(crate) fn disk_cache_root(&self) -> Option<&Path> {
+        self.disk_cache.get().map(DiskCache::root)
+    }
+
+    /// How the caches have been used so far.
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            compiled: self.stats.compiled.load(Ordering::Relaxed),
+            disk_hits: self.stats.disk_hits.load(Ordering::Relaxed),
+            memory_hits: self.stats.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Loads the program at `path`: compiled once per content hash, from the
+    /// in-memory cache, the disk cache, or by compiling.
+    pub(crate) async fn load(self: &Arc<Self>, path: &Path) -> Result<Program> {
+        let read_error = |source| Error::Read {
+            path: path.to_owned(),
+            source,
+        };
+        // A file unchanged since it was last loaded (same device, inode, size
+        // and modification time) is not read and hashed again: spawning many
+        // tasks of one file by path stays cheap.
+        // A plain `stat` on this thread: tokio's would hand it to the blocking
+        // pool, costing more than the call itself on this hot path.
+        let stamp = FileStamp::of(&std::fs::metadata(path).map_err(read_error)?);
+        if let Some(program) = self
+            .known_file(path, &stamp)
+            .and_then(|hash| self.cached_program(&hash))
+        {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(program);
+        }
+        // A small file is read, hashed and (if precompiled) mapped right here:
+        // a trip to the blocking pool costs more than that work. Anything that
+        // may take milliseconds (a big file, compiling) goes to the pool.
+        let small = stamp.len() <= INLINE_LOAD_MAX;
+        let bytes = if small {
+            std::fs::read(path)
+        } else {
+            tokio::fs::read(path).await
+        }
+        .map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let kind = WasmKind::detect(&bytes).ok_or_else(|| Error::NotWasm {
+            path: path.to_owned(),
+        })?;
+        let hash = content_hash(&bytes);
+        self.remember_file(path, stamp, hash);
+        if let Some(program) = self.cached_program(&hash) {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(program);
+        }
+        let cached = self
+            .disk_cache
+            .get()
+            .is_some_and(|c| c.contains(&hash, kind.as_str()));
+        if small && cached {
+            let program = self.build(path, kind, hash, Some(&bytes))?;
+            self.remember_program(hash, program.clone());
+            return Ok(program);
+        }
+        // Compiling and even deserializing take milliseconds to seconds: keep
+        // them off the async workers.
+        let loader = Arc::clone(self);
+        let path2 = path.to_owned();
+        let program =
+            tokio::task::spawn_blocking(move || loader.build(&path2, kind, hash, Some(&bytes)))
+                .await
+                .map_err(Error::internal)??;
+        self.remember_program(hash, program.clone());
+        Ok(program)
+    }
+
+    /// Loads a program whose content hash and kind are already known (a
+    /// worker is told them by its parent), on the calling thread: from
+    /// memory or the disk cache without reading the Wasm file at all, else
+    /// by reading and compiling it (checked to still have that hash).
+    pub(crate) fn load_known(
+        &self,
+        path: &Path,
+        hash: ContentHash,
+        kind: WasmKind,
+    ) -> Result<Program> {
+        if let Some(program) = self.cached_program(&hash) {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(program);
+        }
+        let program = self.build(path, kind, hash, None)?;
+        self.remember_program(hash, program.clone());
+        Ok(program)
+    }
+
+    /// Compiles a program from bytes built into Isola (`name` stands in for
+    /// its path), bypassing every cache.
+    pub(crate) fn load_builtin(&self, name: &str, bytes: &[u8]) -> Result<Program> {
+        let kind = WasmKind::detect(bytes).ok_or_else(|| Error::NotWasm { path: name.into() })?;
+        self.compile(Path::new(name), kind, content_hash(bytes), bytes, None)
+    }
+
+    /// Makes sure the precompiled artifact of `program` is in the cache at
+    /// `root`, so a worker can load it instead of compiling.
+    pub(crate) fn ensure_artifact(&self, program: &Program, root: &Path) -> Result<()> {
+        let cache = DiskCache::new(root, &self.engine);
+        let kind = program.wasm_kind();
+        if cache.contains(&program.inner.hash, kind.as_str()) {
+            return Ok(());
+        }
+        let artifact = program.serialize().map_err(Error::internal)?;
+        cache.store(&program.inner.hash, kind.as_str(), &artifact);
+        Ok(())
+    }
+
+    fn cached_program(&self, hash: &ContentHash) -> Option<Program> {
+        self.programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    /// The content hash of `path` if it was read before and is unchanged.
+    fn known_file(&self, path: &Path, stamp: &FileStamp) -> Option<ContentHash> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        match files.get(path) {
+            Some((known, hash)) if known == stamp => Some(*hash),
+            _ => None,
+        }
+    }
+
+    fn remember_file(&self, path: &Path, stamp: FileStamp, hash: ContentHash) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if files.len() >= MAX_CACHED_PROGRAMS {
+            files.clear();
+        }
+        files.insert(path.to_owned(), (stamp, hash));
+    }
+
+    fn remember_program(&self, hash: ContentHash, program: Program) {
+        let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        if programs.len() >= MAX_CACHED_PROGRAMS {
+            programs.clear();
+        }
+        programs.insert(hash, program);
+    }
+
+    /// The linker for components, built on first use.
+    fn component_linker(&self) -> Result<&wasmtime::component::Linker<TaskState>> {
+        self.component_linker
+            .get_or_init(|| {
+                let mut linker = wasmtime::component::Linker::new(&self.engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
+                crate::channel::add_to_component_linker(&mut linker).map_err(|e| e.to_string())?;
+                Ok(linker)
+            })
+            .as_ref()
+            .map_err(|e| Error::Internal(format!("cannot set up the component linker: {e}")))
+    }
+
+    /// The `(module, name)` pairs the module linker defines.
+    fn provided_imports(&self) -> &HashSet<(String, String)> {
+        self.provided_imports.get_or_init(|| {
+            // Listing a linker's definitions needs a store; this one is never
+            // used to run anything.
+            let mut store = Store::new(&self.engine, TaskState::inert());
+            self.module_linker
+                .iter(&mut store)
+                .map(|(module, name, _)| (module.to_owned(), name.to_owned()))
+                .collect()
+        })
+    }
+
+    /// Deserializes the disk artifact for `hash`, if there is a sound one.
+    /// An artifact wasmtime rejects is treated as a miss.
+    fn cached_artifact<T>(
+        &self,
+        hash: &ContentHash,
+        kind: WasmKind,
+        deserialize: impl FnOnce(Artifact) -> wasmtime::Result<T>,
+    ) -> Option<T> {
+        let file = self.disk_cache.get()?.open_verified(hash, kind.as_str())?;
+        match deserialize(file) {
+            Ok(value) => {
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    kind = kind.as_str(),
+                    "loaded precompiled artifact from the disk cache"
+                );
+                Some(value)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring incompatible cache artifact");
+                None
+            }
+        }
+    }
+
+    /// The program of `hash`: from its precompiled artifact if the disk
+    /// cache has a sound one, else compiled from `bytes` (or the file's
+    /// bytes, checked to still have that hash).
+    fn build(
+        &self,
+        path: &Path,
+        kind: WasmKind,
+        hash: ContentHash,
+        bytes: Option<&[u8]>,
+    ) -> Result<Program> {
+        let precompiled = match kind {
+            WasmKind::Module => self
+                .cached_artifact(&hash, kind, |artifact| {
+                    // SAFETY: `artifact` passed the cache's integrity check,
+                    // so it is exactly what `Module::serialize` wrote for an
+                    // engine with the same compatibility hash (the cache
+                    // directory is keyed by it), and artifacts are replaced
+                    // only by rename, so the open file does not change.
+                    unsafe { Module::deserialize_open_file(&self.engine, artifact.file) }
+                })
+                .map(Compiled::Module),
+            WasmKind::Component => self
+                .cached_artifact(&hash, kind, |artifact| {
+                    // wasmtime 48 has no `Component::deserialize_open_file`;
+                    // opening the verified descriptor through /proc maps the
+                    // very file that was checked, even if the path has been
+                    // replaced since.
+                    let path = artifact.fd_path();
+                    // SAFETY: as for modules: the open file was verified and
+                    // holds what `Component::serialize` wrote for a
+                    // compatible engine.
+                    unsafe { Component::deserialize_file(&self.engine, &path) }
+                })
+                .map(Compiled::Component),
+        };
+        match precompiled {
+            Some(compiled) => self.link(path, hash, compiled),
+            None => {
+                let bytes = wasm_bytes(path, &hash, bytes)?;
+                self.compile(path, kind, hash, &bytes, self.disk_cache.get())
+            }
+        }
+    }
+
+    /// Compiles `bytes`, stores the artifact in `cache` if given, and links.
+    fn compile(
+        &self,
+        path: &Path,
+        kind: WasmKind,
+        hash: ContentHash,
+        bytes: &[u8],
+        cache: Option<&DiskCache>,
+    ) -> Result<Program> {
+        let invalid = |err: wasmtime::Error| {
+            if crate::outcome::is_out_of_memory(&err) {
+                Error::OutOfMemory(format!("compiling `{}`: {err:#}", path.display()))
+            } else {
+                Error::Invalid {
+                    path: path.to_owned(),
+                    message: format!("{err:#}"),
+                }
+            }
+        };
+        let compiled = match kind {
+            WasmKind::Module => {
+                Compiled::Module(Module::new(&self.engine, bytes).map_err(invalid)?)
+            }
+            WasmKind::Component => {
+                Compiled::Component(Component::new(&self.engine, bytes).map_err(invalid)?)
+            }
+        };
+        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(path = %path.display(), kind = kind.as_str(), "compiled from wasm");
+        if let Some(cache) = cache {
+            let artifact = match &compiled {
+                Compiled::Module(module) => module.serialize(),
+                Compiled::Component(component) => component.serialize(),
+            };
+            if let Ok(artifact) = artifact {
+                cache.store(&hash, kind.as_str(), &artifact);
+            }
+        }
+        self.link(path, hash, compiled)
+    }
+
+    /// Checks the imports and exports of a compiled program and
+    /// pre-instantiates it.
+    fn link(&self, path: &Path, hash: ContentHash, compiled: Compiled) -> Result<Program> {
+        let invalid = |err: wasmtime::Error| Error::Invalid {
+            path: path.to_owned(),
+            message: format!("{err:#}"),
+        };
+        let kind = match compiled {
+            Compiled::Module(module) => {
+                if imports_shared_memory(&module) {
+                    self.check_module_imports(path, &module)?;
+                    ProgramKind::Shared { module }
+                } else {
+                    // Linking succeeds for the modules that will run; only a
+                    // failure needs the slower check that names the missing
+                    // import.
+                    let linked = self.module_linker.instantiate_pre(&module);
+                    if linked.is_err() {
+                        self.check_module_imports(path, &module)?;
+                    }
+                    let command = exports_func(&module, "_start", 0, 0);
+                    let plugin = exports_func(&module, CORE_PLUGIN_EXPORT, 0, 1);
+                    if !command && !plugin {
+                        return Err(Error::UnsupportedWorld {
+                            path: path.to_owned(),
+                            detail: format!(
+                                "it exports neither `_start` (a WASI command) nor \
+                                 `{CORE_PLUGIN_EXPORT}` (an Isola plugin)"
+                            ),
+                        });
+                    }
+                    ProgramKind::Module {
+                        pre: linked.map_err(invalid)?,
+                        command,
+                        plugin,
+                    }
+                }
+            }
+            Compiled::Component(component) => {
+                let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
+                    path: path.to_owned(),
+                    detail: format!("{err:#}"),
+                };
+                let pre = self
+                    .component_linker()?
+                    .instantiate_pre(&component)
+                    .map_err(unsupported)?;
+                let command = CommandPre::new(pre.clone()).ok();
+                let plugin = PluginPre::new(pre.clone()).ok();
+                if command.is_none() && plugin.is_none() {
+                    return Err(Error::UnsupportedWorld {
+                        path: path.to_owned(),
+                        detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
+                                 `isola:task/plugin`"
+                            .into(),
+                    });
+                }
+                ProgramKind::Component {
+                    pre,
+                    command,
+                    plugin,
+                }
+            }
+        };
+        Ok(Program {
+            inner: Arc::new(ProgramInner {
+                path: path.to_owned(),
+                hash,
+                kind,
+            }),
+        })
+    }
+
+    /// Names the first import the linker cannot satisfy, so the error says
+    /// what is missing instead of failing somewhere inside instantiation.
+    fn check_module_imports(&self, path: &Path, module: &Module) -> Result<()> {
+        for import in module.imports() {
+            if is_shared_memory_import(&import) {
+                // Provided by the shared memory group the task runs in.
+                continue;
+            }
+            let provided = self
+                .provided_imports()
+                .contains(&(import.module().to_owned(), import.name().to_owned()));
+            if !provided {
+                return Err(Error::UnknownImport {
+                    path: path.to_owned(),
+                    module: import.module().to_owned(),
+                    name: import.name().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A compiled program before linking.
+enum Compiled {
+    Module(Module),
+    Component(Component),
+}
+
+/// The Wasm bytes to compile: those already read, or the file's, checked to
+/// be the ones the program was identified by.
+fn wasm_bytes<'a>(
+    path: &Path,
+    hash: &ContentHash,
+    bytes: Option<&'a [u8]>,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if let Some(bytes) = bytes {
+        return Ok(bytes.into());
+    }
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if content_hash(&bytes) != *hash {
+        return Err(Error::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other("the file changed after it was loaded"),
+        });
+    }
+    Ok(bytes.into())
+}
+
+fn is_shared_memory_import(import: &wasmtime::ImportType<'_>) -> bool {
+    import.module() == "env"
+        && import.name() == "memory"
+        && matches!(import.ty(), ExternType::Memory(ty) if ty.is_shared())
+}
+
+/// Whether the module imports its memory shared (`wasm32-wasip1-threads`).
+pub(crate) fn imports_shared_memory(module: &Module) -> bool {
+    module
+        .imports()
+        .any(|import| is_shared_memory_import(&import))
+}
+
+/// Whether `module` exports a function `name` with this many params and
+/// results.
+fn exports_func(module: &Module, name: &str, params: usize, results: usize) -> bool {
+    matches!(
+        module.get_export(name),
+        Some(ExternType::Func(f)) if f.params().len() == params && f.results().len() == results
+    )
+}
+
+/// The engine settings every task relies on.
+fn engine_config(settings: &EngineSettings) -> Config {
+    let mut c = Config::new();
+    // Guests run as fibers on the Tokio runtime (wasmtime's `*_async` entry
+    // points): a task that waits holds no OS thread.
+    // Epochs give timeouts, cancellation and fair time-slicing between
+    // CPU-bound guests (each yields to the runtime on every tick).
+    c.epoch_interruption(true);
+    // Fuel is the deterministic CPU budget; its cost on straight-line code
+    // is close to zero.
+    c.consume_fuel(true);
+    // Shared memory groups (the threads proposal). Tier 2 in wasmtime.
+    c.wasm_threads(true);
+    c.shared_memory(true);
+    if let Some(reservation) = settings.memory_reservation {
+        c.memory_reservation(reservation);
+        // Small reservations are for many small tasks: keep the guard in
+        // proportion (it is address space, never memory).
+        c.memory_guard_size(reservation.min(32 << 20));
+        c.memory_reservation_for_growth(0);
+    }
+
+    let slots = u32::try_from(settings.slots).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    // A component made by `wasm32-wasip2` holds a handful of core instances
+    // (the program, the WASI adapter and small shims); budget for that.
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(4))
+        .total_memories(slots.saturating_mul(settings.memories_per_task))
+        .total_tables(slots.saturating_mul(4))
+        // Each group's coordinator holds a fiber stack outside the task slots.
+        .total_stacks(slots.saturating_add(MAX_GROUPS))
+        .max_memory_size(usize::try_from(settings.max_memory_per_task).unwrap_or(usize::MAX))
+        // A freed slot is reset to zero for the next instance. By default
+        // that is an `madvise` of the whole memory, and the next instance
+        // faults every page back in: about 40% of a short task's cost. With
+        // PAGEMAP_SCAN (Linux 6.7+) the pages it actually touched, up to
+        // this much, are zeroed in place and stay resident instead.
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_PER_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_PER_TABLE);
+    if settings.instance_pool {
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}

@@ -1,0 +1,267 @@
+//! A kept plugin instance in a worker process of its own (the process
+//! side of [`crate::PluginInstance`]): the worker instantiates it once and
+//! answers `call` frames until the pipe closes.
+
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::process::{Child, ChildStdout};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use super::pool::{GRACE, HANDSHAKE_TIMEOUT, ProcessBackend, Worker, Writer, reap, sleep_until};
+use super::supervisor::{os_limits, prepare_for_worker};
+use crate::error::Error;
+use crate::ipc::protocol::{self, FromWorker, RunRequest, ToWorker};
+use crate::ipc::sys;
+use crate::outcome::{CallError, Limit, Outcome, TaskMetrics, abandoned, ended, unusable};
+use crate::parts::Parts;
+use crate::program::Program;
+use crate::spec::{Entry, Stdin, TaskSpec};
+
+/// A kept plugin instance in a worker process of its own: the worker
+/// instantiates it once and answers calls until the pipe closes.
+#[derive(Debug)]
+pub(crate) struct PluginWorker {
+    /// `None` once reaped (after a crash or a kill).
+    child: Option<Child>,
+    pid: u32,
+    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    writer: Writer,
+    timeout: Option<Duration>,
+    /// Why the instance is unusable, once it is.
+    broken: Option<Outcome>,
+    /// A call was sent and its answer not read: a caller gave up on it, and
+    /// the next answer on the pipe would be that one's.
+    in_call: bool,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Starts a worker that keeps a plugin instance (see
+/// [`crate::Runner::plugin`]).
+///
+/// # Errors
+///
+/// [`CallError::Start`] as [`crate::Runner::spawn`], or if the worker
+/// cannot start; [`CallError::Ended`] if instantiating ran guest code that
+/// ended (a trap in a `start` function, a limit) or the worker died.
+pub(crate) async fn start(
+    parts: &Parts,
+    backend: &Arc<ProcessBackend>,
+    program: &Program,
+    mut spec: TaskSpec,
+) -> std::result::Result<PluginWorker, CallError> {
+    parts.check(&spec)?;
+    program.resolve_entry(Entry::Run)?;
+    if spec.stdin == Stdin::Inherit {
+        return Err(CallError::Start(Error::InvalidSpec {
+            field: "stdin".into(),
+            message: "a kept plugin instance in a worker process cannot read the host's stdin"
+                .into(),
+        }));
+    }
+    let cache_dir = prepare_for_worker(parts, backend, program, &mut spec)?;
+    let slot = parts.slot().await?;
+    let Worker {
+        child,
+        pid,
+        reader,
+        mut writer,
+    } = backend.take_worker(false).await?;
+    backend.refill_soon();
+    let timeout = spec.limits.timeout;
+    let request = RunRequest {
+        os_limits: os_limits(&spec),
+        program: protocol::ProgramId::of(program),
+        spec,
+        cache_dir,
+        entry: Entry::Run,
+    };
+    let sent = writer
+        .send(ToWorker::Plugin(Box::new(request)).encode())
+        .await;
+    sent.map_err(|e| Error::Internal(format!("cannot reach the plugin's worker: {e}")))?;
+    let mut worker = PluginWorker {
+        child: Some(child),
+        pid,
+        reader,
+        writer,
+        timeout,
+        broken: None,
+        in_call: false,
+        _slot: slot,
+    };
+    let ready = async {
+        loop {
+            let frame = match worker.reader.next().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(err)) => return Err(failed(format!("bad frame from the worker: {err}"))),
+                None => {
+                    let outcome = worker.died().await;
+                    return Err(ended(outcome, TaskMetrics::default()));
+                }
+            };
+            match FromWorker::decode(&frame) {
+                Ok(FromWorker::Started) => return Ok(()),
+                // Instantiation ran guest code that ended, or could not
+                // happen: the worker says which.
+                Ok(FromWorker::Finished(finished)) => {
+                    return Err(match finished.outcome {
+                        Outcome::Failed { message } => failed(message),
+                        outcome => ended(outcome, finished.metrics),
+                    });
+                }
+                Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
+                Ok(_) => return Err(failed("unexpected frame from the worker".into())),
+                Err(err) => return Err(failed(err.to_string())),
+            }
+        }
+    };
+    // Instantiation may run guest code under the call timeout; the
+    // handshake bound covers a worker that never answers.
+    let bound = timeout
+        .and_then(|t| t.checked_add(GRACE))
+        .map_or(HANDSHAKE_TIMEOUT, |t| t.max(HANDSHAKE_TIMEOUT));
+    match tokio::time::timeout(bound, ready).await {
+        Ok(Ok(())) => Ok(worker),
+        Ok(Err(err)) => Err(err),
+        Err(_) => {
+            worker.kill().await;
+            Err(failed(
+                "the plugin's worker did not get ready in time".into(),
+            ))
+        }
+    }
+}
+
+/// A kept instance that could not be set up for a reason of Isola's.
+fn failed(why: String) -> CallError {
+    CallError::Start(Error::Internal(format!(
+        "cannot instantiate the plugin: {why}"
+    )))
+}
+
+impl PluginWorker {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) async fn call(&mut self, input: Vec<u8>) -> std::result::Result<Vec<u8>, CallError> {
+        if self.in_call && self.broken.is_none() {
+            // The caller dropped the last call while it ran: its answer
+            // would come next, and the instance stopped mid-`run`.
+            self.broken = Some(abandoned());
+            self.kill().await;
+        }
+        if let Some(outcome) = &self.broken {
+            return Err(unusable(outcome));
+        }
+        self.in_call = true;
+        let started = Instant::now();
+        let metrics = |started: Instant| TaskMetrics {
+            run_time: started.elapsed(),
+            ..Default::default()
+        };
+        if self
+            .writer
+            .send(ToWorker::Call(input.into()).encode())
+            .await
+            .is_err()
+        {
+            let outcome = self.died().await;
+            return Err(ended(outcome, metrics(started)));
+        }
+        // The worker enforces the timeout; this backstop covers one that
+        // cannot (stopped, wedged).
+        let backstop = self
+            .timeout
+            .and_then(|t| t.checked_add(GRACE))
+            .and_then(|t| tokio::time::Instant::now().checked_add(t));
+        loop {
+            let frame = tokio::select! {
+                frame = self.reader.next() => frame,
+                () = sleep_until(backstop) => {
+                    self.kill().await;
+                    let outcome = Outcome::LimitExceeded {
+                        limit: Limit::Timeout {
+                            after: self.timeout.unwrap_or_default(),
+                        },
+                    };
+                    self.broken = Some(outcome.clone());
+                    return Err(ended(outcome, metrics(started)));
+                }
+            };
+            let decoded = match frame {
+                Some(Ok(frame)) => FromWorker::decode(&frame).map_err(|e| e.to_string()),
+                Some(Err(err)) => Err(err.to_string()),
+                None => {
+                    let outcome = self.died().await;
+                    return Err(ended(outcome, metrics(started)));
+                }
+            };
+            match decoded {
+                Ok(FromWorker::CallOutput(output)) => {
+                    self.in_call = false;
+                    return Ok(output.to_vec());
+                }
+                Ok(FromWorker::CallFailed(failure)) => {
+                    self.in_call = false;
+                    return Err(match *failure {
+                        protocol::CallFailure::Rejected { error } => CallError::Rejected(error),
+                        protocol::CallFailure::Ended { outcome, metrics } => {
+                            self.broken = Some(outcome.clone());
+                            ended(outcome, metrics)
+                        }
+                    });
+                }
+                Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
+                Ok(_) | Err(_) => {
+                    self.kill().await;
+                    let outcome = Outcome::Failed {
+                        message: "bad frame from the plugin's worker".into(),
+                    };
+                    self.broken = Some(outcome.clone());
+                    return Err(ended(outcome, metrics(started)));
+                }
+            }
+        }
+    }
+
+    /// The worker's pipe closed: reaps it and says how it ended.
+    async fn died(&mut self) -> Outcome {
+        let status = match self.child.as_mut() {
+            Some(child) => reap(child, self.pid, true).await,
+            None => None,
+        };
+        self.child = None;
+        let outcome = Outcome::Crashed {
+            signal: status.and_then(|s| s.signal()),
+            status: status.and_then(|s| s.code()),
+        };
+        self.broken = Some(outcome.clone());
+        outcome
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = sys::signal_group(self.pid, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl Drop for PluginWorker {
+    fn drop(&mut self) {
+        // The writer closes after this returns: end of input is the
+        // worker's cue to exit; it is reaped in the background.
+        if let (Some(mut child), Ok(runtime)) =
+            (self.child.take(), tokio::runtime::Handle::try_current())
+        {
+            let pid = self.pid;
+            runtime.spawn(async move {
+                reap(&mut child, pid, false).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The supervisor of one process task: readies its spec for a worker,
+//! hands it a worker from the pool, carries frames both ways, enforces the
+//! backstop, and turns what the worker reported (or how it died) into the
+//! task's report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdout};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::pool::{GRACE, ProcessBackend, Worker, Writer, reap, sleep_until};
+use crate::channel::{MessageReceiver, MessageSender};
+use crate::error::{Error, Result};
+use crate::handle::{CancelHandle, TaskHandle, TaskId};
+use crate::ipc::protocol::{self, FromWorker, OsLimits, RunRequest, ToWorker};
+use crate::ipc::sys;
+use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
+use crate::output::OutputPipe;
+use crate::parts::Parts;
+use crate::program::Program;
+use crate::spec::{Entry, Stdin, TaskSpec};
+
+/// Memory a worker may use beyond its task's linear memory: the engine,
+/// compiled code, fiber stack and WASI host state.
+const DEFAULT_OS_MEMORY_HEADROOM: u64 = 512 << 20;
+
+/// Open files a worker may have: preopened dirs, files the guest opens, pipes.
+const WORKER_OPEN_FILES: u64 = 256;
+
+/// The OS limits for a task's worker.
+pub(crate) fn os_limits(spec: &TaskSpec) -> OsLimits {
+    let data_bytes = spec
+        .limits
+        .process_memory
+        .map(|m| m.as_u64())
+        .unwrap_or_else(|| spec.limits.max_memory.as_u64() + DEFAULT_OS_MEMORY_HEADROOM);
+    OsLimits {
+        data_bytes,
+        // Each linear memory reserves its full 4 GiB range plus guards up
+        // front; the cap only stops an address-space explosion.
+        address_space_bytes: data_bytes.saturating_add(64 << 30),
+        // Saturating: an absurd timeout (say `Duration::MAX`) must mean "no
+        // practical limit", not an overflow.
+        cpu_seconds: spec.limits.timeout.map(|t| t.as_secs().saturating_add(2)),
+        open_files: WORKER_OPEN_FILES,
+    }
+}
+
+/// Readies a spec for a worker and returns the cache directory it loads
+/// from: the artifact is put there (compiled once, here), inherited
+/// variables are resolved (the worker's environment is empty), the program
+/// is named by its path. The caller has checked the spec.
+pub(crate) fn prepare_for_worker(
+    parts: &Parts,
+    backend: &ProcessBackend,
+    program: &Program,
+    spec: &mut TaskSpec,
+) -> Result<PathBuf> {
+    let cache_dir = backend.cache_root(parts)?;
+    parts.loader.ensure_artifact(program, &cache_dir)?;
+    for key in std::mem::take(&mut spec.inherit_env) {
+        if let Ok(value) = std::env::var(&key) {
+            spec.env.insert(key, value);
+        }
+    }
+    spec.wasm = program.path().to_owned();
+    Ok(cache_dir)
+}
+
+/// Starts a process-isolated task.
+///
+/// # Errors
+///
+/// As [`crate::Runner::spawn`]; [`Error::Unsupported`] if no worker
+/// binary is found, [`Error::Internal`] if a worker cannot start.
+pub(crate) async fn spawn(
+    parts: &Parts,
+    backend: &Arc<ProcessBackend>,
+    program: &Program,
+    mut spec: TaskSpec,
+    entry: Entry,
+) -> Result<TaskHandle> {
+    let spawned_at = Instant::now();
+    parts.check(&spec)?;
+    program.resolve_entry(entry)?;
+    let backend = Arc::clone(backend);
+    let cache_dir = prepare_for_worker(parts, &backend, program, &mut spec)?;
+
+    let limits = spec.limits.clone();
+    // The worker enforces the output limit; the parent only delivers.
+    let (stdout, stdout_rx) = OutputPipe::new(Stream::Stdout, spec.stdout, None, limits.capture);
+    let (stderr, stderr_rx) = OutputPipe::new(Stream::Stderr, spec.stderr, None, limits.capture);
+    let forward_stdin = spec.stdin == Stdin::Inherit;
+
+    let slot = parts.slot().await?;
+    let reuse = spec.reuse_worker;
+    let worker = backend.take_worker(reuse).await?;
+    let queue = crate::channel::queue_capacity(limits.message_queue);
+    let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
+    let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
+    let program_id = protocol::ProgramId::of(program);
+    *backend
+        .last_program
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(protocol::Preload {
+        wasm: spec.wasm.clone(),
+        cache_dir: cache_dir.clone(),
+        program: program_id.clone(),
+    });
+    let request = RunRequest {
+        os_limits: os_limits(&spec),
+        spec,
+        cache_dir,
+        program: program_id,
+        entry,
+    };
+    let cancel = CancellationToken::new();
+    let Worker {
+        child,
+        pid,
+        reader,
+        writer,
+    } = worker;
+    // One task owns the pipe to the worker; everything else queues frames
+    // for it, so the supervisor never blocks on a full pipe while the
+    // worker waits for it to read (which would deadlock both).
+    let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
+    // The run frame goes first: the forwarders below may queue frames at
+    // once, and the worker expects its task before anything else.
+    frames_tx
+        .try_send(ToWorker::Run(Box::new(request)))
+        .map_err(|_| Error::Internal("the worker queue is full".into()))?;
+    let writer_task = tokio::spawn(write_frames(writer, frames_rx));
+    tokio::spawn(forward_messages(to_guest_rx, frames_tx.clone()));
+    let stdin_task = forward_stdin.then(|| tokio::spawn(forward_stdin_frames(frames_tx.clone())));
+    let supervisor = Supervisor {
+        child,
+        pid,
+        reader,
+        writer_task,
+        stdin_task,
+        reuse: reuse.then(|| Arc::clone(&backend)),
+        refill: Some(backend),
+        frames: frames_tx,
+        messages: from_guest_tx,
+        cancel: cancel.clone(),
+        timeout: limits.timeout,
+        stdout,
+        stderr,
+        spawned_at,
+    };
+    let join = tokio::spawn(async move {
+        let report = supervisor.run().await;
+        drop(slot);
+        report
+    });
+    Ok(TaskHandle::new(
+        TaskId::next(),
+        CancelHandle::new(cancel),
+        join,
+        (stdout_rx, stderr_rx),
+        (
+            MessageSender { tx: to_guest_tx },
+            MessageReceiver { rx: from_guest_rx },
+        ),
+        Some(pid),
+    ))
+}
+
+/// Frames queued for the worker's pipe.
+const FRAME_QUEUE: usize = 16;
+
+/// Writes queued frames to the worker. Hands the pipe back after writing
+/// [`ToWorker::EndTask`], so a reused worker can take another task.
+async fn write_frames(mut writer: Writer, mut frames: mpsc::Receiver<ToWorker>) -> Option<Writer> {
+    while let Some(frame) = frames.recv().await {
+        if writer.send(frame.encode()).await.is_err() {
+            // The worker is gone; the supervisor reports how it ended.
+            return None;
+        }
+        if frame == ToWorker::EndTask {
+            return Some(writer);
+        }
+    }
+    None
+}
+
+/// Carries the host's messages to the worker, then tells it the channel
+/// closed once every sender is dropped.
+async fn forward_messages(
+    mut messages: mpsc::Receiver<bytes::Bytes>,
+    frames: mpsc::Sender<ToWorker>,
+) {
+    while let Some(message) = messages.recv().await {
+        if frames.send(ToWorker::Message(message)).await.is_err() {
+            return;
+        }
+    }
+    let _ = frames.send(ToWorker::CloseChannel).await;
+}
+
+/// Carries the host process's stdin to the worker ([`Stdin::Inherit`]).
+async fn forward_stdin_frames(frames: mpsc::Sender<ToWorker>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let frame = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => ToWorker::StdinEnd,
+            Ok(n) => ToWorker::Stdin(bytes::Bytes::copy_from_slice(&buf[..n])),
+        };
+        let end = frame == ToWorker::StdinEnd;
+        if frames.send(frame).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+struct Supervisor {
+    child: Child,
+    pid: u32,
+    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    writer_task: tokio::task::JoinHandle<Option<Writer>>,
+    stdin_task: Option<tokio::task::JoinHandle<()>>,
+    /// Where the worker goes back if the task opted into reuse.
+    reuse: Option<Arc<ProcessBackend>>,
+    /// The pool to top up once the guest has started.
+    refill: Option<Arc<ProcessBackend>>,
+    frames: mpsc::Sender<ToWorker>,
+    messages: mpsc::Sender<bytes::Bytes>,
+    cancel: CancellationToken,
+    timeout: Option<Duration>,
+    stdout: OutputPipe,
+    stderr: OutputPipe,
+    spawned_at: Instant,
+}
+
+impl Supervisor {
+    /// Completes when the task should stop (cancelled or past its
+    /// backstop), or at once if it is stopping already.
+    fn stop_signal(
+        &self,
+        running: bool,
+        backstop: Option<tokio::time::Instant>,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let cancel = self.cancel.clone();
+        async move {
+            if !running {
+                // Already stopping: do not wait at all.
+                return;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = sleep_until(backstop) => {}
+            }
+        }
+    }
+
+    async fn run(mut self) -> TaskReport {
+        let pid = self.pid;
+        let mut finished = None;
+        let mut protocol_error: Option<String> = None;
+        let mut started_at = None;
+        let mut stop: Option<Stop> = None;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        // The worker enforces the timeout itself; this backstop covers a
+        // worker that cannot (stopped, wedged).
+        let backstop = self
+            .timeout
+            // A timeout too far away to represent has no backstop: checked,
+            // because `Instant + Duration` panics on overflow.
+            .and_then(|t| t.checked_add(GRACE))
+            .and_then(|t| tokio::time::Instant::now().checked_add(t));
+
+        while protocol_error.is_none() {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled(), if stop.is_none() => {
+                    stop = Some(Stop::Cancelled);
+                    // Polite first; if the queue to the worker is full, the
+                    // kill below does it.
+                    let _ = self.frames.try_send(ToWorker::Cancel);
+                    kill_at = Some(tokio::time::Instant::now() + GRACE);
+                }
+                () = sleep_until(backstop), if stop.is_none() && backstop.is_some() => {
+                    stop = self.timeout.map(Stop::TimedOut);
+                    let _ = self.frames.try_send(ToWorker::Cancel);
+                    kill_at = Some(tokio::time::Instant::now() + GRACE);
+                }
+                () = sleep_until(kill_at), if kill_at.is_some() => {
+                    kill_at = None;
+                    let _ = sys::signal_group(pid, libc::SIGKILL);
+                }
+                frame = self.reader.next() => match frame {
+                    None => break,
+                    Some(Err(err)) => protocol_error = Some(format!("bad frame from worker: {err}")),
+                    Some(Ok(frame)) => match FromWorker::decode(&frame) {
+                        Ok(FromWorker::Started) => {
+                            started_at = Some(Instant::now());
+                            if let Some(pool) = self.refill.take() {
+                                pool.refill_soon();
+                            }
+                        }
+                        // Delivery waits for a slow reader (backpressure reaches
+                        // the guest through the pipe) but never past a cancel
+                        // or the timeout, which the next turn handles. Once the
+                        // task is stopping, what cannot be delivered at once is
+                        // dropped.
+                        Ok(FromWorker::Stdout(bytes)) => {
+                            let stop_now = self.stop_signal(stop.is_none(), backstop);
+                            tokio::select! {
+                                () = self.stdout.forward(bytes) => {}
+                                () = stop_now => {}
+                            }
+                        }
+                        Ok(FromWorker::Stderr(bytes)) => {
+                            let stop_now = self.stop_signal(stop.is_none(), backstop);
+                            tokio::select! {
+                                () = self.stderr.forward(bytes) => {}
+                                () = stop_now => {}
+                            }
+                        }
+                        Ok(FromWorker::Message(bytes)) => {
+                            let stop_now = self.stop_signal(stop.is_none(), backstop);
+                            tokio::select! {
+                                // A reader that left drops the message.
+                                _ = self.messages.send(bytes) => {}
+                                () = stop_now => {}
+                            }
+                        }
+                        Ok(FromWorker::Finished(report)) => {
+                            finished = Some(*report);
+                            break;
+                        }
+                        Ok(FromWorker::Hello(_)) => {
+                            protocol_error = Some("unexpected hello frame from worker".into());
+                        }
+                        Ok(FromWorker::CallOutput(_) | FromWorker::CallFailed(_)) => {
+                            protocol_error = Some("unexpected plugin frame from worker".into());
+                        }
+                        Err(err) => protocol_error = Some(format!("bad frame from worker: {err}")),
+                    },
+                },
+            }
+        }
+        if protocol_error.is_some() {
+            let _ = sys::signal_group(pid, libc::SIGKILL);
+        }
+        if let Some(stdin) = &self.stdin_task {
+            stdin.abort();
+        }
+        if let Some(pool) = self.refill.take() {
+            pool.refill_soon();
+        }
+        let reusable = protocol_error.is_none()
+            && stop.is_none()
+            && finished
+                .as_ref()
+                .is_some_and(|f| leaves_worker_clean(&f.outcome));
+        let mut child = Some(self.child);
+        if let (Some(backend), true) = (&self.reuse, reusable)
+            && let Some(writer) = end_task(&self.frames, &mut self.writer_task).await
+            && let Some(child) = child.take()
+        {
+            backend.keep(Worker {
+                child,
+                pid,
+                reader: self.reader,
+                writer,
+            });
+        }
+        let status = match child.as_mut() {
+            Some(child) => {
+                // Closing the pipe ends a worker that waits for another task.
+                self.writer_task.abort();
+                reap(child, pid, finished.is_none()).await
+            }
+            None => None,
+        };
+        let outcome = WorkerEnding {
+            reported: finished.as_ref().map(|f| f.outcome.clone()),
+            protocol_error,
+            stop,
+            status,
+        }
+        .into_outcome();
+        let ended_at = Instant::now();
+        let mut metrics = finished.map(|f| f.metrics).unwrap_or_default();
+        let started = started_at.unwrap_or(ended_at);
+        metrics.startup = started - self.spawned_at;
+        if metrics.run_time.is_zero() {
+            metrics.run_time = ended_at - started;
+        }
+        TaskReport {
+            outcome,
+            metrics,
+            stdout: self.stdout.finish(),
+            stderr: self.stderr.finish(),
+        }
+    }
+}
+
+/// Whether a worker is fit for another task after this outcome: it reported
+/// in full and nothing stopped it from outside or at an OS limit.
+fn leaves_worker_clean(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Exited { .. }
+        | Outcome::Returned { .. }
+        | Outcome::Rejected { .. }
+        | Outcome::Trapped(_) => true,
+        Outcome::LimitExceeded { limit } => matches!(
+            limit,
+            Limit::Memory { .. }
+                | Limit::Fuel { .. }
+                | Limit::Output { .. }
+                | Limit::MessageSize { .. }
+                | Limit::Messages { .. }
+        ),
+        _ => false,
+    }
+}
+
+/// Ends a finished task on a worker that stays: queues
+/// [`ToWorker::EndTask`] and takes the pipe back once it is written.
+async fn end_task(
+    frames: &mpsc::Sender<ToWorker>,
+    writer_task: &mut tokio::task::JoinHandle<Option<Writer>>,
+) -> Option<Writer> {
+    let ended = async {
+        frames.send(ToWorker::EndTask).await.ok()?;
+        writer_task.await.ok().flatten()
+    };
+    tokio::time::timeout(GRACE, ended).await.ok().flatten()
+}
