@@ -193,6 +193,49 @@ mod tests {
     }
 
     #[test]
+    fn the_directory_is_named_by_a_sha256_of_the_compatibility_hash() {
+        /// Records the bytes a `Hash` impl writes.
+        #[derive(Default)]
+        struct Recorder(Vec<u8>);
+        impl Hasher for Recorder {
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.extend_from_slice(bytes);
+            }
+            fn finish(&self) -> u64 {
+                0
+            }
+        }
+        let engine = wasmtime::Engine::default();
+        let mut recorder = Recorder::default();
+        engine.precompile_compatibility_hash().hash(&mut recorder);
+        let expected = format!(
+            "wasmtime-{}",
+            hex::encode(&Sha256::digest(&recorder.0)[..8])
+        );
+        let cache = DiskCache::new(Path::new("/cache"), &engine);
+        assert_eq!(cache.dir, Path::new("/cache").join(expected));
+        assert_eq!(cache.root(), Path::new("/cache"));
+    }
+
+    #[test]
+    fn an_artifact_is_read_through_the_verified_descriptor() {
+        let (_dir, cache) = cache();
+        let key = content_hash(b"module");
+        cache.store(&key, "module", b"the verified artifact");
+        let artifact = cache.open_verified(&key, "module").expect("sound");
+        // Someone replaces the file after it was checked.
+        let path = cache.path_for(&key, "module");
+        let intruder = path.with_extension("intruder");
+        fs::write(&intruder, b"something else entirely").expect("write");
+        fs::rename(&intruder, &path).expect("rename");
+        let seen = fs::read(artifact.fd_path()).expect("read through the descriptor");
+        assert!(
+            seen.starts_with(b"the verified artifact"),
+            "the loader must see what was verified"
+        );
+    }
+
+    #[test]
     fn round_trip() {
         let (_dir, cache) = cache();
         let key = content_hash(b"module");

@@ -60,6 +60,7 @@ mod cache;
 mod channel;
 mod error;
 mod handle;
+mod imports;
 mod ipc;
 mod loader;
 mod output;
@@ -67,6 +68,7 @@ mod parts;
 mod plugin;
 mod process;
 mod program;
+mod region;
 mod rules;
 mod size;
 mod state;
@@ -76,7 +78,7 @@ mod ticker;
 
 pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};
-pub use group::{GroupSpec, OutOfBounds, Region, SharedGroup};
+pub use group::{GroupSpec, SharedGroup};
 pub use handle::{CancelHandle, TaskHandle, TaskId};
 pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,
@@ -84,6 +86,7 @@ pub use outcome::{
 pub use output::OutputReceiver;
 pub use plugin::PluginInstance;
 pub use program::Program;
+pub use region::{OutOfBounds, Region};
 pub use runner::{CacheDir, CacheStats, CallError, Runner, RunnerConfig};
 pub use spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};
 

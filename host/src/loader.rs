@@ -21,8 +21,8 @@ use wasmtime::{
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::cache::{Artifact, ContentHash, DiskCache, content_hash};
-use crate::channel::bindings::PluginPre;
 use crate::error::{Error, Result};
+use crate::imports::bindings::PluginPre;
 use crate::program::{CORE_PLUGIN_EXPORT, FileStamp, Program, ProgramInner, ProgramKind, WasmKind};
 use crate::state::TaskState;
 
@@ -137,7 +137,7 @@ impl Loader {
             )
             .map_err(Error::internal)?;
         module_linker.allow_shadowing(false);
-        crate::channel::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
+        crate::imports::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         extension(&mut module_linker).map_err(Error::internal)?;
         let disk_cache = OnceLock::new();
         if let Some(root) = cache_root {
@@ -328,7 +328,7 @@ impl Loader {
             .get_or_init(|| {
                 let mut linker = wasmtime::component::Linker::new(&self.engine);
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
-                crate::channel::add_to_component_linker(&mut linker).map_err(|e| e.to_string())?;
+                crate::imports::add_to_component_linker(&mut linker).map_err(|e| e.to_string())?;
                 Ok(linker)
             })
             .as_ref()

@@ -536,3 +536,115 @@ fn demangle(name: &str) -> String {
         Err(_) => name.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_worker(limit: u64) -> Budget {
+        Budget {
+            fuel: u64::MAX,
+            os_memory_limit: Some(limit),
+        }
+    }
+
+    #[test]
+    fn enomem_is_told_by_its_type_wherever_it_sits_in_the_chain() {
+        let limit = ProcessMemory(1 << 20);
+        // As std reports it, under context.
+        let io = wasmtime::Error::new(std::io::Error::from_raw_os_error(libc::ENOMEM))
+            .context("failed to allocate a linear memory");
+        // As wasmtime's own mmap reports it.
+        let errno = wasmtime::Error::new(rustix::io::Errno::NOMEM).context("mmap failed");
+        for err in [io, errno] {
+            assert!(is_out_of_memory(&err), "{err:#}");
+            assert_eq!(
+                classify(&err, &in_worker(limit.0)),
+                limit.outcome(),
+                "{err:#}"
+            );
+            // Outside a worker there is no OS limit to blame.
+            assert!(matches!(
+                classify(&err, &Budget::fuel(u64::MAX)),
+                Outcome::Failed { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn text_that_looks_like_enomem_is_not_enomem() {
+        // A guest-chosen or unrelated message must not become a limit.
+        let err = wasmtime::format_err!("Cannot allocate memory (os error 12)");
+        assert!(!is_out_of_memory(&err));
+        assert!(matches!(
+            classify(&err, &in_worker(1 << 20)),
+            Outcome::Failed { .. }
+        ));
+        let other_errno = wasmtime::Error::new(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(!is_out_of_memory(&other_errno));
+    }
+
+    #[test]
+    fn stops_traps_exits_and_limits_are_classified_by_type() {
+        let budget = Budget::fuel(500);
+        let stop = wasmtime::Error::new(Stop::TimedOut(Duration::from_secs(2)));
+        assert_eq!(
+            classify(&stop, &budget),
+            Outcome::LimitExceeded {
+                limit: Limit::Timeout {
+                    after: Duration::from_secs(2)
+                }
+            }
+        );
+        let fuel = wasmtime::Error::new(wasmtime::Trap::OutOfFuel);
+        assert_eq!(
+            classify(&fuel, &budget),
+            Outcome::LimitExceeded {
+                limit: Limit::Fuel { budget: 500 }
+            }
+        );
+        let exit = wasmtime::Error::new(wasmtime_wasi::I32Exit(3));
+        assert_eq!(classify(&exit, &budget), Outcome::Exited { code: 3 });
+        assert_eq!(
+            Ending::Returned(Err("no".into())).into_outcome(&budget),
+            Outcome::Rejected { error: "no".into() }
+        );
+    }
+
+    #[test]
+    fn a_worker_told_to_stop_for_a_timeout_reports_the_timeout() {
+        let after = Duration::from_millis(100);
+        let ending = WorkerEnding {
+            reported: Some(Outcome::Cancelled),
+            protocol_error: None,
+            stop: Some(Stop::TimedOut(after)),
+            status: None,
+        };
+        assert_eq!(
+            ending.into_outcome(),
+            Outcome::LimitExceeded {
+                limit: Limit::Timeout { after }
+            }
+        );
+        let silent = WorkerEnding {
+            reported: None,
+            protocol_error: None,
+            stop: None,
+            status: None,
+        };
+        assert!(matches!(silent.into_outcome(), Outcome::Crashed { .. }));
+    }
+
+    /// A process memory limit of this many bytes.
+    struct ProcessMemory(u64);
+
+    impl ProcessMemory {
+        fn outcome(&self) -> Outcome {
+            Outcome::LimitExceeded {
+                limit: Limit::ProcessMemory {
+                    max: ByteSize(self.0),
+                },
+            }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! A loaded program: compiled, linked, ready to instantiate. Made by the
-//! loader ([`crate::loader`]); this module holds the types and what can be
+//! loader (the `loader` module); this module holds the types and what can be
 //! told of a program without loading anything (its kind, its entries).
 
 use std::path::{Path, PathBuf};
@@ -9,8 +9,8 @@ use wasmtime::{InstancePre, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::cache::ContentHash;
-use crate::channel::bindings::PluginPre;
 use crate::error::{Error, Result};
+use crate::imports::bindings::PluginPre;
 use crate::spec::Entry;
 use crate::state::TaskState;
 
@@ -49,10 +49,7 @@ pub(crate) enum ProgramKind {
     },
 }
 
-/// Name of the export a core-module plugin provides: `isola_run() -> i32`,
-/// which reads its input with `isola:task::input-*` and reports with
-/// `set-output` / `set-error` (returning 0 / 1).
-pub(crate) const CORE_PLUGIN_EXPORT: &str = "isola_run";
+pub(crate) use crate::channel::CORE_PLUGIN_EXPORT;
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

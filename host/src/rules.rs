@@ -1,7 +1,7 @@
 //! The rulebook of a valid [`TaskSpec`], written once.
 //!
 //! Every entry point that takes a spec asks [`problems`]: the runner before
-//! it starts a task, [`crate::config::TaskSet::new`] for sets built in code,
+//! it starts a task, `TaskSet::new` for sets built in code,
 //! and the `tasks.toml` parser, which reports each problem at the position
 //! of the key it names. A spec one of them accepts, the others accept too.
 //!
@@ -277,7 +277,7 @@ pub(crate) fn check(spec: &TaskSpec) -> Result<(), Error> {
 /// The problems of a task's restart policy, which lives in the task set
 /// rather than the spec. `on_crash`: the task is restarted after a crash
 /// (`restart = "on-crash"`); `max_restarts_set`: the task itself sets
-/// `max_restarts` (a [`crate::config::RestartPolicy`] built in code always
+/// `max_restarts` (a `RestartPolicy` built in code always
 /// carries one, so it passes `false`).
 pub(crate) fn restart_problems(
     isolation: Isolation,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, Store, TypedFunc, UpdateDeadline};
 
-use crate::channel::bindings::Plugin;
+use crate::imports::bindings::Plugin;
 use crate::outcome::{Ending, Stop};
 use crate::program::{CORE_PLUGIN_EXPORT, Program, ProgramKind, Resolved};
 use crate::state::TaskState;

@@ -2,7 +2,7 @@
 //! epoch every tick while any task runs Wasm, and parks otherwise.
 //!
 //! Every store yields to the async runtime at each epoch deadline (see
-//! [`crate::store`]), so the tick is both the time slice of busy guests
+//! the `store` module), so the tick is both the time slice of busy guests
 //! and the latency of a timeout or cancel. Tasks waiting in a host call
 //! (for a message) pause their share of the ticker, so idle tasks cost no
 //! CPU.

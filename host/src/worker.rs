@@ -27,12 +27,8 @@ use crate::spec::{Isolation, Output, Stdin};
 use crate::thread::{self, SpawnExtras};
 use crate::ticker::EpochTicker;
 
-/// The first argument that turns a binary into an Isola worker. Long and
-/// odd on purpose, so no ordinary command line collides with it.
-pub const WORKER_ARG: &str = "__isola-worker-v1";
-
-/// Environment variable carrying the parent's pid, for the parent-death check.
-pub(crate) const PARENT_ENV: &str = "ISOLA_WORKER_PARENT";
+use crate::ipc::protocol::PARENT_ENV;
+pub use crate::ipc::protocol::WORKER_ARG;
 
 /// Runs this process as an Isola worker if it was started as one.
 ///
@@ -273,10 +269,7 @@ const WARM_UP_MODULE: &[u8] = &[
 /// worker's real task does not pay for first use: code paged in from the
 /// binary, lazily built runtime state. Failures only cost the head start.
 async fn warm_up(parts: &Parts) {
-    let Ok(program) = parts
-        .loader
-        .load_builtin("isola-warm-up", WARM_UP_MODULE)
-    else {
+    let Ok(program) = parts.loader.load_builtin("isola-warm-up", WARM_UP_MODULE) else {
         return;
     };
     let mut spec = crate::TaskSpec::new("isola-warm-up");

@@ -9,5 +9,6 @@ mod hostile;
 mod library;
 mod messages;
 mod process;
+mod runtime_core;
 mod shared;
 mod taskset;

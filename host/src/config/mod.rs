@@ -21,7 +21,7 @@
 //!
 //! [`TaskSet::load`] checks the whole file and reports every problem at
 //! once, each with its file, line and column, its task and its field.
-//! `isola check` prints them; [`crate::taskset`] runs a loaded set.
+//! `isola check` prints them; the `taskset` module runs a loaded set.
 //!
 //! # Examples
 //!

@@ -25,6 +25,13 @@ pub(crate) const PROTOCOL_VERSION: u32 = 2;
 /// something else fails fast instead of misreading its input.
 pub(crate) const MAGIC: &str = "isola-ipc";
 
+/// The first argument that turns a binary into an Isola worker. Long and
+/// odd on purpose, so no ordinary command line collides with it.
+pub const WORKER_ARG: &str = "__isola-worker-v1";
+
+/// Environment variable carrying the parent's pid, for the parent-death check.
+pub(crate) const PARENT_ENV: &str = "ISOLA_WORKER_PARENT";
+
 /// Largest frame either side accepts: bounds what a confused or hostile
 /// peer can make the other allocate.
 pub(crate) const MAX_FRAME: usize = crate::rules::MAX_PROCESS_MESSAGE as usize;

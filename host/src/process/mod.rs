@@ -2,8 +2,8 @@
 //! hosts its own engine, behind the same [`crate::TaskHandle`] and
 //! [`crate::Outcome`] as thread tasks.
 //!
-//! The child (a *worker*, [`crate::worker`]) is the `isola` binary started
-//! with [`crate::worker::WORKER_ARG`]. It has an empty environment, its own
+//! The child (a *worker*, whose side is the `worker` module) is the `isola`
+//! binary started with [`WORKER_ARG`](crate::ipc::protocol::WORKER_ARG). It has an empty environment, its own
 //! process group, dies with its parent (`PR_SET_PDEATHSIG`, plus
 //! end-of-file on its stdin), and applies OS limits to itself once it knows
 //! its task. It loads the parent's precompiled artifact from the disk cache

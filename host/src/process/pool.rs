@@ -228,10 +228,10 @@ fn find_worker_program() -> std::result::Result<PathBuf, String> {
 async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
     let mut command = tokio::process::Command::new(program);
     command
-        .arg(crate::worker::WORKER_ARG)
+        .arg(protocol::WORKER_ARG)
         // Nothing ambient: the guest's variables travel in the spec.
         .env_clear()
-        .env(crate::worker::PARENT_ENV, std::process::id().to_string())
+        .env(protocol::PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
