@@ -57,7 +57,9 @@ use crate::channel::ChannelState;
 use crate::error::{Error, Result};
 use crate::handle::{CancelHandle, TaskHandle, TaskId};
 use crate::loader::MAX_GROUPS;
-use crate::outcome::{Budget, Ending, Outcome, Stop, TaskMetrics, TaskReport};
+use crate::outcome::{
+    BadHostCall, Budget, Ending, Outcome, Stop, TaskMetrics, TaskReport, TrapInfo, TrapKind,
+};
 use crate::parts::Parts;
 use crate::program::{Program, ProgramKind};
 use crate::region::{Region, whole};
@@ -118,6 +120,8 @@ pub(crate) struct GroupInner {
     queue: Mutex<VecDeque<PendingTask>>,
     queued: Notify,
     closed: AtomicBool,
+    /// Why the group runs no more tasks, once its coordinator ended.
+    ended: Mutex<Option<String>>,
     ready: Mutex<Option<oneshot::Sender<()>>>,
     next_tid: AtomicU32,
 }
@@ -237,24 +241,89 @@ impl SharedGroup {
 }
 
 impl GroupInner {
-    /// Stops handing out tasks; the coordinator's `serve` then returns.
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingTask>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops handing out tasks once the queued ones are taken; the
+    /// coordinator's `serve` then returns.
     pub(crate) fn close(&self) {
+        // Under the queue's lock, so no task is queued after the coordinator
+        // saw the group closed and empty.
+        let queue = self.queue();
         self.closed.store(true, Ordering::Release);
+        drop(queue);
         self.queued.notify_waiters();
         self.queued.notify_one();
     }
 
-    /// Queues `task` for the coordinator; false if the group is closed.
-    pub(crate) fn enqueue(&self, task: PendingTask) -> bool {
+    /// The coordinator ended (its `main` returned or trapped): nothing will
+    /// take tasks any more. Closes the group and ends every task it holds
+    /// (queued, or handed over but never started) with an outcome that
+    /// says why, so none waits forever.
+    fn coordinator_ended(&self, why: &str, handed_over: Option<PendingTask>) {
+        let drained: Vec<PendingTask> = {
+            let mut queue = self.queue();
+            self.closed.store(true, Ordering::Release);
+            *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+            queue.drain(..).collect()
+        };
+        self.queued.notify_waiters();
+        let outcome = Outcome::Trapped(TrapInfo {
+            kind: TrapKind::GroupClosed,
+            message: format!(
+                "shared memory group `{}` closed before the task ran: its coordinator ended \
+                 ({why})",
+                self.name
+            ),
+            backtrace: Vec::new(),
+        });
+        for task in handed_over.into_iter().chain(drained) {
+            let _ = task.report.send((outcome.clone(), TaskMetrics::default()));
+        }
+    }
+
+    /// Why the group takes no tasks, if it does not.
+    fn closed_reason(&self) -> Option<String> {
+        if !self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(match ended {
+            Some(why) => format!("its coordinator ended ({why})"),
+            None => "it was closed".to_owned(),
+        })
+    }
+
+    /// Queues `task` for the coordinator; false (and the task dropped) if
+    /// the group is closed.
+    fn enqueue(&self, task: PendingTask) -> bool {
+        let mut queue = self.queue();
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(task);
+        queue.push_back(task);
+        drop(queue);
         self.queued.notify_one();
         true
+    }
+
+    /// Takes back the task stopped by `stop` if the coordinator has not
+    /// taken it yet, and ends it with `outcome`: a queued task's timeout or
+    /// cancel needs no coordinator. Whether it was still queued.
+    fn withdraw(&self, stop: &Arc<StopFlag>, outcome: Outcome) -> bool {
+        let task = {
+            let mut queue = self.queue();
+            let at = queue.iter().position(|t| Arc::ptr_eq(&t.stop, stop));
+            at.and_then(|at| queue.remove(at))
+        };
+        match task {
+            Some(task) => {
+                let _ = task.report.send((outcome, TaskMetrics::default()));
+                true
+            }
+            None => false,
+        }
     }
 
     async fn next_task(&self) -> Option<PendingTask> {
@@ -510,6 +579,7 @@ async fn build(
         queue: Mutex::new(VecDeque::new()),
         queued: Notify::new(),
         closed: AtomicBool::new(false),
+        ended: Mutex::new(None),
         ready: Mutex::new(Some(ready_tx)),
         next_tid: AtomicU32::new(1),
     });
@@ -581,10 +651,16 @@ impl Coordinator {
                 start.call_async(&mut store, ()).await
             }
             .await;
-            match result {
+            let why = match result {
                 Ok(()) => "main returned".to_owned(),
                 Err(err) => format!("{err:#}"),
-            }
+            };
+            // A task the coordinator took but never gave a thread.
+            let handed_over = link_mut(store.data_mut())
+                .and_then(|link| link.handing_over.take())
+                .map(|task| *task);
+            self.group.coordinator_ended(&why, handed_over);
+            why
         })
     }
 }
@@ -593,7 +669,12 @@ impl Coordinator {
 /// side (`group-ready`, `group-next-task`, `publish-region`) under
 /// `isola:task`, and `wasi::thread-spawn`.
 pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
-    let not_in_group = || wasmtime::format_err!("this task is not in a shared memory group");
+    let not_in_group = || {
+        wasmtime::Error::new(BadHostCall {
+            call: "isola:task group function",
+            message: "this task is not a shared memory group's coordinator".into(),
+        })
+    };
     linker.func_wrap(
         crate::channel::CORE_MODULE,
         "group-ready",
@@ -644,14 +725,21 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
             let size = group.memory.data_size();
             let (offset, len) = (offset as u32, len as u32);
             if offset as usize + len as usize > size {
-                wasmtime::bail!("region {offset}+{len} is outside the memory ({size} bytes)");
+                return Err(wasmtime::Error::new(BadHostCall {
+                    call: "isola:task.publish-region",
+                    message: format!("region {offset}+{len} is outside the memory ({size} bytes)"),
+                }));
             }
             let mut name = vec![0u8; name_len as u32 as usize];
             whole(&group.memory)
                 .read(name_ptr as u32 as usize, &mut name)
                 .map_err(wasmtime::Error::new)?;
-            let name = String::from_utf8(name)
-                .map_err(|_| wasmtime::format_err!("region name is not UTF-8"))?;
+            let name = String::from_utf8(name).map_err(|_| {
+                wasmtime::Error::new(BadHostCall {
+                    call: "isola:task.publish-region",
+                    message: "the region name is not UTF-8".into(),
+                })
+            })?;
             group
                 .regions
                 .lock()
@@ -775,6 +863,7 @@ async fn supervise(
     outputs: (crate::output::OutputPipe, crate::output::OutputPipe),
 ) -> TaskReport {
     let mut report = std::pin::pin!(report);
+    let mut withdrawn = false;
     let early = tokio::select! {
         biased;
         ended = &mut report => Some(ended),
@@ -783,6 +872,9 @@ async fn supervise(
                 Stop::Cancelled => stop.cancel(),
                 Stop::TimedOut(after) => stop.time_out(after),
             }
+            // Still queued: no thread to stop, it ends here.
+            let outcome = Ending::Stopped(request).into_outcome(&Budget::fuel(0));
+            withdrawn = group.withdraw(&stop, outcome);
             None
         }
     };
@@ -791,7 +883,7 @@ async fn supervise(
         None => loop {
             // The task may be parked in `memory.atomic.wait32`: wake it so
             // it reaches its epoch check.
-            if !stop.is_finished() {
+            if !withdrawn && !stop.is_finished() {
                 let group = Arc::clone(&group);
                 let _ = tokio::task::spawn_blocking(move || group.wake_all()).await;
             }
@@ -880,9 +972,10 @@ pub(crate) async fn spawn(
         spawned_at,
     };
     if !group.inner.enqueue(pending) {
+        let why = group.inner.closed_reason().unwrap_or_default();
         return Err(Error::InvalidSpec {
             field: "shared_group".into(),
-            message: format!("shared memory group `{name}` is closed"),
+            message: format!("shared memory group `{name}` is closed: {why}"),
         });
     }
     let cancel = CancellationToken::new();

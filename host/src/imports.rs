@@ -11,6 +11,7 @@ use bytes::Bytes;
 use wasmtime::{Caller, Extern, Linker};
 
 use crate::channel::{CORE_MODULE, ChannelState, TryRecv};
+use crate::outcome::BadHostCall;
 use crate::region::whole;
 use crate::state::TaskState;
 
@@ -76,9 +77,10 @@ fn memory(caller: &mut Caller<'_, TaskState>) -> wasmtime::Result<GuestMemory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(memory)) => Ok(GuestMemory::Own(memory)),
         Some(Extern::SharedMemory(memory)) => Ok(GuestMemory::Shared(memory)),
-        _ => Err(wasmtime::format_err!(
-            "the module uses `{CORE_MODULE}` but exports no `memory`"
-        )),
+        _ => Err(wasmtime::Error::new(BadHostCall {
+            call: "isola:task",
+            message: "the module exports no `memory`".into(),
+        })),
     }
 }
 
@@ -190,7 +192,10 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
         "read",
         |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
             let Some(message) = caller.data_mut().channel.pending.take() else {
-                wasmtime::bail!("`{CORE_MODULE}::read` called with no message pending");
+                return Err(wasmtime::Error::new(BadHostCall {
+                    call: "isola:task.read",
+                    message: "called with no message pending (call `recv-next` first)".into(),
+                }));
             };
             write_guest(&mut caller, ptr, &message)
         },

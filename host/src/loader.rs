@@ -469,6 +469,7 @@ impl Loader {
             Compiled::Module(module) => {
                 if imports_shared_memory(&module) {
                     self.check_module_imports(path, &module)?;
+                    check_core_exports(path, &module)?;
                     ProgramKind::Shared { module }
                 } else {
                     // Linking succeeds for the modules that will run; only a
@@ -478,8 +479,9 @@ impl Loader {
                     if linked.is_err() {
                         self.check_module_imports(path, &module)?;
                     }
-                    let command = exports_func(&module, "_start", 0, 0);
-                    let plugin = exports_func(&module, CORE_PLUGIN_EXPORT, 0, 1);
+                    check_core_exports(path, &module)?;
+                    let command = module.get_export("_start").is_some();
+                    let plugin = module.get_export(CORE_PLUGIN_EXPORT).is_some();
                     if !command && !plugin {
                         return Err(Error::UnsupportedWorld {
                             path: path.to_owned(),
@@ -596,13 +598,68 @@ pub(crate) fn imports_shared_memory(module: &Module) -> bool {
         .any(|import| is_shared_memory_import(&import))
 }
 
-/// Whether `module` exports a function `name` with this many params and
-/// results.
-fn exports_func(module: &Module, name: &str, params: usize, results: usize) -> bool {
-    matches!(
-        module.get_export(name),
-        Some(ExternType::Func(f)) if f.params().len() == params && f.results().len() == results
-    )
+/// The exports of a core module whose type Isola relies on, with the
+/// type each must have: `(name, params, results)`.
+const TYPED_EXPORTS: &[(&str, &[&str], &[&str])] = &[
+    ("_start", &[], &[]),
+    ("_initialize", &[], &[]),
+    (CORE_PLUGIN_EXPORT, &[], &["i32"]),
+    ("wasi_thread_start", &["i32", "i32"], &[]),
+];
+
+/// `isola:task` functions that read or write the guest's memory, through
+/// its `memory` export.
+const MEMORY_IMPORTS: &[&str] = &["post", "read", "input-read", "set-output", "set-error"];
+
+/// Checks, at load, what would otherwise fail only when called (and be
+/// blamed on Isola): the entry exports have their ABI types, and a module
+/// whose imports read or write its memory exports that memory.
+fn check_core_exports(path: &Path, module: &Module) -> Result<()> {
+    let refuse = |detail: String| Error::UnsupportedWorld {
+        path: path.to_owned(),
+        detail,
+    };
+    let signature = |types: &mut dyn Iterator<Item = wasmtime::ValType>| {
+        types.map(|t| t.to_string()).collect::<Vec<_>>()
+    };
+    for (name, params, results) in TYPED_EXPORTS {
+        let Some(export) = module.get_export(name) else {
+            continue;
+        };
+        let ExternType::Func(func) = export else {
+            return Err(refuse(format!("its export `{name}` is not a function")));
+        };
+        let found = (
+            signature(&mut func.params()),
+            signature(&mut func.results()),
+        );
+        if found.0 != *params || found.1 != *results {
+            return Err(refuse(format!(
+                "its export `{name}` has type ({}) -> ({}); Isola calls it as ({}) -> ({})",
+                found.0.join(", "),
+                found.1.join(", "),
+                params.join(", "),
+                results.join(", ")
+            )));
+        }
+    }
+    let exports_memory = matches!(module.get_export("memory"), Some(ExternType::Memory(_)));
+    if !exports_memory
+        && let Some(import) = module.imports().find(|import| {
+            matches!(import.ty(), ExternType::Func(_))
+                && (import.module() == "wasi_snapshot_preview1"
+                    || (import.module() == crate::channel::CORE_MODULE
+                        && MEMORY_IMPORTS.contains(&import.name())))
+        })
+    {
+        return Err(refuse(format!(
+            "it imports `{}.{}` but exports no `memory`: host functions read and write a \
+             guest's memory through its `memory` export",
+            import.module(),
+            import.name()
+        )));
+    }
+    Ok(())
 }
 
 /// The engine settings every task relies on.
@@ -650,4 +707,62 @@ fn engine_config(settings: &EngineSettings) -> Config {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
+}
+
+#[cfg(test)]
+#[allow(unused_imports, reason = "for the ABI document's test (abi_doc_test)")]
+pub(crate) use tests::tests_support;
+
+#[cfg(test)]
+mod tests {
+    /// What tests outside this module need to see of a loader.
+    pub(crate) mod tests_support {
+        use super::super::{EngineSettings, Loader};
+
+        /// The functions a runner's module linker defines under `module`,
+        /// as `(name, params, results)` with core types spelled as in WAT
+        /// (`i32`, `i64`, ...), sorted by name.
+        pub(crate) fn core_imports(module: &str) -> Vec<(String, Vec<String>, Vec<String>)> {
+            let loader = Loader::new(
+                &EngineSettings {
+                    slots: 1,
+                    max_memory_per_task: 1 << 30,
+                    instance_pool: false,
+                    memory_reservation: None,
+                    memories_per_task: 1,
+                },
+                None,
+                crate::group::add_to_module_linker,
+            )
+            .expect("loader");
+            let mut store = wasmtime::Store::new(loader.engine(), crate::state::TaskState::inert());
+            let mut found: Vec<_> = loader
+                .module_linker()
+                .iter(&mut store)
+                .filter(|(m, _, _)| *m == module)
+                .map(|(_, name, item)| (name.to_owned(), item))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|(name, item)| match item.ty(&store) {
+                    wasmtime::ExternType::Func(f) => Some((
+                        name,
+                        f.params().map(|t| t.to_string()).collect(),
+                        f.results().map(|t| t.to_string()).collect(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            found.sort();
+            found
+        }
+    }
+
+    #[test]
+    fn the_task_imports_are_linked() {
+        let imports = tests_support::core_imports(crate::channel::CORE_MODULE);
+        let names: Vec<_> = imports.iter().map(|(name, _, _)| name.as_str()).collect();
+        for name in ["post", "recv-next", "read", "set-output", "group-ready"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+    }
 }

@@ -116,6 +116,13 @@ pub enum TrapKind {
     BadIndirectCall,
     /// A misaligned atomic access.
     UnalignedAtomic,
+    /// A host call the guest made with arguments the host refused: a
+    /// pointer outside its memory, an invalid enum value or handle, a
+    /// missing `memory` export. The message names the call.
+    HostCall,
+    /// The task's shared memory group stopped serving before the task ran:
+    /// the group's coordinator (its `main`) ended.
+    GroupClosed,
     /// Any other trap, described by the message.
     Other,
 }
@@ -478,6 +485,13 @@ pub(crate) fn classify(err: &wasmtime::Error, budget: &Budget) -> Outcome {
     if let Some(stop) = err.downcast_ref::<Stop>() {
         return stop.outcome();
     }
+    if let Some(message) = host_call_fault(err) {
+        return Outcome::Trapped(TrapInfo {
+            kind: TrapKind::HostCall,
+            message,
+            backtrace: backtrace(err),
+        });
+    }
     let Some(trap) = err.downcast_ref::<wasmtime::Trap>() else {
         if let Some(max) = budget.os_memory_limit
             && is_out_of_memory(err)
@@ -499,8 +513,17 @@ pub(crate) fn classify(err: &wasmtime::Error, budget: &Budget) -> Outcome {
     }
     let kind = TrapKind::from_wasmtime(*trap);
     let message = trap_message(*trap);
-    let backtrace = err
-        .downcast_ref::<wasmtime::WasmBacktrace>()
+    let backtrace = backtrace(err);
+    Outcome::Trapped(TrapInfo {
+        kind,
+        message,
+        backtrace,
+    })
+}
+
+/// The guest's Wasm backtrace, when wasmtime captured one.
+fn backtrace(err: &wasmtime::Error) -> Vec<Frame> {
+    err.downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| {
             bt.frames()
                 .iter()
@@ -512,11 +535,33 @@ pub(crate) fn classify(err: &wasmtime::Error, budget: &Budget) -> Outcome {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    Outcome::Trapped(TrapInfo {
-        kind,
-        message,
-        backtrace,
+        .unwrap_or_default()
+}
+
+/// A host call refused the arguments a guest gave it (a bad pointer, enum
+/// value, handle or region): the guest's fault, reported as a trap of kind
+/// [`TrapKind::HostCall`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{call}` refused its arguments: {message}")]
+pub(crate) struct BadHostCall {
+    /// The host function, as the guest imports it (`isola:task.read`).
+    pub(crate) call: &'static str,
+    /// What was wrong.
+    pub(crate) message: String,
+}
+
+/// The message of a guest-caused host call failure, if `err` is one: Isola's
+/// own [`BadHostCall`], or a WASI preview1 call whose arguments wiggle
+/// could not decode (`wiggle::GuestError`: an invalid enum or flag value, a
+/// pointer out of bounds or misaligned, invalid UTF-8).
+fn host_call_fault(err: &wasmtime::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        if let Some(bad) = cause.downcast_ref::<BadHostCall>() {
+            return Some(bad.to_string());
+        }
+        cause
+            .downcast_ref::<wiggle::GuestError>()
+            .map(|_| format!("a WASI call refused its arguments: {err:#}"))
     })
 }
 

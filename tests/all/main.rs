@@ -5,6 +5,7 @@
 mod bad_input;
 mod cache;
 mod cli;
+mod guest_faults;
 mod hostile;
 mod library;
 mod messages;

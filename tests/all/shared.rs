@@ -406,3 +406,106 @@ wasm = "{hello}"
         "points at line and column: {errors}"
     );
 }
+
+/// A group module written from the group ABI alone: its coordinator tells
+/// the host it is ready, then runs `after_ready` (WAT instructions).
+fn coordinator(dir: &std::path::Path, name: &str, after_ready: &str) -> std::path::PathBuf {
+    wat_file(
+        dir,
+        &format!("{name}.wasm"),
+        &format!(
+            r#"(module
+                (import "env" "memory" (memory 1 1 shared))
+                (import "isola:task" "group-ready" (func $ready))
+                (import "isola:task" "group-next-task" (func $next (result i32)))
+                (func (export "_start") call $ready {after_ready})
+                (func (export "wasi_thread_start") (param i32 i32)))"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_whose_coordinator_ends_is_closed_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Takes one task, then `main` returns without starting it.
+    let quitter = coordinator(dir.path(), "quitter", "(drop (call $next))");
+    let runner = runner();
+    runner
+        .create_group(GroupSpec {
+            name: "quitter".into(),
+            wasm: quitter.clone(),
+            initial: None,
+            maximum: ByteSize::kib(64),
+        })
+        .await
+        .expect("create group");
+    let mut spec = TaskSpec::new(&quitter);
+    spec.shared_group = Some("quitter".into());
+    spec.limits.timeout = Some(Duration::from_secs(30));
+    let handed_over = tokio::time::timeout(Duration::from_secs(10), runner.run(spec.clone()))
+        .await
+        .expect("the task the coordinator took ends at once")
+        .expect("spawn");
+    match &handed_over.outcome {
+        Outcome::Trapped(trap) => {
+            assert_eq!(trap.kind, isola::TrapKind::GroupClosed);
+            assert!(trap.message.contains("main returned"), "{}", trap.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Later tasks are refused at once, saying why.
+    match runner.spawn(spec).await {
+        Err(Error::InvalidSpec { field, message }) => {
+            assert_eq!(field, "shared_group");
+            assert!(message.contains("coordinator ended"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_group_tasks_time_out_and_cancel_without_their_coordinator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Ready, then asleep (10 s) without ever taking a task.
+    let sleeper = coordinator(
+        dir.path(),
+        "sleeper",
+        "(drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const 10000000000)))",
+    );
+    let runner = runner();
+    runner
+        .create_group(GroupSpec {
+            name: "sleeper".into(),
+            wasm: sleeper.clone(),
+            initial: None,
+            maximum: ByteSize::kib(64),
+        })
+        .await
+        .expect("create group");
+    let mut spec = TaskSpec::new(&sleeper);
+    spec.shared_group = Some("sleeper".into());
+    spec.limits.timeout = Some(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let report = runner.run(spec.clone()).await.expect("spawn");
+    assert_eq!(
+        report.outcome,
+        Outcome::LimitExceeded {
+            limit: Limit::Timeout {
+                after: Duration::from_millis(300)
+            }
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    spec.limits.timeout = None;
+    let queued = runner.spawn(spec).await.expect("spawn");
+    queued.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(5), queued.wait())
+        .await
+        .expect("a cancelled queued task ends at once");
+    assert_eq!(report.outcome, Outcome::Cancelled);
+}
