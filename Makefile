@@ -12,8 +12,19 @@ PLUGIN_PKG    := isola-guest-plugin
 SHARED_PKG    := isola-guest-shared
 HOST_PKG      := isola
 CLI_PKG       := isola-cli
+# Guests written without the SDK, against the documented ABI
+# (wit/core-abi.md): C built by Debian's clang and wasi-libc, WAT by wabt.
+APT_PACKAGES  := clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt
+CLANG         ?= clang
+WAT2WASM      ?= wat2wasm
+C_GUEST_DIR   := target/wasm32-wasi-c
+C_GUEST_FLAGS := --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+	-Wl,--strip-debug
+C_GUESTS      := $(patsubst guests/c/%.c,$(C_GUEST_DIR)/%.wasm,$(wildcard guests/c/*.c))
+WAT_GUEST_DIR := target/wasm32-wat
+WAT_GUESTS    := $(patsubst guests/wat/%.wat,$(WAT_GUEST_DIR)/%.wasm,$(wildcard guests/wat/*.wat))
 
-.PHONY: all targets guests build test demo lint fmt reliability soak
+.PHONY: all targets apt-deps guests c-guests wat-guests build test demo lint fmt reliability soak
 
 all: build
 
@@ -28,9 +39,50 @@ targets:
 		fi; \
 	done
 
-# Build every guest program for all guest targets in one cargo invocation.
+# Install the Debian packages the C and WAT guests are built with, when some
+# are missing (dpkg -s is quick; apt-get only runs when needed, and only as
+# root: otherwise say what to install).
+apt-deps:
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+		echo "no dpkg: not checking for $(APT_PACKAGES); the C and WAT guests need clang" \
+			"with wasm32-wasi support, wasm-ld, wasi-libc and wabt's wat2wasm"; \
+		exit 0; \
+	fi; \
+	missing=""; \
+	for p in $(APT_PACKAGES); do \
+		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "apt-get install -y$$missing"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
+		else \
+			echo "missing Debian packages:$$missing" >&2; \
+			echo "install them as root: apt-get update && apt-get install -y$$missing" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+# C guests (guests/c/*.c), each a WASI reactor module for wasm32-wasi.
+# Outputs: target/wasm32-wasi-c/<name>.wasm
+c-guests: $(C_GUESTS)
+
+$(C_GUEST_DIR)/%.wasm: guests/c/%.c | apt-deps
+	@mkdir -p $(@D)
+	$(CLANG) $(C_GUEST_FLAGS) -o $@ $<
+
+# WAT guests (guests/wat/*.wat), with shared memory and atomics.
+# Outputs: target/wasm32-wat/<name>.wasm
+wat-guests: $(WAT_GUESTS)
+
+$(WAT_GUEST_DIR)/%.wasm: guests/wat/%.wat | apt-deps
+	@mkdir -p $(@D)
+	$(WAT2WASM) --enable-threads --debug-names -o $@ $<
+
+# Build every guest program for all guest targets in one cargo invocation,
+# and the C and WAT guests.
 # Outputs: target/<triple>/guest/<name>.wasm
-guests: targets
+guests: targets c-guests wat-guests
 	$(CARGO) build -p $(GUEST_PKG) -p $(PLUGIN_PKG) --profile $(GUEST_PROFILE) \
 		$(addprefix --target ,$(GUEST_TARGETS))
 	$(CARGO) build -p $(SHARED_PKG) --profile $(GUEST_PROFILE) --target wasm32-wasip1-threads

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
+    let many_tasks = matches!(cli.command, Command::Up(_));
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(cmd) => cmd.execute().await,
@@ -80,10 +81,26 @@ fn main() -> ExitCode {
             Command::Up(cmd) => cmd.execute().await,
         }
     });
-    // Guests may still hold blocking reads of our stdin; do not wait for them.
-    runtime.shutdown_background();
+    if many_tasks {
+        // `up` may leave runtime tasks that hold worker processes (a pool
+        // refill under way, a background reap). Dropping such a task kills
+        // and reaps its workers, but only if the runtime drops it before
+        // we exit: otherwise the workers die with us and stay zombies of
+        // PID 1. So wait for that, within a bound (a thread guest stuck in
+        // a blocking call would otherwise hold us forever).
+        runtime.shutdown_timeout(UP_SHUTDOWN_BOUND);
+    } else {
+        // One task, already reaped if it had a worker. Guests may still
+        // hold blocking reads of our stdin; do not wait for them.
+        runtime.shutdown_background();
+    }
     ExitCode::from(code)
 }
+
+/// How long `isola up` waits at exit for the runtime to drop what is left
+/// (reaping any worker process it holds), beyond the one second a worker
+/// can take to die after SIGKILL.
+const UP_SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Users see one line for an internal bug, never a Rust backtrace.
 fn install_panic_hook() {

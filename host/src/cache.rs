@@ -86,7 +86,10 @@ impl DiskCache {
         self.dir.parent().unwrap_or(&self.dir)
     }
 
-    /// Whether an artifact is stored for `key` (not checked for damage).
+    /// Whether an artifact is stored for `key` (not checked for damage):
+    /// a regular file is at its path. A FIFO, a device or a directory
+    /// there is no artifact (`stat` does not open it, so this cannot
+    /// block), and storing replaces it.
     pub(crate) fn contains(&self, key: &ContentHash, kind: &str) -> bool {
         self.path_for(key, kind).is_file()
     }
@@ -98,10 +101,28 @@ impl DiskCache {
     }
 
     /// The artifact file for `key`, open and verified, if a sound one is
-    /// stored. A damaged file is removed so the next store replaces it.
+    /// stored. A damaged file is removed so the next store replaces it;
+    /// anything but a regular file (a FIFO, a device, a directory) is a
+    /// miss, and never blocks (see [`open_regular`]).
     pub(crate) fn open_verified(&self, key: &ContentHash, kind: &str) -> Option<Artifact> {
         let path = self.path_for(key, kind);
-        let file = fs::File::open(&path).ok()?;
+        let file = match open_regular(&path) {
+            Ok(file) => file,
+            Err(Opened::Missing) => return None,
+            Err(Opened::NotRegular(file_type)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "ignoring a cache artifact that is not a regular file"
+                );
+                // Unlinking a name opens nothing, so it cannot block; a
+                // directory is left alone (the next store then fails and
+                // says so). Either way the artifact is compiled again.
+                if !file_type.is_dir() {
+                    let _ = fs::remove_file(&path);
+                }
+                return None;
+            }
+        };
         // SAFETY: the map is read-only and dropped before this returns.
         // Artifacts are only ever replaced by rename, never rewritten in
         // place, so the mapped file does not change under us.
@@ -118,7 +139,12 @@ impl DiskCache {
     /// file instead).
     #[cfg(test)]
     fn load(&self, key: &ContentHash, kind: &str) -> Option<Vec<u8>> {
-        let mut bytes = fs::read(self.path_for(key, kind)).ok()?;
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        open_regular(&self.path_for(key, kind))
+            .ok()?
+            .read_to_end(&mut bytes)
+            .ok()?;
         match split_trailer(&bytes) {
             Some(len) => {
                 bytes.truncate(len);
@@ -149,6 +175,37 @@ impl DiskCache {
         tmp.as_file().sync_data()?;
         tmp.persist(self.path_for(key, kind)).map_err(|e| e.error)?;
         Ok(())
+    }
+}
+
+/// Why [`open_regular`] gave no file.
+enum Opened {
+    /// Nothing there, or it cannot be opened: a plain miss.
+    Missing,
+    /// Something other than a regular file is there, of this type.
+    NotRegular(fs::FileType),
+}
+
+/// Opens `path` read-only if it is a regular file, without ever blocking.
+///
+/// `open` on a FIFO waits for a writer (forever, if none comes), and
+/// opening a device can wait or act; so the file is opened with
+/// `O_NONBLOCK` (no effect on a regular file's reads, and wasmtime maps
+/// the file rather than reading it) and `O_NOCTTY`, then checked with
+/// `fstat` on the open descriptor, so what is checked is what was opened
+/// even if the name is replaced in between.
+fn open_regular(path: &Path) -> Result<fs::File, Opened> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|_| Opened::Missing)?;
+    let file_type = file.metadata().map_err(|_| Opened::Missing)?.file_type();
+    if file_type.is_file() {
+        Ok(file)
+    } else {
+        Err(Opened::NotRegular(file_type))
     }
 }
 
@@ -268,6 +325,62 @@ mod tests {
             fs::write(&path, &good[..len]).expect("write");
             assert_eq!(cache.load(&key, "module"), None, "truncated to {len}");
         }
+    }
+
+    /// A FIFO where an artifact should be: opening it to read would wait
+    /// for a writer forever (issue 18, item 7). It is a miss, at once, and
+    /// is replaced by the next store.
+    #[test]
+    fn a_fifo_at_an_artifact_path_is_a_miss_not_a_hang() {
+        let (_dir, cache) = cache();
+        let key = content_hash(b"module");
+        let path = cache.path_for(&key, "module");
+        fs::create_dir_all(&cache.dir).expect("cache dir");
+        mkfifo(&path);
+
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let probe = cache.clone();
+        // On its own thread, so a regression fails the test instead of
+        // hanging it.
+        std::thread::spawn(move || {
+            let found = probe.open_verified(&key, "module").is_some();
+            let _ = done_tx.send((found, probe.contains(&key, "module")));
+        });
+        let (found, contained) = done_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("open_verified returned promptly");
+        assert!(!found, "a FIFO is no artifact");
+        assert!(!contained, "nor does `contains` count it");
+
+        // Replaced by a real artifact on the next store.
+        cache.store(&key, "module", b"artifact bytes");
+        assert_eq!(
+            cache.load(&key, "module").as_deref(),
+            Some(&b"artifact bytes"[..])
+        );
+    }
+
+    /// Another non-regular file (a directory) is a miss too, and is left
+    /// where it is.
+    #[test]
+    fn a_directory_at_an_artifact_path_is_a_miss() {
+        let (_dir, cache) = cache();
+        let key = content_hash(b"module");
+        let path = cache.path_for(&key, "module");
+        fs::create_dir_all(&path).expect("a directory where the artifact goes");
+        assert!(cache.open_verified(&key, "module").is_none());
+        assert!(!cache.contains(&key, "module"));
+        assert!(path.is_dir(), "a directory is not removed");
+    }
+
+    /// Makes a FIFO at `path`.
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: `mkfifo` reads the NUL-terminated string, which lives
+        // until the call returns.
+        let ret = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+        assert_eq!(ret, 0, "mkfifo: {}", std::io::Error::last_os_error());
     }
 
     #[test]

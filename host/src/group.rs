@@ -435,14 +435,14 @@ impl Groups {
     }
 
     /// Ends a claim: registers the created group, or returns the budget.
-    fn settle(&self, name: &str, created: &Result<SharedGroup>) {
+    fn settle(&self, name: &str, created: Option<SharedGroup>) {
         let mut registry = self.registry();
         let bytes = registry.creating.remove(name).unwrap_or(0);
         match created {
-            Ok(group) => {
-                registry.live.insert(name.to_owned(), group.clone());
+            Some(group) => {
+                registry.live.insert(name.to_owned(), group);
             }
-            Err(_) => registry.reserved = registry.reserved.saturating_sub(bytes),
+            None => registry.reserved = registry.reserved.saturating_sub(bytes),
         }
     }
 
@@ -454,9 +454,32 @@ impl Groups {
     pub(crate) async fn create(&self, parts: &Parts, spec: GroupSpec) -> Result<SharedGroup> {
         let (program, initial, maximum) = check(parts, &spec).await?;
         self.claim(&spec.name, maximum)?;
+        // Settled on every path, including a caller that drops this future
+        // half-way: the name and budget are never left claimed.
+        let mut claim = Claim {
+            groups: self,
+            name: &spec.name,
+            created: None,
+        };
         let created = build(parts, spec.name.clone(), program, initial, maximum).await;
-        self.settle(&spec.name, &created);
+        claim.created = Some(created.as_ref().ok().cloned());
+        drop(claim);
         created
+    }
+}
+
+/// A name and budget claimed by a `create` under way.
+struct Claim<'a> {
+    groups: &'a Groups,
+    name: &'a str,
+    /// `None` until the creation ended; then the group, if it was made.
+    created: Option<Option<SharedGroup>>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let created = self.created.take().flatten();
+        self.groups.settle(self.name, created);
     }
 }
 
@@ -596,9 +619,15 @@ async fn build(
             let _ = coordinator_done_tx.send(ended);
         })
         .map_err(Error::internal)?;
+    // Until the group is handed out, dropping this future (a caller that
+    // gave up) closes it, so its coordinator does not serve nobody forever.
+    let unclaimed = CloseOnDrop(Some(Arc::clone(&inner)));
     tokio::select! {
         ready = ready_rx => match ready {
-            Ok(()) => Ok(SharedGroup { inner }),
+            Ok(()) => {
+                unclaimed.disarm();
+                Ok(SharedGroup { inner })
+            }
             Err(_) => Err(Error::Internal("the group coordinator went away".into())),
         },
         ended = coordinator_done => {
@@ -609,6 +638,23 @@ async fn build(
                     "the group's `main` ended before calling `isola_guest::group::serve`: {why}"
                 ),
             })
+        }
+    }
+}
+
+/// Closes a group being created unless it was handed out.
+struct CloseOnDrop(Option<Arc<GroupInner>>);
+
+impl CloseOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = self.0.take() {
+            group.close();
         }
     }
 }
@@ -730,7 +776,12 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
                     message: format!("region {offset}+{len} is outside the memory ({size} bytes)"),
                 }));
             }
-            let mut name = vec![0u8; name_len as u32 as usize];
+            let name_len = name_len as u32 as usize;
+            // Checked before allocating: the length is the guest's choice.
+            if (name_ptr as u32 as usize).saturating_add(name_len) > size {
+                return Err(wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds));
+            }
+            let mut name = vec![0u8; name_len];
             whole(&group.memory)
                 .read(name_ptr as u32 as usize, &mut name)
                 .map_err(wasmtime::Error::new)?;

@@ -102,6 +102,10 @@ pub(crate) fn read_guest(
             .map(<[u8]>::to_vec)
             .ok_or_else(out_of_bounds),
         GuestMemory::Shared(memory) => {
+            // Checked before allocating: the length is the guest's choice.
+            if start.saturating_add(len) > memory.data_size() {
+                return Err(out_of_bounds());
+            }
             let mut buf = vec![0; len];
             whole(&memory)
                 .read(start, &mut buf)

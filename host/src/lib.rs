@@ -32,12 +32,14 @@
 //!
 //! - Data: [`spec`] (what a task is, plus the rulebook in `rules`),
 //!   [`outcome`] (how it ended, and the one classifier), `error`, `size`.
-//! - Runtime core: `cache` (integrity-checked artifacts), `program`
-//!   (a loaded program), `loader` (engine, linkers, caches), `ticker`
-//!   (epochs), `output`, `channel`, `state` (a store's data and WASI
-//!   context), `store` (the one store recipe, entry by kind, and the
-//!   timeout/cancel race), `handle` (what every backend returns), `parts`
-//!   (what backends borrow from a runner), `ipc` (the worker protocol).
+//! - Runtime core: `cache` (integrity-checked artifacts), `output`,
+//!   `ticker` (epochs), `channel` (the message queues), `region` (shared
+//!   memory access), `state` (a store's data and WASI context), `imports`
+//!   (the `isola:task` host functions), `program` (a loaded program),
+//!   `loader` (engine, linkers, caches), `store` (the one store recipe,
+//!   entry by kind, and the timeout/cancel race), `handle` (what every
+//!   backend returns), `parts` (what backends borrow from a runner), `ipc`
+//!   (the worker protocol).
 //! - Backends, none importing another: `thread` (tasks and kept plugins in
 //!   this process), `process` (worker pool, supervisor, kept-plugin
 //!   session), [`group`] (shared memory groups).
@@ -56,6 +58,8 @@ pub mod spec;
 pub mod taskset;
 pub mod worker;
 
+#[cfg(test)]
+mod abi_doc_test;
 mod cache;
 mod channel;
 mod error;

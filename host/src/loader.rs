@@ -24,7 +24,7 @@ use crate::cache::{Artifact, ContentHash, DiskCache, content_hash};
 use crate::error::{Error, Result};
 use crate::imports::bindings::PluginPre;
 use crate::program::{CORE_PLUGIN_EXPORT, FileStamp, Program, ProgramInner, ProgramKind, WasmKind};
-use crate::state::TaskState;
+use crate::state::{MAX_MEMORIES_PER_MODULE, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_MODULE, TaskState};
 
 /// Shared memory groups a runner can hold at once: each group's
 /// coordinator keeps a fiber stack outside the task slots, so the engine's
@@ -465,6 +465,13 @@ impl Loader {
             path: path.to_owned(),
             message: format!("{err:#}"),
         };
+        let tables = match &compiled {
+            Compiled::Module(module) => Some(module.resources_required()),
+            Compiled::Component(component) => component.resources_required(),
+        };
+        if let Some(tables) = tables {
+            check_tables(path, &compiled, &tables)?;
+        }
         let kind = match compiled {
             Compiled::Module(module) => {
                 if imports_shared_memory(&module) {
@@ -556,6 +563,44 @@ impl Loader {
     }
 }
 
+/// Refuses, at load and whatever will run it, memories and tables a task
+/// may not have ([`MAX_MEMORIES_PER_MODULE`], [`MAX_TABLES_PER_MODULE`],
+/// [`MAX_TABLE_ELEMENTS`]): with an instance
+/// pool they could not be instantiated, and without one they would hold
+/// host memory outside the task's budget.
+fn check_tables(
+    path: &Path,
+    compiled: &Compiled,
+    required: &wasmtime::ResourcesRequired,
+) -> Result<()> {
+    let refuse = |message: String| Error::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let module = matches!(compiled, Compiled::Module(_));
+    if module && required.num_memories > MAX_MEMORIES_PER_MODULE {
+        return Err(refuse(format!(
+            "it defines {} memories; a task's module may have at most {MAX_MEMORIES_PER_MODULE}",
+            required.num_memories
+        )));
+    }
+    if module && required.num_tables > MAX_TABLES_PER_MODULE {
+        return Err(refuse(format!(
+            "it declares {} tables; a task's module may have at most {MAX_TABLES_PER_MODULE}",
+            required.num_tables
+        )));
+    }
+    if let Some(initial) = required.max_initial_table_size
+        && initial > MAX_TABLE_ELEMENTS as u64
+    {
+        return Err(refuse(format!(
+            "it declares a table of {initial} elements; a task's tables hold at most \
+             {MAX_TABLE_ELEMENTS}"
+        )));
+    }
+    Ok(())
+}
+
 /// A compiled program before linking.
 enum Compiled {
     Module(Module),
@@ -607,6 +652,10 @@ const TYPED_EXPORTS: &[(&str, &[&str], &[&str])] = &[
     ("wasi_thread_start", &["i32", "i32"], &[]),
 ];
 
+/// WASI preview1 functions that take no pointer, so need no `memory`
+/// export (every other one reads or writes the guest's memory).
+const WASI_WITHOUT_MEMORY: &[&str] = &["proc_exit", "proc_raise", "sched_yield"];
+
 /// `isola:task` functions that read or write the guest's memory, through
 /// its `memory` export.
 const MEMORY_IMPORTS: &[&str] = &["post", "read", "input-read", "set-output", "set-error"];
@@ -647,7 +696,8 @@ fn check_core_exports(path: &Path, module: &Module) -> Result<()> {
     if !exports_memory
         && let Some(import) = module.imports().find(|import| {
             matches!(import.ty(), ExternType::Func(_))
-                && (import.module() == "wasi_snapshot_preview1"
+                && ((import.module() == "wasi_snapshot_preview1"
+                    && !WASI_WITHOUT_MEMORY.contains(&import.name()))
                     || (import.module() == crate::channel::CORE_MODULE
                         && MEMORY_IMPORTS.contains(&import.name())))
         })
@@ -692,6 +742,9 @@ fn engine_config(settings: &EngineSettings) -> Config {
         .total_core_instances(slots.saturating_mul(4))
         .total_memories(slots.saturating_mul(settings.memories_per_task))
         .total_tables(slots.saturating_mul(4))
+        .max_tables_per_module(MAX_TABLES_PER_MODULE)
+        .max_memories_per_module(MAX_MEMORIES_PER_MODULE)
+        .table_elements(MAX_TABLE_ELEMENTS)
         // Each group's coordinator holds a fiber stack outside the task slots.
         .total_stacks(slots.saturating_add(MAX_GROUPS))
         .max_memory_size(usize::try_from(settings.max_memory_per_task).unwrap_or(usize::MAX))

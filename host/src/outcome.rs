@@ -453,6 +453,23 @@ impl WorkerEnding {
     }
 }
 
+/// The outcome of a task a worker process could not start. Under the
+/// worker's kernel memory limit (`data_bytes`), an allocation the kernel
+/// refused while loading or starting ([`crate::Error::OutOfMemory`], told
+/// by the error's type) is that limit: the machine itself rarely runs out.
+pub(crate) fn refused(err: &crate::Error, data_bytes: u64) -> Outcome {
+    match err {
+        crate::Error::OutOfMemory(_) => Outcome::LimitExceeded {
+            limit: Limit::ProcessMemory {
+                max: ByteSize(data_bytes),
+            },
+        },
+        other => Outcome::Failed {
+            message: other.to_string(),
+        },
+    }
+}
+
 /// Whether the error, or an error it wraps, is the kernel refusing memory
 /// (`ENOMEM`), as `std::io::Error` or as the `rustix` error wasmtime's own
 /// `mmap` calls return.

@@ -5,11 +5,14 @@
 //! and the `tasks.toml` parser, which reports each problem at the position
 //! of the key it names. A spec one of them accepts, the others accept too.
 //!
-//! Only what can be told from the spec alone is here. What needs more stays
-//! with whoever has it: the runner's own caps
-//! (`RunnerConfig::max_memory_per_task`), whether a shared memory group
-//! exists and runs the task's module (compared by content hash, at run time
-//! in `group::same_module` and in the config the same way), and the host's
+//! Only what can be told from the spec alone is in [`problems`]. The
+//! runner's per-task memory ceiling (`RunnerConfig::max_memory_per_task`)
+//! is a rule here too, [`ceiling_problem`], given the ceiling: the runner
+//! applies it with its own, and `tasks.toml` (so `isola check`) with the
+//! default one that `isola up` runs with. What needs more stays with
+//! whoever has it: whether a shared memory group exists and runs the
+//! task's module (compared by content hash, at run time in
+//! `group::same_module` and in the config the same way), and the host's
 //! file system ([`host_problems`]). The restart policy is not part of a
 //! spec; its rules are [`restart_problems`].
 
@@ -100,9 +103,6 @@ pub(crate) fn problems(spec: &TaskSpec) -> Vec<Problem> {
     let mut found = Vec::new();
     let process = spec.isolation == Isolation::Process;
 
-    if process {
-        found.extend(process_path_problem("wasm", &spec.wasm));
-    }
     // WASI preview1 hands arguments and variables to the guest as C
     // strings: a NUL would silently cut one short (the guest would see less
     // than, or other than, what was granted). Refuse it instead.
@@ -150,9 +150,6 @@ pub(crate) fn problems(spec: &TaskSpec) -> Vec<Problem> {
         }
     }
     for (i, dir) in spec.dirs.iter().enumerate() {
-        if process {
-            found.extend(process_path_problem(format!("dirs[{i}].host"), &dir.host));
-        }
         match dir.guest.as_deref() {
             Some("") => found.push(Problem::invalid(
                 format!("dirs[{i}].guest"),
@@ -163,10 +160,6 @@ pub(crate) fn problems(spec: &TaskSpec) -> Vec<Problem> {
             _ => {}
         }
     }
-    if process && let Stdin::File(path) = &spec.stdin {
-        found.extend(process_path_problem("stdin", path));
-    }
-
     let limits = &spec.limits;
     // A zero budget or deadline stops the guest before its first
     // instruction: always a mistake (no limit is `None`, not zero).
@@ -274,6 +267,25 @@ pub(crate) fn check(spec: &TaskSpec) -> Result<(), Error> {
     }
 }
 
+/// The problem of a spec that asks for more linear memory than a runner
+/// gives one task (`RunnerConfig::max_memory_per_task`, here
+/// `max_memory_per_task` bytes), if it does. The runner checks it with its
+/// own ceiling before a task starts; the `tasks.toml` reader with the
+/// default runner's, which is what `isola up` runs with, so `isola check`
+/// refuses what `isola up` would.
+pub(crate) fn ceiling_problem(spec: &TaskSpec, max_memory_per_task: u64) -> Option<Problem> {
+    (spec.limits.max_memory.as_u64() > max_memory_per_task).then(|| {
+        Problem::invalid(
+            "limits.max_memory",
+            format!(
+                "{} is more than the runner allows per task ({}, its `max_memory_per_task`)",
+                spec.limits.max_memory,
+                ByteSize(max_memory_per_task)
+            ),
+        )
+    })
+}
+
 /// The problems of a task's restart policy, which lives in the task set
 /// rather than the spec. `on_crash`: the task is restarted after a crash
 /// (`restart = "on-crash"`); `max_restarts_set`: the task itself sets
@@ -333,22 +345,6 @@ fn printable(text: &str) -> String {
     out
 }
 
-/// A process task's path travels to its worker inside a JSON frame, where a
-/// path must be UTF-8 (serde refuses others, and the frame would go out
-/// empty): such a path is a problem for process tasks only.
-fn process_path_problem(field: impl Into<String>, path: &std::path::Path) -> Option<Problem> {
-    path.to_str().is_none().then(|| {
-        Problem::conflict(
-            field,
-            format!(
-                "`{}` is not valid UTF-8, and a process task's paths travel to its worker as \
-                 text: rename it, or use `isolation = \"thread\"`",
-                path.display()
-            ),
-        )
-    })
-}
-
 /// The problem of a process task whose spec would not fit the run frame
 /// that carries it (as JSON) to its worker, naming its largest part.
 fn run_frame_problem(spec: &TaskSpec) -> Option<Problem> {
@@ -364,11 +360,13 @@ fn run_frame_problem(spec: &TaskSpec) -> Option<Problem> {
         _ => 0,
     };
     // The exact length: the spec with its byte arrays emptied (`[]`, 2
-    // bytes each), encoded, plus those arrays counted arithmetically.
-    // Encoding millions of numbers one by one would cost a second. `None`:
-    // not encodable at all, which only a non-UTF-8 path causes (reported
-    // by `process_path_problem`).
-    let size = json_len(&without_byte_arrays(spec))?
+    // bytes each), encoded as the run frame encodes it (paths that are not
+    // UTF-8 as byte arrays), plus those arrays counted arithmetically.
+    // Encoding millions of numbers one by one would cost a second. `None`
+    // (not encodable) cannot happen with paths as bytes; if it did, the run
+    // frame would fail to encode too and the task end `Failed` saying so.
+    let light = without_byte_arrays(spec);
+    let size = json_len(&crate::ipc::protocol::SpecOnWire(&light))?
         .saturating_add(input.saturating_sub(2))
         .saturating_add(stdin.saturating_sub(2));
     if size <= limit {
@@ -439,7 +437,8 @@ fn bytes_json_len(bytes: &[u8]) -> u64 {
 
 /// An upper bound of the length of `spec` as JSON, without encoding it: a
 /// byte array takes at most 4 bytes per byte (`255,`), a string at most 6
-/// per byte (`\u001f`) and 3 around it (quotes, comma), a directory grant
+/// per byte (`\u001f`) and 3 around it (quotes, comma; a path that is not
+/// UTF-8 travels as a byte array, which takes less), a directory grant
 /// at most 64 for its keys, and the scalar fields together well under
 /// 4 KiB (field names, numbers of at most 20 digits, a humantime timeout).
 fn json_bound(spec: &TaskSpec) -> u64 {
@@ -679,10 +678,12 @@ mod tests {
         assert!(p.message.contains("shared memory group `g`"), "{p:?}");
     }
 
-    /// Paths of a process task must survive the JSON of the run frame.
+    /// Paths that are not UTF-8 are fine at both isolations: a process
+    /// task's travel to its worker as bytes (issue 18, item 4). This rule
+    /// once refused them for process tasks.
     #[test]
     #[cfg(unix)]
-    fn process_tasks_need_utf8_paths() {
+    fn paths_need_not_be_utf8_at_either_isolation() {
         use std::os::unix::ffi::OsStrExt;
         let bad = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
         let mut s = spec();
@@ -693,24 +694,14 @@ mod tests {
             writable: false,
         }];
         s.stdin = Stdin::File(bad);
-        assert_eq!(
-            problems(&s),
-            Vec::<Problem>::new(),
-            "thread tasks never encode their paths"
-        );
-        s.isolation = Isolation::Process;
-        let fields: Vec<(String, ProblemKind)> = problems(&s)
-            .into_iter()
-            .map(|p| (p.field, p.kind))
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                ("wasm".to_owned(), ProblemKind::Conflict),
-                ("dirs[0].host".to_owned(), ProblemKind::Conflict),
-                ("stdin".to_owned(), ProblemKind::Conflict),
-            ]
-        );
+        for isolation in [Isolation::Thread, Isolation::Process] {
+            s.isolation = isolation;
+            assert_eq!(problems(&s), Vec::<Problem>::new(), "{isolation}");
+        }
+        // The frame rule measures such a spec as it is sent, and still
+        // catches one too large for the frame.
+        s.input = Some(vec![255; 16 << 20]);
+        only(&s, "input", ProblemKind::Conflict);
     }
 
     /// A process task's spec must fit the frame that carries it.
@@ -895,6 +886,32 @@ mod tests {
             restart_problems(Isolation::Thread, false, false),
             Vec::<Problem>::new()
         );
+    }
+
+    /// The runner's per-task memory ceiling, at both isolations.
+    #[test]
+    fn max_memory_over_the_ceiling_is_refused() {
+        let ceiling = 4 << 30;
+        for isolation in [Isolation::Thread, Isolation::Process] {
+            let mut s = spec();
+            s.isolation = isolation;
+            s.limits.max_memory = ByteSize(ceiling);
+            assert_eq!(
+                ceiling_problem(&s, ceiling),
+                None,
+                "the ceiling itself is fine"
+            );
+            s.limits.max_memory = ByteSize::pib(1);
+            let p = ceiling_problem(&s, ceiling).expect("over the ceiling");
+            assert_eq!(
+                (p.field.as_str(), p.kind),
+                ("limits.max_memory", ProblemKind::InvalidValue)
+            );
+            assert_eq!(
+                p.message,
+                "1.0 PiB is more than the runner allows per task (4.0 GiB, its `max_memory_per_task`)"
+            );
+        }
     }
 
     /// A problem becomes the library's `InvalidSpec` error unchanged.

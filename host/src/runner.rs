@@ -60,7 +60,7 @@ pub struct RunnerConfig {
     /// default true; worker processes, which run one task, turn it off.
     pub instance_pool: bool,
     /// The executable that hosts process tasks, started with
-    /// [`WORKER_ARG`](crate::ipc::protocol::WORKER_ARG). By default `$ISOLA_WORKER_PROGRAM`,
+    /// [`crate::worker::WORKER_ARG`]. By default `$ISOLA_WORKER_PROGRAM`,
     /// this executable if it is `isola`, or an `isola` beside it.
     pub worker_program: Option<PathBuf>,
     /// Worker processes kept started and idle, so a process task does not
@@ -266,6 +266,16 @@ impl Runner {
     async fn start(&self, program: &Program, spec: TaskSpec, entry: Entry) -> Result<TaskHandle> {
         let inner = &self.inner;
         if let Some(name) = spec.shared_group.clone() {
+            if entry == Entry::Run {
+                // Group tasks enter at `wasi_thread_start`; a plugin call
+                // would silently run as a plain member instead.
+                return Err(Error::InvalidSpec {
+                    field: "shared_group".into(),
+                    message: "a plugin call (`run`) cannot run in a shared memory group; \
+                              leave `shared_group` out"
+                        .into(),
+                });
+            }
             return crate::group::spawn(&inner.parts, &inner.groups, program, &name, spec).await;
         }
         if matches!(

@@ -14,9 +14,21 @@ use crate::outcome::{Limit, Stream};
 use crate::output::{OutputPipe, OutputReceiver};
 use crate::spec::{Stdin, TaskSpec};
 
-/// Largest table a guest may grow to. Tables live in host memory outside the
-/// linear-memory budget, so they get a fixed bound of their own.
-const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Largest table (in elements) a task may declare or grow to, whatever
+/// runs it: the instance pool's per-table room, applied by the loader at
+/// load and by the limiter on growth even where there is no pool (the
+/// one-shot CLI, worker processes), so a module gets the same verdict from
+/// every entry point. Tables live in host memory outside the linear-memory
+/// budget; at this size (8 bytes an element) they cannot matter.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Most tables a core module may declare: the instance pool's default,
+/// applied everywhere for the same reason as [`MAX_TABLE_ELEMENTS`].
+pub(crate) const MAX_TABLES_PER_MODULE: u32 = 1;
+
+/// Most memories a core module may define: the instance pool's default,
+/// applied everywhere for the same reason as [`MAX_TABLE_ELEMENTS`].
+pub(crate) const MAX_MEMORIES_PER_MODULE: u32 = 1;
 
 /// What each task's `Store` holds.
 ///
@@ -200,8 +212,14 @@ impl ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own declared maximum the engine refuses the
+        // growth anyway: `memory.grow` returns -1, as the guest expects,
+        // and nothing is counted.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         let growth = desired.saturating_sub(current) as u64;
         let total = self.current.saturating_add(growth);
         if total > self.max {
@@ -215,17 +233,20 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         // The engine refused a growth we had already counted.
         self.current -= self.last_growth;
         self.last_growth = 0;
         match self.os_limit {
-            // Under an OS limit, the refusal is almost surely that limit;
-            // trapping with it beats letting the guest abort on -1.
-            Some(max) => Err(wasmtime::Error::new(Limit::ProcessMemory {
-                max: bytesize::ByteSize(max),
-            })),
-            None => Ok(()),
+            // The kernel refused the memory (told by the error's type) under
+            // the process's OS limit: that limit was reached. Trapping with
+            // it beats letting the guest abort on -1.
+            Some(max) if crate::outcome::is_out_of_memory(&error) => {
+                Err(wasmtime::Error::new(Limit::ProcessMemory {
+                    max: bytesize::ByteSize(max),
+                }))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -1,10 +1,11 @@
 //! The one recipe for a store, the one way to enter a program by kind, and
 //! the one race between a guest and its timeout and cancellation.
 //!
-//! Every store Isola creates — a task's, a kept plugin's, a shared memory
-//! group's coordinator and members, a worker's preload — comes from
+//! Every store that runs guest code — a task's, a kept plugin's, a shared
+//! memory group's coordinator and members, a worker's preload — comes from
 //! [`new_store`], so fuel, its write-back interval, the epoch behaviour and
-//! the memory limiter are the same everywhere.
+//! the memory limiter are the same everywhere. (The only other stores are
+//! inert ones that linkers need to list or define items.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -203,5 +204,19 @@ pub(crate) async fn race<T>(
         biased;
         stop = stopped(timeout, cancel) => Err(stop),
         ended = guest => Ok(ended),
+    }
+}
+
+/// [`race`] for a guest that ends with an [`Ending`]: its error or the
+/// stop that ended it is folded in, ready to classify.
+pub(crate) async fn run_to_end(
+    guest: impl Future<Output = wasmtime::Result<Ending>>,
+    timeout: Option<Duration>,
+    cancel: Option<&CancellationToken>,
+) -> Ending {
+    match race(guest, timeout, cancel).await {
+        Ok(Ok(ending)) => ending,
+        Ok(Err(err)) => Ending::Error(err),
+        Err(stop) => Ending::Stopped(stop),
     }
 }

@@ -16,12 +16,11 @@ use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::error::Error;
 use crate::handle::CancelHandle;
 use crate::ipc::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::loader::{EngineSettings, Loader};
-use crate::outcome::{CallError, Limit, Outcome, TaskMetrics};
+use crate::outcome::{CallError, Outcome, TaskMetrics, refused};
 use crate::parts::Parts;
 use crate::spec::{Isolation, Output, Stdin};
 use crate::thread::{self, SpawnExtras};
@@ -96,8 +95,13 @@ async fn next_frame(reader: &mut Reader) -> Result<Option<ToWorker>, String> {
 }
 
 async fn send(writer: &mut Writer, msg: FromWorker) -> Result<(), String> {
+    // A report that cannot be encoded goes out as a `Failed` one naming
+    // why, so the parent never sees a worker end without a word.
+    let frame = msg
+        .encode_reporting()
+        .map_err(|err| format!("cannot encode a frame for the parent: {err}"))?;
     writer
-        .send(msg.encode())
+        .send(frame)
         .await
         .map_err(|err| format!("writing to the parent: {err}"))
 }
@@ -474,23 +478,6 @@ async fn read_parent(
             // The parent is gone: nobody to report to.
             Ok(None) => std::process::exit(1),
         }
-    }
-}
-
-/// The outcome of a task the worker could not start. Under the worker's
-/// kernel memory limit, an allocation the kernel refused while loading or
-/// starting ([`Error::OutOfMemory`], told by the error's type) is that
-/// limit: the machine itself rarely runs out.
-fn refused(err: &Error, data_bytes: u64) -> Outcome {
-    match err {
-        Error::OutOfMemory(_) => Outcome::LimitExceeded {
-            limit: Limit::ProcessMemory {
-                max: bytesize::ByteSize(data_bytes),
-            },
-        },
-        other => Outcome::Failed {
-            message: other.to_string(),
-        },
     }
 }
 

@@ -123,3 +123,82 @@ async fn exports_of_the_wrong_type_are_refused_at_load_naming_the_export() {
         assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_get_the_same_verdict_from_every_entry_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let many = (0..100)
+        .map(|_| "(table 1000000 funcref)")
+        .collect::<Vec<_>>()
+        .join(" ");
+    let huge_tables = wat_file(
+        dir.path(),
+        "huge-tables.wasm",
+        &format!(
+            r#"(module {many} (memory (export "memory") 1)
+                (func (export "_start"))
+                (func (export "isola_run") (result i32) i32.const 0))"#
+        ),
+    );
+    let one_huge_table = wat_file(
+        dir.path(),
+        "one-huge-table.wasm",
+        r#"(module (table 1000000 funcref) (memory (export "memory") 1)
+            (func (export "_start")))"#,
+    );
+    let runner = runner();
+    for path in [&huge_tables, &one_huge_table] {
+        assert!(
+            matches!(runner.load(path).await, Err(Error::Invalid { .. })),
+            "{}",
+            path.display()
+        );
+        for isolation in ISOLATIONS {
+            let mut spec = TaskSpec::new(path);
+            spec.isolation = isolation;
+            assert!(
+                matches!(runner.spawn(spec.clone()).await, Err(Error::Invalid { .. })),
+                "{isolation:?}"
+            );
+            if path == &huge_tables {
+                assert!(
+                    matches!(
+                        runner.call(spec, "").await,
+                        Err(isola::CallError::Start(Error::Invalid { .. }))
+                    ),
+                    "{isolation:?}"
+                );
+            }
+            let path = path.to_str().expect("utf-8 path");
+            let out = isola(&["run", "--isolation", &isolation.to_string(), path]);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{isolation:?}: {}",
+                stderr(&out)
+            );
+        }
+    }
+
+    // Growth past the limit fails the same way at both levels: -1.
+    let grower = wat_file(
+        dir.path(),
+        "table-grower.wasm",
+        r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (table 10 funcref) (memory (export "memory") 1)
+            (func (export "_start")
+                (call $exit (i32.eq (table.grow (ref.null func) (i32.const 1000000))
+                                    (i32.const -1)))))"#,
+    );
+    for isolation in ISOLATIONS {
+        let mut spec = TaskSpec::new(&grower);
+        spec.isolation = isolation;
+        let report = runner.run(spec).await.expect("spawn");
+        assert_eq!(
+            report.outcome,
+            Outcome::Exited { code: 1 },
+            "{isolation:?}: table.grow past the limit returns -1"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! the library and the real `isola` binary on the guests in `guests/`
 //! (built by `make guests`).
 
+mod abi;
 mod bad_input;
 mod cache;
 mod cli;

@@ -11,8 +11,11 @@ use crate::exit;
 
 /// Check a task set (tasks.toml) without running anything.
 ///
-/// Reports every problem at once, each as `file:line:col: task `name`:
-/// field `x`: message`. Exits with 0 when the set is valid, 2 otherwise.
+/// Applies every rule `isola up` applies before a task starts, including
+/// the limits of the runner it uses (at most 4 GiB of linear memory per
+/// task; the shared memory budget), but does not compile the Wasm. Reports
+/// every problem at once, each as `file:line:col: task `name`: field `x`:
+/// message`. Exits with 0 when the set is valid, 2 otherwise.
 #[derive(Args)]
 pub struct CheckCommand {
     /// The task set: a tasks.toml file.

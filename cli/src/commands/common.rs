@@ -1,10 +1,13 @@
 //! Options shared by the subcommands that run one task (`run`, `call`):
 //! grants, limits, isolation and the compile cache.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use isola::{
     ByteSize, CacheDir, DirGrant, Isolation, Limit, Limits, Outcome, RunnerConfig, TaskSpec,
 };
@@ -18,11 +21,19 @@ pub struct TaskOptions {
     envs: Vec<EnvArg>,
 
     /// Grant a host directory, read-write: HOST or HOST::GUEST. Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir_rw)]
+    #[arg(
+        long = "dir",
+        value_name = "HOST[::GUEST]",
+        value_parser = OsStringValueParser::new().try_map(parse_dir_rw)
+    )]
     dirs: Vec<DirGrant>,
 
     /// Grant a host directory, read-only: HOST or HOST::GUEST. Repeatable.
-    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]", value_parser = parse_dir_ro)]
+    #[arg(
+        long = "dir-ro",
+        value_name = "HOST[::GUEST]",
+        value_parser = OsStringValueParser::new().try_map(parse_dir_ro)
+    )]
     dirs_ro: Vec<DirGrant>,
 
     /// The guest's argv[0]. Default: the Wasm file's name.
@@ -30,7 +41,7 @@ pub struct TaskOptions {
     argv0: Option<String>,
 
     /// Most linear memory the guest may use (e.g. 64MiB, 1GiB).
-    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     max_memory: ByteSize,
 
     /// Fuel budget, about one unit per Wasm instruction. Default: unlimited.
@@ -43,7 +54,7 @@ pub struct TaskOptions {
 
     /// Most bytes the guest may write to each of stdout and stderr; past it
     /// the task is stopped. Default: unlimited.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_output: Option<ByteSize>,
 
     /// Where the task runs.
@@ -74,6 +85,13 @@ struct EnvArg {
     value: Option<String>,
 }
 
+/// A size flag, read as `tasks.toml` reads sizes: exactly, and a number
+/// too large for 64 bits is called too large (`bytesize`'s own parser
+/// says `couldn't parse "" into a known SI unit` for it).
+fn parse_size(s: &str) -> Result<ByteSize, String> {
+    isola::config::parse_size(s).map_err(|err| err.to_string())
+}
+
 fn parse_env(s: &str) -> Result<EnvArg, String> {
     let (key, value) = match s.split_once('=') {
         Some((k, v)) => (k, Some(v.to_owned())),
@@ -88,27 +106,41 @@ fn parse_env(s: &str) -> Result<EnvArg, String> {
     })
 }
 
-fn parse_dir(s: &str, writable: bool) -> Result<DirGrant, String> {
-    let (host, guest) = match s.split_once("::") {
-        Some((h, g)) => (h, Some(g.to_owned())),
-        None => (s, None),
+/// A `--dir`/`--dir-ro` value: `HOST` or `HOST::GUEST`, split at the
+/// first `::`. Read as bytes, not text: the host directory is a path, and
+/// a path need not be UTF-8 (at either isolation). The guest path is what
+/// the guest opens by name, so it is text.
+fn parse_dir(s: &std::ffi::OsStr, writable: bool) -> Result<DirGrant, String> {
+    let bytes = s.as_bytes();
+    let (host, guest) = match bytes.windows(2).position(|w| w == b"::") {
+        Some(at) => (&bytes[..at], Some(&bytes[at + 2..])),
+        None => (bytes, None),
     };
+    let guest = guest
+        .map(|g| {
+            std::str::from_utf8(g)
+                .map(str::to_owned)
+                .map_err(|_| "the guest path (after `::`) must be UTF-8".to_owned())
+        })
+        .transpose()?;
     if host.is_empty() || guest.as_deref() == Some("") {
         return Err("expected HOST or HOST::GUEST".into());
     }
     Ok(DirGrant {
-        host: host.into(),
+        host: PathBuf::from(std::ffi::OsStr::from_bytes(host)),
         guest,
         writable,
     })
 }
 
-fn parse_dir_rw(s: &str) -> Result<DirGrant, String> {
-    parse_dir(s, true)
+/// `--dir`: a read-write grant.
+fn parse_dir_rw(s: OsString) -> Result<DirGrant, String> {
+    parse_dir(&s, true)
 }
 
-fn parse_dir_ro(s: &str) -> Result<DirGrant, String> {
-    parse_dir(s, false)
+/// `--dir-ro`: a read-only grant.
+fn parse_dir_ro(s: OsString) -> Result<DirGrant, String> {
+    parse_dir(&s, false)
 }
 
 impl TaskOptions {
@@ -203,5 +235,40 @@ pub fn explain(outcome: &Outcome) {
         Outcome::Cancelled => eprintln!("error: the task was cancelled"),
         Outcome::Crashed { .. } => eprintln!("error: the task's worker process {outcome}"),
         Outcome::Failed { message } => eprintln!("error: isola failed to run the task: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_grants_take_host_paths_that_are_not_utf8() {
+        let raw = std::ffi::OsStr::from_bytes(b"/data-\xff::/d");
+        let grant = parse_dir_rw(raw.to_owned()).expect("a grant");
+        assert_eq!(
+            grant.host,
+            PathBuf::from(std::ffi::OsStr::from_bytes(b"/data-\xff"))
+        );
+        assert_eq!(grant.guest.as_deref(), Some("/d"));
+        assert!(grant.writable);
+        let plain = parse_dir_ro("/tmp".into()).expect("a grant");
+        assert_eq!(
+            (plain.host, plain.guest, plain.writable),
+            (PathBuf::from("/tmp"), None, false)
+        );
+        for bad in ["", "::/d", "/tmp::"] {
+            assert!(parse_dir_rw(bad.into()).is_err(), "{bad:?}");
+        }
+        let bad_guest = std::ffi::OsStr::from_bytes(b"/tmp::/\xff");
+        assert!(parse_dir_rw(bad_guest.to_owned()).is_err());
+    }
+
+    #[test]
+    fn sizes_too_large_say_so() {
+        let err = parse_size("99999999999999999999999").expect_err("too large");
+        assert!(err.starts_with("too large"), "{err}");
+        assert_eq!(parse_size("64MiB"), Ok(ByteSize::mib(64)));
+        assert!(parse_size("lots").is_err());
     }
 }

@@ -57,6 +57,12 @@ impl RunCommand {
                 return exit::for_error(&err);
             }
         };
+        if !self.messages {
+            // Nothing will ever be sent: close the host's side now, so a
+            // guest that waits in `recv` hears "closed" instead of waiting
+            // until its timeout (or forever).
+            handle.close_channel();
+        }
         let canceller = handle.cancel_handle();
         let ctrl_c = tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

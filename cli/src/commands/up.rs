@@ -436,6 +436,14 @@ fn print_summary(console: &Console, report: &SetReport) {
                 TaskStatus::Skipped => "SKIPPED",
             };
             let ran = t.attempts > 0 && t.start_error.is_none();
+            // A process task whose worker never reported (a crash, a kill
+            // after a timeout or cancel) has zeros that were not measured:
+            // say so rather than print them as if they were.
+            let metric = |measured: String| match (ran, t.metrics_known) {
+                (false, _) => "-".to_owned(),
+                (true, false) => "unknown".to_owned(),
+                (true, true) => measured,
+            };
             [
                 t.name.clone(),
                 t.isolation.to_string(),
@@ -451,16 +459,8 @@ fn print_summary(console: &Console, report: &SetReport) {
                 ),
                 t.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 t.wall_time.map_or_else(|| "-".into(), fmt_duration),
-                if ran {
-                    ByteSize(t.peak_memory).to_string()
-                } else {
-                    "-".into()
-                },
-                if ran {
-                    t.fuel_used.to_string()
-                } else {
-                    "-".into()
-                },
+                metric(ByteSize(t.peak_memory).to_string()),
+                metric(t.fuel_used.to_string()),
             ]
         })
         .collect();

@@ -38,6 +38,7 @@
 mod error;
 mod graph;
 mod parse;
+mod size;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, Location, Scope};
+pub use size::{SizeError, parse_size};
 
 /// The keys a `[[task]]` table accepts (`[defaults]` takes the same except
 /// `name` and `depends_on`).
@@ -122,6 +124,15 @@ impl TaskConfig {
 /// spec passes the rulebook that [`crate::Runner::spawn`] applies (what
 /// depends on the host, such as a directory that must exist, is checked
 /// when the set is loaded from a file, and again when a task starts).
+///
+/// A set loaded from a file is also checked against the limits of the
+/// runner it will run on, as far as the file tells: each task's
+/// `limits.max_memory` against the runner's per-task ceiling, and the
+/// shared memory groups against its budget and group count. [`TaskSet::load`]
+/// and [`TaskSet::parse`] take those of a default [`crate::RunnerConfig`],
+/// which is what `isola up` runs a set on (so a set `isola check` accepts
+/// does not fail at start for a reason in its file);
+/// [`TaskSet::parse_with_ceiling`] takes another ceiling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSet {
     path: Option<PathBuf>,
@@ -151,7 +162,24 @@ impl TaskSet {
     ///
     /// As [`TaskSet::load`].
     pub fn parse(source: &str, path: impl AsRef<Path>) -> Result<TaskSet, ConfigErrors> {
-        parse::parse(source, path.as_ref())
+        let ceiling = crate::RunnerConfig::default().max_memory_per_task;
+        parse::parse(source, path.as_ref(), ceiling)
+    }
+
+    /// As [`TaskSet::parse`], for a set that will run on a runner whose
+    /// [`crate::RunnerConfig::max_memory_per_task`] is `max_memory_per_task`
+    /// (bytes) rather than the default: a task asking for more is an error
+    /// at its `limits.max_memory`.
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskSet::load`].
+    pub fn parse_with_ceiling(
+        source: &str,
+        path: impl AsRef<Path>,
+        max_memory_per_task: u64,
+    ) -> Result<TaskSet, ConfigErrors> {
+        parse::parse(source, path.as_ref(), max_memory_per_task)
     }
 
     /// A set built in code rather than read from a file.

@@ -150,8 +150,14 @@ struct Partial {
 }
 
 /// Parses `source` as the task set in `file`. Relative paths in it are
-/// resolved against `file`'s directory.
-pub(crate) fn parse(source: &str, file: &Path) -> Result<TaskSet, ConfigErrors> {
+/// resolved against `file`'s directory. `max_memory_per_task` is the
+/// runner's per-task memory ceiling the set is checked against
+/// ([`rules::ceiling_problem`]).
+pub(crate) fn parse(
+    source: &str,
+    file: &Path,
+    max_memory_per_task: u64,
+) -> Result<TaskSet, ConfigErrors> {
     let base = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -165,6 +171,8 @@ pub(crate) fn parse(source: &str, file: &Path) -> Result<TaskSet, ConfigErrors> 
         groups: Vec::new(),
         groups_seen: Vec::new(),
         hashes: HashMap::new(),
+        max_memory_per_task,
+        shared_reserved: 0,
     };
     let tasks = p.document();
     if p.errors.is_empty() {
@@ -209,6 +217,11 @@ struct Parser<'a> {
     /// Content hashes of the Wasm files compared with a group's module, so
     /// each is read once however many tasks name it.
     hashes: HashMap<PathBuf, ContentHash>,
+    /// The runner's per-task memory ceiling each task is checked against.
+    max_memory_per_task: u64,
+    /// The `maximum`s of the valid groups so far, against the default
+    /// runner's shared memory budget.
+    shared_reserved: u64,
 }
 
 fn line_starts(source: &str) -> Vec<usize> {
@@ -356,11 +369,13 @@ impl Parser<'_> {
             );
         }
 
-        self.groups = group_tables
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, value)| self.group(i + 1, value))
-            .collect();
+        // One at a time into `self.groups`: each group is checked against
+        // the ones before it (their number, their share of the budget).
+        for (i, value) in group_tables.into_iter().enumerate() {
+            if let Some(group) = self.group(i + 1, value) {
+                self.groups.push(group);
+            }
+        }
 
         let mut tasks = Vec::new();
         let mut entries = Vec::new();
@@ -635,9 +650,9 @@ impl Parser<'_> {
         let problems = match isolation {
             Some(isolation) => {
                 spec.isolation = isolation;
-                rules::problems(&spec)
+                spec_problems(&spec, self.max_memory_per_task)
             }
-            None => certain_problems(&spec),
+            None => certain_problems(&spec, self.max_memory_per_task),
         };
         self.report(scope, table, &own, defaults, problems);
 
@@ -690,7 +705,7 @@ impl Parser<'_> {
     /// fields and is reported with it).
     fn defaults_problems(&mut self, defaults: &Partial, table: &Span) {
         let spec = merged_spec(defaults, &Partial::default());
-        let problems = rules::problems(&spec)
+        let problems = spec_problems(&spec, self.max_memory_per_task)
             .into_iter()
             .filter(|p| p.kind == ProblemKind::InvalidValue)
             .collect();
@@ -808,14 +823,56 @@ impl Parser<'_> {
             name: name.clone(),
         };
         let (mut wasm, mut initial, mut maximum) = (None, None, None);
+        let (mut initial_span, mut maximum_span) = (value.span(), value.span());
         for (key, value) in table.iter() {
             let k = key.get_ref().as_ref();
             match k {
                 "name" => {}
                 "wasm" => wasm = self.path(&scope, k, value, Expect::Wasm).value(),
-                "initial" => initial = self.size(&scope, k, value),
-                "maximum" => maximum = self.size(&scope, k, value),
+                "initial" => {
+                    initial = self.size(&scope, k, value);
+                    initial_span = value.span();
+                }
+                "maximum" => {
+                    maximum = self.size(&scope, k, value);
+                    maximum_span = value.span();
+                }
                 _ => self.unknown_field(&scope, "", key, GROUP_FIELDS),
+            }
+        }
+        // What the runner refuses when it creates a group, as far as the
+        // file alone tells (the module's own limits need it compiled, which
+        // is `isola up`'s job), checked against the default runner `isola
+        // up` uses: so `isola check` does not pass a set whose group then
+        // fails to start. Such a group is still returned, so that its tasks
+        // are not also told it does not exist; the set is invalid anyway.
+        if let (Some(initial), Some(maximum)) = (initial, maximum)
+            && initial > maximum
+        {
+            self.invalid(
+                &scope,
+                "initial",
+                &initial_span,
+                format!("{initial} is more than the group's `maximum` ({maximum})"),
+            );
+        }
+        let mut reserve = maximum.map_or(0, |m| m.as_u64());
+        if let Some(max) = maximum {
+            let budget = crate::RunnerConfig::default().shared_memory_budget;
+            if self.shared_reserved.saturating_add(max.as_u64()) > budget {
+                self.invalid(
+                    &scope,
+                    "maximum",
+                    &maximum_span,
+                    format!(
+                        "{max} would exceed the runner's shared memory budget ({} of {} taken \
+                         by the groups before this one)",
+                        ByteSize(self.shared_reserved),
+                        ByteSize(budget)
+                    ),
+                );
+                // Reported here once: the groups after it are not blamed.
+                reserve = 0;
             }
         }
         let missing = |p: &mut Self, field: &str| {
@@ -850,12 +907,26 @@ impl Parser<'_> {
         }
         let name = name?;
         self.groups_seen.push(name.clone());
-        Some(GroupSpec {
+        if self.groups.len() >= crate::loader::MAX_GROUPS as usize {
+            self.error(
+                &scope,
+                None,
+                &value.span(),
+                Kind::InvalidValue,
+                format!(
+                    "a runner holds at most {} shared memory groups",
+                    crate::loader::MAX_GROUPS
+                ),
+            );
+        }
+        let group = GroupSpec {
             name,
             wasm: wasm?,
             initial,
             maximum: maximum?,
-        })
+        };
+        self.shared_reserved = self.shared_reserved.saturating_add(reserve);
+        Some(group)
     }
 
     /// The restart policy of a task. `[defaults]` may set one for all
@@ -978,15 +1049,21 @@ impl Parser<'_> {
     fn size(&mut self, scope: &Scope, field: &str, value: &Value<'_>) -> Option<ByteSize> {
         match value.get_ref() {
             DeValue::Integer(_) => self.integer(scope, field, value).map(ByteSize),
-            DeValue::String(s) => {
-                match s.trim().parse::<ByteSize>() {
-                    Ok(size) => Some(size),
-                    Err(_) => {
-                        self.invalid(scope, field, &value.span(), format!("\"{s}\" is not a size; use one like \"64MiB\", \"512KiB\" or \"1GiB\""));
-                        None
-                    }
+            DeValue::String(s) => match super::parse_size(s) {
+                Ok(size) => Some(size),
+                Err(err) => {
+                    // A number too large is a size, just not one that fits:
+                    // say so rather than "not a size".
+                    let message = match err {
+                        super::SizeError::TooLarge => format!("\"{s}\" is {err}"),
+                        _ => format!(
+                            "\"{s}\" is not a size; use one like \"64MiB\", \"512KiB\" or \"1GiB\""
+                        ),
+                    };
+                    self.invalid(scope, field, &value.span(), message);
+                    None
                 }
-            }
+            },
             _ => {
                 self.wrong_type(scope, field, value, "a size such as \"64MiB\"");
                 None
@@ -1382,15 +1459,25 @@ fn reuse_worker(own: &Partial, defaults: &Partial, isolation: Option<Isolation>)
     field.value().unwrap_or(false)
 }
 
+/// Every problem the rulebook finds in `spec` as a runner with the
+/// per-task memory ceiling `max_memory_per_task` would: [`rules::problems`]
+/// and [`rules::ceiling_problem`]. So `isola check` refuses whatever
+/// `isola up` would refuse at start for a reason in the file.
+fn spec_problems(spec: &TaskSpec, max_memory_per_task: u64) -> Vec<Problem> {
+    let mut found = rules::problems(spec);
+    found.extend(rules::ceiling_problem(spec, max_memory_per_task));
+    found
+}
+
 /// The problems of `spec` whatever its isolation. For a task whose
 /// `isolation` is invalid (already reported), only what would be wrong
 /// either way is certain: the problems found both as a thread task and as
 /// a process task.
-fn certain_problems(spec: &TaskSpec) -> Vec<Problem> {
+fn certain_problems(spec: &TaskSpec, max_memory_per_task: u64) -> Vec<Problem> {
     let as_isolation = |isolation| {
         let mut spec = spec.clone();
         spec.isolation = isolation;
-        rules::problems(&spec)
+        spec_problems(&spec, max_memory_per_task)
     };
     let process = as_isolation(Isolation::Process);
     as_isolation(Isolation::Thread)

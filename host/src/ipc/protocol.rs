@@ -10,13 +10,24 @@
 //! A frame that is too large, too short, of an unknown kind or with a body
 //! that does not parse is a [`ProtocolError`] for the task that received it;
 //! the peer is then stopped. Nothing in the decoder panics on bad input.
+//!
+//! Paths are bytes on Unix, not text: every path in a frame (the program,
+//! each granted directory, a stdin file, the cache directory) travels as a
+//! JSON string when it is UTF-8 (nearly always, and readable in a log) and
+//! as an array of its bytes when it is not ([`path_bytes`]). A frame that
+//! still cannot be encoded is an error for its sender ([`ProtocolError::Unencodable`]),
+//! never an empty or default frame.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::outcome::{Outcome, TaskMetrics};
-use crate::spec::TaskSpec;
+use crate::spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};
 
 /// Bumped on any incompatible change; checked in the handshake.
 pub(crate) const PROTOCOL_VERSION: u32 = 2;
@@ -46,10 +57,15 @@ pub(crate) fn codec() -> LengthDelimitedCodec {
 /// Parent → worker.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ToWorker {
+    /// The parent's side of the handshake.
     Hello(Hello),
+    /// The task to run.
     Run(Box<RunRequest>),
+    /// Bytes of the host's stdin, for a task that inherits it.
     Stdin(Bytes),
+    /// The host's stdin reached its end.
     StdinEnd,
+    /// Stop the task (politely: the parent kills the worker after a grace).
     Cancel,
     /// A message from the host to the guest.
     Message(Bytes),
@@ -75,13 +91,17 @@ pub(crate) enum ToWorker {
 /// Worker → parent.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum FromWorker {
+    /// The worker's side of the handshake.
     Hello(Hello),
     /// The guest's first instruction is about to run.
     Started,
+    /// Bytes the guest wrote to stdout.
     Stdout(Bytes),
+    /// Bytes the guest wrote to stderr.
     Stderr(Bytes),
     /// A message the guest posted.
     Message(Bytes),
+    /// How the task ended, and what it cost.
     Finished(Box<Finished>),
     /// What a kept plugin's `run` returned.
     CallOutput(Bytes),
@@ -102,14 +122,19 @@ pub(crate) enum CallFailure {
     },
 }
 
+/// The handshake frame both sides send first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Hello {
+    /// [`MAGIC`].
     pub(crate) magic: String,
+    /// [`PROTOCOL_VERSION`].
     pub(crate) version: u32,
+    /// The sender's process id.
     pub(crate) pid: u32,
 }
 
 impl Hello {
+    /// This process's hello.
     pub(crate) fn current() -> Hello {
         Hello {
             magic: MAGIC.to_owned(),
@@ -124,10 +149,14 @@ impl Hello {
 pub(crate) struct RunRequest {
     /// The spec, with inherited variables already resolved into `env` (the
     /// worker's own environment is empty) and output set to stream back.
+    /// On the wire its paths are bytes ([`spec_wire`]): `TaskSpec`'s own
+    /// serde form would refuse a path that is not UTF-8.
+    #[serde(with = "spec_wire")]
     pub(crate) spec: TaskSpec,
     /// Where the parent keeps precompiled artifacts: the worker loads from
     /// here instead of compiling.
-    pub(crate) cache_dir: std::path::PathBuf,
+    #[serde(with = "path_bytes")]
+    pub(crate) cache_dir: PathBuf,
     /// The program as the parent identified it, so the worker finds its
     /// artifact without reading and hashing the Wasm file.
     pub(crate) program: ProgramId,
@@ -140,20 +169,28 @@ pub(crate) struct RunRequest {
 /// What a [`ToWorker::Preload`] names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Preload {
-    pub(crate) wasm: std::path::PathBuf,
-    pub(crate) cache_dir: std::path::PathBuf,
+    /// The program's Wasm file (read only if its artifact is missing).
+    #[serde(with = "path_bytes")]
+    pub(crate) wasm: PathBuf,
+    /// The parent's cache of precompiled artifacts.
+    #[serde(with = "path_bytes")]
+    pub(crate) cache_dir: PathBuf,
+    /// The program by content.
     pub(crate) program: ProgramId,
 }
 
 /// A program by content: the SHA-256 of its Wasm bytes and its kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProgramId {
+    /// SHA-256 of the Wasm bytes, in hex on the wire.
     #[serde(with = "hex::serde")]
     pub(crate) hash: crate::cache::ContentHash,
+    /// Module or component.
     pub(crate) kind: crate::program::WasmKind,
 }
 
 impl ProgramId {
+    /// The id of a loaded program.
     pub(crate) fn of(program: &crate::program::Program) -> ProgramId {
         ProgramId {
             hash: program.inner.hash,
@@ -177,27 +214,54 @@ pub(crate) struct OsLimits {
     pub(crate) open_files: u64,
 }
 
+/// The body of a `finished` frame: how the task ended, what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Finished {
+    /// The task's outcome.
     pub(crate) outcome: Outcome,
+    /// Its metrics, measured in the worker.
     pub(crate) metrics: TaskMetrics,
 }
 
-/// Why a frame could not be understood.
+/// Why a frame could not be understood, or built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ProtocolError {
+    /// A frame with no kind byte.
     #[error("empty frame")]
     Empty,
+    /// A kind byte this version does not know.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
+    /// A body that does not parse as its kind says.
     #[error("malformed `{kind}` frame: {message}")]
-    Malformed { kind: &'static str, message: String },
+    Malformed {
+        /// The frame kind's name.
+        kind: &'static str,
+        /// What the parser said.
+        message: String,
+    },
+    /// A peer of another protocol or version.
     #[error(
         "peer speaks `{magic}` version {version}, expected `{MAGIC}` version {PROTOCOL_VERSION}"
     )]
-    Incompatible { magic: String, version: u32 },
+    Incompatible {
+        /// The peer's magic.
+        magic: String,
+        /// The peer's version.
+        version: u32,
+    },
+    /// A frame whose body could not be encoded. Nothing is sent in its
+    /// place: the sender ends the task with this error instead.
+    #[error("cannot encode the `{kind}` frame: {message}")]
+    Unencodable {
+        /// The frame kind's name.
+        kind: &'static str,
+        /// What the encoder said.
+        message: String,
+    },
 }
 
+/// The first byte of each frame.
 mod kind {
     pub(super) const HELLO: u8 = 1;
     pub(super) const RUN: u8 = 2;
@@ -220,6 +284,7 @@ mod kind {
     pub(super) const MESSAGE_OUT: u8 = 20;
 }
 
+/// A frame of `kind` whose body is `body` as it is.
 fn frame_with(kind: u8, body: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(1 + body.len());
     frame.put_u8(kind);
@@ -227,13 +292,24 @@ fn frame_with(kind: u8, body: &[u8]) -> Bytes {
     frame.freeze()
 }
 
-fn json_frame(kind: u8, value: &impl Serialize) -> Bytes {
-    // Serializing these plain structs to JSON cannot fail: no maps with
-    // non-string keys, no foreign `Serialize` impls that error.
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    frame_with(kind, &body)
+/// A frame of `kind` (named `name` in errors) whose body is `value` as
+/// JSON. Fallible on purpose: a value that cannot be encoded is the
+/// sender's error to report, never an empty body the peer would then
+/// misread (which is how a non-UTF-8 path once crashed every worker).
+fn json_frame(
+    kind: u8,
+    name: &'static str,
+    value: &impl Serialize,
+) -> Result<Bytes, ProtocolError> {
+    let mut frame = vec![kind];
+    serde_json::to_writer(&mut frame, value).map_err(|err| ProtocolError::Unencodable {
+        kind: name,
+        message: err.to_string(),
+    })?;
+    Ok(Bytes::from(frame))
 }
 
+/// Parses the JSON body of a `kind` frame.
 fn parse_json<T: for<'de> Deserialize<'de>>(
     kind: &'static str,
     body: &[u8],
@@ -244,6 +320,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// The kind byte and the body of a frame.
 fn split(frame: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
     frame
         .split_first()
@@ -251,6 +328,7 @@ fn split(frame: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
         .ok_or(ProtocolError::Empty)
 }
 
+/// Checks that a frame of a kind without a body has none.
 fn expect_empty(kind: &'static str, body: &[u8]) -> Result<(), ProtocolError> {
     if body.is_empty() {
         Ok(())
@@ -263,23 +341,34 @@ fn expect_empty(kind: &'static str, body: &[u8]) -> Result<(), ProtocolError> {
 }
 
 impl ToWorker {
-    pub(crate) fn encode(&self) -> Bytes {
-        match self {
-            ToWorker::Hello(hello) => json_frame(kind::HELLO, hello),
-            ToWorker::Run(request) => json_frame(kind::RUN, request),
+    /// The frame's bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Unencodable`] if a JSON body cannot be encoded;
+    /// the caller then ends the task `Failed` with that reason.
+    pub(crate) fn encode(&self) -> Result<Bytes, ProtocolError> {
+        Ok(match self {
+            ToWorker::Hello(hello) => json_frame(kind::HELLO, "hello", hello)?,
+            ToWorker::Run(request) => json_frame(kind::RUN, "run", request)?,
             ToWorker::Stdin(bytes) => frame_with(kind::STDIN, bytes),
             ToWorker::StdinEnd => frame_with(kind::STDIN_END, &[]),
             ToWorker::Cancel => frame_with(kind::CANCEL, &[]),
             ToWorker::Message(bytes) => frame_with(kind::MESSAGE_IN, bytes),
             ToWorker::CloseChannel => frame_with(kind::CLOSE_CHANNEL, &[]),
             ToWorker::EndTask => frame_with(kind::END_TASK, &[]),
-            ToWorker::Preload(preload) => json_frame(kind::PRELOAD, preload),
+            ToWorker::Preload(preload) => json_frame(kind::PRELOAD, "preload", preload)?,
             ToWorker::WarmUp => frame_with(kind::WARM_UP, &[]),
-            ToWorker::Plugin(request) => json_frame(kind::PLUGIN, request),
+            ToWorker::Plugin(request) => json_frame(kind::PLUGIN, "plugin", request)?,
             ToWorker::Call(input) => frame_with(kind::CALL, input),
-        }
+        })
     }
 
+    /// Reads a frame.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtocolError`] for an empty, unknown or malformed frame.
     pub(crate) fn decode(frame: &[u8]) -> Result<ToWorker, ProtocolError> {
         let (kind, body) = split(frame)?;
         Ok(match kind {
@@ -316,19 +405,68 @@ impl ToWorker {
 }
 
 impl FromWorker {
-    pub(crate) fn encode(&self) -> Bytes {
-        match self {
-            FromWorker::Hello(hello) => json_frame(kind::HELLO, hello),
+    /// The frame's bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Unencodable`] if a JSON body cannot be encoded.
+    pub(crate) fn encode(&self) -> Result<Bytes, ProtocolError> {
+        Ok(match self {
+            FromWorker::Hello(hello) => json_frame(kind::HELLO, "hello", hello)?,
             FromWorker::Started => frame_with(kind::STARTED, &[]),
             FromWorker::Stdout(bytes) => frame_with(kind::STDOUT, bytes),
             FromWorker::Stderr(bytes) => frame_with(kind::STDERR, bytes),
-            FromWorker::Finished(finished) => json_frame(kind::FINISHED, finished),
+            FromWorker::Finished(finished) => json_frame(kind::FINISHED, "finished", finished)?,
             FromWorker::Message(bytes) => frame_with(kind::MESSAGE_OUT, bytes),
             FromWorker::CallOutput(bytes) => frame_with(kind::CALL_OUTPUT, bytes),
-            FromWorker::CallFailed(failure) => json_frame(kind::CALL_FAILED, failure),
+            FromWorker::CallFailed(failure) => {
+                json_frame(kind::CALL_FAILED, "call-failed", failure)?
+            }
+        })
+    }
+
+    /// As [`FromWorker::encode`], for the worker's side: a report
+    /// (`finished`, or a `call-failed` that ended the instance) that cannot
+    /// be encoded is replaced by one whose outcome is
+    /// [`Outcome::Failed`] naming why, so the parent ends the task `Failed`
+    /// with the reason instead of seeing a worker that died without a word.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Unencodable`] for any other frame, or if even the
+    /// replacement cannot be encoded.
+    pub(crate) fn encode_reporting(&self) -> Result<Bytes, ProtocolError> {
+        let err = match self.encode() {
+            Ok(frame) => return Ok(frame),
+            Err(err) => err,
+        };
+        let failed = |metrics: &TaskMetrics| Finished {
+            outcome: Outcome::Failed {
+                message: format!("the worker cannot report how the task ended: {err}"),
+            },
+            metrics: metrics.clone(),
+        };
+        match self {
+            FromWorker::Finished(finished) => {
+                FromWorker::Finished(Box::new(failed(&finished.metrics))).encode()
+            }
+            FromWorker::CallFailed(failure) => {
+                let metrics = match failure.as_ref() {
+                    CallFailure::Ended { metrics, .. } => metrics.clone(),
+                    CallFailure::Rejected { .. } => TaskMetrics::default(),
+                };
+                let Finished { outcome, metrics } = failed(&metrics);
+                FromWorker::CallFailed(Box::new(CallFailure::Ended { outcome, metrics })).encode()
+            }
+            _ => Err(err),
         }
     }
 
+    /// Reads a frame.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtocolError`] for an empty, unknown or malformed frame.
     pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, ProtocolError> {
         let (kind, body) = split(frame)?;
         Ok(match kind {
@@ -360,18 +498,314 @@ pub(crate) fn check_hello(hello: &Hello) -> Result<(), ProtocolError> {
     }
 }
 
+/// Paths as bytes in a frame: a UTF-8 path as a JSON string (so frames
+/// read as before, and stay small), any other as an array of its bytes.
+/// Reading accepts either, and bytes given as a byte buffer too.
+///
+/// For `#[serde(with = "path_bytes")]` on a `PathBuf` or `Cow<Path>` field.
+pub(crate) mod path_bytes {
+    use std::ffi::OsString;
+    use std::fmt;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Writes `path` as a string if it is UTF-8, else as its bytes.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the serializer reports; JSON does not fail on either form.
+    pub(crate) fn serialize<P, S>(path: &P, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        P: AsRef<Path> + ?Sized,
+        S: Serializer,
+    {
+        let os = path.as_ref().as_os_str();
+        match os.to_str() {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_bytes(os.as_bytes()),
+        }
+    }
+
+    /// Reads a path written by [`serialize`] (or any JSON string).
+    ///
+    /// # Errors
+    ///
+    /// A value that is neither a string nor a sequence of bytes.
+    pub(crate) fn deserialize<'de, D, P>(deserializer: D) -> Result<P, D::Error>
+    where
+        D: Deserializer<'de>,
+        P: From<PathBuf>,
+    {
+        deserializer.deserialize_any(PathVisitor).map(P::from)
+    }
+
+    /// Accepts a path as text or as bytes.
+    struct PathVisitor;
+
+    impl<'de> Visitor<'de> for PathVisitor {
+        type Value = PathBuf;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a path, as a string or an array of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(text))
+        }
+
+        fn visit_string<E: de::Error>(self, text: String) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(text))
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(OsString::from_vec(bytes)))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PathBuf, A::Error> {
+            // The hint comes from the peer: capped, so a lying one cannot
+            // make us reserve much (the frame bounds the real length).
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            Ok(PathBuf::from(OsString::from_vec(bytes)))
+        }
+    }
+}
+
+/// A [`TaskSpec`] as a run frame carries it. The same JSON as the spec's
+/// own serde form (same fields, same order, same defaults, unknown fields
+/// refused), except that its paths go through [`path_bytes`], so a spec
+/// whose program, directory or stdin file is not UTF-8 reaches its worker
+/// intact. Borrows the spec to write it; owns what it read.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireSpec<'a> {
+    /// [`TaskSpec::wasm`].
+    #[serde(with = "path_bytes")]
+    wasm: Cow<'a, Path>,
+    /// [`TaskSpec::argv0`].
+    #[serde(default)]
+    argv0: Option<Cow<'a, str>>,
+    /// [`TaskSpec::args`].
+    #[serde(default)]
+    args: Cow<'a, [String]>,
+    /// [`TaskSpec::env`].
+    #[serde(default)]
+    env: Cow<'a, BTreeMap<String, String>>,
+    /// [`TaskSpec::inherit_env`].
+    #[serde(default)]
+    inherit_env: Cow<'a, [String]>,
+    /// [`TaskSpec::dirs`].
+    #[serde(default)]
+    dirs: Vec<WireDir<'a>>,
+    /// [`TaskSpec::stdin`].
+    #[serde(default)]
+    stdin: WireStdin<'a>,
+    /// [`TaskSpec::stdout`].
+    #[serde(default)]
+    stdout: Output,
+    /// [`TaskSpec::stderr`].
+    #[serde(default)]
+    stderr: Output,
+    /// [`TaskSpec::input`].
+    #[serde(default)]
+    input: Option<Cow<'a, [u8]>>,
+    /// [`TaskSpec::limits`].
+    #[serde(default)]
+    limits: Cow<'a, Limits>,
+    /// [`TaskSpec::isolation`].
+    #[serde(default)]
+    isolation: Isolation,
+    /// [`TaskSpec::shared_group`].
+    #[serde(default)]
+    shared_group: Option<Cow<'a, str>>,
+    /// [`TaskSpec::reuse_worker`].
+    #[serde(default)]
+    reuse_worker: bool,
+}
+
+/// A [`DirGrant`] on the wire, its host path as [`path_bytes`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDir<'a> {
+    /// [`DirGrant::host`].
+    #[serde(with = "path_bytes")]
+    host: Cow<'a, Path>,
+    /// [`DirGrant::guest`].
+    #[serde(default)]
+    guest: Option<Cow<'a, str>>,
+    /// [`DirGrant::writable`].
+    #[serde(default)]
+    writable: bool,
+}
+
+/// A [`Stdin`] on the wire, a file's path as [`path_bytes`].
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireStdin<'a> {
+    /// [`Stdin::Closed`].
+    #[default]
+    Closed,
+    /// [`Stdin::Bytes`].
+    Bytes(Cow<'a, [u8]>),
+    /// [`Stdin::File`].
+    File(#[serde(with = "path_bytes")] Cow<'a, Path>),
+    /// [`Stdin::Inherit`].
+    Inherit,
+}
+
+impl<'a> From<&'a TaskSpec> for WireSpec<'a> {
+    fn from(spec: &'a TaskSpec) -> WireSpec<'a> {
+        // Every field named, no `..`: a field added to `TaskSpec` does not
+        // compile until it travels to workers too.
+        let TaskSpec {
+            wasm,
+            argv0,
+            args,
+            env,
+            inherit_env,
+            dirs,
+            stdin,
+            stdout,
+            stderr,
+            input,
+            limits,
+            isolation,
+            shared_group,
+            reuse_worker,
+        } = spec;
+        WireSpec {
+            wasm: Cow::Borrowed(wasm.as_path()),
+            argv0: argv0.as_deref().map(Cow::Borrowed),
+            args: Cow::Borrowed(args.as_slice()),
+            env: Cow::Borrowed(env),
+            inherit_env: Cow::Borrowed(inherit_env.as_slice()),
+            dirs: dirs
+                .iter()
+                .map(|dir| WireDir {
+                    host: Cow::Borrowed(dir.host.as_path()),
+                    guest: dir.guest.as_deref().map(Cow::Borrowed),
+                    writable: dir.writable,
+                })
+                .collect(),
+            stdin: match stdin {
+                Stdin::Closed => WireStdin::Closed,
+                Stdin::Bytes(bytes) => WireStdin::Bytes(Cow::Borrowed(bytes.as_slice())),
+                Stdin::File(path) => WireStdin::File(Cow::Borrowed(path.as_path())),
+                Stdin::Inherit => WireStdin::Inherit,
+            },
+            stdout: *stdout,
+            stderr: *stderr,
+            input: input.as_deref().map(Cow::Borrowed),
+            limits: Cow::Borrowed(limits),
+            isolation: *isolation,
+            shared_group: shared_group.as_deref().map(Cow::Borrowed),
+            reuse_worker: *reuse_worker,
+        }
+    }
+}
+
+impl From<WireSpec<'_>> for TaskSpec {
+    fn from(wire: WireSpec<'_>) -> TaskSpec {
+        TaskSpec {
+            wasm: wire.wasm.into_owned(),
+            argv0: wire.argv0.map(Cow::into_owned),
+            args: wire.args.into_owned(),
+            env: wire.env.into_owned(),
+            inherit_env: wire.inherit_env.into_owned(),
+            dirs: wire
+                .dirs
+                .into_iter()
+                .map(|dir| DirGrant {
+                    host: dir.host.into_owned(),
+                    guest: dir.guest.map(Cow::into_owned),
+                    writable: dir.writable,
+                })
+                .collect(),
+            stdin: match wire.stdin {
+                WireStdin::Closed => Stdin::Closed,
+                WireStdin::Bytes(bytes) => Stdin::Bytes(bytes.into_owned()),
+                WireStdin::File(path) => Stdin::File(path.into_owned()),
+                WireStdin::Inherit => Stdin::Inherit,
+            },
+            stdout: wire.stdout,
+            stderr: wire.stderr,
+            input: wire.input.map(Cow::into_owned),
+            limits: wire.limits.into_owned(),
+            isolation: wire.isolation,
+            shared_group: wire.shared_group.map(Cow::into_owned),
+            reuse_worker: wire.reuse_worker,
+        }
+    }
+}
+
+/// Serializes a spec exactly as a run frame carries it: for measuring a
+/// spec against the frame limit (`rules`) with the same bytes the frame
+/// will hold.
+pub(crate) struct SpecOnWire<'a>(pub(crate) &'a TaskSpec);
+
+impl Serialize for SpecOnWire<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireSpec::from(self.0).serialize(serializer)
+    }
+}
+
+/// `#[serde(with = "spec_wire")]` for the [`TaskSpec`] of a run frame:
+/// written and read through [`WireSpec`].
+mod spec_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{SpecOnWire, WireSpec};
+    use crate::spec::TaskSpec;
+
+    /// Writes `spec` with its paths as [`super::path_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// Whatever the serializer reports.
+    pub(super) fn serialize<S: Serializer>(
+        spec: &TaskSpec,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        SpecOnWire(spec).serialize(serializer)
+    }
+
+    /// Reads a spec written by [`serialize`].
+    ///
+    /// # Errors
+    ///
+    /// A body that is not a spec.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<TaskSpec, D::Error> {
+        WireSpec::deserialize(deserializer).map(TaskSpec::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::outcome::{Limit, TrapInfo, TrapKind};
     use tokio_util::codec::{Decoder, Encoder};
 
+    /// Encodes `msg` and checks it decodes to itself.
     fn round_trip_to_worker(msg: ToWorker) {
-        assert_eq!(ToWorker::decode(&msg.encode()).as_ref(), Ok(&msg));
+        let frame = msg.encode().expect("encodes");
+        assert_eq!(ToWorker::decode(&frame).as_ref(), Ok(&msg));
     }
 
+    /// Encodes `msg` and checks it decodes to itself.
     fn round_trip_from_worker(msg: FromWorker) {
-        assert_eq!(FromWorker::decode(&msg.encode()).as_ref(), Ok(&msg));
+        let frame = msg.encode().expect("encodes");
+        assert_eq!(FromWorker::decode(&frame).as_ref(), Ok(&msg));
     }
 
     #[test]
@@ -488,6 +922,113 @@ mod tests {
         }
     }
 
+    /// A path that is not UTF-8 (issue 18, item 4): once, the run frame of
+    /// such a spec failed to serialize and went out empty.
+    fn not_utf8(prefix: &str) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let mut bytes = prefix.as_bytes().to_vec();
+        bytes.extend_from_slice(b"/dir-\xff\xfe/x");
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))
+    }
+
+    /// A run request with every path of the frame not UTF-8.
+    fn request_with_paths(wasm: std::path::PathBuf) -> RunRequest {
+        let mut spec = TaskSpec::new(wasm);
+        spec.dirs = vec![
+            DirGrant {
+                host: not_utf8("/data"),
+                guest: Some("/data".into()),
+                writable: true,
+            },
+            DirGrant {
+                host: "/plain".into(),
+                guest: None,
+                writable: false,
+            },
+        ];
+        spec.stdin = Stdin::File(not_utf8("/in"));
+        spec.input = Some(vec![0, 255]);
+        spec.isolation = Isolation::Process;
+        RunRequest {
+            spec,
+            cache_dir: not_utf8("/cache"),
+            program: ProgramId {
+                hash: [3; 32],
+                kind: crate::program::WasmKind::Module,
+            },
+            os_limits: OsLimits {
+                data_bytes: 1,
+                address_space_bytes: 2,
+                cpu_seconds: None,
+                open_files: 4,
+            },
+            entry: crate::spec::Entry::Auto,
+        }
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_cross_the_pipe_as_bytes() {
+        let request = request_with_paths(not_utf8("/w"));
+        round_trip_to_worker(ToWorker::Run(Box::new(request.clone())));
+        round_trip_to_worker(ToWorker::Plugin(Box::new(request)));
+        round_trip_to_worker(ToWorker::Preload(Box::new(Preload {
+            wasm: not_utf8("/w"),
+            cache_dir: not_utf8("/c"),
+            program: ProgramId {
+                hash: [1; 32],
+                kind: crate::program::WasmKind::Component,
+            },
+        })));
+        // A frame is never empty: the old encoder sent `[kind]` alone.
+        let frame = ToWorker::Run(Box::new(request_with_paths(not_utf8("/w"))))
+            .encode()
+            .expect("encodes");
+        assert!(frame.len() > 100, "{frame:?}");
+    }
+
+    #[test]
+    fn utf8_paths_keep_the_spec_s_own_json() {
+        // A UTF-8 spec is written exactly as `TaskSpec`'s serde form writes
+        // it, so older frames (and tools that build them) still parse, and
+        // the run-frame size rule measures what is sent.
+        let mut spec = TaskSpec::new("/w/é.wasm");
+        spec.dirs = vec![DirGrant {
+            host: "/data".into(),
+            guest: Some("/d".into()),
+            writable: true,
+        }];
+        spec.stdin = Stdin::File("/in.txt".into());
+        spec.argv0 = Some("prog".into());
+        spec.input = Some(vec![1, 2]);
+        spec.shared_group = Some("g".into());
+        let own = serde_json::to_string(&spec).expect("the spec's own JSON");
+        let wire = serde_json::to_string(&SpecOnWire(&spec)).expect("the wire JSON");
+        assert_eq!(wire, own);
+        // And a spec in its own JSON reads back through the wire form.
+        let read: WireSpec<'_> = serde_json::from_str(&own).expect("reads");
+        assert_eq!(TaskSpec::from(read), spec);
+        // Unknown fields are refused, as by the spec itself.
+        let extra = own.replacen('{', "{\"surprise\":1,", 1);
+        assert!(serde_json::from_str::<WireSpec<'_>>(&extra).is_err());
+    }
+
+    #[test]
+    fn encoding_errors_name_their_frame_and_sound_reports_go_out_unchanged() {
+        // No report the worker builds fails to encode any more (paths were
+        // the one cause); the error and the worker's path are checked here.
+        let err = ProtocolError::Unencodable {
+            kind: "finished",
+            message: "boom".into(),
+        };
+        assert_eq!(err.to_string(), "cannot encode the `finished` frame: boom");
+        let finished = FromWorker::Finished(Box::new(Finished {
+            outcome: Outcome::Exited { code: 0 },
+            metrics: TaskMetrics::default(),
+        }));
+        // A report that encodes is sent as it is.
+        assert_eq!(finished.encode_reporting(), finished.encode());
+    }
+
     #[test]
     fn handshake_rejects_other_versions() {
         assert_eq!(check_hello(&Hello::current()), Ok(()));
@@ -519,7 +1060,9 @@ mod tests {
         let mut buf = BytesMut::new();
         codec
             .encode(
-                FromWorker::Stdout(Bytes::from_static(b"hello")).encode(),
+                FromWorker::Stdout(Bytes::from_static(b"hello"))
+                    .encode()
+                    .expect("a data frame encodes"),
                 &mut buf,
             )
             .expect("encode");

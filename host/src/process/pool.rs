@@ -1,5 +1,16 @@
 //! The worker pool: finding the worker binary, starting workers (handshake
 //! included), keeping some pre-started and some reusable, reaping them.
+//!
+//! Every worker process is reaped by Isola, never left to chance: a task's
+//! supervisor waits for its worker; a worker dropped anywhere else (idle or
+//! kept when the runner goes, mid-handshake, dropped with its task's future
+//! when the runtime shuts down) is in a [`ChildGuard`] or in the
+//! [`ProcessBackend`], whose `Drop` kills it and waits for it, synchronously
+//! and within [`REAP_BOUND`], because the runtime that would otherwise reap
+//! it may be gone. Tokio's own `kill_on_drop` only sends SIGKILL and leaves
+//! the zombie to a later `SIGCHLD`, which never comes once Isola exits: the
+//! worker is then re-parented to PID 1, and a container whose PID 1 does
+//! not reap collects zombies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,11 +33,22 @@ pub(crate) const GRACE: Duration = Duration::from_millis(250);
 /// How long a new worker gets to answer the handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long dropping workers waits for them to die after SIGKILL. The
+/// kernel ends a killed process at once, but tearing down its address space
+/// takes a moment; a process stuck in the kernel (uninterruptible sleep)
+/// could take longer, and is then left to Tokio's reaper rather than
+/// holding up a drop forever.
+pub(crate) const REAP_BOUND: Duration = Duration::from_secs(1);
+
 /// A started worker that has completed the handshake.
 pub(crate) struct Worker {
+    /// The worker process, not yet reaped.
     pub(crate) child: Child,
+    /// Its process id, which is also its process group's.
     pub(crate) pid: u32,
+    /// Frames from the worker.
     pub(crate) reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    /// Frames to the worker.
     pub(crate) writer: Writer,
 }
 
@@ -55,7 +77,28 @@ pub(crate) struct ProcessBackend {
     private_cache: Mutex<Option<tempfile::TempDir>>,
 }
 
+impl Drop for ProcessBackend {
+    /// Kills and reaps every idle and kept worker before the backend goes.
+    ///
+    /// Synchronous on purpose: the last reference may go while the runtime
+    /// shuts down (a refill task dropped with it), when nothing async can
+    /// run any more. Without this the workers were killed by Tokio's
+    /// `kill_on_drop` and never waited for: zombies until Isola exited,
+    /// then zombies of PID 1.
+    fn drop(&mut self) {
+        let mut workers = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        workers.append(self.reusable.get_mut().unwrap_or_else(|e| e.into_inner()));
+        kill_and_reap(
+            workers.into_iter().map(|w| (w.child, w.pid)).collect(),
+            REAP_BOUND,
+        );
+    }
+}
+
 impl ProcessBackend {
+    /// A backend that starts `program` as its worker (or finds one, if
+    /// `None`), keeps `prestart` workers started and idle, and keeps up to
+    /// `keep_reusable` workers of `reuse_worker` tasks.
     pub(crate) fn new(
         program: Option<PathBuf>,
         prestart: usize,
@@ -74,6 +117,7 @@ impl ProcessBackend {
         }
     }
 
+    /// The worker binary, looked up once.
     fn program(&self) -> Result<&Path> {
         self.program
             .get_or_init(|| match &self.configured_program {
@@ -106,8 +150,12 @@ impl ProcessBackend {
     fn take_reusable(&self) -> Option<Worker> {
         let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut worker) = kept.pop() {
-            if matches!(worker.child.try_wait(), Ok(None)) {
-                return Some(worker);
+            match worker.child.try_wait() {
+                Ok(None) => return Some(worker),
+                // Died while idle, and reaped just now.
+                Ok(Some(_)) => {}
+                // Cannot tell: make sure it is gone.
+                Err(_) => drop(ChildGuard::new(worker.child, worker.pid)),
             }
         }
         None
@@ -129,36 +177,52 @@ impl ProcessBackend {
         });
     }
 
+    /// Starts, warms up and parks workers until `prestart` are idle.
     async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
-            match start_worker(program).await {
-                Ok(mut worker) => {
-                    if worker.writer.send(ToWorker::WarmUp.encode()).await.is_err() {
-                        continue;
-                    }
-                    let preload = self
-                        .last_program
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    if let Some(preload) = preload
-                        && worker
-                            .writer
-                            .send(ToWorker::Preload(Box::new(preload)).encode())
-                            .await
-                            .is_err()
-                    {
-                        continue;
-                    }
-                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if idle.len() < self.prestart {
-                        idle.push(worker);
-                    }
-                }
+            let worker = match start_worker(program).await {
+                Ok(worker) => worker,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot pre-start a worker");
                     return;
                 }
+            };
+            // Until it is parked, a worker dropped with this future (at
+            // runtime shutdown) is killed and reaped by its guard.
+            let Worker {
+                child,
+                pid,
+                reader,
+                mut writer,
+            } = worker;
+            let mut guard = ChildGuard::new(child, pid);
+            match warm_up(&mut writer, &self.last_program).await {
+                Ok(()) => {}
+                // The worker died: start another, as before.
+                Err(WarmUpError::Io) => continue,
+                // A frame that cannot be encoded would fail for every
+                // worker: stop here rather than start them in a loop.
+                Err(WarmUpError::Encode(err)) => {
+                    tracing::warn!(error = %err, "cannot warm up a pre-started worker");
+                    return;
+                }
+            }
+            let Some(child) = guard.take() else {
+                continue;
+            };
+            let worker = Worker {
+                child,
+                pid,
+                reader,
+                writer,
+            };
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.prestart {
+                idle.push(worker);
+            } else {
+                drop(idle);
+                // Not needed after all: killed and reaped here, not left.
+                drop(ChildGuard::new(worker.child, worker.pid));
             }
         }
     }
@@ -173,15 +237,17 @@ impl ProcessBackend {
         }
         drop(kept);
         let Worker {
-            mut child,
-            pid,
-            writer,
-            ..
+            child, pid, writer, ..
         } = worker;
+        // Dropped unreaped (the runtime shutting down before this task
+        // ends), the guard kills and reaps the worker itself.
+        let mut guard = ChildGuard::new(child, pid);
         tokio::spawn(async move {
             // End of input is the worker's cue to exit.
             drop(writer);
-            reap(&mut child, pid, false).await;
+            if let Some(child) = guard.get_mut() {
+                reap(child, pid, false).await;
+            }
         });
     }
 
@@ -225,6 +291,40 @@ fn find_worker_program() -> std::result::Result<PathBuf, String> {
         })
 }
 
+/// Why a pre-started worker could not be warmed up.
+enum WarmUpError {
+    /// The pipe broke: the worker is gone.
+    Io,
+    /// A frame could not be encoded.
+    Encode(protocol::ProtocolError),
+}
+
+/// Sends a fresh worker `warm-up`, then `preload` of the last program a
+/// process task ran, if any.
+async fn warm_up(
+    writer: &mut Writer,
+    last_program: &Mutex<Option<protocol::Preload>>,
+) -> std::result::Result<(), WarmUpError> {
+    let frame = ToWorker::WarmUp.encode().map_err(WarmUpError::Encode)?;
+    writer.send(frame).await.map_err(|_| WarmUpError::Io)?;
+    let preload = last_program
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(preload) = preload {
+        match ToWorker::Preload(Box::new(preload)).encode() {
+            Ok(frame) => writer.send(frame).await.map_err(|_| WarmUpError::Io)?,
+            // Preloading only saves time later; the worker is fine without.
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot preload a program into a pre-started worker");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a worker and completes the handshake. A worker that fails it
+/// (or whose start is dropped half-way) is killed and reaped by its guard.
 async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
     let mut command = tokio::process::Command::new(program);
     command
@@ -257,19 +357,15 @@ async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
             tracing::warn!(worker = pid, "{line}");
         }
     });
-    let mut worker = Worker {
-        child,
-        pid,
-        reader: FramedRead::new(stdout, protocol::codec()),
-        writer: FramedWrite::new(stdin, protocol::codec()),
-    };
+    let mut guard = ChildGuard::new(child, pid);
+    let mut reader = FramedRead::new(stdout, protocol::codec());
+    let mut writer = FramedWrite::new(stdin, protocol::codec());
     let handshake = async {
-        worker
-            .writer
-            .send(ToWorker::Hello(Hello::current()).encode())
-            .await
+        let hello = ToWorker::Hello(Hello::current())
+            .encode()
             .map_err(|e| e.to_string())?;
-        match worker.reader.next().await {
+        writer.send(hello).await.map_err(|e| e.to_string())?;
+        match reader.next().await {
             Some(Ok(frame)) => match FromWorker::decode(&frame).map_err(|e| e.to_string())? {
                 FromWorker::Hello(hello) => {
                     protocol::check_hello(&hello).map_err(|e| e.to_string())
@@ -280,8 +376,17 @@ async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
             None => Err("worker exited during the handshake".to_owned()),
         }
     };
+    // On an error the guard, dropped on return, kills and reaps the worker.
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(())) => Ok(worker),
+        Ok(Ok(())) => match guard.take() {
+            Some(child) => Ok(Worker {
+                child,
+                pid,
+                reader,
+                writer,
+            }),
+            None => Err("the worker vanished during the handshake".into()),
+        },
         Ok(Err(err)) => Err(format!("worker handshake failed: {err}")),
         Err(_) => Err("worker did not answer the handshake".into()),
     }
@@ -292,6 +397,93 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Owns a worker process until it is reaped, and reaps it if dropped
+/// before: a worker held only by a future (a refill, a handshake, a task's
+/// supervisor, a background reap) is killed and reaped even if that future
+/// is dropped unfinished, as every task is when the runtime shuts down.
+pub(crate) struct ChildGuard {
+    /// `None` once handed back with [`ChildGuard::take`].
+    child: Option<Child>,
+    /// The worker's pid and process group.
+    pid: u32,
+}
+
+impl ChildGuard {
+    /// Guards the worker `child` whose pid (and process group) is `pid`.
+    pub(crate) fn new(child: Child, pid: u32) -> ChildGuard {
+        ChildGuard {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    /// The guarded process, to wait for it; `None` once taken.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// Hands the process back (it lives on, as a kept or pooled worker):
+    /// the guard no longer ends it.
+    pub(crate) fn take(&mut self) -> Option<Child> {
+        self.child.take()
+    }
+}
+
+impl Drop for ChildGuard {
+    /// Kills and reaps the process unless it was reaped or taken already.
+    /// Blocks for as long as the kill takes (usually well under a
+    /// millisecond, at most [`REAP_BOUND`]), since it may run where nothing
+    /// async can: in a task being dropped by a runtime that shuts down.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill_and_reap(vec![(child, self.pid)], REAP_BOUND);
+        }
+    }
+}
+
+/// Kills each `(child, pid)` (its process group, then the child itself) and
+/// reaps it, synchronously, waiting in short sleeps until all are reaped or
+/// `bound` has passed. A child already reaped is never signalled: its pid
+/// and group id may belong to another process by now. One still alive at
+/// the bound (stuck in the kernel) is dropped to Tokio's reaper, with a
+/// warning. Needs no runtime.
+pub(crate) fn kill_and_reap(children: Vec<(Child, u32)>, bound: Duration) {
+    let deadline = std::time::Instant::now() + bound;
+    let mut dying = Vec::with_capacity(children.len());
+    for (mut child, pid) in children {
+        match child.try_wait() {
+            // Reaped (now or before): nothing to kill.
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                // Unreaped, so `pid` is still this worker and leads its
+                // group: safe to signal. The group covers anything it
+                // started; `start_kill` the worker itself, should it have
+                // left the group.
+                let _ = sys::signal_group(pid, libc::SIGKILL);
+                let _ = child.start_kill();
+                dying.push((child, pid));
+            }
+            // Not our child to wait for (reaped elsewhere): nothing to do.
+            Err(err) => tracing::debug!(worker = pid, error = %err, "cannot wait for a worker"),
+        }
+    }
+    let mut pause = Duration::from_micros(50);
+    loop {
+        dying.retain_mut(|(child, _)| matches!(child.try_wait(), Ok(None)));
+        if dying.is_empty() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    for (_, pid) in &dying {
+        tracing::warn!(
+            worker = pid,
+            "a killed worker did not end within {bound:?}; leaving it to the runtime to reap"
+        );
     }
 }
 

@@ -2,7 +2,6 @@
 //! side of [`crate::PluginInstance`]): the worker instantiates it once and
 //! answers `call` frames until the pipe closes.
 
-use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,9 @@ use super::supervisor::{os_limits, prepare_for_worker};
 use crate::error::Error;
 use crate::ipc::protocol::{self, FromWorker, RunRequest, ToWorker};
 use crate::ipc::sys;
-use crate::outcome::{CallError, Limit, Outcome, TaskMetrics, abandoned, ended, unusable};
+use crate::outcome::{
+    CallError, Outcome, Stop, TaskMetrics, WorkerEnding, abandoned, ended, unusable,
+};
 use crate::parts::Parts;
 use crate::program::Program;
 use crate::spec::{Entry, Stdin, TaskSpec};
@@ -78,9 +79,10 @@ pub(crate) async fn start(
         cache_dir,
         entry: Entry::Run,
     };
-    let sent = writer
-        .send(ToWorker::Plugin(Box::new(request)).encode())
-        .await;
+    let frame = ToWorker::Plugin(Box::new(request))
+        .encode()
+        .map_err(|e| Error::Internal(format!("cannot describe the plugin to its worker: {e}")))?;
+    let sent = writer.send(frame).await;
     sent.map_err(|e| Error::Internal(format!("cannot reach the plugin's worker: {e}")))?;
     let mut worker = PluginWorker {
         child: Some(child),
@@ -163,12 +165,12 @@ impl PluginWorker {
             run_time: started.elapsed(),
             ..Default::default()
         };
-        if self
-            .writer
-            .send(ToWorker::Call(input.into()).encode())
-            .await
-            .is_err()
-        {
+        // A call frame carries raw bytes: encoding it cannot fail.
+        let sent = match ToWorker::Call(input.into()).encode() {
+            Ok(frame) => self.writer.send(frame).await.is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
             let outcome = self.died().await;
             return Err(ended(outcome, metrics(started)));
         }
@@ -183,11 +185,13 @@ impl PluginWorker {
                 frame = self.reader.next() => frame,
                 () = sleep_until(backstop) => {
                     self.kill().await;
-                    let outcome = Outcome::LimitExceeded {
-                        limit: Limit::Timeout {
-                            after: self.timeout.unwrap_or_default(),
-                        },
-                    };
+                    let outcome = WorkerEnding {
+                        reported: None,
+                        protocol_error: None,
+                        stop: Some(Stop::TimedOut(self.timeout.unwrap_or_default())),
+                        status: None,
+                    }
+                    .into_outcome();
                     self.broken = Some(outcome.clone());
                     return Err(ended(outcome, metrics(started)));
                 }
@@ -218,9 +222,13 @@ impl PluginWorker {
                 Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
                 Ok(_) | Err(_) => {
                     self.kill().await;
-                    let outcome = Outcome::Failed {
-                        message: "bad frame from the plugin's worker".into(),
-                    };
+                    let outcome = WorkerEnding {
+                        reported: None,
+                        protocol_error: Some("bad frame from the plugin's worker".into()),
+                        stop: None,
+                        status: None,
+                    }
+                    .into_outcome();
                     self.broken = Some(outcome.clone());
                     return Err(ended(outcome, metrics(started)));
                 }
@@ -235,10 +243,13 @@ impl PluginWorker {
             None => None,
         };
         self.child = None;
-        let outcome = Outcome::Crashed {
-            signal: status.and_then(|s| s.signal()),
-            status: status.and_then(|s| s.code()),
-        };
+        let outcome = WorkerEnding {
+            reported: None,
+            protocol_error: None,
+            stop: None,
+            status,
+        }
+        .into_outcome();
         self.broken = Some(outcome.clone());
         outcome
     }

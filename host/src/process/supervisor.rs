@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdout};
-use tokio::sync::mpsc;
+use tokio::process::ChildStdout;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::pool::{GRACE, ProcessBackend, Worker, Writer, reap, sleep_until};
+use super::pool::{ChildGuard, GRACE, ProcessBackend, Worker, Writer, reap, sleep_until};
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
 use crate::handle::{CancelHandle, TaskHandle, TaskId};
@@ -127,6 +127,9 @@ pub(crate) async fn spawn(
         reader,
         writer,
     } = worker;
+    // From here the worker is reaped whatever happens, even if this
+    // future or the supervisor's is dropped half-way.
+    let child = ChildGuard::new(child, pid);
     // One task owns the pipe to the worker; everything else queues frames
     // for it, so the supervisor never blocks on a full pipe while the
     // worker waits for it to read (which would deadlock both).
@@ -136,7 +139,10 @@ pub(crate) async fn spawn(
     frames_tx
         .try_send(ToWorker::Run(Box::new(request)))
         .map_err(|_| Error::Internal("the worker queue is full".into()))?;
-    let writer_task = tokio::spawn(write_frames(writer, frames_rx));
+    // A frame that cannot be encoded (none should: paths travel as bytes)
+    // ends the task `Failed` with the reason, through this channel.
+    let (unsent_tx, unsent_rx) = oneshot::channel();
+    let writer_task = tokio::spawn(write_frames(writer, frames_rx, unsent_tx));
     tokio::spawn(forward_messages(to_guest_rx, frames_tx.clone()));
     let stdin_task = forward_stdin.then(|| tokio::spawn(forward_stdin_frames(frames_tx.clone())));
     let supervisor = Supervisor {
@@ -148,6 +154,7 @@ pub(crate) async fn spawn(
         reuse: reuse.then(|| Arc::clone(&backend)),
         refill: Some(backend),
         frames: frames_tx,
+        unsent: Some(unsent_rx),
         messages: from_guest_tx,
         cancel: cancel.clone(),
         timeout: limits.timeout,
@@ -177,10 +184,23 @@ pub(crate) async fn spawn(
 const FRAME_QUEUE: usize = 16;
 
 /// Writes queued frames to the worker. Hands the pipe back after writing
-/// [`ToWorker::EndTask`], so a reused worker can take another task.
-async fn write_frames(mut writer: Writer, mut frames: mpsc::Receiver<ToWorker>) -> Option<Writer> {
+/// [`ToWorker::EndTask`], so a reused worker can take another task. A frame
+/// that cannot be encoded is not replaced by anything: its error goes to
+/// `unsent`, and the supervisor ends the task `Failed` with it.
+async fn write_frames(
+    mut writer: Writer,
+    mut frames: mpsc::Receiver<ToWorker>,
+    unsent: oneshot::Sender<String>,
+) -> Option<Writer> {
     while let Some(frame) = frames.recv().await {
-        if writer.send(frame.encode()).await.is_err() {
+        let bytes = match frame.encode() {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                let _ = unsent.send(format!("cannot send the worker its task: {err}"));
+                return None;
+            }
+        };
+        if writer.send(bytes).await.is_err() {
             // The worker is gone; the supervisor reports how it ended.
             return None;
         }
@@ -221,22 +241,39 @@ async fn forward_stdin_frames(frames: mpsc::Sender<ToWorker>) {
     }
 }
 
+/// One running process task, from the parent's side.
 struct Supervisor {
-    child: Child,
+    /// The worker process, reaped by the guard if this is dropped early.
+    child: ChildGuard,
+    /// Its pid and process group.
     pid: u32,
+    /// Frames from the worker.
     reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    /// The task that owns the pipe to the worker.
     writer_task: tokio::task::JoinHandle<Option<Writer>>,
+    /// Forwards the host's stdin, for a task that inherits it.
     stdin_task: Option<tokio::task::JoinHandle<()>>,
     /// Where the worker goes back if the task opted into reuse.
     reuse: Option<Arc<ProcessBackend>>,
     /// The pool to top up once the guest has started.
     refill: Option<Arc<ProcessBackend>>,
+    /// Frames queued for the worker.
     frames: mpsc::Sender<ToWorker>,
+    /// Why a frame could not be sent, if one could not be encoded; `None`
+    /// once the writer has answered (or ended without a word).
+    unsent: Option<oneshot::Receiver<String>>,
+    /// The guest's messages, to the task's handle.
     messages: mpsc::Sender<bytes::Bytes>,
+    /// Cancels the task.
     cancel: CancellationToken,
+    /// The task's timeout, which the worker enforces; the parent's backstop
+    /// is this plus [`GRACE`].
     timeout: Option<Duration>,
+    /// The guest's stdout, delivered.
     stdout: OutputPipe,
+    /// The guest's stderr, delivered.
     stderr: OutputPipe,
+    /// When the task was spawned, for its start-up time.
     spawned_at: Instant,
 }
 
@@ -261,6 +298,8 @@ impl Supervisor {
         }
     }
 
+    /// Carries frames until the worker reports or ends, then reaps (or
+    /// keeps) it and builds the task's report.
     async fn run(mut self) -> TaskReport {
         let pid = self.pid;
         let mut finished = None;
@@ -295,6 +334,12 @@ impl Supervisor {
                 () = sleep_until(kill_at), if kill_at.is_some() => {
                     kill_at = None;
                     let _ = sys::signal_group(pid, libc::SIGKILL);
+                }
+                unsent = unsent_frame(&mut self.unsent) => {
+                    self.unsent = None;
+                    if let Some(why) = unsent {
+                        protocol_error = Some(why);
+                    }
                 }
                 frame = self.reader.next() => match frame {
                     None => break,
@@ -362,19 +407,19 @@ impl Supervisor {
             && finished
                 .as_ref()
                 .is_some_and(|f| leaves_worker_clean(&f.outcome));
-        let mut child = Some(self.child);
+        let mut child = self.child;
         if let (Some(backend), true) = (&self.reuse, reusable)
             && let Some(writer) = end_task(&self.frames, &mut self.writer_task).await
-            && let Some(child) = child.take()
+            && let Some(kept) = child.take()
         {
             backend.keep(Worker {
-                child,
+                child: kept,
                 pid,
                 reader: self.reader,
                 writer,
             });
         }
-        let status = match child.as_mut() {
+        let status = match child.get_mut() {
             Some(child) => {
                 // Closing the pipe ends a worker that waits for another task.
                 self.writer_task.abort();
@@ -402,6 +447,16 @@ impl Supervisor {
             stdout: self.stdout.finish(),
             stderr: self.stderr.finish(),
         }
+    }
+}
+
+/// Completes with the writer's word on a frame it could not encode
+/// (`Some`), or `None` once it ended without one; never while it writes,
+/// nor again after it answered (`unsent` is then `None`).
+async fn unsent_frame(unsent: &mut Option<oneshot::Receiver<String>>) -> Option<String> {
+    match unsent {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -50,6 +50,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
+use report::metrics_known;
 pub use report::{
     Histogram, PoolMetrics, REPORT_VERSION, SetReport, SkipReason, StatusCounts, StopReason,
     TaskRecord, TaskStatus,
@@ -291,6 +292,11 @@ impl Scheduler {
                     );
                 }
             };
+            // A task set gives its tasks no messages: the host's side of
+            // the channel closes at once, so a guest that waits in `recv`
+            // hears "closed" instead of waiting until its timeout (or
+            // forever without one).
+            handle.close_channel();
             let canceller = handle.cancel_handle();
             // If this future is dropped (the caller gave up on the set), the
             // task must not go on running detached.
@@ -498,6 +504,8 @@ impl<'a> Run<'a> {
                 record.run_time = report.metrics.run_time;
                 record.peak_memory = report.metrics.peak_memory;
                 record.fuel_used = report.metrics.fuel_used;
+                record.metrics_known =
+                    metrics_known(task.spec.isolation, &report.outcome, &report.metrics);
                 record.outcome = Some(report.outcome);
             }
             How::StartFailed(error) => record.start_error = Some(error),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, TaskMetrics};
 use crate::spec::Isolation;
 
 /// Version of the JSON layout of [`SetReport`]; raised on any change that
@@ -136,10 +136,50 @@ pub struct TaskRecord {
     /// From the guest's first instruction to its end.
     #[serde(rename = "run_ms", with = "ms")]
     pub run_time: Duration,
-    /// Largest linear memory reached, in bytes.
+    /// Largest linear memory reached, in bytes. Zero and meaningless when
+    /// [`TaskRecord::metrics_known`] is false.
     pub peak_memory: u64,
-    /// Fuel consumed (about one unit per Wasm instruction).
+    /// Fuel consumed (about one unit per Wasm instruction). Zero and
+    /// meaningless when [`TaskRecord::metrics_known`] is false.
     pub fuel_used: u64,
+    /// Whether `peak_memory` and `fuel_used` were measured. They are not
+    /// for a process task whose worker never reported them: it crashed, or
+    /// was killed after a cancel or timeout it did not answer, or broke
+    /// the protocol. Then they read 0, which is no measurement: show them
+    /// as unknown. False for a task that never ran.
+    #[serde(default = "measured")]
+    pub metrics_known: bool,
+}
+
+/// `metrics_known` of a record written before the field existed: its
+/// metrics were taken as measured.
+fn measured() -> bool {
+    true
+}
+
+/// Whether a task's memory and fuel metrics were measured, from where it
+/// ran and how it ended.
+///
+/// A thread task's are read from its store whatever the ending. A process
+/// task's come from its worker's `finished` report; a worker that sent none
+/// (it crashed, was killed after a cancel or timeout it did not answer, or
+/// broke the protocol) measured nothing, and the parent fills in zeros. So
+/// a crash is never measured, and a process task stopped from outside or
+/// failed is measured only if its report came back, which shows as a
+/// non-zero peak memory or fuel count: a worker that ran any guest code
+/// counts fuel, and one that instantiated it counts memory.
+pub(crate) fn metrics_known(
+    isolation: Isolation,
+    outcome: &Outcome,
+    metrics: &TaskMetrics,
+) -> bool {
+    match isolation {
+        Isolation::Thread => true,
+        Isolation::Process => match outcome {
+            Outcome::Crashed { .. } => false,
+            _ => metrics.peak_memory != 0 || metrics.fuel_used != 0,
+        },
+    }
 }
 
 impl TaskRecord {
@@ -163,6 +203,7 @@ impl TaskRecord {
             run_time: Duration::ZERO,
             peak_memory: 0,
             fuel_used: 0,
+            metrics_known: false,
         }
     }
 
@@ -373,6 +414,56 @@ mod opt_ms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreported_process_metrics_are_unknown() {
+        let zero = TaskMetrics::default();
+        let ran = TaskMetrics {
+            peak_memory: 65536,
+            fuel_used: 12,
+            ..TaskMetrics::default()
+        };
+        let crashed = Outcome::Crashed {
+            signal: Some(9),
+            status: None,
+        };
+        let timed_out = Outcome::LimitExceeded {
+            limit: crate::outcome::Limit::Timeout {
+                after: Duration::from_millis(100),
+            },
+        };
+        // Killed before reporting: nothing was measured.
+        assert!(!metrics_known(Isolation::Process, &crashed, &zero));
+        assert!(!metrics_known(Isolation::Process, &timed_out, &zero));
+        assert!(!metrics_known(
+            Isolation::Process,
+            &Outcome::Cancelled,
+            &zero
+        ));
+        // The worker reported: measured.
+        assert!(metrics_known(Isolation::Process, &timed_out, &ran));
+        assert!(metrics_known(
+            Isolation::Process,
+            &Outcome::Exited { code: 0 },
+            &ran
+        ));
+        // A thread task is always measured, zeros included.
+        assert!(metrics_known(Isolation::Thread, &timed_out, &zero));
+        // A crash's numbers are never a measurement.
+        assert!(!metrics_known(Isolation::Process, &crashed, &ran));
+    }
+
+    #[test]
+    fn old_reports_read_their_metrics_as_measured() {
+        let mut record = TaskRecord::new("t", Isolation::Process, TaskStatus::Failed);
+        record.metrics_known = true;
+        let mut json = serde_json::to_value(&record).expect("to JSON");
+        json.as_object_mut()
+            .expect("an object")
+            .remove("metrics_known");
+        let read: TaskRecord = serde_json::from_value(json).expect("from JSON");
+        assert_eq!(read, record);
+    }
 
     #[test]
     fn histogram_uses_nearest_rank() {

@@ -16,7 +16,7 @@ use wasmtime::Store;
 use crate::channel::ChannelState;
 use crate::error::Result;
 use crate::handle::{CancelHandle, TaskHandle, TaskId};
-use crate::outcome::{Budget, Ending, TaskMetrics, TaskReport};
+use crate::outcome::{Budget, TaskMetrics, TaskReport};
 use crate::parts::Parts;
 use crate::program::{Program, ProgramKind, Resolved};
 use crate::spec::{Entry, Limits, TaskSpec};
@@ -143,11 +143,7 @@ impl Job {
             };
             entered.call(&mut store, &input).await
         };
-        let ending = match store::race(guest, limits.timeout, Some(&cancel)).await {
-            Ok(Ok(ending)) => ending,
-            Ok(Err(err)) => Ending::Error(err),
-            Err(stop) => Ending::Stopped(stop),
-        };
+        let ending = store::run_to_end(guest, limits.timeout, Some(&cancel)).await;
         let ended_at = Instant::now();
         let outcome = ending.into_outcome(&budget);
         let started_at = started_at.unwrap_or(ended_at);

@@ -75,8 +75,8 @@ pub(crate) async fn instantiate(
         os_memory_limit,
     };
     let ticker = parts.ticker.clone();
-    // Instantiation may run a `start` function or `_initialize`, under the
-    // first call's budget and timeout: tick while it does.
+    // Instantiation may run a `start` function or `_initialize`, with a
+    // budget and timeout of the size each call gets: tick while it does.
     let ticking = ticker.clone().map(|t| t.activate());
     let mut store = store::new_store(parts.engine(), state, budget.fuel, None);
     let started = Instant::now();
@@ -104,7 +104,14 @@ pub(crate) async fn instantiate(
         Err(stop) => Ending::Stopped(stop),
     };
     let metrics = metrics(&store, started, budget.fuel);
-    Err(ended(ending.into_outcome(&budget), metrics))
+    Err(match ending.into_outcome(&budget) {
+        // Not the guest's doing (say, no room left in the instance pool):
+        // the instance could not be set up, as in a worker process.
+        Outcome::Failed { message } => CallError::Start(crate::Error::Internal(format!(
+            "cannot instantiate the plugin: {message}"
+        ))),
+        outcome => ended(outcome, metrics),
+    })
 }
 
 fn metrics(store: &Store<TaskState>, started: Instant, budget: u64) -> TaskMetrics {
@@ -149,11 +156,7 @@ impl KeptInstance {
         // costs nothing.
         let _ticking = self.ticker.clone().map(|t| t.activate());
         let call = self.entry.call(&mut self.store, &input);
-        let ending = match store::race(call, self.limits.timeout, None).await {
-            Ok(Ok(ending)) => ending,
-            Ok(Err(err)) => Ending::Error(err),
-            Err(stop) => Ending::Stopped(stop),
-        };
+        let ending = store::run_to_end(call, self.limits.timeout, None).await;
         let metrics = metrics(&self.store, started, budget.fuel);
         self.in_call = false;
         match ending.into_outcome(&budget) {
