@@ -64,6 +64,10 @@ fn main() -> ExitCode {
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
+    // Timers, signals and I/O at every poll: a guest yields once per epoch
+    // tick, and with the default (every 61 polls) a timeout or Ctrl-C would
+    // wait out 61 ticks of long host calls.
+    .event_interval(1)
     .build();
     let runtime = match runtime {
         Ok(rt) => rt,

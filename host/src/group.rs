@@ -671,6 +671,8 @@ impl Coordinator {
     fn run(self) -> String {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Timers and wake-ups at every poll (see the worker's runtime).
+            .event_interval(1)
             .build()
         {
             Ok(rt) => rt,
@@ -858,6 +860,8 @@ impl Member {
         state.extension = None;
         let result = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Timers and wake-ups at every poll (see the worker's runtime).
+            .event_interval(1)
             .build()
             .map_err(|e| e.to_string())
             .map(|runtime| {

@@ -79,6 +79,7 @@ mod state;
 mod store;
 mod thread;
 mod ticker;
+mod wire;
 
 pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};

@@ -136,6 +136,13 @@ impl Loader {
                 |code: i32| -> wasmtime::Result<()> { Err(wasmtime_wasi::I32Exit(code).into()) },
             )
             .map_err(Error::internal)?;
+        // wasmtime-wasi fills a `random_get` buffer in one go; a guest that
+        // asks for 64 MiB in a loop would hold its thread (and its timeout)
+        // for a long time per call. Isola's fills it in chunks and yields
+        // between them, so a timeout or cancel wins within a chunk.
+        module_linker
+            .func_wrap_async("wasi_snapshot_preview1", "random_get", random_get)
+            .map_err(Error::internal)?;
         module_linker.allow_shadowing(false);
         crate::imports::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         extension(&mut module_linker).map_err(Error::internal)?;
@@ -605,6 +612,78 @@ fn check_tables(
 enum Compiled {
     Module(Module),
     Component(Component),
+}
+
+/// Bytes of randomness `random_get` writes between yields: about a
+/// millisecond of work.
+const RANDOM_CHUNK: usize = 256 << 10;
+
+/// WASI preview1 `random_get(buf, len) -> errno`, in chunks of
+/// [`RANDOM_CHUNK`] with a yield to the runtime after each, from the task's
+/// own WASI random source.
+fn random_get(
+    mut caller: wasmtime::Caller<'_, TaskState>,
+    (ptr, len): (i32, i32),
+) -> Box<dyn std::future::Future<Output = wasmtime::Result<i32>> + Send + '_> {
+    Box::new(async move {
+        use wasmtime_wasi::WasiView;
+        use wasmtime_wasi::p2::bindings::random::random::Host;
+        let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+        let memory = match caller.get_export("memory") {
+            Some(wasmtime::Extern::Memory(memory)) => memory,
+            // A shared memory (a group task): the guest's own view of it.
+            Some(wasmtime::Extern::SharedMemory(shared)) => {
+                let region = crate::region::whole(&shared);
+                let mut written = 0;
+                while written < len {
+                    let n = RANDOM_CHUNK.min(len - written);
+                    let bytes = caller
+                        .data_mut()
+                        .wasi
+                        .ctx()
+                        .ctx
+                        .random()
+                        .get_random_bytes(n as u64)?;
+                    region
+                        .write(start.saturating_add(written), &bytes)
+                        .map_err(|_| wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds))?;
+                    written += n;
+                    tokio::task::yield_now().await;
+                }
+                return Ok(0);
+            }
+            _ => {
+                return Err(wasmtime::Error::new(crate::outcome::BadHostCall {
+                    call: "wasi_snapshot_preview1.random_get",
+                    message: "the module exports no `memory`".into(),
+                }));
+            }
+        };
+        // Out of bounds is checked up front: WASI says such a call traps,
+        // and nothing should be written first.
+        if start.saturating_add(len) > memory.data_size(&caller) {
+            return Err(wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds));
+        }
+        let mut written = 0;
+        while written < len {
+            let n = RANDOM_CHUNK.min(len - written);
+            let bytes = caller
+                .data_mut()
+                .wasi
+                .ctx()
+                .ctx
+                .random()
+                .get_random_bytes(n as u64)?;
+            memory
+                .write(&mut caller, start + written, &bytes)
+                .map_err(|_| wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds))?;
+            written += n;
+            if written < len {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(0)
+    })
 }
 
 /// The Wasm bytes to compile: those already read, or the file's, checked to

@@ -52,15 +52,8 @@ impl Parts {
     ///
     /// [`Error::InvalidSpec`].
     pub(crate) fn check(&self, spec: &TaskSpec) -> Result<()> {
-        if spec.limits.max_memory.as_u64() > self.max_memory_per_task {
-            return Err(Error::InvalidSpec {
-                field: "limits.max_memory".into(),
-                message: format!(
-                    "{} is more than this runner allows per task ({})",
-                    spec.limits.max_memory,
-                    bytesize::ByteSize(self.max_memory_per_task)
-                ),
-            });
+        if let Some(problem) = crate::rules::ceiling_problem(spec, self.max_memory_per_task) {
+            return Err(problem.into_error());
         }
         crate::rules::check(spec)
     }

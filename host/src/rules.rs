@@ -366,7 +366,7 @@ fn run_frame_problem(spec: &TaskSpec) -> Option<Problem> {
     // (not encodable) cannot happen with paths as bytes; if it did, the run
     // frame would fail to encode too and the task end `Failed` saying so.
     let light = without_byte_arrays(spec);
-    let size = json_len(&crate::ipc::protocol::SpecOnWire(&light))?
+    let size = json_len(&crate::wire::SpecOnWire(&light))?
         .saturating_add(input.saturating_sub(2))
         .saturating_add(stdin.saturating_sub(2));
     if size <= limit {

@@ -339,10 +339,12 @@ impl Runner {
         input: impl Into<Vec<u8>>,
     ) -> std::result::Result<Vec<u8>, CallError> {
         spec.input = Some(input.into());
-        let handle = self
+        let mut handle = self
             .start(program, spec, Entry::Run)
             .await
             .map_err(CallError::Start)?;
+        // A call sends no messages: `recv` says closed at once.
+        handle.close_channel();
         let report = handle.wait().await;
         match report.outcome {
             Outcome::Returned { output } => Ok(output),
@@ -376,7 +378,11 @@ impl Runner {
     ///
     /// As [`Runner::spawn`]. Once started, every ending is a report.
     pub async fn run(&self, spec: TaskSpec) -> Result<TaskReport> {
-        Ok(self.spawn(spec).await?.wait().await)
+        let mut handle = self.spawn(spec).await?;
+        // Nobody can send it messages: its `recv` says closed at once
+        // rather than waiting for ever.
+        handle.close_channel();
+        Ok(handle.wait().await)
     }
 
     /// Creates a shared memory group and registers it under its name, for

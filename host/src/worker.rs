@@ -64,6 +64,10 @@ pub fn run_worker() -> ExitCode {
     // tick, so the IPC tasks still get their turn.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Check timers and I/O at every poll: a guest yields once per epoch
+        // tick, and with the default (every 61 polls) a cancel frame or the
+        // timeout would wait out 61 ticks of long host calls.
+        .event_interval(1)
         .build()
     {
         Ok(runtime) => runtime,

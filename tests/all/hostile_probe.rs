@@ -40,8 +40,18 @@ fn isola_within(args: &[&OsStr], env: &[(&str, &OsStr)], limit: Duration) -> Opt
             bytes
         })
     };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait().expect("wait for isola") {
@@ -118,7 +128,10 @@ async fn paths_that_are_not_utf8_work_at_both_isolations() {
             let report = runner.run(spec).await.expect("hello starts");
             assert_eq!(
                 (report.outcome, report.stdout.text().into_owned()),
-                (Outcome::Exited { code: 0 }, "Hello from Isola!\n".to_owned()),
+                (
+                    Outcome::Exited { code: 0 },
+                    "Hello from Isola!\n".to_owned()
+                ),
                 "{isolation}: {}",
                 wasm.display()
             );
@@ -366,12 +379,22 @@ fn isola_up_leaves_no_worker_behind() {
     std::fs::write(&set, toml).expect("write tasks.toml");
     for run in 0..3 {
         let out = isola_within(
-            &[OsStr::new("up"), set.as_os_str(), OsStr::new("--jobs"), OsStr::new("2")],
+            &[
+                OsStr::new("up"),
+                set.as_os_str(),
+                OsStr::new("--jobs"),
+                OsStr::new("2"),
+            ],
             &[("ISOLA_WORKER_PROGRAM", worker.as_os_str())],
             Duration::from_secs(60),
         )
         .expect("isola up ends");
-        assert_eq!(out.status.code(), Some(0), "run {run}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {run}: {}",
+            text(&out.stderr)
+        );
         // Any parent: a worker isola did not reap is PID 1's by now.
         let left = processes_named(name, None);
         assert_eq!(
@@ -462,7 +485,10 @@ fn position(source: &str, needle: &str) -> (usize, usize) {
         .unwrap_or_else(|| panic!("`{needle}` is not in the source"));
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
-    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 
@@ -759,7 +785,12 @@ fn up_closes_the_channel_of_a_task_given_no_messages() {
     let out = isola_text(&["up", p], Duration::from_secs(60))
         .expect("`isola up` ends long before the tasks' timeouts");
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
     for name in [
         "thread-module",
         "thread-component",

@@ -8,6 +8,7 @@ mod cache;
 mod cli;
 mod guest_faults;
 mod hostile;
+mod hostile_probe;
 mod library;
 mod messages;
 mod process;

@@ -71,6 +71,8 @@ const FRACTION_DIGITS: usize = 19;
 /// ```
 pub fn parse_size(text: &str) -> Result<ByteSize, SizeError> {
     let text = text.trim();
+    // `bytesize` reads a bare `+64` (as Rust's integer parser does).
+    let text = text.strip_prefix('+').unwrap_or(text);
     let number_len = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
@@ -161,6 +163,7 @@ mod tests {
             " 8MiB ",
             "18446744073709551615",
             "18446744073709551615B",
+            "+64",
         ] {
             let expected: ByteSize = text.trim().parse().expect("bytesize reads it");
             assert_eq!(parse_size(text), Ok(expected), "{text:?}");

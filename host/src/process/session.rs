@@ -9,7 +9,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::process::{Child, ChildStdout};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::pool::{GRACE, HANDSHAKE_TIMEOUT, ProcessBackend, Worker, Writer, reap, sleep_until};
+use super::pool::{
+    ChildGuard, GRACE, HANDSHAKE_TIMEOUT, ProcessBackend, Worker, Writer, reap, sleep_until,
+};
 use super::supervisor::{os_limits, prepare_for_worker};
 use crate::error::Error;
 use crate::ipc::protocol::{self, FromWorker, RunRequest, ToWorker};
@@ -265,13 +267,19 @@ impl PluginWorker {
 impl Drop for PluginWorker {
     fn drop(&mut self) {
         // The writer closes after this returns: end of input is the
-        // worker's cue to exit; it is reaped in the background.
-        if let (Some(mut child), Ok(runtime)) =
-            (self.child.take(), tokio::runtime::Handle::try_current())
-        {
-            let pid = self.pid;
+        // worker's cue to exit. It is reaped in the background on a
+        // runtime; without one, the guard reaps it here and now, so no
+        // zombie is left either way.
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let pid = self.pid;
+        let mut guard = ChildGuard::new(child, pid);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                reap(&mut child, pid, false).await;
+                if let Some(child) = guard.get_mut() {
+                    reap(child, pid, false).await;
+                }
             });
         }
     }
