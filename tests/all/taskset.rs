@@ -1698,3 +1698,55 @@ args = ["sleep", "60000"]
         "it exited promptly"
     );
 }
+
+#[test]
+fn a_plugin_task_that_returns_a_value_succeeds_and_shows_it() {
+    for kind in [GuestKind::Module, GuestKind::Component] {
+        for isolation in ["thread", "process"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let plugin = guest("plugin", kind);
+            let source = format!(
+                r#"
+[[task]]
+name = "adder"
+wasm = '{plugin}'
+input = "41"
+isolation = "{isolation}"
+
+[[task]]
+name = "after"
+wasm = '{{hello}}'
+depends_on = ["adder"]
+"#,
+                plugin = plugin.to_str().expect("utf-8")
+            );
+            let path = write_set(dir.path(), &source);
+            let json = dir.path().join("out.json");
+            let out = isola(&[
+                "up",
+                path.to_str().expect("utf-8"),
+                "--json",
+                json.to_str().expect("utf-8"),
+            ]);
+            let text = stdout(&out);
+            let what = format!("{kind:?} at {isolation}");
+            assert_eq!(out.status.code(), Some(0), "{what}: {text}{}", stderr(&out));
+            assert!(
+                text.contains("\nadder | 42\n"),
+                "{what}: the returned value is shown:\n{text}"
+            );
+            assert!(
+                text.contains("\nafter | Hello from Isola!\n"),
+                "{what}: dependents run:\n{text}"
+            );
+            let report: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("valid json");
+            let adder = report["tasks"]
+                .as_array()
+                .and_then(|tasks| tasks.iter().find(|t| t["name"] == "adder"))
+                .expect("adder's record");
+            assert_eq!(adder["status"], "succeeded", "{what}: {adder}");
+            assert_eq!(adder["returned"], "42", "{what}: {adder}");
+        }
+    }
+}

@@ -492,13 +492,28 @@ impl<'a> Run<'a> {
         record.crashes = ended.crashes;
         match ended.how {
             How::Ran(report) => {
-                record.status = match report.outcome {
-                    Outcome::Exited { code: 0 } => TaskStatus::Succeeded,
+                // A plugin that returned a value succeeded, as a command
+                // that exited 0 did (`Outcome::is_success`).
+                record.status = match &report.outcome {
+                    outcome if outcome.is_success() => TaskStatus::Succeeded,
                     Outcome::Cancelled => TaskStatus::Cancelled,
                     _ => TaskStatus::Failed,
                 };
                 if let Outcome::Exited { code } = report.outcome {
                     record.exit_code = Some(code);
+                }
+                if let Outcome::Returned { output } = &report.outcome {
+                    let text = returned_text(output);
+                    // The returned value is the task's output: shown as its
+                    // lines, like what a command prints.
+                    for line in text.lines() {
+                        self.scheduler.sink.event(&Event::Output {
+                            task: &task.name,
+                            stream: Stream::Stdout,
+                            line,
+                        });
+                    }
+                    record.returned = Some(text);
                 }
                 record.startup = report.metrics.startup;
                 record.run_time = report.metrics.run_time;
@@ -639,5 +654,15 @@ impl<'a> Run<'a> {
             pool,
             stopped: self.stopped,
         }
+    }
+}
+
+/// A plugin's returned bytes as text: themselves when they are UTF-8,
+/// else their hex digits (so binary output neither garbles a terminal nor
+/// reads as a list of numbers).
+fn returned_text(output: &[u8]) -> String {
+    match std::str::from_utf8(output) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("0x{}", hex::encode(output)),
     }
 }

@@ -105,6 +105,11 @@ pub struct TaskRecord {
     pub outcome: Option<Outcome>,
     /// The exit code, when the task exited.
     pub exit_code: Option<i32>,
+    /// What a plugin task's `run` returned, as text: the bytes themselves
+    /// when they are UTF-8, else their hex digits. `None` for a task that
+    /// returned nothing. The exact bytes are in `outcome`.
+    #[serde(default)]
+    pub returned: Option<String>,
     /// Why the task could not start (a missing or invalid Wasm file, an
     /// unsupported isolation...), when it could not.
     pub start_error: Option<String>,
@@ -190,6 +195,7 @@ impl TaskRecord {
             status,
             outcome: None,
             exit_code: None,
+            returned: None,
             start_error: None,
             skip_reason: None,
             attempts: 0,
