@@ -55,7 +55,7 @@ use wasmtime::{Caller, ExternType, InstancePre, Linker, MemoryType, SharedMemory
 
 use crate::channel::ChannelState;
 use crate::error::{Error, Result};
-use crate::handle::{CancelHandle, TaskHandle, TaskId};
+use crate::handle::{TaskHandle, TaskId};
 use crate::loader::MAX_GROUPS;
 use crate::outcome::{
     BadHostCall, Budget, Ending, Outcome, Stop, TaskMetrics, TaskReport, TrapInfo, TrapKind,
@@ -747,7 +747,12 @@ pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::
             Box::new(async move {
                 let link = link_mut(caller.data_mut()).ok_or_else(not_in_group)?;
                 let group = Arc::clone(&link.group);
-                match group.next_task().await {
+                // Waiting for a task runs no Wasm: an idle group costs no
+                // epoch ticks, as an idle task waiting for a message.
+                let idle = link.ticker.as_ref().map(TickerHandle::pause);
+                let next = group.next_task().await;
+                drop(idle);
+                match next {
                     Some(task) => {
                         if let Some(link) = link_mut(caller.data_mut()) {
                             link.handing_over = Some(Box::new(task));
@@ -1042,15 +1047,11 @@ pub(crate) async fn spawn(
         report_rx,
         (stdout, stderr),
     );
-    let join = tokio::spawn(async move {
-        let report = supervised.await;
-        drop(slot);
-        report
-    });
-    Ok(TaskHandle::new(
+    Ok(TaskHandle::start(
         TaskId::next(),
-        CancelHandle::new(cancel),
-        join,
+        cancel,
+        supervised,
+        slot,
         (stdout_rx, stderr_rx),
         host_ends,
         None,

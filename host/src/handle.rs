@@ -52,10 +52,6 @@ pub struct TaskHandle {
 pub struct CancelHandle(CancellationToken);
 
 impl CancelHandle {
-    pub(crate) fn new(token: CancellationToken) -> CancelHandle {
-        CancelHandle(token)
-    }
-
     /// Stops the task: a running guest is interrupted within one epoch tick
     /// and the task ends with [`Outcome::Cancelled`]. Does nothing if the
     /// task already ended.
@@ -65,17 +61,27 @@ impl CancelHandle {
 }
 
 impl TaskHandle {
-    pub(crate) fn new(
+    /// Runs `task` (which yields the task's one report) on the runtime,
+    /// holding the task's instance `slot` until it ends, and returns its
+    /// handle. Every backend starts its tasks here.
+    pub(crate) fn start(
         id: TaskId,
-        cancel: CancelHandle,
-        join: tokio::task::JoinHandle<TaskReport>,
+        cancel: CancellationToken,
+        task: impl std::future::Future<Output = TaskReport> + Send + 'static,
+        slot: tokio::sync::OwnedSemaphorePermit,
         outputs: (Option<OutputReceiver>, Option<OutputReceiver>),
         channel: (MessageSender, MessageReceiver),
         pid: Option<u32>,
     ) -> TaskHandle {
+        let join = tokio::spawn(async move {
+            let report = task.await;
+            // The slot goes back only once the report is made.
+            drop(slot);
+            report
+        });
         TaskHandle {
             id,
-            cancel,
+            cancel: CancelHandle(cancel),
             join,
             stdout: outputs.0,
             stderr: outputs.1,

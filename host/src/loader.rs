@@ -630,27 +630,10 @@ fn random_get(
         use wasmtime_wasi::p2::bindings::random::random::Host;
         let (start, len) = (ptr as u32 as usize, len as u32 as usize);
         let memory = match caller.get_export("memory") {
-            Some(wasmtime::Extern::Memory(memory)) => memory,
-            // A shared memory (a group task): the guest's own view of it.
+            Some(wasmtime::Extern::Memory(memory)) => Target::Own(memory),
+            // A shared memory (a group task): through its bounds-checked view.
             Some(wasmtime::Extern::SharedMemory(shared)) => {
-                let region = crate::region::whole(&shared);
-                let mut written = 0;
-                while written < len {
-                    let n = RANDOM_CHUNK.min(len - written);
-                    let bytes = caller
-                        .data_mut()
-                        .wasi
-                        .ctx()
-                        .ctx
-                        .random()
-                        .get_random_bytes(n as u64)?;
-                    region
-                        .write(start.saturating_add(written), &bytes)
-                        .map_err(|_| wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds))?;
-                    written += n;
-                    tokio::task::yield_now().await;
-                }
-                return Ok(0);
+                Target::Shared(crate::region::whole(&shared))
             }
             _ => {
                 return Err(wasmtime::Error::new(crate::outcome::BadHostCall {
@@ -661,7 +644,7 @@ fn random_get(
         };
         // Out of bounds is checked up front: WASI says such a call traps,
         // and nothing should be written first.
-        if start.saturating_add(len) > memory.data_size(&caller) {
+        if start.saturating_add(len) > memory.size(&caller) {
             return Err(wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds));
         }
         let mut written = 0;
@@ -674,9 +657,7 @@ fn random_get(
                 .ctx
                 .random()
                 .get_random_bytes(n as u64)?;
-            memory
-                .write(&mut caller, start + written, &bytes)
-                .map_err(|_| wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds))?;
+            memory.write(&mut caller, start + written, &bytes)?;
             written += n;
             if written < len {
                 tokio::task::yield_now().await;
@@ -684,6 +665,35 @@ fn random_get(
         }
         Ok(0)
     })
+}
+
+/// The memory a host function writes into: the guest's own, or a shared
+/// one (a group task).
+enum Target {
+    Own(wasmtime::Memory),
+    Shared(crate::region::Region),
+}
+
+impl Target {
+    fn size(&self, caller: &wasmtime::Caller<'_, TaskState>) -> usize {
+        match self {
+            Target::Own(memory) => memory.data_size(caller),
+            Target::Shared(region) => region.len(),
+        }
+    }
+
+    fn write(
+        &self,
+        caller: &mut wasmtime::Caller<'_, TaskState>,
+        at: usize,
+        bytes: &[u8],
+    ) -> wasmtime::Result<()> {
+        let out_of_bounds = || wasmtime::Error::new(wasmtime::Trap::MemoryOutOfBounds);
+        match self {
+            Target::Own(memory) => memory.write(caller, at, bytes).map_err(|_| out_of_bounds()),
+            Target::Shared(region) => region.write(at, bytes).map_err(|_| out_of_bounds()),
+        }
+    }
 }
 
 /// The Wasm bytes to compile: those already read, or the file's, checked to

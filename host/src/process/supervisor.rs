@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::pool::{ChildGuard, GRACE, ProcessBackend, Worker, Writer, reap, sleep_until};
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
-use crate::handle::{CancelHandle, TaskHandle, TaskId};
+use crate::handle::{TaskHandle, TaskId};
 use crate::ipc::protocol::{self, FromWorker, OsLimits, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
@@ -162,15 +162,11 @@ pub(crate) async fn spawn(
         stderr,
         spawned_at,
     };
-    let join = tokio::spawn(async move {
-        let report = supervisor.run().await;
-        drop(slot);
-        report
-    });
-    Ok(TaskHandle::new(
+    Ok(TaskHandle::start(
         TaskId::next(),
-        CancelHandle::new(cancel),
-        join,
+        cancel,
+        supervisor.run(),
+        slot,
         (stdout_rx, stderr_rx),
         (
             MessageSender { tx: to_guest_tx },

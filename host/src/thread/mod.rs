@@ -15,7 +15,7 @@ use wasmtime::Store;
 
 use crate::channel::ChannelState;
 use crate::error::Result;
-use crate::handle::{CancelHandle, TaskHandle, TaskId};
+use crate::handle::{TaskHandle, TaskId};
 use crate::outcome::{Budget, TaskMetrics, TaskReport};
 use crate::parts::Parts;
 use crate::program::{Program, ProgramKind, Resolved};
@@ -73,16 +73,12 @@ pub(crate) async fn spawn(
         entry,
         channel,
     };
-    let join = tokio::spawn(async move {
-        let report = job.run().await;
-        drop(slot);
-        report
-    });
     tracing::debug!(task = %id, wasm = %program.path().display(), "task started");
-    Ok(TaskHandle::new(
+    Ok(TaskHandle::start(
         id,
-        CancelHandle::new(cancel),
-        join,
+        cancel,
+        job.run(),
+        slot,
         (stdout_rx, stderr_rx),
         host_ends,
         None,
