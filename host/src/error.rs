@@ -41,8 +41,10 @@ pub enum Error {
         /// Import field name.
         name: String,
     },
-    /// The component targets a world Isola cannot run.
-    #[error("`{}` is a component of an unsupported world: {detail}", path.display())]
+    /// The program cannot run as given: a module or component without an
+    /// entry Isola calls (or with one of the wrong type), or a component of
+    /// a world Isola does not support.
+    #[error("`{}` cannot run: {detail}", path.display())]
     UnsupportedWorld {
         /// The file.
         path: PathBuf,

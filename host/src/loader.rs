@@ -515,7 +515,7 @@ impl Loader {
             Compiled::Component(component) => {
                 let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
                     path: path.to_owned(),
-                    detail: format!("{err:#}"),
+                    detail: format!("it is a component of an unsupported world: {err:#}"),
                 };
                 let pre = self
                     .component_linker()?

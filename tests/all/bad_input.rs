@@ -111,6 +111,8 @@ async fn module_without_start_is_not_a_command() {
     assert!(matches!(err, Error::UnsupportedWorld { .. }), "{err:?}");
     let p = path.to_str().expect("utf-8 path");
     cli_error(&["run", p], &[p, "_start"]);
+    // A module is not called a component.
+    assert!(!err.to_string().contains("component"), "{err}");
 }
 
 #[tokio::test]

@@ -34,23 +34,11 @@ use isola_tests::{GuestKind, guest, isola_bin, runner, shared_cache};
 /// then near misses and keys of other tables.
 static KEYS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
     let others = [
-        "nmae",
-        "capture",
-        "message_queue",
-        "max_message_size",
-        "max_messages",
-        "host",
-        "guest",
-        "writable",
-        "text",
-        "file",
-        "task",
-        "defaults",
-        "",
+        "nmae", "host", "guest", "writable", "text", "file", "task", "defaults", "",
     ];
     let known = isola::config::TASK_KEYS
         .iter()
-        .chain(isola::config::LIMIT_KEYS);
+        .chain(isola::config::LIMIT_KEYS.iter());
     known.copied().chain(others).collect()
 });
 

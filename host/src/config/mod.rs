@@ -53,7 +53,7 @@ pub use size::{SizeError, parse_size};
 pub const TASK_KEYS: &[&str] = parse::TASK_FIELDS;
 
 /// The keys a task's `limits` table accepts.
-pub const LIMIT_KEYS: &[&str] = parse::LIMIT_FIELDS;
+pub use parse::LIMIT_FIELDS as LIMIT_KEYS;
 
 use crate::rules::{self, ProblemKind};
 use crate::spec::TaskSpec;

@@ -1,6 +1,9 @@
 //! Reading `tasks.toml`: the document is parsed with spans (`toml::de::DeTable`)
 //! and walked by hand rather than deserialized with serde, because serde
 //! stops at the first error and users should see every problem at once.
+//! The `limits` table is the exception that proves it: it is walked key by
+//! key, but each key is checked by deserializing it alone into [`Limits`],
+//! so that a new limit needs no change here (see [`LIMIT_FIELDS`]).
 //!
 //! The readers here check what is about the document: TOML types, sizes
 //! and durations that parse, paths that exist, names, the graph. Whether a
@@ -11,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -26,6 +30,9 @@ use crate::spec::{DirGrant, Isolation, Limits, Stdin, TaskSpec};
 
 type Span = Range<usize>;
 type Value<'i> = Spanned<DeValue<'i>>;
+/// A value in serde's data model, as `limits` values are kept: read from
+/// TOML, checked and merged as what [`Limits`]' own serde form accepts.
+type Json = serde_json::Value;
 
 /// Fields of a `[[task]]` table. `[defaults]` takes the same except `name`
 /// and `depends_on`, which only make sense per task.
@@ -49,18 +56,18 @@ pub(crate) const TASK_FIELDS: &[&str] = &[
     "shared_memory",
 ];
 const PER_TASK_ONLY: &[&str] = &["name", "depends_on"];
-/// Fields of a `limits` table: every field of [`Limits`], in its order.
-pub(crate) const LIMIT_FIELDS: &[&str] = &[
-    "max_memory",
-    "fuel",
-    "timeout",
-    "max_output",
-    "capture",
-    "process_memory",
-    "message_queue",
-    "max_message_size",
-    "max_messages",
-];
+/// The keys a task's `limits` table accepts: every field of [`Limits`] by
+/// its serialized name, in declaration order. Taken from `Limits`' own
+/// `Deserialize`, so the list never has to be kept in step by hand.
+pub static LIMIT_FIELDS: LazyLock<&'static [&'static str]> = LazyLock::new(limit_names);
+
+/// How each key of [`LIMIT_FIELDS`] is read, in the same order.
+static LIMIT_KINDS: LazyLock<Vec<(&'static str, LimitKind)>> = LazyLock::new(|| {
+    LIMIT_FIELDS
+        .iter()
+        .map(|&key| (key, LimitKind::of(key)))
+        .collect()
+});
 const DIR_FIELDS: &[&str] = &["host", "guest", "writable"];
 const STDIN_FIELDS: &[&str] = &["text", "file"];
 const TOP_FIELDS: &[&str] = &["defaults", "task", "shared_memory"];
@@ -128,15 +135,10 @@ struct Partial {
     dirs: Field<Vec<DirGrant>>,
     stdin: Field<Stdin>,
     input: Field<Vec<u8>>,
-    max_memory: Field<ByteSize>,
-    fuel: Field<u64>,
-    timeout: Field<Duration>,
-    max_output: Field<ByteSize>,
-    capture: Field<ByteSize>,
-    process_memory: Field<ByteSize>,
-    message_queue: Field<usize>,
-    max_message_size: Field<ByteSize>,
-    max_messages: Field<u64>,
+    /// The `limits` table, key by key (the serialized names of [`Limits`]'
+    /// fields), each value as [`Limits`]' serde form reads it; see
+    /// [`Parser::limits`] and [`merged_limits`].
+    limits: BTreeMap<String, Field<Json>>,
     restart: Field<Restart>,
     max_restarts: Field<u32>,
     reuse_worker: Field<bool>,
@@ -1329,6 +1331,11 @@ impl Parser<'_> {
         }
     }
 
+    /// A `limits` table, read without naming any of its keys: the keys
+    /// are [`LIMIT_FIELDS`], and each value is read by the typed reader its
+    /// [`LimitKind`] names, then checked by deserializing it, alone, into
+    /// [`Limits`]. A new field of [`Limits`] is thereby accepted here, with
+    /// the messages of the reader for its type.
     fn limits(&mut self, scope: &Scope, value: &Value<'_>, p: &mut Partial) {
         let DeValue::Table(table) = value.get_ref() else {
             self.wrong_type(
@@ -1346,39 +1353,84 @@ impl Parser<'_> {
             let k = key.get_ref().as_ref();
             let field = format!("limits.{k}");
             p.spans.insert(field.clone(), span.clone());
-            match k {
-                "max_memory" => {
-                    p.max_memory = Field::from_option(self.size(scope, &field, value), span)
+            match limit_kind(k) {
+                Some(kind) => {
+                    let read = self.limit(scope, &field, k, kind, value);
+                    p.limits
+                        .insert(k.to_owned(), Field::from_option(read, span));
                 }
-                "fuel" => p.fuel = Field::from_option(self.integer(scope, &field, value), span),
-                "timeout" => {
-                    p.timeout = Field::from_option(self.duration(scope, &field, value), span)
-                }
-                "max_output" => {
-                    p.max_output = Field::from_option(self.size(scope, &field, value), span)
-                }
-                "capture" => p.capture = Field::from_option(self.size(scope, &field, value), span),
-                "process_memory" => {
-                    p.process_memory = Field::from_option(self.size(scope, &field, value), span)
-                }
-                "message_queue" => {
-                    let queue = self.integer(scope, &field, value).and_then(|n| {
-                        usize::try_from(n).ok().or_else(|| {
-                            self.invalid(scope, &field, &span, format!("{n} is too large"));
-                            None
-                        })
-                    });
-                    p.message_queue = Field::from_option(queue, span);
-                }
-                "max_message_size" => {
-                    p.max_message_size = Field::from_option(self.size(scope, &field, value), span)
-                }
-                "max_messages" => {
-                    p.max_messages = Field::from_option(self.integer(scope, &field, value), span)
-                }
-                _ => self.unknown_field(scope, "limits.", key, LIMIT_FIELDS),
+                None => self.unknown_field(scope, "limits.", key, *LIMIT_FIELDS),
             }
         }
+    }
+
+    /// The value of the `limits` key `key` (reported as `field`) in serde's
+    /// data model, or `None` when it is invalid (reported here). Sizes,
+    /// durations and integers go through the parser's own readers, so their
+    /// messages are the same as everywhere else in the file; then the value
+    /// must deserialize as `key` of [`Limits`], and serde's refusal is
+    /// reported in the parser's words where they fit.
+    fn limit(
+        &mut self,
+        scope: &Scope,
+        field: &str,
+        key: &str,
+        kind: LimitKind,
+        value: &Value<'_>,
+    ) -> Option<Json> {
+        let json = match kind {
+            LimitKind::Size => Json::from(self.size(scope, field, value)?.as_u64()),
+            LimitKind::Duration => {
+                let duration = self.duration(scope, field, value)?;
+                // humantime's text reads back to the same duration.
+                Json::from(humantime::format_duration(duration).to_string())
+            }
+            LimitKind::Integer => Json::from(self.integer(scope, field, value)?),
+            LimitKind::Other => match toml_to_json(value.get_ref()) {
+                Ok(json) => json,
+                Err(message) => {
+                    self.invalid(scope, field, &value.span(), message);
+                    return None;
+                }
+            },
+        };
+        match one_limit(key, json.clone()) {
+            Ok(_) => Some(json),
+            Err(err) => {
+                self.serde_error(scope, field, value, &err);
+                None
+            }
+        }
+    }
+
+    /// Reports serde's refusal of a `limits` value. A wrong type is worded
+    /// as [`Parser::wrong_type`] words it (the TOML type found, serde's
+    /// idea of what was expected); a wrong value as "expected ..., found
+    /// ..." when serde says both; anything else in serde's words.
+    fn serde_error(
+        &mut self,
+        scope: &Scope,
+        field: &str,
+        value: &Value<'_>,
+        err: &serde_json::Error,
+    ) {
+        let message = err.to_string();
+        // `rsplit`: the value serde quotes may itself hold ", expected ".
+        if let Some((_, expected)) = message
+            .strip_prefix("invalid type: ")
+            .and_then(|rest| rest.rsplit_once(", expected "))
+        {
+            self.wrong_type(scope, field, value, expected);
+            return;
+        }
+        let message = match message
+            .strip_prefix("invalid value: ")
+            .and_then(|rest| rest.rsplit_once(", expected "))
+        {
+            Some((found, expected)) => format!("expected {expected}, found {found}"),
+            None => message,
+        };
+        self.invalid(scope, field, &value.span(), message);
     }
 
     fn depends_on(&mut self, scope: &Scope, value: &Value<'_>) -> Option<Vec<(String, Span)>> {
@@ -1418,22 +1470,7 @@ fn merged_spec(own: &Partial, defaults: &Partial) -> TaskSpec {
         }
         (mine, theirs) => pick(mine, theirs),
     };
-    // Every field listed, no `..Limits::default()`: a limit added to the
-    // spec must be added here (and to LIMIT_FIELDS) too.
-    let limits = Limits {
-        max_memory: pick(&own.max_memory, &defaults.max_memory)
-            .unwrap_or(Limits::DEFAULT_MAX_MEMORY),
-        fuel: pick(&own.fuel, &defaults.fuel),
-        timeout: pick(&own.timeout, &defaults.timeout),
-        max_output: pick(&own.max_output, &defaults.max_output),
-        capture: pick(&own.capture, &defaults.capture).unwrap_or(Limits::DEFAULT_CAPTURE),
-        process_memory: pick(&own.process_memory, &defaults.process_memory),
-        message_queue: pick(&own.message_queue, &defaults.message_queue)
-            .unwrap_or(Limits::DEFAULT_MESSAGE_QUEUE),
-        max_message_size: pick(&own.max_message_size, &defaults.max_message_size)
-            .unwrap_or(Limits::DEFAULT_MAX_MESSAGE_SIZE),
-        max_messages: pick(&own.max_messages, &defaults.max_messages),
-    };
+    let limits = merged_limits(&own.limits, &defaults.limits);
     TaskSpec {
         argv0: pick(&own.argv0, &defaults.argv0),
         args: pick(&own.args, &defaults.args).unwrap_or_default(),
@@ -1445,6 +1482,166 @@ fn merged_spec(own: &Partial, defaults: &Partial) -> TaskSpec {
         limits,
         ..TaskSpec::new("")
     }
+}
+
+/// The limits the task's own `limits` table and the defaults' make, key by
+/// key, the task winning; a key that is invalid in the table that wins
+/// (already reported) is left at [`Limits`]' default, as is a key neither
+/// table sets.
+fn merged_limits(
+    own: &BTreeMap<String, Field<Json>>,
+    defaults: &BTreeMap<String, Field<Json>>,
+) -> Limits {
+    let mut merged = defaults.clone();
+    merged.extend(own.iter().map(|(key, field)| (key.clone(), field.clone())));
+    let object: serde_json::Map<String, Json> = merged
+        .into_iter()
+        .filter_map(|(key, field)| field.value().map(|value| (key, value)))
+        .collect();
+    // Each value was accepted on its own (`Parser::limit`), and serde reads
+    // the fields of `Limits` independently of each other, so together they
+    // are accepted too. Were they ever not, the defaults are kept: the
+    // input must not panic the parser.
+    serde_json::from_value(Json::Object(object)).unwrap_or_default()
+}
+
+/// How the value of a `limits` key is read. Found by asking the key's
+/// serde form what it accepts ([`LimitKind::of`]), never by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LimitKind {
+    /// A byte size: a number of bytes or text such as `"64MiB"`
+    /// ([`Parser::size`]).
+    Size,
+    /// A duration: text such as `"1.5s"` ([`Parser::duration`]).
+    Duration,
+    /// A non-negative integer ([`Parser::integer`]).
+    Integer,
+    /// Anything else: the TOML value is handed to serde as it is
+    /// ([`toml_to_json`]).
+    Other,
+}
+
+impl LimitKind {
+    /// The kind of the [`Limits`] field serialized as `key`, told from
+    /// what deserializing `{key: value}` makes of a few probes: a size
+    /// reads `"1KiB"` as 1024 bytes and refuses `"lots"`; a duration reads
+    /// `"1s"` as `"1000ms"` and refuses `"1KiB"`; an integer takes `1` but
+    /// not `0.5`.
+    fn of(key: &str) -> LimitKind {
+        let read = |value: Json| one_limit(key, value).ok();
+        let same = |a: Json, b: Json| matches!((read(a), read(b)), (Some(a), Some(b)) if a == b);
+        if same(Json::from("1KiB"), Json::from(1024_u64)) && read(Json::from("lots")).is_none() {
+            LimitKind::Size
+        } else if same(Json::from("1s"), Json::from("1000ms")) && read(Json::from("1KiB")).is_none()
+        {
+            LimitKind::Duration
+        } else if read(Json::from(1_u64)).is_some() && read(Json::from(0.5_f64)).is_none() {
+            LimitKind::Integer
+        } else {
+            LimitKind::Other
+        }
+    }
+}
+
+/// The kind of the `limits` key `key`, or `None` for a key [`Limits`]
+/// does not have.
+fn limit_kind(key: &str) -> Option<LimitKind> {
+    LIMIT_KINDS
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|&(_, kind)| kind)
+}
+
+/// What serde makes of `{key: value}` as [`Limits`] (the other fields at
+/// their defaults): whether `value` is a valid `key`, and what it means.
+fn one_limit(key: &str, value: Json) -> Result<Limits, serde_json::Error> {
+    let mut object = serde_json::Map::new();
+    object.insert(key.to_owned(), value);
+    serde_json::from_value(Json::Object(object))
+}
+
+/// The names [`Limits`]' `Deserialize` accepts, in declaration order: the
+/// `fields` a derived `Deserialize` passes to `deserialize_struct` (the
+/// list serde's own "unknown field" error gives), caught by a deserializer
+/// that only records them. Empty if `Limits` ever stops deserializing as
+/// a struct (a test checks it does not).
+fn limit_names() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// Records the field names it is asked for, then refuses.
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only the field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only the field names are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut names: &'static [&'static str] = &[];
+    // Refused by design: only `names` is wanted.
+    let _ = <Limits as serde::Deserialize>::deserialize(FieldNames(&mut names));
+    names
+}
+
+/// A TOML value as JSON, for serde to read as a limit: strings, integers,
+/// floats, booleans, arrays and tables as themselves, a datetime as its
+/// TOML text. Fails, with a message, on what JSON cannot hold: an integer
+/// past 64 bits, a float that is not finite.
+fn toml_to_json(value: &DeValue<'_>) -> Result<Json, String> {
+    Ok(match value {
+        DeValue::String(s) => Json::String(s.to_string()),
+        DeValue::Integer(int) => {
+            let (digits, radix) = (int.as_str(), int.radix());
+            if let Ok(n) = i64::from_str_radix(digits, radix) {
+                Json::from(n)
+            } else if let Ok(n) = u64::from_str_radix(digits, radix) {
+                Json::from(n)
+            } else {
+                return Err(format!("{int} is not a valid integer"));
+            }
+        }
+        DeValue::Float(float) => float
+            .as_str()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Json::Number)
+            .ok_or_else(|| format!("{float} is not a finite number"))?,
+        DeValue::Boolean(b) => Json::Bool(*b),
+        DeValue::Datetime(datetime) => Json::String(datetime.to_string()),
+        DeValue::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|item| toml_to_json(item.get_ref()))
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(table) => Json::Object(
+            table
+                .iter()
+                .map(|(key, value)| -> Result<(String, Json), String> {
+                    Ok((key.get_ref().to_string(), toml_to_json(value.get_ref())?))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
 }
 
 /// `reuse_worker` for a task: a process task takes it from the task or
@@ -1574,5 +1771,84 @@ fn list(items: &[&str]) -> String {
     match quoted.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
         _ => quoted.join(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_fields_are_the_serialized_fields_of_limits_in_their_order() {
+        let object = serde_json::to_value(Limits::default()).expect("limits as JSON");
+        let object = object.as_object().expect("an object");
+        assert_eq!(object.len(), LIMIT_FIELDS.len(), "{:?}", *LIMIT_FIELDS);
+        assert!(LIMIT_FIELDS.iter().all(|key| object.contains_key(*key)));
+        // Declaration order: the order serde writes the fields in.
+        let text = serde_json::to_string(&Limits::default()).expect("limits as JSON");
+        let mut at = 0;
+        for key in LIMIT_FIELDS.iter() {
+            let found = text[at..].find(&format!("\"{key}\":"));
+            at += found.unwrap_or_else(|| panic!("`{key}` out of order in {text}"));
+        }
+    }
+
+    #[test]
+    fn each_limit_is_read_by_the_reader_for_its_type() {
+        assert_eq!(limit_kind("max_memory"), Some(LimitKind::Size));
+        assert_eq!(limit_kind("max_output"), Some(LimitKind::Size));
+        assert_eq!(limit_kind("timeout"), Some(LimitKind::Duration));
+        assert_eq!(limit_kind("fuel"), Some(LimitKind::Integer));
+        assert_eq!(limit_kind("message_queue"), Some(LimitKind::Integer));
+        assert_eq!(limit_kind("cpu"), None);
+        assert_eq!(LIMIT_KINDS.len(), LIMIT_FIELDS.len());
+    }
+
+    #[test]
+    fn merged_limits_are_the_tasks_over_the_defaults_key_by_key() {
+        let table = |pairs: Vec<(&str, Field<Json>)>| -> BTreeMap<String, Field<Json>> {
+            pairs
+                .into_iter()
+                .map(|(key, field)| (key.to_owned(), field))
+                .collect()
+        };
+        let defaults = table(vec![
+            ("fuel", Field::Set(Json::from(5_u64), 0..0)),
+            ("timeout", Field::Set(Json::from("2s"), 0..0)),
+            ("max_messages", Field::Set(Json::from(3_u64), 0..0)),
+        ]);
+        // An invalid key (reported already) is not filled from [defaults].
+        let own = table(vec![
+            ("fuel", Field::Set(Json::from(7_u64), 0..0)),
+            ("timeout", Field::Bad),
+            ("capture", Field::Set(Json::from(512_u64), 0..0)),
+        ]);
+        let expected = Limits {
+            fuel: Some(7),
+            max_messages: Some(3),
+            capture: ByteSize(512),
+            ..Limits::default()
+        };
+        assert_eq!(merged_limits(&own, &defaults), expected);
+        assert_eq!(
+            merged_limits(&BTreeMap::new(), &BTreeMap::new()),
+            Limits::default()
+        );
+    }
+
+    #[test]
+    fn toml_values_become_json() {
+        let (doc, errors) = DeTable::parse_recoverable(
+            "a = [1, -2, 0x10, 1.5, true, \"s\", { b = 1979-05-27 }]\nn = nan\ni = -inf\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let doc = doc.get_ref();
+        let value = |key: &str| toml_to_json(doc.get(key).expect(key).get_ref());
+        assert_eq!(
+            value("a"),
+            Ok(serde_json::json!([1, -2, 16, 1.5, true, "s", { "b": "1979-05-27" }]))
+        );
+        assert_eq!(value("n"), Err("nan is not a finite number".to_owned()));
+        assert_eq!(value("i"), Err("-inf is not a finite number".to_owned()));
     }
 }
