@@ -73,12 +73,13 @@ impl TaskHandle {
         channel: (MessageSender, MessageReceiver),
         pid: Option<u32>,
     ) -> TaskHandle {
-        let join = tokio::spawn(async move {
-            let report = task.await;
+        // `map`, not an `async` block awaiting `task`: that would keep the
+        // (large) task future twice in the spawned allocation.
+        let join = tokio::spawn(futures::FutureExt::map(task, move |report| {
             // The slot goes back only once the report is made.
             drop(slot);
             report
-        });
+        }));
         TaskHandle {
             id,
             cancel: CancelHandle(cancel),

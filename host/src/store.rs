@@ -195,8 +195,13 @@ pub(crate) async fn stopped(timeout: Option<Duration>, cancel: Option<&Cancellat
 /// Runs `guest` until it ends or must stop ([`stopped`]); a stop drops
 /// the guest's future, which unwinds its fiber (a busy guest yields at
 /// every epoch tick, so this happens within a tick).
+///
+/// The guest is borrowed pinned rather than moved in: its future is large
+/// (it holds wasmtime's instantiation and call futures) and each async
+/// layer it is moved through would keep a copy of its size in every live
+/// task's allocation.
 pub(crate) async fn race<T>(
-    guest: impl Future<Output = T>,
+    guest: std::pin::Pin<&mut impl Future<Output = T>>,
     timeout: Option<Duration>,
     cancel: Option<&CancellationToken>,
 ) -> Result<T, Stop> {
@@ -210,7 +215,7 @@ pub(crate) async fn race<T>(
 /// [`race`] for a guest that ends with an [`Ending`]: its error or the
 /// stop that ended it is folded in, ready to classify.
 pub(crate) async fn run_to_end(
-    guest: impl Future<Output = wasmtime::Result<Ending>>,
+    guest: std::pin::Pin<&mut impl Future<Output = wasmtime::Result<Ending>>>,
     timeout: Option<Duration>,
     cancel: Option<&CancellationToken>,
 ) -> Ending {

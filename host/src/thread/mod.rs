@@ -139,6 +139,7 @@ impl Job {
             };
             entered.call(&mut store, &input).await
         };
+        let guest = std::pin::pin!(guest);
         let ending = store::run_to_end(guest, limits.timeout, Some(&cancel)).await;
         let ended_at = Instant::now();
         let outcome = ending.into_outcome(&budget);
