@@ -127,20 +127,24 @@ impl Job {
         let mut store = store::new_store(parts.engine(), state, budget.fuel, None);
 
         let mut started_at = None;
-        let guest = async {
-            let entered = store::instantiate(&mut store, &program, entry).await?;
-            started_at = Some(Instant::now());
-            if let Some(tx) = on_start.take() {
-                let _ = tx.send(());
-            }
-            let input = match entered {
-                store::Entered::ComponentRun(_) => store.data().channel.input().unwrap_or_default(),
-                _ => Vec::new(),
+        let ending = {
+            let guest = async {
+                let entered = store::instantiate(&mut store, &program, entry).await?;
+                started_at = Some(Instant::now());
+                if let Some(tx) = on_start.take() {
+                    let _ = tx.send(());
+                }
+                let input = match entered {
+                    store::Entered::ComponentRun(_) => {
+                        store.data().channel.input().unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                entered.call(&mut store, &input).await
             };
-            entered.call(&mut store, &input).await
+            let guest = std::pin::pin!(guest);
+            store::run_to_end(guest, limits.timeout, Some(&cancel)).await
         };
-        let guest = std::pin::pin!(guest);
-        let ending = store::run_to_end(guest, limits.timeout, Some(&cancel)).await;
         let ended_at = Instant::now();
         let outcome = ending.into_outcome(&budget);
         let started_at = started_at.unwrap_or(ended_at);

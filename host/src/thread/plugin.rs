@@ -80,8 +80,10 @@ pub(crate) async fn instantiate(
     let ticking = ticker.clone().map(|t| t.activate());
     let mut store = store::new_store(parts.engine(), state, budget.fuel, None);
     let started = Instant::now();
-    let instantiating = std::pin::pin!(store::instantiate(&mut store, &program, entry));
-    let entered = store::race(instantiating, spec.limits.timeout, None).await;
+    let entered = {
+        let instantiating = std::pin::pin!(store::instantiate(&mut store, &program, entry));
+        store::race(instantiating, spec.limits.timeout, None).await
+    };
     drop(ticking);
     let ending = match entered {
         Ok(Ok(entered)) => {
@@ -151,9 +153,10 @@ impl KeptInstance {
         // Epochs tick only while a call runs: an instance between calls
         // costs nothing.
         let _ticking = self.ticker.clone().map(|t| t.activate());
-        let call = self.entry.call(&mut self.store, &input);
-        let call = std::pin::pin!(call);
-        let ending = store::run_to_end(call, self.limits.timeout, None).await;
+        let ending = {
+            let call = std::pin::pin!(self.entry.call(&mut self.store, &input));
+            store::run_to_end(call, self.limits.timeout, None).await
+        };
         let metrics = metrics(&self.store, started, budget.fuel);
         self.in_call = false;
         match ending.into_outcome(&budget) {
