@@ -100,7 +100,9 @@ test: build
 
 # The reliability report: the hostile-guest matrix on every guest kind and
 # isolation level, signals sent to workers at random moments, cache and
-# config faults, and a short soak (ISOLA_SOAK_TASKS, default 2,000), as
+# config faults, the faults of the hostile probe (issue 18: bad host calls,
+# huge tables, long host calls, non-UTF-8 paths, zombies, FIFOs, `recv`
+# under `isola up`), and a short soak (ISOLA_SOAK_TASKS, default 2,000), as
 # one table: case, isolation/kind, expected outcome, got, time to stop.
 # Fails if any row is wrong. See tests/reliability.rs.
 reliability: build
@@ -108,8 +110,10 @@ reliability: build
 		--nocapture --test-threads=1
 
 # The long soak: 100,000 tasks (ISOLA_SOAK_TASKS), mixed isolation and
-# kinds, 10% hostile, 16 at a time; checks one right outcome per task and
-# that RSS, fds and child processes come back. Minutes, not seconds.
+# kinds, 10% hostile, 16 at a time; checks one right outcome per task, that
+# RSS levels off (end within 5% of halfway) within the documented residency
+# of warm slots, and that fds and child processes come back. Minutes, not
+# seconds.
 soak: build
 	$(CARGO) test -p $(CLI_PKG) --test reliability -- --ignored --exact soak \
 		--nocapture --test-threads=1

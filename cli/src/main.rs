@@ -1,19 +1,35 @@
 //! The `isola` command: a thin layer over the `isola` library.
 //!
-//! Exit codes (also in `isola --help`):
+//! Exit codes (also in `isola --help`; see [`exit`] for each):
 //!
 //! | code | meaning |
 //! |---|---|
 //! | 0..=255 | the guest's own exit code, passed through |
+//! | 1 | also: the guest's exit status did not fit 0-255 (stderr says which it was) |
 //! | 2 | usage or input error (bad flag, missing or invalid Wasm, ...) |
 //! | 124 | the task hit a limit (memory, fuel, timeout, output) |
 //! | 125 | Isola itself failed |
-//! | 130 | the task was cancelled (Ctrl-C) |
+//! | 129, 130, 143 | cancelled by SIGHUP, SIGINT (Ctrl-C), SIGTERM: 128 + the signal |
 //! | 134 | the guest trapped |
 //! | 137 | a process task's worker crashed |
+//! | 141 | Isola's stdout was closed (128 + SIGPIPE), or the guest wrote on to a closed stream |
+//!
+//! Isola never panics on its own output: a closed stdout or stderr is a
+//! reader that went away, not an error to report (there is nobody to read
+//! it).
+
+/// `eprintln!` that never panics: a line on stderr, or nothing if stderr is
+/// closed (`eprintln!` would panic, and the panic would have nowhere to go).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod commands;
 mod exit;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -72,7 +88,7 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            say!("error: cannot start the async runtime: {err}");
             return ExitCode::from(exit::INTERNAL);
         }
     };
@@ -109,8 +125,8 @@ const UP_SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(2)
 /// Users see one line for an internal bug, never a Rust backtrace.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("error: internal error in isola: {info}");
-        eprintln!("(this is a bug in Isola, please report it)");
+        say!("error: internal error in isola: {info}");
+        say!("(this is a bug in Isola, please report it)");
         std::process::exit(i32::from(exit::INTERNAL));
     }));
 }

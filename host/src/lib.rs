@@ -35,7 +35,8 @@
 //! - Runtime core: `cache` (integrity-checked artifacts), `output`,
 //!   `ticker` (epochs), `channel` (the message queues), `region` (shared
 //!   memory access), `state` (a store's data and WASI context), `imports`
-//!   (the `isola:task` host functions), `program` (a loaded program),
+//!   (the `isola:task` host functions), `special_files` (no FIFOs or
+//!   devices opened in granted directories), `program` (a loaded program),
 //!   `loader` (engine, linkers, caches), `store` (the one store recipe,
 //!   entry by kind, and the timeout/cancel race), `handle` (what every
 //!   backend returns), `parts` (what backends borrow from a runner), `ipc`
@@ -75,6 +76,7 @@ mod program;
 mod region;
 mod rules;
 mod size;
+mod special_files;
 mod state;
 mod store;
 mod thread;

@@ -144,6 +144,9 @@ impl Loader {
             .func_wrap_async("wasi_snapshot_preview1", "random_get", random_get)
             .map_err(Error::internal)?;
         module_linker.allow_shadowing(false);
+        // A FIFO or device in a granted directory would block wasmtime-wasi's
+        // `open` on the shared blocking pool past the task's end: refused.
+        crate::special_files::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         crate::imports::add_to_module_linker(&mut module_linker).map_err(Error::internal)?;
         extension(&mut module_linker).map_err(Error::internal)?;
         let disk_cache = OnceLock::new();
@@ -335,6 +338,8 @@ impl Loader {
             .get_or_init(|| {
                 let mut linker = wasmtime::component::Linker::new(&self.engine);
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
+                crate::special_files::add_to_component_linker(&mut linker)
+                    .map_err(|e| e.to_string())?;
                 crate::imports::add_to_component_linker(&mut linker).map_err(|e| e.to_string())?;
                 Ok(linker)
             })

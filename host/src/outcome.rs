@@ -454,30 +454,42 @@ impl WorkerEnding {
 }
 
 /// The outcome of a task a worker process could not start. Under the
-/// worker's kernel memory limit (`data_bytes`), an allocation the kernel
-/// refused while loading or starting ([`crate::Error::OutOfMemory`], told
-/// by the error's type) is that limit: the machine itself rarely runs out.
+/// worker's kernel memory limit (`data_bytes`), an allocation refused while
+/// loading or starting is that limit, told by the error's type: the
+/// kernel's `ENOMEM` ([`crate::Error::OutOfMemory`]), or a Wasm file that
+/// could not be read into memory (a worker reads it to compile when the
+/// parent's cache could not hold the artifact; `std::fs::read` reports the
+/// buffer it could not reserve as `ErrorKind::OutOfMemory`, with no errno).
+/// The machine itself rarely runs out.
 pub(crate) fn refused(err: &crate::Error, data_bytes: u64) -> Outcome {
-    match err {
-        crate::Error::OutOfMemory(_) => Outcome::LimitExceeded {
-            limit: Limit::ProcessMemory {
-                max: ByteSize(data_bytes),
-            },
+    let limit = || Outcome::LimitExceeded {
+        limit: Limit::ProcessMemory {
+            max: ByteSize(data_bytes),
         },
+    };
+    match err {
+        crate::Error::OutOfMemory(_) => limit(),
+        crate::Error::Read { source, .. } if is_io_out_of_memory(source) => limit(),
         other => Outcome::Failed {
             message: other.to_string(),
         },
     }
 }
 
+/// Whether an I/O error is memory refused: the kernel's `ENOMEM`, or std's
+/// `ErrorKind::OutOfMemory` for a buffer it could not reserve.
+pub(crate) fn is_io_out_of_memory(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ENOMEM) || err.kind() == std::io::ErrorKind::OutOfMemory
+}
+
 /// Whether the error, or an error it wraps, is the kernel refusing memory
-/// (`ENOMEM`), as `std::io::Error` or as the `rustix` error wasmtime's own
-/// `mmap` calls return.
+/// (`ENOMEM`), as `std::io::Error` (or std's own `OutOfMemory`) or as the
+/// `rustix` error wasmtime's own `mmap` calls return.
 pub(crate) fn is_out_of_memory(err: &wasmtime::Error) -> bool {
     err.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOMEM))
+            .is_some_and(is_io_out_of_memory)
             || cause
                 .downcast_ref::<rustix::io::Errno>()
                 .is_some_and(|errno| *errno == rustix::io::Errno::NOMEM)

@@ -20,7 +20,7 @@ use crate::handle::CancelHandle;
 use crate::ipc::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::loader::{EngineSettings, Loader};
-use crate::outcome::{CallError, Outcome, TaskMetrics, refused};
+use crate::outcome::{CallError, Limit, Outcome, TaskMetrics, refused};
 use crate::parts::Parts;
 use crate::spec::{Isolation, Output, Stdin};
 use crate::thread::{self, SpawnExtras};
@@ -202,6 +202,9 @@ async fn serve_plugin(
 ) -> Result<(), String> {
     let not_started =
         |outcome, metrics| FromWorker::Finished(Box::new(Finished { outcome, metrics }));
+    if let Some(outcome) = limit_below_worker(request.os_limits.data_bytes) {
+        return send(writer, not_started(outcome, TaskMetrics::default())).await;
+    }
     if let Err(err) = sys::apply_limits(&request.os_limits) {
         let message = format!("cannot apply OS limits: {err}");
         let outcome = Outcome::Failed { message };
@@ -288,6 +291,22 @@ async fn warm_up(parts: &Parts) {
     }
 }
 
+/// The outcome of a task whose process memory limit (`data_bytes`) is at or
+/// below what this worker already holds, before the limit is applied: it
+/// cannot hold the task. Its first allocation under it would fail wherever
+/// it happened to fall (in Rust's allocator, an abort that reads as a
+/// crash; in a typed call, the limit), so the verdict is given here, the
+/// same every time, and names the limit. `None` if the limit leaves room,
+/// or if the worker's use cannot be read.
+fn limit_below_worker(data_bytes: u64) -> Option<Outcome> {
+    let in_use = sys::data_in_use()?;
+    (data_bytes <= in_use).then(|| Outcome::LimitExceeded {
+        limit: Limit::ProcessMemory {
+            max: bytesize::ByteSize(data_bytes),
+        },
+    })
+}
+
 /// Runs one task and reports it. For a reusable worker, returns the reader
 /// once the parent has ended the task with [`ToWorker::EndTask`].
 async fn run_one(
@@ -297,6 +316,9 @@ async fn run_one(
     writer: &mut Writer,
 ) -> Result<Option<Reader>, String> {
     let reuse = request.spec.reuse_worker;
+    if let Some(outcome) = limit_below_worker(request.os_limits.data_bytes) {
+        return finish_failed(writer, reader, reuse, outcome).await;
+    }
     let limits = if reuse {
         sys::apply_soft_limits(&request.os_limits)
     } else {

@@ -187,6 +187,72 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the `isola` binary with `args` (and `env` on top of the test
+/// environment [`isola`] uses, stdin empty), killing it if it has not
+/// ended within `limit`: `None` then. A regression that hangs fails the
+/// test instead of hanging the suite.
+pub fn isola_within(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+    limit: std::time::Duration,
+) -> Option<Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(isola_bin())
+        .args(args)
+        .env("ISOLA_CACHE_DIR", shared_cache())
+        .env("RUST_BACKTRACE", "1")
+        .env("ISOLA_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn isola");
+    // Drained on threads of their own, so a chatty child never blocks on a
+    // full pipe while we wait for it.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("wait for isola") {
+            Some(status) => break Some(status),
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 /// Writes the Wasm for `wat` to a file in `dir` and returns its path.
 pub fn wat_file(dir: &Path, name: &str, wat: &str) -> PathBuf {
     let bytes = wat::parse_str(wat).expect("valid WAT");
@@ -198,5 +264,6 @@ pub fn wat_file(dir: &Path, name: &str, wat: &str) -> PathBuf {
 pub mod faults;
 pub mod fuzz;
 pub mod matrix;
+pub mod probe;
 pub mod procs;
 pub mod soak;

@@ -128,6 +128,29 @@ pub const PAGE_BY_PAGE: &str = r#"(module
       (drop (memory.grow (i32.const 1)))
       (br $grow))))"#;
 
+/// A core module that calls `clock_time_get` with clock id 99, which WASI
+/// does not define: a bad host call, the guest's fault (issue 18, item 1).
+/// It was reported as "Isola itself failed".
+pub const BAD_CLOCK: &str = r#"(module
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $clock (i32.const 99) (i64.const 0) (i32.const 8)))))"#;
+
+/// A core module with `count` tables of 1,000,000 funcref elements: far
+/// more table memory than any task may hold (issue 18, item 2). The
+/// one-shot CLI filled them (790 MiB of host RSS under `--max-memory
+/// 64MiB`) where a pooled runner refused the file at load.
+pub fn many_huge_tables(count: usize) -> String {
+    let tables = vec!["(table 1000000 funcref)"; count].join(" ");
+    format!(
+        r#"(module {tables} (memory (export "memory") 1)
+  (func (export "_start"))
+  (func (export "isola_run") (result i32) i32.const 0))"#
+    )
+}
+
 /// The whole matrix.
 pub fn cases() -> Vec<Case> {
     vec![
@@ -343,6 +366,18 @@ pub fn cases() -> Vec<Case> {
             asserted_in: Some("hostile.rs"),
         },
         Case {
+            name: "bad WASI call: clock id 99 (WAT)",
+            guest: Guest::Wat(BAD_CLOCK),
+            args: &[],
+            limits: Limits::default,
+            expected: "trap: host call, naming it",
+            expect: |o, _| {
+                matches!(o, Outcome::Trapped(t) if t.kind == TrapKind::HostCall
+                    && t.message.contains("clock"))
+            },
+            asserted_in: Some("guest_faults.rs"),
+        },
+        Case {
             name: "exit 3",
             guest: Guest::Program("hostile"),
             args: &["exit", "3"],
@@ -541,11 +576,16 @@ pub async fn many_memories_and_tables(runner: &Runner) -> Vec<Row> {
     const TABLES: &str = "(module (table 1 funcref) (table 1 funcref) (table 1 funcref) \
         (table 1 funcref) (func (export \"_start\")))";
     const HUGE_TABLE: &str = "(module (table 5000000 funcref) (func (export \"_start\")))";
+    let hundred_tables = many_huge_tables(100);
     let mut rows = Vec::new();
     for (name, wat) in [
         ("8 memories (WAT)", MEMORIES),
         ("4 tables (WAT)", TABLES),
         ("a 5,000,000-element table (WAT)", HUGE_TABLE),
+        (
+            "100 tables of 1,000,000 elements (WAT)",
+            hundred_tables.as_str(),
+        ),
     ] {
         for isolation in crate::ISOLATIONS {
             let mut spec = TaskSpec::new(wat_module(wat));

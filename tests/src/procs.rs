@@ -33,6 +33,37 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     children
 }
 
+/// Processes whose command name (`comm`, at most 15 bytes: a program
+/// started through a symlink takes the link's name) is `name`, zombies
+/// included, with their state letter; only children of `parent` if given.
+pub fn processes_named(name: &str, parent: Option<u32>) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; the name may hold spaces and `)`.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().unwrap_or("?").to_owned();
+        let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
+        if comm == name && parent.is_none_or(|parent| ppid == Some(parent)) {
+            found.push((pid, state));
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
 /// Children of this process that are zombies (dead but not reaped).
 pub fn zombie_children() -> Vec<u32> {
     children_of(std::process::id())

@@ -8,6 +8,7 @@ use isola::{CallError, Output};
 
 use super::common::{TaskOptions, explain};
 use crate::exit;
+use crate::signals::Signals;
 
 /// Call a plugin's `run` export with an input and print what it returns.
 ///
@@ -16,7 +17,7 @@ use crate::exit;
 /// the output: the guest's stderr goes to Isola's stderr, and its stdout is
 /// shown (on stderr) only if the call fails.
 #[derive(Args)]
-#[command(after_help = exit::HELP)]
+#[command(after_help = exit::CALL_HELP)]
 pub struct CallCommand {
     /// The plugin's WebAssembly file.
     wasm: PathBuf,
@@ -36,17 +37,32 @@ pub struct CallCommand {
 
 impl CallCommand {
     pub async fn execute(self) -> u8 {
+        // Before the call starts, so no signal is lost to the default
+        // action.
+        let mut signals = match Signals::watch() {
+            Ok(signals) => signals,
+            Err(err) => {
+                say!("error: cannot watch for signals: {err}");
+                return exit::INTERNAL;
+            }
+        };
         let input = match self.input.strip_prefix('@') {
             Some(path) => match std::fs::read(path) {
                 Ok(bytes) => bytes,
                 Err(err) => {
-                    eprintln!("error: cannot read `--input @{path}`: {err}");
+                    say!("error: cannot read `--input @{path}`: {err}");
                     return exit::USAGE;
                 }
             },
             None => self.input.clone().into_bytes(),
         };
-        let mut spec = self.task.spec(&self.wasm);
+        let mut spec = match self.task.spec(&self.wasm) {
+            Ok(spec) => spec,
+            Err(message) => {
+                say!("error: {message}");
+                return exit::USAGE;
+            }
+        };
         // The guest's own prints must not mix with the output on stdout.
         spec.stdout = Output::Capture;
         spec.stderr = Output::Inherit;
@@ -54,26 +70,47 @@ impl CallCommand {
             Ok(runner) => runner,
             Err(code) => return code,
         };
-        match runner.call(spec, input).await {
+        let checked = spec.clone();
+        // A signal drops the call: its worker (process isolation) is
+        // killed and reaped as the call is dropped, its instance (thread
+        // isolation) with the runtime. A second signal has nothing left
+        // to wait for.
+        let result = tokio::select! {
+            result = runner.call(spec, input) => result,
+            Some(signal) = signals.next() => {
+                say!("error: the call was interrupted by {}", signal.describe());
+                return signal.exit_code();
+            }
+        };
+        match result {
             Ok(output) => {
                 let mut stdout = std::io::stdout().lock();
                 let written = if self.json {
                     writeln!(stdout, "{}", as_json(&output))
                 } else {
                     stdout.write_all(&output)
-                };
+                }
+                .and_then(|()| stdout.flush());
                 match written {
                     Ok(()) => exit::SUCCESS,
-                    Err(_) => exit::INTERNAL,
+                    // The reader went away: as a native writer that SIGPIPE
+                    // ended, quietly.
+                    Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => exit::BROKEN_PIPE,
+                    Err(err) => {
+                        say!("error: cannot write the output: {err}");
+                        exit::INTERNAL
+                    }
                 }
             }
             Err(CallError::Start(err)) => {
-                eprintln!("error: {err}");
+                let message = not_a_plugin(&self.wasm, &err)
+                    .unwrap_or_else(|| self.task.start_error(&checked, &err));
+                say!("{message}");
                 exit::for_error(&err)
             }
             Err(CallError::Rejected(error)) => {
-                eprintln!("error: the plugin returned an error: {error}");
-                1
+                say!("error: the plugin returned an error: {error}");
+                exit::FAILURE
             }
             Err(CallError::Ended(report)) => {
                 let _ = std::io::stderr().write_all(&report.stdout.bytes);
@@ -82,6 +119,28 @@ impl CallCommand {
             }
         }
     }
+}
+
+/// What to say when `isola call` was given a core module that is not a
+/// plugin: the library calls any file without a plugin export "a component
+/// of an unsupported world", which for a core module (a WASI command, say)
+/// is wrong. `None` for anything else.
+fn not_a_plugin(wasm: &std::path::Path, err: &isola::Error) -> Option<String> {
+    if !matches!(err, isola::Error::UnsupportedWorld { .. }) {
+        return None;
+    }
+    let mut header = [0u8; 8];
+    std::fs::File::open(wasm)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+        .ok()?;
+    // A core module: `\0asm`, version 1.
+    (header == *b"\0asm\x01\0\0\0").then(|| {
+        format!(
+            "error: `{}` is a core module without the plugin export `isola_run`, so it cannot \
+             be called (a WASI command module exports `_start`: run it with `isola run`)",
+            wasm.display()
+        )
+    })
 }
 
 /// `output` as a JSON value: itself when it parses as JSON, else a string.

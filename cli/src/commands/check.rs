@@ -1,6 +1,7 @@
 //! `isola check`: validates a task set without running it.
 
 use std::borrow::Cow;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -26,7 +27,9 @@ impl CheckCommand {
     pub fn execute(self) -> u8 {
         match TaskSet::load(&self.config) {
             Ok(set) => {
-                println!("{}", summary(&set));
+                // Not `println!`: a closed stdout is no reason to panic.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", summary(&set)).and_then(|()| out.flush());
                 exit::SUCCESS
             }
             Err(errors) => {
@@ -65,14 +68,14 @@ fn summary(set: &TaskSet) -> String {
 /// Prints each error on its own line on stderr, then how many there were.
 pub fn print_errors(errors: &ConfigErrors) {
     for error in errors {
-        eprintln!("{}", clean(&error.to_string()));
+        say!("{}", clean(&error.to_string()));
     }
     let file = errors
         .iter()
         .find_map(|e| e.file.as_ref())
         .map(|f| format!(" in {}", f.display()))
         .unwrap_or_default();
-    eprintln!(
+    say!(
         "error: {} found{}",
         plural(errors.len(), "problem"),
         clean(&file)

@@ -1,5 +1,6 @@
 //! Options shared by the subcommands that run one task (`run`, `call`):
-//! grants, limits, isolation and the compile cache.
+//! grants, limits, isolation and the compile cache; and what their errors
+//! say, in the flags' own words.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -40,9 +41,10 @@ pub struct TaskOptions {
     #[arg(long)]
     argv0: Option<String>,
 
-    /// Most linear memory the guest may use (e.g. 64MiB, 1GiB).
-    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
-    max_memory: ByteSize,
+    /// Most linear memory the guest may use (e.g. 64MiB, 1GiB). Default:
+    /// 1GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<ByteSize>,
 
     /// Fuel budget, about one unit per Wasm instruction. Default: unlimited.
     #[arg(long, value_name = "N")]
@@ -69,6 +71,108 @@ pub struct TaskOptions {
     /// Do not read or write the on-disk compile cache.
     #[arg(long)]
     no_cache: bool,
+
+    /// wasmtime's spelling of a limit, for users of `wasmtime run`:
+    /// max-memory-size=SIZE (--max-memory), fuel=N (--fuel),
+    /// timeout=DURATION (--timeout). Comma-separated or repeated.
+    #[arg(
+        short = 'W',
+        value_name = "OPT=VALUE[,...]",
+        value_parser = parse_wasmtime_options
+    )]
+    wasmtime: Vec<WasmtimeOptions>,
+
+    /// wasmtime's WASI options have no counterpart: Isola grants only what
+    /// --env, --dir and --dir-ro name, and never the network. Refused with
+    /// a note on what to use instead.
+    #[arg(short = 'S', value_name = "OPT", value_parser = refuse_wasi_option)]
+    wasi: Vec<String>,
+}
+
+/// The limit flags' defaults.
+const DEFAULT_MAX_MEMORY: ByteSize = ByteSize::gib(1);
+
+/// One `-W` value: wasmtime's names for the limits Isola has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WasmtimeOptions(Vec<WasmtimeOption>);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum WasmtimeOption {
+    /// `-W max-memory-size=SIZE`: `--max-memory`.
+    MaxMemory(ByteSize),
+    /// `-W fuel=N`: `--fuel`.
+    Fuel(u64),
+    /// `-W timeout=DURATION`: `--timeout`.
+    Timeout(Duration),
+}
+
+/// What `-W` accepts, for its errors.
+const WASMTIME_OFFERED: &str = "Isola takes -W max-memory-size=SIZE (--max-memory), -W fuel=N \
+     (--fuel) and -W timeout=DURATION (--timeout); Wasm features and engine settings are \
+     Isola's own";
+
+/// `-W OPT=VALUE[,OPT=VALUE...]`.
+fn parse_wasmtime_options(s: &str) -> Result<WasmtimeOptions, String> {
+    let mut options = Vec::new();
+    for item in s.split(',').filter(|item| !item.is_empty()) {
+        let (name, value) = item.split_once('=').unwrap_or((item, ""));
+        let option = match name {
+            "max-memory-size" => WasmtimeOption::MaxMemory(parse_size(value).map_err(|err| {
+                format!("`max-memory-size={value}`: {err} (a size: bytes, or e.g. 64MiB)")
+            })?),
+            "fuel" => WasmtimeOption::Fuel(
+                value
+                    .parse()
+                    .map_err(|_| format!("`fuel={value}`: expected a whole number"))?,
+            ),
+            "timeout" => WasmtimeOption::Timeout(parse_timeout(value).ok_or_else(|| {
+                format!("`timeout={value}`: expected a duration (e.g. 500ms, 2s, or seconds)")
+            })?),
+            _ => {
+                return Err(format!(
+                    "isola has no -W option `{name}`: {WASMTIME_OFFERED}"
+                ));
+            }
+        };
+        options.push(option);
+    }
+    if options.is_empty() {
+        return Err(format!("expected OPT=VALUE: {WASMTIME_OFFERED}"));
+    }
+    Ok(WasmtimeOptions(options))
+}
+
+/// A duration as wasmtime's `-W timeout=` reads it: with a unit, or a bare
+/// number of seconds.
+fn parse_timeout(s: &str) -> Option<Duration> {
+    match s.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).ok(),
+    }
+}
+
+/// `-S OPT`: wasmtime's WASI options, each refused with what Isola has
+/// instead.
+fn refuse_wasi_option(s: &str) -> Result<String, String> {
+    let name = s.split(['=', ',']).next().unwrap_or(s);
+    let instead = match name {
+        "inherit-env" => {
+            "pass host variables by name with --env KEY, or give values with --env KEY=VALUE"
+        }
+        "inherit-network"
+        | "network"
+        | "tcp"
+        | "udp"
+        | "allow-ip-name-lookup"
+        | "http"
+        | "inherit-network-with-ip-name-lookup" => "Isola never gives a guest the network",
+        "cli" | "preview2" | "common" => "WASI (preview1 and preview2) is always on",
+        "threads" => {
+            "a `wasm32-wasip1-threads` module runs in a shared memory group (see the README)"
+        }
+        _ => "Isola grants a guest only --env, --dir and --dir-ro, and stdin",
+    };
+    Err(format!("isola has no -S options (`{name}`): {instead}"))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -144,8 +248,30 @@ fn parse_dir_ro(s: OsString) -> Result<DirGrant, String> {
 }
 
 impl TaskOptions {
-    /// A spec for `wasm` with these grants and limits.
-    pub fn spec(&self, wasm: &std::path::Path) -> TaskSpec {
+    /// A spec for `wasm` with these grants and limits, or (for a usage
+    /// error) what to say.
+    pub fn spec(&self, wasm: &std::path::Path) -> Result<TaskSpec, String> {
+        // Never reached: clap refuses every -S with its own message.
+        if let Some(option) = self.wasi.first() {
+            return Err(refuse_wasi_option(option).err().unwrap_or_default());
+        }
+        let mut max_memory = self.max_memory;
+        let mut fuel = self.fuel;
+        let mut timeout = self.timeout;
+        for option in self.wasmtime.iter().flat_map(|o| &o.0) {
+            let (flag, taken) = match option {
+                WasmtimeOption::MaxMemory(size) => {
+                    ("--max-memory", max_memory.replace(*size).is_some())
+                }
+                WasmtimeOption::Fuel(n) => ("--fuel", fuel.replace(*n).is_some()),
+                WasmtimeOption::Timeout(t) => ("--timeout", timeout.replace(*t).is_some()),
+            };
+            if taken {
+                return Err(format!(
+                    "{flag} is given twice (once as a -W option): give it once"
+                ));
+            }
+        }
         let mut spec = TaskSpec::new(wasm);
         spec.argv0 = self.argv0.clone();
         for env in &self.envs {
@@ -158,9 +284,9 @@ impl TaskOptions {
         }
         spec.dirs = self.dirs.iter().chain(&self.dirs_ro).cloned().collect();
         spec.limits = Limits {
-            max_memory: self.max_memory,
-            fuel: self.fuel,
-            timeout: self.timeout,
+            max_memory: max_memory.unwrap_or(DEFAULT_MAX_MEMORY),
+            fuel,
+            timeout,
             max_output: self.max_output,
             ..Limits::default()
         };
@@ -168,15 +294,65 @@ impl TaskOptions {
             IsolationArg::Thread => Isolation::Thread,
             IsolationArg::Process => Isolation::Process,
         };
-        spec
+        Ok(spec)
     }
 
     /// A runner for one task, or the exit code after saying why not.
     pub fn runner(&self) -> Result<isola::Runner, u8> {
         isola::Runner::with_config(self.runner_config()).map_err(|err| {
-            eprintln!("error: {err}");
+            say!("error: {err}");
             crate::exit::for_error(&err)
         })
+    }
+
+    /// What to say when a task of `spec` could not start: the library's
+    /// error, with a field of the spec named by the flag that set it
+    /// (`--dir /x: ...`, not "invalid `dirs[0].host`").
+    pub fn start_error(&self, spec: &TaskSpec, err: &isola::Error) -> String {
+        let isola::Error::InvalidSpec { field, message } = err else {
+            return format!("error: {err}");
+        };
+        let indexed = |prefix: &str| -> Option<usize> {
+            field.strip_prefix(prefix)?.split_once(']')?.0.parse().ok()
+        };
+        let flag = if let Some(i) = indexed("dirs[") {
+            spec.dirs.get(i).map(|grant| {
+                let flag = if grant.writable { "--dir" } else { "--dir-ro" };
+                let mut value = grant.host.display().to_string();
+                if let Some(guest) = &grant.guest {
+                    value.push_str("::");
+                    value.push_str(guest);
+                }
+                format!("{flag} {value}")
+            })
+        } else if let Some(i) = indexed("args[") {
+            Some(format!("guest argument {}", i + 1))
+        } else if let Some(i) = indexed("inherit_env[") {
+            spec.inherit_env.get(i).map(|key| format!("--env {key}"))
+        } else if let Some(name) = field.strip_prefix("env.") {
+            Some(format!("--env {name}=..."))
+        } else {
+            match field.as_str() {
+                "argv0" => Some("--argv0".to_owned()),
+                "limits.max_memory" => {
+                    let max = ByteSize(self.runner_config().max_memory_per_task);
+                    return format!(
+                        "error: --max-memory {}: a task may have at most {max} of linear memory",
+                        spec.limits.max_memory
+                    );
+                }
+                "limits.fuel" => Some("--fuel".to_owned()),
+                "limits.timeout" => Some("--timeout".to_owned()),
+                "limits.max_output" => Some("--max-output".to_owned()),
+                "stdin" => Some("stdin".to_owned()),
+                "input" => Some("--input".to_owned()),
+                _ => None,
+            }
+        };
+        match flag {
+            Some(flag) => format!("error: {flag}: {message}"),
+            None => format!("error: {err}"),
+        }
     }
 
     /// The runner settings for one task.
@@ -198,25 +374,35 @@ impl TaskOptions {
     }
 }
 
-/// Says on stderr why a task ended, unless it simply exited or returned.
+/// Says on stderr why a task ended, unless it simply exited (with a
+/// status that is an exit code) or returned.
 pub fn explain(outcome: &Outcome) {
     match outcome {
-        Outcome::Exited { .. } | Outcome::Returned { .. } => {}
-        Outcome::Rejected { error } => eprintln!("error: the plugin returned an error: {error}"),
+        Outcome::Exited { code } => {
+            if crate::exit::exit_status(*code).is_none() {
+                say!(
+                    "error: the guest exited with status {code}, which is not an exit code \
+                     (0-255): isola exits with {}",
+                    crate::exit::FAILURE
+                );
+            }
+        }
+        Outcome::Returned { .. } => {}
+        Outcome::Rejected { error } => say!("error: the plugin returned an error: {error}"),
         Outcome::Trapped(trap) => {
-            eprintln!("error: the guest trapped: {}", trap.message);
+            say!("error: the guest trapped: {}", trap.message);
             if !trap.backtrace.is_empty() {
-                eprintln!("wasm backtrace:");
+                say!("wasm backtrace:");
                 // Deep recursion repeats one frame many times: show it once.
                 let mut frames = trap.backtrace.iter().enumerate().peekable();
                 while let Some((i, frame)) = frames.next() {
-                    eprintln!("  {i:>3}: {frame}");
+                    say!("  {i:>3}: {frame}");
                     let mut repeats = 0;
                     while frames.next_if(|(_, next)| *next == frame).is_some() {
                         repeats += 1;
                     }
                     if repeats > 0 {
-                        eprintln!("       ... the same frame {repeats} more times");
+                        say!("       ... the same frame {repeats} more times");
                     }
                 }
             }
@@ -230,11 +416,11 @@ pub fn explain(outcome: &Outcome) {
                 Limit::Output { .. } => "--max-output",
                 Limit::MessageSize { .. } | Limit::Messages { .. } => "message limits",
             };
-            eprintln!("error: the task exceeded its {limit} ({flag})");
+            say!("error: the task exceeded its {limit} ({flag})");
         }
-        Outcome::Cancelled => eprintln!("error: the task was cancelled"),
-        Outcome::Crashed { .. } => eprintln!("error: the task's worker process {outcome}"),
-        Outcome::Failed { message } => eprintln!("error: isola failed to run the task: {message}"),
+        Outcome::Cancelled => say!("error: the task was cancelled"),
+        Outcome::Crashed { .. } => say!("error: the task's worker process {outcome}"),
+        Outcome::Failed { message } => say!("error: isola failed to run the task: {message}"),
     }
 }
 
@@ -262,6 +448,36 @@ mod tests {
         }
         let bad_guest = std::ffi::OsStr::from_bytes(b"/tmp::/\xff");
         assert!(parse_dir_rw(bad_guest.to_owned()).is_err());
+    }
+
+    #[test]
+    fn wasmtime_spellings_of_the_limits() {
+        let parsed = parse_wasmtime_options("max-memory-size=65536,fuel=10").expect("valid");
+        assert_eq!(
+            parsed.0,
+            [
+                WasmtimeOption::MaxMemory(ByteSize(65536)),
+                WasmtimeOption::Fuel(10)
+            ]
+        );
+        assert_eq!(
+            parse_wasmtime_options("timeout=2").expect("seconds").0,
+            [WasmtimeOption::Timeout(Duration::from_secs(2))]
+        );
+        assert_eq!(
+            parse_wasmtime_options("timeout=500ms")
+                .expect("with a unit")
+                .0,
+            [WasmtimeOption::Timeout(Duration::from_millis(500))]
+        );
+        let err = parse_wasmtime_options("memory64=y").expect_err("not Isola's");
+        assert!(
+            err.contains("memory64") && err.contains("max-memory-size"),
+            "{err}"
+        );
+        assert!(parse_wasmtime_options("fuel=lots").is_err());
+        let err = refuse_wasi_option("inherit-network").expect_err("never");
+        assert!(err.contains("network"), "{err}");
     }
 
     #[test]

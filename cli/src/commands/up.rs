@@ -4,38 +4,49 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use anstyle::{AnsiColor, Style};
 use clap::Args;
 use isola::config::TaskSet;
 use isola::taskset::{Event, EventSink, Histogram, Scheduler, SetReport, TaskRecord, TaskStatus};
-use isola::{ByteSize, CacheDir, Runner, RunnerConfig, Stream};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use isola::{ByteSize, CacheDir, Limit, Outcome, Runner, RunnerConfig, Stream};
 use tokio_util::sync::CancellationToken;
 
 use super::check::{clean, plural, print_errors};
 use crate::exit;
+use crate::signals::{Signals, Termination};
 
 const UP_HELP: &str = "\
 Exit codes:
   0    every task succeeded
   1    a task failed, was cancelled or was skipped
-  2    the task set is invalid (see `isola check`), or --json could not be written
+  2    the task set is invalid (see `isola check`), or --json cannot be written
   125  Isola itself failed
-  130  interrupted (Ctrl-C); the summary still shows every task
+  129  stopped by SIGHUP (128 + 1)
+  130  stopped by SIGINT, Ctrl-C (128 + 2)
+  141  stopped because Isola's output was closed (128 + SIGPIPE)
+  143  stopped by SIGTERM (128 + 15)
 
-Ctrl-C cancels the running tasks and prints the summary; a second Ctrl-C
-exits at once.";
+Ctrl-C, SIGTERM and SIGHUP cancel the running tasks, print the summary and
+write --json; a second signal exits at once. When the reader of Isola's
+output goes away (`isola up tasks.toml | head`), the set is cancelled the
+same way, quietly.
+
+Colors follow --color, else NO_COLOR, CLICOLOR_FORCE, CLICOLOR and TERM
+(no colors when TERM=dumb).";
 
 /// Run a task set (tasks.toml), at most --jobs tasks at once.
 ///
 /// Every task runs in its own sandbox, at its own isolation level, after
-/// the tasks it depends on succeeded. Task output is shown line by line with the task's name in front. On a
-/// terminal a progress line shows how many tasks are queued, running, done
-/// and failed; otherwise the output is plain text with no control codes. At
-/// the end a summary table shows how each task ended.
+/// the tasks it depends on succeeded. Task output is shown line by line
+/// with the task's name in front. On a terminal a progress line shows how
+/// many tasks are queued, running, done and failed; otherwise the output
+/// is plain text with no control codes. At the end a summary table shows
+/// how each task ended.
 #[derive(Args)]
 #[command(after_help = UP_HELP)]
 pub struct UpCommand {
@@ -51,7 +62,9 @@ pub struct UpCommand {
     fail_fast: bool,
 
     /// Also write the results (every task's record and the pool's metrics)
-    /// as JSON to FILE.
+    /// as JSON to FILE; `-` writes them to stdout, and everything else
+    /// `isola up` prints then goes to stderr. FILE must be writable before
+    /// any task runs.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
@@ -59,6 +72,11 @@ pub struct UpCommand {
     /// wait and run time histograms and utilization.
     #[arg(long)]
     metrics: bool,
+
+    /// When to color the output: `auto` on a terminal that supports it
+    /// (NO_COLOR, CLICOLOR_FORCE, CLICOLOR and TERM=dumb are honoured).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    color: ColorWhen,
 
     /// Directory for precompiled artifacts. Default: $ISOLA_CACHE_DIR, else
     /// the user's cache directory (~/.cache/isola).
@@ -70,6 +88,17 @@ pub struct UpCommand {
     no_cache: bool,
 }
 
+/// `--color`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ColorWhen {
+    /// On a terminal that supports colors, unless the environment says no.
+    Auto,
+    /// Always, even into a pipe or file.
+    Always,
+    /// Never.
+    Never,
+}
+
 fn parse_jobs(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -78,14 +107,43 @@ fn parse_jobs(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Where `--json` goes.
+enum JsonTo {
+    Stdout,
+    File(PathBuf),
+}
+
 impl UpCommand {
     pub async fn execute(self) -> u8 {
+        // Before any task starts, so an early signal is never lost to the
+        // default action (which would end us without a summary).
+        let mut signals = match Signals::watch() {
+            Ok(signals) => signals,
+            Err(err) => {
+                say!("error: cannot watch for signals: {err}");
+                return exit::INTERNAL;
+            }
+        };
         let set = match TaskSet::load(&self.config) {
             Ok(set) => set,
             Err(errors) => {
                 print_errors(&errors);
                 return exit::USAGE;
             }
+        };
+        // Refused before anything runs: a set's results are not lost to a
+        // path that cannot take them.
+        let json = match &self.json {
+            None => None,
+            Some(path) if path.as_os_str() == "-" => Some(JsonTo::Stdout),
+            Some(path) => match check_writable(path) {
+                Ok(()) => Some(JsonTo::File(path.clone())),
+                Err(err) => {
+                    let path = path.display().to_string();
+                    say!("error: --json {}: cannot write it: {err}", clean(&path));
+                    return exit::USAGE;
+                }
+            },
         };
         let jobs = self.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -104,34 +162,44 @@ impl UpCommand {
         }) {
             Ok(runner) => runner,
             Err(err) => {
-                eprintln!("error: {err}");
+                say!("error: {err}");
                 return exit::for_error(&err);
             }
         };
 
-        let console = Arc::new(Console::new(&set));
+        let shutdown = CancellationToken::new();
+        let to_stderr = matches!(json, Some(JsonTo::Stdout));
+        let console = Arc::new(Console::new(&set, self.color, to_stderr, shutdown.clone()));
         let scheduler = Scheduler::new(runner)
             .jobs(jobs)
             .fail_fast(self.fail_fast)
             .sink(ConsoleSink(Arc::clone(&console)));
 
-        // Registered before any task starts, so an early Ctrl-C is never
-        // lost to the default handler (which would kill us without a
-        // summary).
-        let interrupts = match signal(SignalKind::interrupt()) {
-            Ok(interrupts) => interrupts,
-            Err(err) => {
-                eprintln!("error: cannot watch for Ctrl-C: {err}");
-                return exit::INTERNAL;
-            }
+        let stopped_by: Arc<Mutex<Option<Termination>>> = Arc::default();
+        let watcher = {
+            let (console, shutdown, stopped_by) = (
+                Arc::clone(&console),
+                shutdown.clone(),
+                Arc::clone(&stopped_by),
+            );
+            tokio::spawn(async move {
+                let Some(first) = signals.next().await else {
+                    return;
+                };
+                *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(first);
+                let again = match first {
+                    Termination::Interrupt => "press Ctrl-C again to exit at once".to_owned(),
+                    other => format!("{}; a second signal exits at once", other.name()),
+                };
+                console.notice(&format!("stopping: cancelling running tasks ({again})"));
+                shutdown.cancel();
+                if let Some(second) = signals.next().await {
+                    console.finish();
+                    std::process::exit(i32::from(second.exit_code()));
+                }
+            })
         };
-        let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(watch_ctrl_c(
-            interrupts,
-            shutdown.clone(),
-            Arc::clone(&console),
-        ));
-        let ticker = console.tty.then(|| {
+        let ticker = console.live.then(|| {
             let console = Arc::clone(&console);
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_millis(100));
@@ -147,29 +215,51 @@ impl UpCommand {
         if let Some(ticker) = ticker {
             ticker.abort();
         }
-        signals.abort();
+        watcher.abort();
         console.finish();
         print_summary(&console, &report);
         if self.metrics {
             print_metrics(&console, &report);
         }
 
-        let mut code = if shutdown.is_cancelled() {
-            exit::CANCELLED
+        let signal = *stopped_by.lock().unwrap_or_else(|e| e.into_inner());
+        let mut code = if let Some(signal) = signal {
+            signal.exit_code()
+        } else if console.is_closed() {
+            exit::BROKEN_PIPE
         } else if report.succeeded() {
             exit::SUCCESS
         } else {
             FAILED
         };
-        if let Some(path) = &self.json {
-            let written = report
-                .to_json()
-                .map_err(std::io::Error::other)
-                .and_then(|json| std::fs::write(path, json + "\n"));
-            if let Err(err) = written {
-                eprintln!("error: cannot write `{}`: {err}", path.display());
-                if code == exit::SUCCESS {
-                    code = exit::USAGE;
+        if let Some(json) = json {
+            let written = json_report(&report).and_then(|text| match &json {
+                JsonTo::File(path) => std::fs::write(path, text),
+                JsonTo::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes()).and_then(|()| out.flush())
+                }
+            });
+            match (written, &json) {
+                (Ok(()), _) => {}
+                // Whoever wanted the JSON on stdout stopped reading it.
+                (Err(err), JsonTo::Stdout) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                    if code == exit::SUCCESS || code == FAILED {
+                        code = exit::BROKEN_PIPE;
+                    }
+                }
+                (Err(err), JsonTo::Stdout) => {
+                    say!("error: cannot write the JSON report to stdout: {err}");
+                    if code == exit::SUCCESS {
+                        code = exit::USAGE;
+                    }
+                }
+                (Err(err), JsonTo::File(path)) => {
+                    let path = path.display().to_string();
+                    say!("error: cannot write `{}`: {err}", clean(&path));
+                    if code == exit::SUCCESS {
+                        code = exit::USAGE;
+                    }
                 }
             }
         }
@@ -180,34 +270,71 @@ impl UpCommand {
 /// Exit code when a task did not succeed.
 const FAILED: u8 = 1;
 
-/// First Ctrl-C: stop the set (the summary is still printed). Second:
-/// leave at once.
-async fn watch_ctrl_c(mut interrupts: Signal, shutdown: CancellationToken, console: Arc<Console>) {
-    if interrupts.recv().await.is_none() {
-        return;
-    }
-    console.notice("stopping: cancelling running tasks (press Ctrl-C again to exit at once)");
-    shutdown.cancel();
-    if interrupts.recv().await.is_some() {
-        console.finish();
-        std::process::exit(i32::from(exit::CANCELLED));
+/// Whether `path` can take the JSON report: an existing file must open for
+/// writing (it is not changed now), a new one must be creatable (it is
+/// created and removed again).
+fn check_writable(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::File::create_new(path)?;
+            std::fs::remove_file(path)
+        }
+        Err(err) => Err(err),
     }
 }
 
-/// Name colors, one per task in turn. Red is kept for failures.
-const PALETTE: &[&str] = &["36", "33", "32", "35", "34", "96", "93", "92", "95", "94"];
+/// The report as JSON, ending with a newline.
+fn json_report(report: &SetReport) -> std::io::Result<String> {
+    let mut text = report.to_json().map_err(std::io::Error::other)?;
+    text.push('\n');
+    Ok(text)
+}
 
-/// Everything `isola up` prints while the set runs, on stdout. On a
-/// terminal the last line is a progress line, redrawn under each new line
-/// of output.
+/// Name colors, one per task in turn. Red is kept for failures.
+const PALETTE: &[AnsiColor] = &[
+    AnsiColor::Cyan,
+    AnsiColor::Yellow,
+    AnsiColor::Green,
+    AnsiColor::Magenta,
+    AnsiColor::Blue,
+    AnsiColor::BrightCyan,
+    AnsiColor::BrightYellow,
+    AnsiColor::BrightGreen,
+    AnsiColor::BrightMagenta,
+    AnsiColor::BrightBlue,
+];
+
+const DIM: Style = Style::new().dimmed();
+const BOLD: Style = Style::new().bold();
+const RED: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Red)));
+const BOLD_RED: Style = RED.bold();
+const GREEN: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Green)));
+const YELLOW: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Yellow)));
+
+/// Everything `isola up` prints while the set runs: on stdout, or on
+/// stderr when stdout carries the JSON report (`--json -`). On a terminal
+/// the last line is a progress line, redrawn under each new line of output
+/// and cut to the terminal's width, so it never wraps.
+///
+/// When the reader of that stream goes away (`isola up ... | head`), the
+/// console stops writing and cancels the set, once, quietly.
 struct Console {
-    tty: bool,
+    /// Whether the live progress line is drawn: on a terminal that can
+    /// move the cursor (not TERM=dumb).
+    live: bool,
     color: bool,
+    /// Print on stderr instead of stdout.
+    to_stderr: bool,
     /// Longest task name, so the `|` after the names line up.
     width: usize,
-    colors: HashMap<String, &'static str>,
+    styles: HashMap<String, Style>,
     start: Instant,
     state: Mutex<Progress>,
+    /// The stream's reader went away: nothing more is written.
+    closed: AtomicBool,
+    /// Stops the set (when the stream closes).
+    shutdown: CancellationToken,
 }
 
 #[derive(Default)]
@@ -223,26 +350,55 @@ struct Progress {
     finished: bool,
 }
 
+/// Clears the line the cursor is on (carriage return, erase line).
+const CLEAR_LINE: &str = "\r\x1b[2K";
+
 impl Console {
-    fn new(set: &TaskSet) -> Console {
-        let tty = std::io::stdout().is_terminal();
-        // https://no-color.org: any non-empty value turns colors off.
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    fn new(
+        set: &TaskSet,
+        when: ColorWhen,
+        to_stderr: bool,
+        shutdown: CancellationToken,
+    ) -> Console {
+        let (tty, auto) = if to_stderr {
+            (
+                std::io::stderr().is_terminal(),
+                anstream::AutoStream::choice(&std::io::stderr()),
+            )
+        } else {
+            (
+                std::io::stdout().is_terminal(),
+                anstream::AutoStream::choice(&std::io::stdout()),
+            )
+        };
+        // anstream reads NO_COLOR, CLICOLOR_FORCE, CLICOLOR and TERM.
+        let color = match when {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => auto != anstream::ColorChoice::Never,
+        };
+        let dumb = std::env::var_os("TERM").is_some_and(|term| term == "dumb");
         Console {
-            tty,
-            color: tty && !no_color,
+            live: tty && !dumb,
+            color,
+            to_stderr,
             width: set.tasks().iter().map(|t| t.name.len()).max().unwrap_or(0),
-            colors: set
+            styles: set
                 .tasks()
                 .iter()
                 .enumerate()
-                .map(|(i, t)| (t.name.clone(), PALETTE[i % PALETTE.len()]))
+                .map(|(i, t)| {
+                    let color = anstyle::Color::Ansi(PALETTE[i % PALETTE.len()]);
+                    (t.name.clone(), Style::new().fg_color(Some(color)))
+                })
                 .collect(),
             start: Instant::now(),
             state: Mutex::new(Progress {
                 total: set.len(),
                 ..Progress::default()
             }),
+            closed: AtomicBool::new(false),
+            shutdown,
         }
     }
 
@@ -250,10 +406,41 @@ impl Console {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `text` in the SGR style `code`, when colors are on.
-    fn paint(&self, code: &str, text: &str) -> String {
+    /// Whether the console's reader went away.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Writes `text` now (flushed, so a partial line shows too). A reader
+    /// that went away closes the console and cancels the set; nothing is
+    /// written after that, and nothing is said (there is nobody to read
+    /// it).
+    fn emit(&self, text: &str) {
+        if self.is_closed() || text.is_empty() {
+            return;
+        }
+        let written = if self.to_stderr {
+            let mut out = std::io::stderr().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        };
+        let reader_gone = written.is_err_and(|err| {
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        });
+        if reader_gone && !self.closed.swap(true, Ordering::Relaxed) {
+            self.shutdown.cancel();
+        }
+    }
+
+    /// `text` in `style`, when colors are on.
+    fn paint(&self, style: Style, text: &str) -> String {
         if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
+            format!("{}{text}{}", style.render(), style.render_reset())
         } else {
             text.to_owned()
         }
@@ -261,62 +448,86 @@ impl Console {
 
     fn name(&self, task: &str) -> String {
         let padded = format!("{task:<width$}", width = self.width);
-        let code = self.colors.get(task).copied().unwrap_or("0");
-        self.paint(code, &padded)
+        let style = self.styles.get(task).copied().unwrap_or_default();
+        self.paint(style, &padded)
     }
 
     /// Prints whole lines above the progress line.
     fn lines(&self, state: &mut Progress, text: &str) {
-        let mut out = std::io::stdout().lock();
+        let mut out = String::new();
         if state.shown {
-            let _ = out.write_all(b"\r\x1b[2K");
+            out.push_str(CLEAR_LINE);
             state.shown = false;
         }
-        let _ = writeln!(out, "{text}");
-        if self.tty && !state.finished {
-            let _ = out.write_all(self.progress(state).as_bytes());
+        out.push_str(text);
+        out.push('\n');
+        if self.live && !state.finished {
+            out.push_str(&self.progress(state));
             state.shown = true;
         }
-        let _ = out.flush();
+        self.emit(&out);
     }
 
+    /// The terminal's width in columns, if the console is on one.
+    fn columns(&self) -> Option<usize> {
+        let size = if self.to_stderr {
+            terminal_size::terminal_size_of(std::io::stderr())
+        } else {
+            terminal_size::terminal_size_of(std::io::stdout())
+        };
+        size.map(|(terminal_size::Width(w), _)| usize::from(w))
+    }
+
+    /// The progress line, cut to one column less than the terminal's width
+    /// (a line that reaches the last column wraps on some terminals).
     fn progress(&self, state: &Progress) -> String {
         let done = state.succeeded + state.failed + state.skipped;
         let queued = state.total.saturating_sub(done + state.running);
-        let mut line = format!(
-            "[{}] {queued} queued, {} running, {} done",
-            fmt_duration(self.start.elapsed()),
-            state.running,
-            state.succeeded,
-        );
-        let failed = format!(", {} failed", state.failed);
-        line.push_str(&if state.failed > 0 {
-            self.paint("1;31", &failed)
-        } else {
-            failed
-        });
+        let mut parts = vec![
+            (
+                format!(
+                    "[{}] {queued} queued, {} running, {} done",
+                    fmt_duration(self.start.elapsed()),
+                    state.running,
+                    state.succeeded,
+                ),
+                DIM,
+            ),
+            (
+                format!(", {} failed", state.failed),
+                if state.failed > 0 { BOLD_RED } else { DIM },
+            ),
+        ];
         if state.skipped > 0 {
-            line.push_str(&format!(", {} skipped", state.skipped));
+            parts.push((format!(", {} skipped", state.skipped), DIM));
         }
-        self.paint("2", &line)
+        let mut room = self.columns().map_or(usize::MAX, |w| w.saturating_sub(1));
+        let mut line = String::new();
+        for (text, style) in parts {
+            if room == 0 {
+                break;
+            }
+            let kept: String = text.chars().take(room).collect();
+            room -= kept.chars().count();
+            line.push_str(&self.paint(style, &kept));
+        }
+        line
     }
 
     /// Redraws the progress line (for the elapsed time).
     fn redraw(&self) {
         let mut state = self.lock();
-        if !self.tty || state.finished {
+        if !self.live || state.finished {
             return;
         }
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "\r\x1b[2K{}", self.progress(&state));
-        let _ = out.flush();
+        self.emit(&format!("{CLEAR_LINE}{}", self.progress(&state)));
         state.shown = true;
     }
 
     /// A line from Isola itself.
     fn notice(&self, text: &str) {
         let mut state = self.lock();
-        let text = self.paint("1", &format!("isola: {text}"));
+        let text = self.paint(BOLD, &format!("isola: {text}"));
         self.lines(&mut state, &text);
     }
 
@@ -324,9 +535,7 @@ impl Console {
     fn finish(&self) {
         let mut state = self.lock();
         if state.shown {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(b"\r\x1b[2K");
-            let _ = out.flush();
+            self.emit(CLEAR_LINE);
             state.shown = false;
         }
         state.finished = true;
@@ -339,10 +548,10 @@ impl Console {
                 // Like `docker compose`, both streams share the `|`; on a
                 // terminal stderr's is red so it still stands out.
                 let bar = match stream {
-                    Stream::Stdout => self.paint("2", "|"),
-                    Stream::Stderr => self.paint("31", "|"),
+                    Stream::Stdout => self.paint(DIM, "|"),
+                    Stream::Stderr => self.paint(RED, "|"),
                 };
-                format!("{} {bar} {}", self.name(task), clean(line))
+                format!("{} {bar} {}", self.name(task), guest_text(line))
             }
             Event::Started {
                 task,
@@ -351,7 +560,7 @@ impl Console {
             } => {
                 state.running += 1;
                 let what = format!("started ({isolation})");
-                format!("{} {}", self.name(task), self.paint("2", &what))
+                format!("{} {}", self.name(task), self.paint(DIM, &what))
             }
             Event::Restarting {
                 task,
@@ -362,7 +571,7 @@ impl Console {
                     "{}; restarting (attempt {attempt})",
                     clean(&crash.to_string())
                 );
-                format!("{} {}", self.name(task), self.paint("33", &what))
+                format!("{} {}", self.name(task), self.paint(YELLOW, &what))
             }
             Event::Finished { record } => {
                 if record.attempts > 0 {
@@ -389,19 +598,27 @@ impl Console {
         let what = clean(&record.describe()).into_owned();
         match record.status {
             TaskStatus::Succeeded => {
-                format!("{name} {}", self.paint("32", &format!("{what}{wall}")))
+                format!("{name} {}", self.paint(GREEN, &format!("{what}{wall}")))
             }
             TaskStatus::Failed => format!(
                 "{name} {}",
-                self.paint("1;31", &format!("failed: {what}{wall}"))
+                self.paint(BOLD_RED, &format!("failed: {what}{wall}"))
             ),
             TaskStatus::Cancelled => {
-                format!("{name} {}", self.paint("33", &format!("cancelled{wall}")))
+                format!("{name} {}", self.paint(YELLOW, &format!("cancelled{wall}")))
             }
             // `describe` already says "skipped: ...".
-            TaskStatus::Skipped => format!("{name} {}", self.paint("2", &what)),
+            TaskStatus::Skipped => format!("{name} {}", self.paint(DIM, &what)),
         }
     }
+}
+
+/// A line of guest output as the console shows it: escape sequences (the
+/// guest's own colors, cursor moves, screen clears) removed, other control
+/// characters escaped, so a guest cannot draw on the user's terminal.
+fn guest_text(line: &str) -> String {
+    let stripped = anstream::adapter::strip_str(line).to_string();
+    clean(&stripped).into_owned()
 }
 
 struct ConsoleSink(Arc<Console>);
@@ -410,6 +627,20 @@ impl EventSink for ConsoleSink {
     fn event(&self, event: &Event<'_>) {
         self.0.event(event);
     }
+}
+
+/// The timeout a task ended at, when its wall time (start-up included)
+/// reads longer than that timeout.
+fn timed_out_past_startup(task: &TaskRecord) -> Option<Duration> {
+    let Some(Outcome::LimitExceeded {
+        limit: Limit::Timeout { after },
+    }) = &task.outcome
+    else {
+        return None;
+    };
+    task.wall_time
+        .is_some_and(|wall| wall > *after)
+        .then_some(*after)
 }
 
 /// The table at the end: one row per task, then the failures spelled out.
@@ -460,7 +691,7 @@ fn print_summary(console: &Console, report: &SetReport) {
                 t.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 t.wall_time.map_or_else(|| "-".into(), fmt_duration),
                 metric(ByteSize(t.peak_memory).to_string()),
-                metric(t.fuel_used.to_string()),
+                metric(grouped(t.fuel_used)),
             ]
         })
         .collect();
@@ -492,19 +723,39 @@ fn print_summary(console: &Console, report: &SetReport) {
         line
     };
 
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out);
+    let mut out = String::from("\n");
     let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    let _ = writeln!(out, "{}", console.paint("1", &format_row(&head)));
+    out.push_str(&console.paint(BOLD, &format_row(&head)));
+    out.push('\n');
     for (row, task) in rows.iter().zip(&report.tasks) {
         let line = format_row(row);
         let line = match task.status {
             TaskStatus::Succeeded => line,
-            TaskStatus::Failed => console.paint("31", &line),
-            TaskStatus::Cancelled => console.paint("33", &line),
-            TaskStatus::Skipped => console.paint("2", &line),
+            TaskStatus::Failed => console.paint(RED, &line),
+            TaskStatus::Cancelled => console.paint(YELLOW, &line),
+            TaskStatus::Skipped => console.paint(DIM, &line),
         };
-        let _ = writeln!(out, "{line}");
+        out.push_str(&line);
+        out.push('\n');
+    }
+    // A timeout counts from the guest's first instruction; WALL is the
+    // task's whole slot time, so it can read longer than the timeout.
+    if let Some((task, after)) = report
+        .tasks
+        .iter()
+        .find_map(|t| timed_out_past_startup(t).map(|after| (t, after)))
+    {
+        out.push_str(&console.paint(
+            DIM,
+            &format!(
+                "note: WALL includes start-up (loading, compiling, instantiating), which a \
+                 timeout does not count: `{}` ran for its {} after {} of start-up",
+                task.name,
+                fmt_duration(after),
+                fmt_duration(task.startup),
+            ),
+        ));
+        out.push('\n');
     }
 
     let counts = report.counts();
@@ -518,31 +769,31 @@ fn print_summary(console: &Console, report: &SetReport) {
     if counts.skipped > 0 {
         parts.push(format!("{} skipped", counts.skipped));
     }
-    let _ = writeln!(
-        out,
-        "\n{}: {} in {}",
+    out.push_str(&format!(
+        "\n{}: {} in {}\n",
         plural(report.tasks.len(), "task"),
         parts.join(", "),
         fmt_duration(report.pool.wall_time)
-    );
+    ));
     let failures: Vec<&TaskRecord> = report.failures().collect();
     if !failures.is_empty() {
-        let _ = writeln!(out, "{}", console.paint("1;31", "not succeeded:"));
+        out.push_str(&console.paint(BOLD_RED, "not succeeded:"));
+        out.push('\n');
         for task in failures {
-            let _ = writeln!(
-                out,
-                "  {}: {}",
-                console.paint("1", &task.name),
+            out.push_str(&format!(
+                "  {}: {}\n",
+                console.paint(BOLD, &task.name),
                 clean(&task.describe())
-            );
+            ));
         }
     }
-    let _ = out.flush();
+    console.emit(&out);
 }
 
 /// `--metrics`: per-task timings, then the pool.
 fn print_metrics(console: &Console, report: &SetReport) {
-    let mut out = std::io::stdout().lock();
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let width = report
         .tasks
         .iter()
@@ -555,7 +806,7 @@ fn print_metrics(console: &Console, report: &SetReport) {
         out,
         "{}",
         console.paint(
-            "1",
+            BOLD,
             &format!(
                 "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}",
                 "TASK", "WAIT", "STARTUP", "RUN", "WALL", "ATTEMPTS"
@@ -599,7 +850,7 @@ fn print_metrics(console: &Console, report: &SetReport) {
         out,
         "{}",
         console.paint(
-            "1",
+            BOLD,
             &format!(
                 "{:<9}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
                 "", "COUNT", "MIN", "MEAN", "P50", "P90", "P99", "MAX"
@@ -609,7 +860,7 @@ fn print_metrics(console: &Console, report: &SetReport) {
     for (label, h) in [("wait time", &pool.wait_time), ("run time", &pool.run_time)] {
         let _ = writeln!(out, "{}", histogram_row(label, h));
     }
-    let _ = out.flush();
+    console.emit(&out);
 }
 
 fn histogram_row(label: &str, h: &Histogram) -> String {
@@ -638,6 +889,19 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// A count with its thousands grouped: `2,877,838,814`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// At most `max` characters, with `...` when cut.
 fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -663,5 +927,23 @@ mod tests {
     fn truncation_marks_the_cut() {
         assert_eq!(truncate("short", 10), "short");
         assert_eq!(truncate("abcdefghijkl", 8), "abcde...");
+    }
+
+    #[test]
+    fn large_counts_are_grouped() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(2_877_838_814), "2,877,838,814");
+        assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    #[test]
+    fn guest_escapes_are_stripped() {
+        assert_eq!(guest_text("\u{1b}[31mred\u{1b}[0m text"), "red text");
+        assert_eq!(guest_text("\u{1b}[2Jcleared?"), "cleared?");
+        assert_eq!(guest_text("tab\there"), "tab\there");
+        // What is not an escape sequence is still made harmless.
+        assert!(!guest_text("a\u{7}b").contains('\u{7}'));
     }
 }

@@ -24,6 +24,22 @@ fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::R
     check(unsafe { libc::setrlimit(resource, &limit) })
 }
 
+/// Bytes of memory this process holds that `RLIMIT_DATA` counts: `VmData`
+/// of `/proc/self/status` (the heap and private writable mappings).
+/// `None` where it cannot be read.
+pub(crate) fn data_in_use() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmData:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 /// Applies `limits` to the calling process. Limits can only be lowered, so
 /// a worker applies them to itself once it knows its task.
 pub(crate) fn apply_limits(limits: &OsLimits) -> io::Result<()> {
