@@ -230,6 +230,7 @@ impl Loader {
             path: path.to_owned(),
             source,
         })?;
+        let bytes = wasm_binary(path, bytes)?;
         let kind = WasmKind::detect(&bytes).ok_or_else(|| Error::NotWasm {
             path: path.to_owned(),
         })?;
@@ -715,6 +716,7 @@ fn wasm_bytes<'a>(
         path: path.to_owned(),
         source,
     })?;
+    let bytes = wasm_binary(path, bytes)?;
     if content_hash(&bytes) != *hash {
         return Err(Error::Read {
             path: path.to_owned(),
@@ -722,6 +724,31 @@ fn wasm_bytes<'a>(
         });
     }
     Ok(bytes.into())
+}
+
+/// The Wasm binary of a file's contents: the contents themselves, or, for
+/// the WebAssembly text format (a `.wat` file, or text that starts with
+/// `(` or a `;;` comment), the binary it describes, module or component.
+/// Everything downstream (the content hash, the caches, a worker's own
+/// read) sees the binary. Anything else is not Wasm.
+fn wasm_binary(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if WasmKind::detect(&bytes).is_some() {
+        return Ok(bytes);
+    }
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    let text_like = path.extension().is_some_and(|ext| ext == "wat")
+        || start.is_some_and(|at| bytes[at..].starts_with(b"(") || bytes[at..].starts_with(b";;"));
+    if !text_like {
+        return Err(Error::NotWasm {
+            path: path.to_owned(),
+        });
+    }
+    wat::parse_bytes(&bytes)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|err| Error::Invalid {
+            path: path.to_owned(),
+            message: format!("as WebAssembly text: {err}"),
+        })
 }
 
 fn is_shared_memory_import(import: &wasmtime::ImportType<'_>) -> bool {

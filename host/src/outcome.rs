@@ -217,8 +217,9 @@ pub enum Limit {
     /// The task ran longer than its timeout.
     #[error("timeout of {}", humantime::format_duration(*after))]
     Timeout {
-        /// The configured timeout.
-        #[serde(with = "humantime_serde")]
+        /// The configured timeout; in JSON `after_ms`, milliseconds, as
+        /// every duration of a task set's report.
+        #[serde(rename = "after_ms", with = "after_ms")]
         after: Duration,
     },
     /// The guest wrote more than [`crate::Limits::max_output`] to a stream.
@@ -230,6 +231,37 @@ pub enum Limit {
         #[serde(with = "crate::size::exact")]
         max: ByteSize,
     },
+}
+
+/// A timeout as milliseconds in JSON: a whole number when it is whole
+/// milliseconds (so it reads back exactly), else a fraction to the
+/// microsecond, as the report's other `*_ms` fields.
+mod after_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        match u64::try_from(d.as_millis()) {
+            Ok(ms) if d.subsec_nanos().is_multiple_of(1_000_000) => s.serialize_u64(ms),
+            _ => s.serialize_f64(d.as_micros() as f64 / 1000.0),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Ms {
+            Whole(u64),
+            Fraction(f64),
+        }
+        match Ms::deserialize(d)? {
+            Ms::Whole(ms) => Ok(Duration::from_millis(ms)),
+            Ms::Fraction(ms) => {
+                Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
+            }
+        }
+    }
 }
 
 /// One of the guest's output streams.

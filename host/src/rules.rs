@@ -211,6 +211,7 @@ pub(crate) fn problems(spec: &TaskSpec) -> Vec<Problem> {
         ));
     }
     if process {
+        found.extend(data_problem(spec));
         found.extend(run_frame_problem(spec));
     }
     found
@@ -346,51 +347,69 @@ fn printable(text: &str) -> String {
 }
 
 /// The problem of a process task whose spec would not fit the run frame
-/// that carries it (as JSON) to its worker, naming its largest part.
+/// that carries it (as JSON) to its worker, naming its largest part. Its
+/// `input` and stdin bytes are not in the frame: they follow it as raw
+/// data frames ([`crate::ipc::protocol::FollowingData`]), of any size
+/// [`data_problem`] allows.
 fn run_frame_problem(spec: &TaskSpec) -> Option<Problem> {
     let limit = MAX_PROCESS_MESSAGE - RUN_FRAME_HEADROOM;
+    let light = without_byte_arrays(spec);
     // Nearly every spec is far below the limit: a cheap upper bound spares
     // measuring it.
-    if json_bound(spec) <= limit {
+    if json_bound(&light) <= limit {
         return None;
     }
-    let input = spec.input.as_deref().map_or(0, bytes_json_len);
-    let stdin = match &spec.stdin {
-        Stdin::Bytes(bytes) => bytes_json_len(bytes),
-        _ => 0,
-    };
-    // The exact length: the spec with its byte arrays emptied (`[]`, 2
-    // bytes each), encoded as the run frame encodes it (paths that are not
-    // UTF-8 as byte arrays), plus those arrays counted arithmetically.
-    // Encoding millions of numbers one by one would cost a second. `None`
-    // (not encodable) cannot happen with paths as bytes; if it did, the run
-    // frame would fail to encode too and the task end `Failed` saying so.
-    let light = without_byte_arrays(spec);
-    let size = json_len(&crate::wire::SpecOnWire(&light))?
-        .saturating_add(input.saturating_sub(2))
-        .saturating_add(stdin.saturating_sub(2));
+    // The exact length, encoded as the run frame encodes it (paths that
+    // are not UTF-8 as byte arrays). `None` (not encodable) cannot happen
+    // with paths as bytes; if it did, the run frame would fail to encode
+    // too and the task end `Failed` saying so.
+    let size = json_len(&crate::wire::SpecOnWire(&light))?;
     if size <= limit {
         return None;
     }
     let parts = [
-        ("input", input),
-        ("stdin", stdin),
         ("args", json_len(&spec.args).unwrap_or(0)),
         ("env", json_len(&spec.env).unwrap_or(0)),
     ];
     let field = parts
         .iter()
         .max_by_key(|(_, len)| *len)
-        .map_or("input", |(field, _)| *field);
+        .map_or("args", |(field, _)| *field);
     Some(Problem::conflict(
         field,
         format!(
             "a process task's spec travels to its worker in one IPC frame, where it may take \
-             {} as JSON, and this one takes {} (a byte of `input` or `stdin` takes up to 4): \
-             pass large data in a file under `dirs` or as messages, or use \
-             `isolation = \"thread\"`",
+             {} as JSON, and this one takes {}: pass large data in a file under `dirs`, as \
+             `input` or as messages, or use `isolation = \"thread\"`",
             ByteSize(limit),
             ByteSize(size)
+        ),
+    ))
+}
+
+/// The problem of a process task whose `input` and stdin bytes do not fit
+/// its worker's OS memory limit, which holds them before the task starts:
+/// refused up front, naming the limit, rather than ending as a worker out
+/// of memory.
+fn data_problem(spec: &TaskSpec) -> Option<Problem> {
+    let input = spec.input.as_ref().map_or(0, |bytes| bytes.len() as u64);
+    let stdin = match &spec.stdin {
+        Stdin::Bytes(bytes) => bytes.len() as u64,
+        _ => 0,
+    };
+    let limit = crate::process::supervisor::os_limits(spec).data_bytes;
+    let data = input.saturating_add(stdin);
+    if data < limit {
+        return None;
+    }
+    Some(Problem::conflict(
+        if input >= stdin { "input" } else { "stdin" },
+        format!(
+            "a process task's worker holds its `input` and stdin bytes ({}) in memory, which \
+             its OS memory limit of {} (`limits.process_memory`, by default `max_memory` + \
+             512 MiB) cannot: raise the limit, or pass the data in a file under `dirs`",
+            ByteSize(data),
+            ByteSize(limit)
         ),
     ))
 }
@@ -422,6 +441,7 @@ fn without_byte_arrays(spec: &TaskSpec) -> TaskSpec {
 
 /// The length of `bytes` as a JSON array of numbers (`[0,255]`), which is
 /// how serde encodes a `Vec<u8>`.
+#[cfg(test)]
 fn bytes_json_len(bytes: &[u8]) -> u64 {
     let digits: u64 = bytes
         .iter()
@@ -700,32 +720,48 @@ mod tests {
         }
         // The frame rule measures such a spec as it is sent, and still
         // catches one too large for the frame.
-        s.input = Some(vec![255; 16 << 20]);
-        only(&s, "input", ProblemKind::Conflict);
+        s.args = vec!["\u{1}".repeat(11 << 20)];
+        only(&s, "args", ProblemKind::Conflict);
     }
 
-    /// A process task's spec must fit the frame that carries it.
+    /// A process task's spec must fit the frame that carries it; its input
+    /// and stdin bytes follow the frame, within its worker's memory limit.
     #[test]
     fn a_process_task_spec_must_fit_its_run_frame() {
         let mut s = spec();
-        // 16 MiB of 255s: 64 MiB as JSON.
-        s.input = Some(vec![255; 16 << 20]);
+        // 11 MiB of `\u0001`: 66 MiB as JSON.
+        s.args = vec!["\u{1}".repeat(11 << 20)];
         assert_eq!(
             problems(&s),
             Vec::<Problem>::new(),
             "thread tasks are not framed"
         );
         s.isolation = Isolation::Process;
-        let p = only(&s, "input", ProblemKind::Conflict);
+        let p = only(&s, "args", ProblemKind::Conflict);
         assert!(p.message.contains("IPC frame"), "{p:?}");
 
-        s.input = Some(vec![255; 1 << 20]);
+        // Bulk bytes are not in the frame: 80 MiB of input and stdin fit.
+        s.args = Vec::new();
+        s.input = Some(vec![255; 40 << 20]);
         s.stdin = Stdin::Bytes(vec![0; 40 << 20]);
-        // Zeros take 2 bytes each: 80 MiB, the largest part.
-        only(&s, "stdin", ProblemKind::Conflict);
+        assert_eq!(
+            problems(&s),
+            Vec::<Problem>::new(),
+            "data follows the frame"
+        );
 
-        s.stdin = Stdin::Bytes(vec![0; 8 << 20]);
-        assert_eq!(problems(&s), Vec::<Problem>::new(), "20 MiB as JSON fits");
+        // But they must fit the worker's memory limit, named.
+        s.limits.process_memory = Some(ByteSize::mib(64));
+        let p = only(&s, "input", ProblemKind::Conflict);
+        assert!(p.message.contains("limits.process_memory"), "{p:?}");
+        s.input = Some(vec![1; 30 << 20]);
+        only(&s, "stdin", ProblemKind::Conflict);
+        s.isolation = Isolation::Thread;
+        assert_eq!(
+            problems(&s),
+            Vec::<Problem>::new(),
+            "thread tasks need no worker"
+        );
     }
 
     /// The bound that spares encoding small specs is an upper bound.

@@ -188,9 +188,14 @@ pub enum Output {
     Capture,
     /// Delivered as it is written through [`crate::TaskHandle::take_stdout`] /
     /// [`crate::TaskHandle::take_stderr`]. A reader that falls behind slows the
-    /// guest down instead of growing a buffer.
+    /// guest down instead of growing a buffer. A reader that goes away (the
+    /// receiver is dropped) closes the stream: the guest's writes to it then
+    /// fail with `EPIPE`, and a guest that writes on regardless is ended
+    /// with exit status 141, as SIGPIPE ends a native writer.
     Pipe,
-    /// Written straight to the host process's matching stream.
+    /// Written straight to the host process's matching stream as the guest
+    /// writes it (flushed, newline or not). If that stream's reader goes
+    /// away (a closed pipe), the guest's writes fail as for [`Output::Pipe`].
     Inherit,
     /// Thrown away (still counted against [`Limits::max_output`]).
     Discard,

@@ -44,6 +44,12 @@ pub(crate) fn new_store(
 ) -> Store<TaskState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    // A guest may hand a host call all the bytes it has (one `fd_write`
+    // of 128 MiB or more): what it hands over is in its own linear memory,
+    // already bounded by its memory limit, and a preview1 write to stdout
+    // or stderr borrows it without a copy. wasmtime's default of 128 MiB
+    // per call failed such writes with `nomem` before writing anything.
+    store.set_hostcall_fuel(usize::MAX);
     // Both only fail when fuel is disabled in the engine, which it never is.
     let _ = store.set_fuel(fuel);
     let _ = store.fuel_async_yield_interval(Some(FUEL_WRITE_BACK));

@@ -20,7 +20,7 @@ use crate::handle::CancelHandle;
 use crate::ipc::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::loader::{EngineSettings, Loader};
-use crate::outcome::{CallError, Limit, Outcome, TaskMetrics, refused};
+use crate::outcome::{CallError, Limit, Outcome, Stream, TaskMetrics, refused};
 use crate::parts::Parts;
 use crate::spec::{Isolation, Output, Stdin};
 use crate::thread::{self, SpawnExtras};
@@ -159,7 +159,7 @@ async fn serve() -> Result<(), String> {
     // A worker whose tasks opt into reuse goes back to waiting for the next
     // `run` after each; any other runs one task.
     loop {
-        let request = match next_frame(&mut reader).await? {
+        let mut request = match next_frame(&mut reader).await? {
             Some(ToWorker::Run(request)) => request,
             Some(ToWorker::Preload(preload)) => {
                 // Only a head start: if it fails, the task's own load
@@ -176,7 +176,10 @@ async fn serve() -> Result<(), String> {
                 continue;
             }
             // A kept plugin instance: this worker serves it until the end.
-            Some(ToWorker::Plugin(request)) => {
+            Some(ToWorker::Plugin(mut request)) => {
+                if !read_data(&mut reader, &mut request).await? {
+                    return Ok(());
+                }
                 return serve_plugin(&parts, *request, reader, &mut writer).await;
             }
             // The parent let us go (unused, or done reusing us).
@@ -184,12 +187,51 @@ async fn serve() -> Result<(), String> {
             Some(_) => return Err("expected a run frame".into()),
         };
         let reuse = request.spec.reuse_worker;
+        if !read_data(&mut reader, &mut request).await? {
+            // Cancelled before it could start.
+            match finish_failed(&mut writer, reader, reuse, Outcome::Cancelled).await? {
+                Some(rest) => {
+                    reader = rest;
+                    continue;
+                }
+                None => return Ok(()),
+            }
+        }
         let rest = run_one(&parts, *request, reader, &mut writer).await?;
         match rest {
             Some(rest) if reuse => reader = rest,
             _ => return Ok(()),
         }
     }
+}
+
+/// Reads the data frames that follow a run or plugin frame (its spec's
+/// input and stdin bytes, see [`protocol::FollowingData`]) back into the
+/// spec, before anything runs or any OS limit applies. `Ok(false)` if the
+/// parent cancelled the task meanwhile.
+async fn read_data(reader: &mut Reader, request: &mut RunRequest) -> Result<bool, String> {
+    let wanted = request.data;
+    if !wanted.input && !wanted.stdin {
+        return Ok(true);
+    }
+    let (mut input, mut stdin) = (Vec::new(), Vec::new());
+    loop {
+        match next_frame(reader).await? {
+            Some(ToWorker::Input(bytes)) if wanted.input => input.extend_from_slice(&bytes),
+            Some(ToWorker::Stdin(bytes)) if wanted.stdin => stdin.extend_from_slice(&bytes),
+            Some(ToWorker::DataEnd) => break,
+            Some(ToWorker::Cancel) => return Ok(false),
+            None => return Err("the parent left before the task's data arrived".into()),
+            Some(_) => return Err("expected the task's data frames".into()),
+        }
+    }
+    if wanted.input {
+        request.spec.input = Some(input);
+    }
+    if wanted.stdin {
+        request.spec.stdin = Stdin::Bytes(stdin);
+    }
+    Ok(true)
 }
 
 /// Instantiates a plugin once and answers [`ToWorker::Call`]s on it until
@@ -300,7 +342,7 @@ async fn warm_up(parts: &Parts) {
 /// or if the worker's use cannot be read.
 fn limit_below_worker(data_bytes: u64) -> Option<Outcome> {
     let in_use = sys::data_in_use()?;
-    (data_bytes <= in_use).then(|| Outcome::LimitExceeded {
+    (data_bytes <= in_use).then_some(Outcome::LimitExceeded {
         limit: Limit::ProcessMemory {
             max: bytesize::ByteSize(data_bytes),
         },
@@ -390,12 +432,16 @@ async fn run_one(
     // the guest's output (which could deadlock both processes on full
     // pipes).
     let task_over = tokio_util::sync::CancellationToken::new();
+    // Streams whose reader went away in the parent: their receivers here
+    // are closed, so the guest's writes fail (EPIPE) as in a thread task.
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
     let inbound = tokio::spawn(read_parent(
         reader,
         sender,
         stdin_writer,
         canceller,
         task_over.clone(),
+        closed_tx,
     ));
 
     let mut wait = std::pin::pin!(handle.wait());
@@ -421,6 +467,12 @@ async fn run_one(
             message = messages.recv(), if messages_open => match message {
                 Some(bytes) => send(writer, FromWorker::Message(bytes)).await?,
                 None => messages_open = false,
+            },
+            Some(stream) = closed_rx.recv() => match stream {
+                // What the guest wrote before still drains (the parent
+                // drops it); its next write finds the stream closed.
+                Stream::Stdout => stdout.close(),
+                Stream::Stderr => stderr.close(),
             },
             done = &mut wait, if report.is_none() => report = Some(done),
         }
@@ -454,6 +506,7 @@ async fn read_parent(
     mut stdin: Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>,
     canceller: CancelHandle,
     task_over: tokio_util::sync::CancellationToken,
+    closed: tokio::sync::mpsc::UnboundedSender<Stream>,
 ) -> Option<Reader> {
     let mut sender = Some(sender);
     loop {
@@ -486,13 +539,19 @@ async fn read_parent(
                 }
             }
             Ok(Some(ToWorker::Cancel)) => canceller.cancel(),
+            // Once the task is over nobody listens; that is fine.
+            Ok(Some(ToWorker::OutputClosed(stream))) => {
+                let _ = closed.send(stream);
+            }
             Ok(Some(
                 ToWorker::Hello(_)
                 | ToWorker::Run(_)
                 | ToWorker::Preload(_)
                 | ToWorker::WarmUp
                 | ToWorker::Plugin(_)
-                | ToWorker::Call(_),
+                | ToWorker::Call(_)
+                | ToWorker::Input(_)
+                | ToWorker::DataEnd,
             ))
             | Err(_) => {
                 // A confused parent: stop the task; the report still goes out.

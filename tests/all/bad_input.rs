@@ -242,11 +242,11 @@ async fn spec_rules_are_checked_before_a_task_starts() {
         other => panic!("expected a start error, got {other:?}"),
     }
 
-    // And the CLI, which reports it as a usage error.
+    // And the CLI, which reports it as a usage error naming its flag.
     let hello = hello.to_str().expect("utf-8 path");
     cli_error(
         &["run", "--fuel", "0", hello],
-        &["limits.fuel", "must be at least 1"],
+        &["--fuel", "must be at least 1"],
     );
 }
 

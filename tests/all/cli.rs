@@ -157,7 +157,7 @@ fn help_states_every_default_and_exit_code() {
     let help = stdout(&out);
     for needle in [
         "--max-memory <SIZE>",
-        "[default: 1GiB]",
+        "Default: 1GiB",
         "Default: unlimited",
         "Default: none",
         "--dir-ro",

@@ -1720,6 +1720,13 @@ fn item_spans(spans: &mut BTreeMap<String, Span>, field: &str, value: &Value<'_>
 /// read: compiling is `isola up`'s job, and would make `check` slow.
 fn wasm_problem(path: &Path) -> Option<String> {
     use std::io::Read;
+    // WebAssembly text: parsed (and any error in it reported) when the
+    // task loads, as a binary is compiled then.
+    if path.extension().is_some_and(|ext| ext == "wat") {
+        return std::fs::File::open(path)
+            .err()
+            .map(|err| format!("cannot read `{}`: {err}", path.display()));
+    }
     let mut magic = [0u8; 4];
     let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
     match read {

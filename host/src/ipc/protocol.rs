@@ -7,6 +7,12 @@
 //! control frames (hello, run, started, finished) carry JSON, which is
 //! self-describing and rare enough that its cost does not matter.
 //!
+//! Bulk bytes of a spec (its start `input`, its `Stdin::Bytes`) do not
+//! travel as JSON inside the run frame: they follow it as raw `input` and
+//! `stdin` data frames of at most [`DATA_CHUNK`] bytes each, ended by
+//! `data-end` ([`RunRequest::data`]), so an input of any size fits, within
+//! the worker's memory limit, which the rulebook checks up front.
+//!
 //! A frame that is too large, too short, of an unknown kind or with a body
 //! that does not parse is a [`ProtocolError`] for the task that received it;
 //! the peer is then stopped. Nothing in the decoder panics on bad input.
@@ -24,12 +30,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
-use crate::outcome::{Outcome, TaskMetrics};
+use crate::outcome::{Outcome, Stream, TaskMetrics};
 use crate::spec::TaskSpec;
 use crate::wire::{path_bytes, spec_wire};
 
 /// Bumped on any incompatible change; checked in the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// Identifies Isola's protocol in the first frame, so a worker started by
 /// something else fails fast instead of misreading its input.
@@ -85,6 +91,15 @@ pub(crate) enum ToWorker {
     /// through the whole task path while idle, so the real one finds code
     /// paged in and lazy state set up.
     WarmUp,
+    /// A piece of the task's start input, right after its run or plugin
+    /// frame (see [`RunRequest::data`]).
+    Input(Bytes),
+    /// The last of the data frames that follow a run or plugin frame.
+    DataEnd,
+    /// The reader of this stream of the task went away in the parent (its
+    /// own stdout closed, a dropped receiver): the guest's writes to it
+    /// now fail as a closed pipe's, as they would in a thread task.
+    OutputClosed(Stream),
 }
 
 /// Worker → parent.
@@ -163,6 +178,62 @@ pub(crate) struct RunRequest {
     pub(crate) os_limits: OsLimits,
     /// The export to enter.
     pub(crate) entry: crate::spec::Entry,
+    /// What follows this frame as data frames, to be put back into `spec`.
+    #[serde(default)]
+    pub(crate) data: FollowingData,
+}
+
+/// Largest piece of bulk data in one `input` or `stdin` frame.
+pub(crate) const DATA_CHUNK: usize = 1 << 20;
+
+/// The bulk bytes that follow a run or plugin frame as data frames: the
+/// spec's `input` (as `input` frames), then its `Stdin::Bytes` (as `stdin`
+/// frames, the spec's `stdin` being `Closed` in the frame), then
+/// `data-end`. Nothing follows when neither is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FollowingData {
+    /// `spec.input` is `Some`, and follows.
+    pub(crate) input: bool,
+    /// `spec.stdin` is `Stdin::Bytes`, and follows.
+    pub(crate) stdin: bool,
+}
+
+impl FollowingData {
+    /// Takes the bulk bytes out of `spec` (its `input`, its stdin bytes,
+    /// leaving `Stdin::Closed`), returning what to send after the frame.
+    pub(crate) fn take(spec: &mut TaskSpec) -> (FollowingData, Vec<ToWorker>) {
+        let input = spec.input.take();
+        let stdin = match std::mem::replace(&mut spec.stdin, crate::spec::Stdin::Closed) {
+            crate::spec::Stdin::Bytes(bytes) => Some(bytes),
+            other => {
+                spec.stdin = other;
+                None
+            }
+        };
+        let data = FollowingData {
+            input: input.is_some(),
+            stdin: stdin.is_some(),
+        };
+        // Pieces of one buffer each, not copies.
+        let pieces = |bytes: Vec<u8>| {
+            let bytes = Bytes::from(bytes);
+            (0..bytes.len())
+                .step_by(DATA_CHUNK)
+                .map(|at| bytes.slice(at..bytes.len().min(at + DATA_CHUNK)))
+                .collect::<Vec<Bytes>>()
+        };
+        let mut frames = Vec::new();
+        if let Some(input) = input {
+            frames.extend(pieces(input).into_iter().map(ToWorker::Input));
+        }
+        if let Some(stdin) = stdin {
+            frames.extend(pieces(stdin).into_iter().map(ToWorker::Stdin));
+        }
+        if data.input || data.stdin {
+            frames.push(ToWorker::DataEnd);
+        }
+        (data, frames)
+    }
 }
 
 /// What a [`ToWorker::Preload`] names.
@@ -274,6 +345,9 @@ mod kind {
     pub(super) const WARM_UP: u8 = 10;
     pub(super) const PLUGIN: u8 = 11;
     pub(super) const CALL: u8 = 12;
+    pub(super) const OUTPUT_CLOSED: u8 = 13;
+    pub(super) const INPUT: u8 = 14;
+    pub(super) const DATA_END: u8 = 15;
     pub(super) const CALL_OUTPUT: u8 = 21;
     pub(super) const CALL_FAILED: u8 = 22;
     pub(super) const STARTED: u8 = 16;
@@ -360,6 +434,15 @@ impl ToWorker {
             ToWorker::WarmUp => frame_with(kind::WARM_UP, &[]),
             ToWorker::Plugin(request) => json_frame(kind::PLUGIN, "plugin", request)?,
             ToWorker::Call(input) => frame_with(kind::CALL, input),
+            ToWorker::Input(bytes) => frame_with(kind::INPUT, bytes),
+            ToWorker::DataEnd => frame_with(kind::DATA_END, &[]),
+            ToWorker::OutputClosed(stream) => frame_with(
+                kind::OUTPUT_CLOSED,
+                &[match stream {
+                    Stream::Stdout => 1,
+                    Stream::Stderr => 2,
+                }],
+            ),
         })
     }
 
@@ -398,6 +481,21 @@ impl ToWorker {
             }
             kind::PLUGIN => ToWorker::Plugin(Box::new(parse_json("plugin", body)?)),
             kind::CALL => ToWorker::Call(Bytes::copy_from_slice(body)),
+            kind::INPUT => ToWorker::Input(Bytes::copy_from_slice(body)),
+            kind::DATA_END => {
+                expect_empty("data-end", body)?;
+                ToWorker::DataEnd
+            }
+            kind::OUTPUT_CLOSED => ToWorker::OutputClosed(match body {
+                [1] => Stream::Stdout,
+                [2] => Stream::Stderr,
+                _ => {
+                    return Err(ProtocolError::Malformed {
+                        kind: "output-closed",
+                        message: "expected one byte, 1 (stdout) or 2 (stderr)".into(),
+                    });
+                }
+            }),
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -518,6 +616,53 @@ mod tests {
     }
 
     #[test]
+    fn bulk_data_follows_the_run_frame_in_pieces() {
+        let mut spec = TaskSpec::new("x.wasm");
+        spec.input = Some(vec![7; DATA_CHUNK * 2 + 1]);
+        spec.stdin = Stdin::Bytes(vec![1, 2, 3]);
+        let (data, frames) = FollowingData::take(&mut spec);
+        assert_eq!(
+            data,
+            FollowingData {
+                input: true,
+                stdin: true
+            }
+        );
+        assert_eq!((spec.input, spec.stdin), (None, Stdin::Closed));
+        let lengths: Vec<(u8, usize)> = frames
+            .iter()
+            .map(|frame| match frame {
+                ToWorker::Input(bytes) => (kind::INPUT, bytes.len()),
+                ToWorker::Stdin(bytes) => (kind::STDIN, bytes.len()),
+                ToWorker::DataEnd => (kind::DATA_END, 0),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            lengths,
+            [
+                (kind::INPUT, DATA_CHUNK),
+                (kind::INPUT, DATA_CHUNK),
+                (kind::INPUT, 1),
+                (kind::STDIN, 3),
+                (kind::DATA_END, 0)
+            ]
+        );
+        // An empty input still follows (as no piece), and is put back as
+        // empty; a spec without bulk bytes sends nothing more.
+        let mut spec = TaskSpec::new("x.wasm");
+        spec.input = Some(Vec::new());
+        assert_eq!(FollowingData::take(&mut spec).1, [ToWorker::DataEnd]);
+        let mut spec = TaskSpec::new("x.wasm");
+        spec.stdin = Stdin::Inherit;
+        let (data, frames) = FollowingData::take(&mut spec);
+        assert_eq!(
+            (data, frames.len(), spec.stdin),
+            (FollowingData::default(), 0, Stdin::Inherit)
+        );
+    }
+
+    #[test]
     fn every_frame_round_trips() {
         round_trip_to_worker(ToWorker::Hello(Hello::current()));
         let mut spec = TaskSpec::new("x.wasm");
@@ -537,7 +682,13 @@ mod tests {
                 open_files: 4,
             },
             entry: crate::spec::Entry::Run,
+            data: FollowingData {
+                input: true,
+                stdin: false,
+            },
         })));
+        round_trip_to_worker(ToWorker::Input(Bytes::from_static(b"\0\xffinput")));
+        round_trip_to_worker(ToWorker::DataEnd);
         round_trip_to_worker(ToWorker::Stdin(Bytes::from_static(b"\0\xffbytes")));
         round_trip_to_worker(ToWorker::StdinEnd);
         round_trip_to_worker(ToWorker::Cancel);
@@ -546,6 +697,16 @@ mod tests {
         round_trip_to_worker(ToWorker::EndTask);
         round_trip_to_worker(ToWorker::WarmUp);
         round_trip_to_worker(ToWorker::Call(Bytes::from_static(b"input")));
+        round_trip_to_worker(ToWorker::OutputClosed(Stream::Stdout));
+        round_trip_to_worker(ToWorker::OutputClosed(Stream::Stderr));
+        assert!(
+            ToWorker::decode(&[13]).is_err(),
+            "output-closed without a stream"
+        );
+        assert!(
+            ToWorker::decode(&[13, 3]).is_err(),
+            "output-closed of no stream"
+        );
         round_trip_from_worker(FromWorker::CallOutput(Bytes::from_static(b"\0out")));
         round_trip_from_worker(FromWorker::CallFailed(Box::new(CallFailure::Rejected {
             error: "no".into(),
@@ -672,6 +833,7 @@ mod tests {
                 open_files: 4,
             },
             entry: crate::spec::Entry::Auto,
+            data: FollowingData::default(),
         }
     }
 

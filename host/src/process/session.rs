@@ -14,7 +14,7 @@ use super::pool::{
 };
 use super::supervisor::{os_limits, prepare_for_worker};
 use crate::error::Error;
-use crate::ipc::protocol::{self, FromWorker, RunRequest, ToWorker};
+use crate::ipc::protocol::{self, FollowingData, FromWorker, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{
     CallError, Outcome, Stop, TaskMetrics, WorkerEnding, abandoned, ended, unusable,
@@ -74,18 +74,23 @@ pub(crate) async fn start(
     } = backend.take_worker(false).await?;
     backend.refill_soon();
     let timeout = spec.limits.timeout;
+    // Input and stdin bytes follow the plugin frame as raw data frames.
+    let (data, data_frames) = FollowingData::take(&mut spec);
     let request = RunRequest {
         os_limits: os_limits(&spec),
         program: protocol::ProgramId::of(program),
         spec,
         cache_dir,
         entry: Entry::Run,
+        data,
     };
-    let frame = ToWorker::Plugin(Box::new(request))
-        .encode()
-        .map_err(|e| Error::Internal(format!("cannot describe the plugin to its worker: {e}")))?;
-    let sent = writer.send(frame).await;
-    sent.map_err(|e| Error::Internal(format!("cannot reach the plugin's worker: {e}")))?;
+    for message in std::iter::once(ToWorker::Plugin(Box::new(request))).chain(data_frames) {
+        let frame = message.encode().map_err(|e| {
+            Error::Internal(format!("cannot describe the plugin to its worker: {e}"))
+        })?;
+        let sent = writer.send(frame).await;
+        sent.map_err(|e| Error::Internal(format!("cannot reach the plugin's worker: {e}")))?;
+    }
     let mut worker = PluginWorker {
         child: Some(child),
         pid,

@@ -18,7 +18,7 @@ use super::pool::{ChildGuard, GRACE, ProcessBackend, Worker, Writer, reap, sleep
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
 use crate::handle::{TaskHandle, TaskId};
-use crate::ipc::protocol::{self, FromWorker, OsLimits, RunRequest, ToWorker};
+use crate::ipc::protocol::{self, FollowingData, FromWorker, OsLimits, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
 use crate::output::OutputPipe;
@@ -97,6 +97,8 @@ pub(crate) async fn spawn(
     let (stdout, stdout_rx) = OutputPipe::new(Stream::Stdout, spec.stdout, None, limits.capture);
     let (stderr, stderr_rx) = OutputPipe::new(Stream::Stderr, spec.stderr, None, limits.capture);
     let forward_stdin = spec.stdin == Stdin::Inherit;
+    // Input and stdin bytes follow the run frame as raw data frames.
+    let (data, data_frames) = FollowingData::take(&mut spec);
 
     let slot = parts.slot().await?;
     let reuse = spec.reuse_worker;
@@ -119,6 +121,7 @@ pub(crate) async fn spawn(
         cache_dir,
         program: program_id,
         entry,
+        data,
     };
     let cancel = CancellationToken::new();
     let Worker {
@@ -142,18 +145,26 @@ pub(crate) async fn spawn(
     // A frame that cannot be encoded (none should: paths travel as bytes)
     // ends the task `Failed` with the reason, through this channel.
     let (unsent_tx, unsent_rx) = oneshot::channel();
-    let writer_task = tokio::spawn(write_frames(writer, frames_rx, unsent_tx));
-    tokio::spawn(forward_messages(to_guest_rx, frames_tx.clone()));
-    let stdin_task = forward_stdin.then(|| tokio::spawn(forward_stdin_frames(frames_tx.clone())));
+    // Frames that must not wait behind queued data (a stdin that keeps
+    // the queue full): written before anything queued after them.
+    let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_frames(writer, frames_rx, urgent_rx, unsent_tx));
+    let feeder = tokio::spawn(feed(
+        frames_tx.clone(),
+        data_frames,
+        to_guest_rx,
+        forward_stdin,
+    ));
     let supervisor = Supervisor {
         child,
         pid,
         reader,
         writer_task,
-        stdin_task,
+        feeder,
         reuse: reuse.then(|| Arc::clone(&backend)),
         refill: Some(backend),
         frames: frames_tx,
+        urgent: urgent_tx,
         unsent: Some(unsent_rx),
         messages: from_guest_tx,
         cancel: cancel.clone(),
@@ -179,16 +190,27 @@ pub(crate) async fn spawn(
 /// Frames queued for the worker's pipe.
 const FRAME_QUEUE: usize = 16;
 
-/// Writes queued frames to the worker. Hands the pipe back after writing
-/// [`ToWorker::EndTask`], so a reused worker can take another task. A frame
-/// that cannot be encoded is not replaced by anything: its error goes to
-/// `unsent`, and the supervisor ends the task `Failed` with it.
+/// Writes queued frames to the worker, an `urgent` one before any queued
+/// one (only frames that may come after the run frame go there). Hands the
+/// pipe back after writing [`ToWorker::EndTask`], so a reused worker can
+/// take another task. A frame that cannot be encoded is not replaced by
+/// anything: its error goes to `unsent`, and the supervisor ends the task
+/// `Failed` with it.
 async fn write_frames(
     mut writer: Writer,
     mut frames: mpsc::Receiver<ToWorker>,
+    mut urgent: mpsc::UnboundedReceiver<ToWorker>,
     unsent: oneshot::Sender<String>,
 ) -> Option<Writer> {
-    while let Some(frame) = frames.recv().await {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            Some(frame) = urgent.recv() => frame,
+            frame = frames.recv() => match frame {
+                Some(frame) => frame,
+                None => return None,
+            },
+        };
         let bytes = match frame.encode() {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -204,7 +226,29 @@ async fn write_frames(
             return Some(writer);
         }
     }
-    None
+}
+
+/// Everything the parent sends the worker besides the run frame and
+/// control frames, in order: the task's data frames first (the worker
+/// reads them before anything else), then the host's messages and, for a
+/// task that inherits it, the host's stdin.
+async fn feed(
+    frames: mpsc::Sender<ToWorker>,
+    data: Vec<ToWorker>,
+    messages: mpsc::Receiver<bytes::Bytes>,
+    forward_stdin: bool,
+) {
+    for frame in data {
+        if frames.send(frame).await.is_err() {
+            return;
+        }
+    }
+    let messages = forward_messages(messages, frames.clone());
+    if forward_stdin {
+        tokio::join!(messages, forward_stdin_frames(frames));
+    } else {
+        messages.await;
+    }
 }
 
 /// Carries the host's messages to the worker, then tells it the channel
@@ -247,14 +291,17 @@ struct Supervisor {
     reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
     /// The task that owns the pipe to the worker.
     writer_task: tokio::task::JoinHandle<Option<Writer>>,
-    /// Forwards the host's stdin, for a task that inherits it.
-    stdin_task: Option<tokio::task::JoinHandle<()>>,
+    /// Sends the task's data, then the host's messages and stdin
+    /// ([`feed`]); stopped once the task is over.
+    feeder: tokio::task::JoinHandle<()>,
     /// Where the worker goes back if the task opted into reuse.
     reuse: Option<Arc<ProcessBackend>>,
     /// The pool to top up once the guest has started.
     refill: Option<Arc<ProcessBackend>>,
     /// Frames queued for the worker.
     frames: mpsc::Sender<ToWorker>,
+    /// Frames for the worker that go before anything queued.
+    urgent: mpsc::UnboundedSender<ToWorker>,
     /// Why a frame could not be sent, if one could not be encoded; `None`
     /// once the writer has answered (or ended without a word).
     unsent: Option<oneshot::Receiver<String>>,
@@ -303,6 +350,8 @@ impl Supervisor {
         let mut started_at = None;
         let mut stop: Option<Stop> = None;
         let mut kill_at: Option<tokio::time::Instant> = None;
+        // Whether the worker was told that a stream's reader went away.
+        let (mut stdout_told, mut stderr_told) = (false, false);
         // The worker enforces the timeout itself; this backstop covers a
         // worker that cannot (stopped, wedged).
         let backstop = self
@@ -358,12 +407,23 @@ impl Supervisor {
                                 () = self.stdout.forward(bytes) => {}
                                 () = stop_now => {}
                             }
+                            // The reader went away (our stdout closed, a
+                            // dropped receiver): the guest's writes must
+                            // now fail, as in a thread task.
+                            if !stdout_told && self.stdout.is_closed() {
+                                stdout_told = true;
+                                let _ = self.urgent.send(ToWorker::OutputClosed(Stream::Stdout));
+                            }
                         }
                         Ok(FromWorker::Stderr(bytes)) => {
                             let stop_now = self.stop_signal(stop.is_none(), backstop);
                             tokio::select! {
                                 () = self.stderr.forward(bytes) => {}
                                 () = stop_now => {}
+                            }
+                            if !stderr_told && self.stderr.is_closed() {
+                                stderr_told = true;
+                                let _ = self.urgent.send(ToWorker::OutputClosed(Stream::Stderr));
                             }
                         }
                         Ok(FromWorker::Message(bytes)) => {
@@ -392,9 +452,7 @@ impl Supervisor {
         if protocol_error.is_some() {
             let _ = sys::signal_group(pid, libc::SIGKILL);
         }
-        if let Some(stdin) = &self.stdin_task {
-            stdin.abort();
-        }
+        self.feeder.abort();
         if let Some(pool) = self.refill.take() {
             pool.refill_soon();
         }

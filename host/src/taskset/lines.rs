@@ -33,7 +33,13 @@ impl LineSplitter {
         }
     }
 
-    /// Emits what is left after the stream ended without a final newline.
+    /// Whether a line has begun and not ended yet (a prompt, say).
+    pub(crate) fn has_partial(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// Emits what is left after the stream ended without a final newline,
+    /// or a partial line that has waited long enough to be shown.
     pub(crate) fn finish(&mut self, mut emit: impl FnMut(&str)) {
         if !self.partial.is_empty() {
             emit(&text(&self.partial));

@@ -85,7 +85,8 @@ pub enum Event<'a> {
         attempt: u32,
     },
     /// A line the task wrote, without its line ending. Invalid UTF-8 is
-    /// replaced; very long lines arrive in pieces.
+    /// replaced; very long lines arrive in pieces, and so does a partial
+    /// line left waiting (a prompt), after a short delay.
     Output {
         /// The task.
         task: &'a str,
@@ -314,7 +315,7 @@ impl Scheduler {
                 }
             };
             // All output is delivered before the task counts as finished.
-            let (report, (), ()) = tokio::join!(wait, stdout, stderr);
+            let (report, _, stderr_tail) = tokio::join!(wait, stdout, stderr);
             guard.0 = None;
 
             let restart = match task.restart {
@@ -331,7 +332,7 @@ impl Scheduler {
                     Ended {
                         attempts: attempt,
                         crashes,
-                        how: How::Ran(Box::new(report)),
+                        how: How::Ran(Box::new(report), stderr_tail.into()),
                     },
                 );
             }
@@ -345,16 +346,54 @@ impl Scheduler {
     }
 
     /// Delivers a piped stream to the sink, line by line, until it ends.
-    async fn forward(&self, task: &str, stream: Stream, rx: Option<OutputReceiver>) {
-        let Some(mut rx) = rx else { return };
+    /// A partial line (a prompt waiting for an answer) is not held until
+    /// its newline or the end: after [`PARTIAL_LINE_DELAY`] without more
+    /// output it is shown as it is, and the rest of its line follows as a
+    /// line of its own. Returns the stream's last [`TAIL_LINES`] lines.
+    async fn forward(
+        &self,
+        task: &str,
+        stream: Stream,
+        rx: Option<OutputReceiver>,
+    ) -> VecDeque<String> {
+        let mut tail = VecDeque::new();
+        let Some(mut rx) = rx else { return tail };
         let mut splitter = lines::LineSplitter::default();
-        let emit = |line: &str| self.sink.event(&Event::Output { task, stream, line });
-        while let Some(chunk) = rx.recv().await {
-            splitter.push(&chunk, emit);
+        let mut emit = |line: &str| {
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.to_owned());
+            self.sink.event(&Event::Output { task, stream, line });
+        };
+        loop {
+            let chunk = if splitter.has_partial() {
+                match tokio::time::timeout(PARTIAL_LINE_DELAY, rx.recv()).await {
+                    Ok(chunk) => chunk,
+                    Err(_) => {
+                        splitter.finish(&mut emit);
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            match chunk {
+                Some(chunk) => splitter.push(&chunk, &mut emit),
+                None => break,
+            }
         }
-        splitter.finish(emit);
+        splitter.finish(&mut emit);
+        tail
     }
 }
+
+/// How long a partial line waits for the rest before it is shown.
+const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(200);
+
+/// Lines of a failed task's stderr kept in its record
+/// ([`TaskRecord::stderr_tail`]).
+const TAIL_LINES: usize = 20;
 
 /// Slots by default: one per core.
 fn default_jobs() -> usize {
@@ -381,8 +420,9 @@ struct Ended {
 }
 
 enum How {
-    /// The last attempt ran and ended with this report.
-    Ran(Box<TaskReport>),
+    /// The last attempt ran and ended with this report, and these last
+    /// lines of its stderr.
+    Ran(Box<TaskReport>, Vec<String>),
     /// The last attempt could not start.
     StartFailed(String),
     /// The set was stopped while the last attempt was starting.
@@ -491,7 +531,7 @@ impl<'a> Run<'a> {
         record.attempts = ended.attempts;
         record.crashes = ended.crashes;
         match ended.how {
-            How::Ran(report) => {
+            How::Ran(report, stderr_tail) => {
                 // A plugin that returned a value succeeded, as a command
                 // that exited 0 did (`Outcome::is_success`).
                 record.status = match &report.outcome {
@@ -522,6 +562,9 @@ impl<'a> Run<'a> {
                 record.metrics_known =
                     metrics_known(task.spec.isolation, &report.outcome, &report.metrics);
                 record.outcome = Some(report.outcome);
+                if record.status == TaskStatus::Failed {
+                    record.stderr_tail = stderr_tail;
+                }
             }
             How::StartFailed(error) => record.start_error = Some(error),
             How::CancelledBeforeStart => {

@@ -154,6 +154,10 @@ pub struct TaskRecord {
     /// as unknown. False for a task that never ran.
     #[serde(default = "measured")]
     pub metrics_known: bool,
+    /// The last lines (at most 20) a failed task wrote to stderr, for a
+    /// record read without the console output; empty for any other task.
+    #[serde(default)]
+    pub stderr_tail: Vec<String>,
 }
 
 /// `metrics_known` of a record written before the field existed: its
@@ -210,6 +214,7 @@ impl TaskRecord {
             peak_memory: 0,
             fuel_used: 0,
             metrics_known: false,
+            stderr_tail: Vec::new(),
         }
     }
 
