@@ -76,6 +76,7 @@ mod program;
 mod region;
 mod rules;
 mod size;
+mod size_text;
 mod special_files;
 mod state;
 mod store;

@@ -349,7 +349,7 @@ fn printable(text: &str) -> String {
 /// The problem of a process task whose spec would not fit the run frame
 /// that carries it (as JSON) to its worker, naming its largest part. Its
 /// `input` and stdin bytes are not in the frame: they follow it as raw
-/// data frames ([`crate::ipc::protocol::FollowingData`]), of any size
+/// data frames (the protocol's `FollowingData`), of any size
 /// [`data_problem`] allows.
 fn run_frame_problem(spec: &TaskSpec) -> Option<Problem> {
     let limit = MAX_PROCESS_MESSAGE - RUN_FRAME_HEADROOM;
@@ -397,7 +397,7 @@ fn data_problem(spec: &TaskSpec) -> Option<Problem> {
         Stdin::Bytes(bytes) => bytes.len() as u64,
         _ => 0,
     };
-    let limit = crate::process::supervisor::os_limits(spec).data_bytes;
+    let limit = spec.limits.process_memory_or_default();
     let data = input.saturating_add(stdin);
     if data < limit {
         return None;

@@ -74,7 +74,7 @@ pub struct RunnerConfig {
     /// default true; worker processes, which run one task, turn it off.
     pub instance_pool: bool,
     /// The executable that hosts process tasks, started with
-    /// [`crate::worker::WORKER_ARG`]. By default `$ISOLA_WORKER_PROGRAM`,
+    /// `isola::worker::WORKER_ARG`. By default `$ISOLA_WORKER_PROGRAM`,
     /// this executable if it is `isola`, or an `isola` beside it.
     pub worker_program: Option<PathBuf>,
     /// Worker processes kept started and idle, so a process task does not

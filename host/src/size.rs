@@ -5,7 +5,7 @@
 //! would change a limit on its way to a worker process.
 //!
 //! What is read is exactly what `tasks.toml` reads for a size: a
-//! non-negative integer (bytes), or text read by [`crate::config::parse_size`]
+//! non-negative integer (bytes), or text read by [`crate::size_text::parse_size`]
 //! (so `"1.5 KiB"` is 1536 bytes here as there, and a size past 64 bits is
 //! *too large* rather than saturated as `bytesize`'s own parser does). The
 //! `tasks.toml` parser relies on this: it tells a size-typed limit from the
@@ -42,7 +42,7 @@ impl Visitor<'_> for ExactVisitor {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Exact, E> {
-        crate::config::parse_size(text)
+        crate::size_text::parse_size(text)
             .map(Exact)
             .map_err(|err| E::custom(format!("\"{text}\" is {err}")))
     }
@@ -138,7 +138,7 @@ mod tests {
         ] {
             let json = serde_json::json!({ "a": text, "b": text });
             let read = serde_json::from_value::<Sizes>(json).map(|s| (s.a, s.b));
-            match crate::config::parse_size(text) {
+            match crate::size_text::parse_size(text) {
                 Ok(size) => assert_eq!(read.expect(text), (size, Some(size)), "{text:?}"),
                 Err(_) => assert!(read.is_err(), "{text:?}"),
             }

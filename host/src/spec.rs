@@ -245,6 +245,23 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Memory a worker process may use beyond its task's linear memory by
+    /// default: the engine, compiled code, fiber stack and WASI host state.
+    pub const DEFAULT_PROCESS_MEMORY_HEADROOM: ByteSize = ByteSize::mib(512);
+
+    /// The kernel memory limit (`RLIMIT_DATA`) of a process task's worker,
+    /// in bytes: [`Limits::process_memory`], else `max_memory` plus
+    /// [`Limits::DEFAULT_PROCESS_MEMORY_HEADROOM`].
+    pub fn process_memory_or_default(&self) -> u64 {
+        match self.process_memory {
+            Some(limit) => limit.as_u64(),
+            None => self
+                .max_memory
+                .as_u64()
+                .saturating_add(Self::DEFAULT_PROCESS_MEMORY_HEADROOM.as_u64()),
+        }
+    }
+
     /// Default linear memory cap: 1 GiB.
     pub const DEFAULT_MAX_MEMORY: ByteSize = ByteSize::gib(1);
     /// Default capture buffer per stream: 16 MiB.

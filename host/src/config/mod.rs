@@ -38,15 +38,14 @@
 mod error;
 mod graph;
 mod parse;
-mod size;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::size_text::{SizeError, parse_size};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, Location, Scope};
-pub use size::{SizeError, parse_size};
 
 /// The keys a `[[task]]` table accepts (`[defaults]` takes the same except
 /// `name` and `depends_on`).

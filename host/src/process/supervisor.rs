@@ -26,20 +26,12 @@ use crate::parts::Parts;
 use crate::program::Program;
 use crate::spec::{Entry, Stdin, TaskSpec};
 
-/// Memory a worker may use beyond its task's linear memory: the engine,
-/// compiled code, fiber stack and WASI host state.
-const DEFAULT_OS_MEMORY_HEADROOM: u64 = 512 << 20;
-
 /// Open files a worker may have: preopened dirs, files the guest opens, pipes.
 const WORKER_OPEN_FILES: u64 = 256;
 
 /// The OS limits for a task's worker.
 pub(crate) fn os_limits(spec: &TaskSpec) -> OsLimits {
-    let data_bytes = spec
-        .limits
-        .process_memory
-        .map(|m| m.as_u64())
-        .unwrap_or_else(|| spec.limits.max_memory.as_u64() + DEFAULT_OS_MEMORY_HEADROOM);
+    let data_bytes = spec.limits.process_memory_or_default();
     OsLimits {
         data_bytes,
         // Each linear memory reserves its full 4 GiB range plus guards up
