@@ -4,74 +4,15 @@
 //! misleading messages and metrics, and message channels nobody closes.
 
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use isola::{CacheDir, DirGrant, Isolation, Outcome, Runner, RunnerConfig, Stdin, TaskSpec};
-use isola_tests::{GuestKind, ISOLATIONS, guest, isola_bin, runner_with_cache, shared_cache};
-
-/// Runs the `isola` binary with `args` (and `env` on top of the test
-/// environment `isola_tests::isola` uses, stdin empty), killing it if it
-/// has not ended within `limit`: `None` then. A regression that hangs
-/// fails the test instead of hanging the suite.
-fn isola_within(args: &[&OsStr], env: &[(&str, &OsStr)], limit: Duration) -> Option<Output> {
-    let mut child = Command::new(isola_bin())
-        .args(args)
-        .env("ISOLA_CACHE_DIR", shared_cache())
-        .env("RUST_BACKTRACE", "1")
-        .env("ISOLA_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn isola");
-    // Drained on threads of their own, so a chatty child never blocks on
-    // a full pipe while we wait for it.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait().expect("wait for isola") {
-            Some(status) => break Some(status),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    status.map(|status| Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
+use isola_tests::{
+    GuestKind, ISOLATIONS, guest, isola_bin, isola_within, runner_with_cache, shared_cache,
+};
 
 /// As [`isola_within`] with text arguments and no extra environment.
 fn isola_text(args: &[&str], limit: Duration) -> Option<Output> {
