@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use isola::{ByteSize, Isolation, Limit, Outcome, Output, RunnerConfig, TaskSpec};
-use isola_tests::procs::open_fds;
+use isola::{ByteSize, Isolation, Limit, Outcome, Output, TaskSpec};
 use isola_tests::{GuestKind, Target, isola_bin, runner, shared_cache};
 
 fn process(name: &str) -> TaskSpec {
@@ -115,72 +114,6 @@ async fn the_os_memory_limit_is_reported_precisely() {
         Outcome::Crashed { signal, .. } => assert_eq!(signal, Some(6)),
         other => panic!("unexpected outcome {other:?}"),
     }
-}
-
-/// Pids of this process's children that are zombies.
-fn zombie_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut zombies = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may contain spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") && fields.get(1) == Some(&me.to_string().as_str()) {
-            zombies.push(pid);
-        }
-    }
-    zombies
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_thousand_process_tasks_leave_no_zombies_or_fds() {
-    // Warm up the runtime's own fds (signal pipes, epoll) before counting.
-    let _ = runner().run(process("hello")).await.expect("warm-up");
-    let fds_before = open_fds();
-    {
-        let runner = isola::Runner::with_config(RunnerConfig {
-            max_live_tasks: 8,
-            cache_dir: isola::CacheDir::Path(shared_cache()),
-            worker_program: Some(isola_bin()),
-            prestarted_workers: 2,
-            ..RunnerConfig::default()
-        })
-        .expect("runner");
-        let mut handles = std::collections::VecDeque::new();
-        for i in 0..1000 {
-            let mut spec = process("echo_cli");
-            spec.args = vec!["args".into(), i.to_string()];
-            handles.push_back(runner.spawn(spec).await.expect("spawn"));
-            if handles.len() >= 8 {
-                let handle = handles.pop_front().expect("queued");
-                assert!(handle.wait().await.outcome.is_success());
-            }
-        }
-        for handle in handles {
-            assert!(handle.wait().await.outcome.is_success());
-        }
-    }
-    // Idle pre-started workers see their pipes close and exit; give the
-    // runtime a moment to reap them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (open_fds() > fds_before || !zombie_children().is_empty()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(zombie_children(), Vec::<u32>::new(), "no zombies");
-    assert!(
-        open_fds() <= fds_before,
-        "fds: {} before, {} after",
-        fds_before,
-        open_fds()
-    );
 }
 
 /// The children of `pid`, from /proc.
