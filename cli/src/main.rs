@@ -51,6 +51,12 @@ enum Command {
     Up(commands::up::UpCommand),
 }
 
+/// The system allocator, except that a worker process whose allocation its
+/// memory limit refuses exits with a status its parent reports as that
+/// limit, rather than aborting as a crash.
+#[global_allocator]
+static ALLOCATOR: isola::worker::Allocator = isola::worker::Allocator;
+
 fn main() -> ExitCode {
     install_panic_hook();
     // A process task's worker: this binary, started by a parent Isola.

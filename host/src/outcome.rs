@@ -451,6 +451,12 @@ impl Stop {
     }
 }
 
+/// Exit status of a worker that ended because an allocation failed under
+/// its task's process memory limit (`crate::worker::Allocator`). A worker
+/// ends with no other such status (0, or 70 when its protocol fails; a
+/// panic is the binary's own), and a guest cannot choose it.
+pub(crate) const WORKER_OUT_OF_MEMORY: i32 = 86;
+
 /// How a worker process's task ended, as its parent saw it: the one input
 /// of the process backend's classification.
 #[derive(Debug)]
@@ -463,6 +469,9 @@ pub(crate) struct WorkerEnding {
     pub(crate) stop: Option<Stop>,
     /// The worker's exit status once reaped, if it was.
     pub(crate) status: Option<std::process::ExitStatus>,
+    /// The `RLIMIT_DATA` the worker ran its task under (the `data_bytes`
+    /// of the limits sent with the task), if it was given one.
+    pub(crate) data_limit: Option<u64>,
 }
 
 impl WorkerEnding {
@@ -477,9 +486,15 @@ impl WorkerEnding {
             (Some(reported), _, _) => reported,
             (None, Some(message), _) => Outcome::Failed { message },
             (None, None, Some(stop)) => stop.outcome(),
-            (None, None, None) => Outcome::Crashed {
-                signal: self.status.and_then(|s| s.signal()),
-                status: self.status.and_then(|s| s.code()),
+            (None, None, None) => match (self.status.and_then(|s| s.code()), self.data_limit) {
+                // An allocation failed under the limit: the limit, not a crash.
+                (Some(WORKER_OUT_OF_MEMORY), Some(max)) => Outcome::LimitExceeded {
+                    limit: Limit::ProcessMemory { max: ByteSize(max) },
+                },
+                (code, _) => Outcome::Crashed {
+                    signal: self.status.and_then(|s| s.signal()),
+                    status: code,
+                },
             },
         }
     }
@@ -725,6 +740,7 @@ mod tests {
             protocol_error: None,
             stop: Some(Stop::TimedOut(after)),
             status: None,
+            data_limit: None,
         };
         assert_eq!(
             ending.into_outcome(),
@@ -737,8 +753,40 @@ mod tests {
             protocol_error: None,
             stop: None,
             status: None,
+            data_limit: None,
         };
         assert!(matches!(silent.into_outcome(), Outcome::Crashed { .. }));
+    }
+
+    #[test]
+    fn a_worker_out_of_memory_under_its_limit_is_that_limit() {
+        use std::os::unix::process::ExitStatusExt;
+        let ended = |code: i32, data_limit| WorkerEnding {
+            reported: None,
+            protocol_error: None,
+            stop: None,
+            status: Some(std::process::ExitStatus::from_raw(code << 8)),
+            data_limit,
+        };
+        assert_eq!(
+            ended(WORKER_OUT_OF_MEMORY, Some(1 << 20)).into_outcome(),
+            ProcessMemory(1 << 20).outcome()
+        );
+        // Without a limit, or with another status, it is what it is.
+        assert!(matches!(
+            ended(WORKER_OUT_OF_MEMORY, None).into_outcome(),
+            Outcome::Crashed {
+                status: Some(WORKER_OUT_OF_MEMORY),
+                ..
+            }
+        ));
+        assert!(matches!(
+            ended(70, Some(1 << 20)).into_outcome(),
+            Outcome::Crashed {
+                status: Some(70),
+                ..
+            }
+        ));
     }
 
     /// A process memory limit of this many bytes.

@@ -7,8 +7,10 @@
 //! task, reports, and exits -- or, for tasks that opt into
 //! [`crate::TaskSpec::reuse_worker`], waits for the next one.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
@@ -28,6 +30,80 @@ use crate::ticker::EpochTicker;
 
 use crate::ipc::protocol::PARENT_ENV;
 pub use crate::ipc::protocol::WORKER_ARG;
+
+/// Whether this process is a worker running a task under its process
+/// memory limit: set once the limit is applied, never cleared (a reused
+/// worker's next task has a limit too).
+static UNDER_MEMORY_LIMIT: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, for binaries that host Isola workers.
+///
+/// In a worker running a task under its `process_memory` limit, an
+/// allocation the kernel refuses ends the worker at once with a status its
+/// parent reports as that limit (`Outcome::LimitExceeded` of
+/// `Limit::ProcessMemory`). Rust's own handling of a failed allocation
+/// aborts, which would read as a crash (`SIGABRT`). Anywhere else,
+/// including every process that is not a worker, it is exactly
+/// [`System`].
+///
+/// # Examples
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOCATOR: isola::worker::Allocator = isola::worker::Allocator;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allocator;
+
+// SAFETY: every method forwards to `System` with the caller's arguments,
+// so `System`'s guarantees hold; the only addition runs after a failed
+// allocation (a null pointer) and ends the process without returning.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+        let ptr = unsafe { System.alloc(layout) };
+        if ptr.is_null() {
+            out_of_memory();
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if ptr.is_null() {
+            out_of_memory();
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller upholds `dealloc`'s contract; `ptr` came from
+        // `System` through this allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller upholds `realloc`'s contract; `ptr` came from
+        // `System` through this allocator.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if new.is_null() {
+            out_of_memory();
+        }
+        new
+    }
+}
+
+/// After a failed allocation: in a worker under its memory limit, ends the
+/// process with [`crate::outcome::WORKER_OUT_OF_MEMORY`]; elsewhere returns,
+/// and the caller gets its null pointer as usual.
+fn out_of_memory() {
+    if UNDER_MEMORY_LIMIT.load(Ordering::Relaxed) {
+        // SAFETY: `_exit` ends the process at once: it runs no destructor
+        // or handler of ours and allocates nothing.
+        unsafe { libc::_exit(crate::outcome::WORKER_OUT_OF_MEMORY) }
+    }
+}
 
 /// Runs this process as an Isola worker if it was started as one.
 ///
@@ -252,6 +328,7 @@ async fn serve_plugin(
         let outcome = Outcome::Failed { message };
         return send(writer, not_started(outcome, TaskMetrics::default())).await;
     }
+    UNDER_MEMORY_LIMIT.store(true, Ordering::Relaxed);
     let data_bytes = request.os_limits.data_bytes;
     parts.loader.use_disk_cache(&request.cache_dir);
     let mut spec = request.spec;
@@ -372,6 +449,7 @@ async fn run_one(
         };
         return finish_failed(writer, reader, reuse, outcome).await;
     }
+    UNDER_MEMORY_LIMIT.store(true, Ordering::Relaxed);
     let data_bytes = request.os_limits.data_bytes;
     parts.loader.use_disk_cache(&request.cache_dir);
     let mut spec = request.spec;

@@ -33,6 +33,8 @@ pub(crate) struct PluginWorker {
     reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
     writer: Writer,
     timeout: Option<Duration>,
+    /// The worker's kernel memory limit, in bytes (see the supervisor's).
+    data_limit: u64,
     /// Why the instance is unusable, once it is.
     broken: Option<Outcome>,
     /// A call was sent and its answer not read: a caller gave up on it, and
@@ -76,6 +78,7 @@ pub(crate) async fn start(
     let timeout = spec.limits.timeout;
     // Input and stdin bytes follow the plugin frame as raw data frames.
     let (data, data_frames) = FollowingData::take(&mut spec);
+    let data_limit = os_limits(&spec).data_bytes;
     let request = RunRequest {
         os_limits: os_limits(&spec),
         program: protocol::ProgramId::of(program),
@@ -97,6 +100,7 @@ pub(crate) async fn start(
         reader,
         writer,
         timeout,
+        data_limit,
         broken: None,
         in_call: false,
         _slot: slot,
@@ -194,6 +198,7 @@ impl PluginWorker {
                     self.kill().await;
                     let outcome = WorkerEnding {
                         reported: None,
+                        data_limit: Some(self.data_limit),
                         protocol_error: None,
                         stop: Some(Stop::TimedOut(self.timeout.unwrap_or_default())),
                         status: None,
@@ -231,6 +236,7 @@ impl PluginWorker {
                     self.kill().await;
                     let outcome = WorkerEnding {
                         reported: None,
+                        data_limit: Some(self.data_limit),
                         protocol_error: Some("bad frame from the plugin's worker".into()),
                         stop: None,
                         status: None,
@@ -252,6 +258,7 @@ impl PluginWorker {
         self.child = None;
         let outcome = WorkerEnding {
             reported: None,
+            data_limit: Some(self.data_limit),
             protocol_error: None,
             stop: None,
             status,

@@ -107,6 +107,7 @@ pub(crate) async fn spawn(
         cache_dir: cache_dir.clone(),
         program: program_id.clone(),
     });
+    let data_limit = os_limits(&spec).data_bytes;
     let request = RunRequest {
         os_limits: os_limits(&spec),
         spec,
@@ -164,6 +165,7 @@ pub(crate) async fn spawn(
         stdout,
         stderr,
         spawned_at,
+        data_limit,
     };
     Ok(TaskHandle::start(
         TaskId::next(),
@@ -310,6 +312,9 @@ struct Supervisor {
     stderr: OutputPipe,
     /// When the task was spawned, for its start-up time.
     spawned_at: Instant,
+    /// The worker's kernel memory limit, in bytes: a worker that exits
+    /// with the out-of-memory status hit it.
+    data_limit: u64,
 }
 
 impl Supervisor {
@@ -478,6 +483,7 @@ impl Supervisor {
             protocol_error,
             stop,
             status,
+            data_limit: Some(self.data_limit),
         }
         .into_outcome();
         let ended_at = Instant::now();
