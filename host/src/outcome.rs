@@ -452,7 +452,7 @@ impl Stop {
 }
 
 /// Exit status of a worker that ended because an allocation failed under
-/// its task's process memory limit (`crate::worker::Allocator`). A worker
+/// its task's process memory limit (the worker module's `Allocator`). A worker
 /// ends with no other such status (0, or 70 when its protocol fails; a
 /// panic is the binary's own), and a guest cannot choose it.
 pub(crate) const WORKER_OUT_OF_MEMORY: i32 = 86;
