@@ -410,6 +410,10 @@ async fn warm_up(parts: &Parts) {
     }
 }
 
+/// Limits above this many bytes are never below a worker's own footprint
+/// (a few MiB, more for a reused worker with programs loaded).
+const FOOTPRINT_CHECK_BELOW: u64 = 256 << 20;
+
 /// The outcome of a task whose process memory limit (`data_bytes`) is at or
 /// below what this worker already holds, before the limit is applied: it
 /// cannot hold the task. Its first allocation under it would fail wherever
@@ -418,6 +422,12 @@ async fn warm_up(parts: &Parts) {
 /// same every time, and names the limit. `None` if the limit leaves room,
 /// or if the worker's use cannot be read.
 fn limit_below_worker(data_bytes: u64) -> Option<Outcome> {
+    // A worker holds a few MiB before its task (about 6-7 MiB here): only a
+    // limit near that can be below it, and reading /proc costs tens of
+    // microseconds of every task's start, so larger limits skip it.
+    if data_bytes > FOOTPRINT_CHECK_BELOW {
+        return None;
+    }
     let in_use = sys::data_in_use()?;
     (data_bytes <= in_use).then_some(Outcome::LimitExceeded {
         limit: Limit::ProcessMemory {
