@@ -62,12 +62,21 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Starts watching SIGHUP, SIGINT and SIGTERM.
+    /// Starts watching SIGHUP, SIGINT and SIGTERM, for a command: a failure
+    /// is said on stderr and becomes the exit code the command ends with.
     ///
     /// # Errors
     ///
-    /// If a handler cannot be installed.
-    pub fn watch() -> std::io::Result<Signals> {
+    /// [`crate::exit::INTERNAL`] if a handler cannot be installed.
+    pub fn watch_for_command() -> Result<Signals, u8> {
+        Self::install().map_err(|err| {
+            say!("error: cannot watch for signals: {err}");
+            crate::exit::INTERNAL
+        })
+    }
+
+    /// Installs the handlers.
+    fn install() -> std::io::Result<Signals> {
         Ok(Signals {
             hangup: signal(SignalKind::hangup())?,
             interrupt: signal(SignalKind::interrupt())?,

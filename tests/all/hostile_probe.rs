@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use isola::{CacheDir, DirGrant, Isolation, Outcome, Runner, RunnerConfig, Stdin, TaskSpec};
+use isola_tests::faults::files_under;
+use isola_tests::procs::processes_named;
 use isola_tests::{
     GuestKind, ISOLATIONS, guest, isola_bin, isola_within, runner_with_cache, shared_cache,
 };
@@ -170,36 +172,6 @@ fn isola_run_takes_paths_that_are_not_utf8_at_both_isolations() {
 // Item 5: no zombie workers
 // ---------------------------------------------------------------------
 
-/// Processes named `name` (their `comm`, which a program started through a
-/// symlink takes from the link's name), zombies included, with their
-/// state; only children of `parent` if it is given.
-fn processes_named(name: &str, parent: Option<u32>) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`; the name may hold spaces and `)`.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().unwrap_or("?").to_owned();
-        let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
-        if comm == name && parent.is_none_or(|parent| ppid == Some(parent)) {
-            found.push((pid, state));
-        }
-    }
-    found
-}
-
 /// Our children named `name`, zombies included.
 fn workers_named(name: &str) -> Vec<(u32, String)> {
     processes_named(name, Some(std::process::id()))
@@ -349,23 +321,6 @@ fn isola_up_leaves_no_worker_behind() {
 // ---------------------------------------------------------------------
 // Item 7: a FIFO in the cache directory
 // ---------------------------------------------------------------------
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(files_under(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
 
 /// An artifact path that is a FIFO (opened to read, it waits for a writer
 /// forever) is a cache miss: `isola run` compiles and runs, at both

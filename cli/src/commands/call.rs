@@ -39,12 +39,9 @@ impl CallCommand {
     pub async fn execute(self) -> u8 {
         // Before the call starts, so no signal is lost to the default
         // action.
-        let mut signals = match Signals::watch() {
+        let mut signals = match Signals::watch_for_command() {
             Ok(signals) => signals,
-            Err(err) => {
-                say!("error: cannot watch for signals: {err}");
-                return exit::INTERNAL;
-            }
+            Err(code) => return code,
         };
         let input = match self.input.strip_prefix('@') {
             Some(path) => match std::fs::read(path) {

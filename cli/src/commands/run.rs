@@ -74,12 +74,9 @@ impl RunCommand {
     pub async fn execute(self) -> u8 {
         // Before the task starts, so no signal is lost to the default
         // action (which would end us without cancelling anything).
-        let signals = match Signals::watch() {
+        let signals = match Signals::watch_for_command() {
             Ok(signals) => signals,
-            Err(err) => {
-                say!("error: cannot watch for signals: {err}");
-                return exit::INTERNAL;
-            }
+            Err(code) => return code,
         };
         let (wasm, args) = match self.wasm_and_args() {
             Ok(parts) => parts,

@@ -117,12 +117,9 @@ impl UpCommand {
     pub async fn execute(self) -> u8 {
         // Before any task starts, so an early signal is never lost to the
         // default action (which would end us without a summary).
-        let mut signals = match Signals::watch() {
+        let mut signals = match Signals::watch_for_command() {
             Ok(signals) => signals,
-            Err(err) => {
-                say!("error: cannot watch for signals: {err}");
-                return exit::INTERNAL;
-            }
+            Err(code) => return code,
         };
         let set = match TaskSet::load(&self.config) {
             Ok(set) => set,
