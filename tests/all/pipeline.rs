@@ -1039,6 +1039,7 @@ fn up_on_a_terminal(
         .env_remove("NO_COLOR")
         .env_remove("CLICOLOR_FORCE")
         .env_remove("CLICOLOR")
+        .env_remove("CI")
         .stdin(Stdio::null());
     for (key, value) in env {
         script.env(key, value);
@@ -1123,6 +1124,9 @@ fn colors_follow_the_flag_and_the_environment() {
     assert!(!screen.contains("\u{1b}[3"), "--color never: {screen:?}");
     let (_, screen) = up_on_a_terminal(&set, 120, "", &[("TERM", "dumb")]);
     assert!(!sgr(&screen), "TERM=dumb: no escapes at all: {screen:?}");
+    // CI systems set `CI`; a dumb terminal stays dumb there too.
+    let (_, screen) = up_on_a_terminal(&set, 120, "", &[("TERM", "dumb"), ("CI", "true")]);
+    assert!(!sgr(&screen), "TERM=dumb with CI set: {screen:?}");
 
     // Into a pipe: plain unless forced.
     let out = isola(&["up", path_str(&set)]);

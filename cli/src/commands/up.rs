@@ -368,13 +368,17 @@ impl Console {
                 anstream::AutoStream::choice(&std::io::stdout()),
             )
         };
-        // anstream reads NO_COLOR, CLICOLOR_FORCE, CLICOLOR and TERM.
+        let dumb = std::env::var_os("TERM").is_some_and(|term| term == "dumb");
+        // anstream reads NO_COLOR, CLICOLOR_FORCE, CLICOLOR and TERM, but it
+        // also turns colors on for any terminal when `CI` is set, even a
+        // dumb one: TERM=dumb is a promise about the terminal, so only
+        // CLICOLOR_FORCE overrides it.
+        let forced = std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| !v.is_empty() && v != "0");
         let color = match when {
             ColorWhen::Always => true,
             ColorWhen::Never => false,
-            ColorWhen::Auto => auto != anstream::ColorChoice::Never,
+            ColorWhen::Auto => auto != anstream::ColorChoice::Never && (!dumb || forced),
         };
-        let dumb = std::env::var_os("TERM").is_some_and(|term| term == "dumb");
         Console {
             live: tty && !dumb,
             color,
