@@ -558,6 +558,7 @@ impl Console {
                 task,
                 isolation,
                 attempt: 1,
+                ..
             } => {
                 state.running += 1;
                 let what = format!("started ({isolation})");

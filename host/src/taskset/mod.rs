@@ -83,6 +83,8 @@ pub enum Event<'a> {
         isolation: Isolation,
         /// 1 for the first attempt.
         attempt: u32,
+        /// The slot it holds, from 0 to `jobs - 1` (the lowest free one).
+        slot: usize,
     },
     /// A line the task wrote, without its line ending. Invalid UTF-8 is
     /// replaced; very long lines arrive in pieces, and so does a partial
@@ -218,8 +220,8 @@ impl Scheduler {
                     break;
                 };
                 let token = CancellationToken::new();
-                run.start(i, token.clone());
-                running.push(self.run_task(i, &set.tasks()[i], token, broken_groups));
+                let slot = run.start(i, token.clone());
+                running.push(self.run_task(i, slot, &set.tasks()[i], token, broken_groups));
                 run.max_running = run.max_running.max(running.len());
             }
             if running.is_empty() {
@@ -241,11 +243,13 @@ impl Scheduler {
     async fn run_task(
         &self,
         i: usize,
+        slot: usize,
         task: &TaskConfig,
         token: CancellationToken,
         broken_groups: &std::collections::HashMap<String, String>,
     ) -> (usize, Ended) {
         let mut crashes = Vec::new();
+        let mut restarted_at = Vec::new();
         let mut attempt = 0;
         if let Some(why) = task
             .spec
@@ -259,6 +263,8 @@ impl Scheduler {
                 Ended {
                     attempts: 1,
                     crashes,
+                    restarted_at,
+                    worker_pid: None,
                     how,
                 },
             );
@@ -269,6 +275,7 @@ impl Scheduler {
                 task: &task.name,
                 isolation: task.spec.isolation,
                 attempt,
+                slot,
             });
             let mut spec = task.spec.clone();
             spec.stdout = Output::Pipe;
@@ -276,7 +283,13 @@ impl Scheduler {
             let spawned = tokio::select! {
                 spawned = self.runner.spawn(spec) => spawned,
                 () = token.cancelled() => {
-                    return (i, Ended { attempts: attempt, crashes, how: How::CancelledBeforeStart });
+                    return (i, Ended {
+                        attempts: attempt,
+                        crashes,
+                        restarted_at,
+                        worker_pid: None,
+                        how: How::CancelledBeforeStart,
+                    });
                 }
             };
             let mut handle = match spawned {
@@ -288,6 +301,8 @@ impl Scheduler {
                         Ended {
                             attempts: attempt,
                             crashes,
+                            restarted_at,
+                            worker_pid: None,
                             how,
                         },
                     );
@@ -298,6 +313,7 @@ impl Scheduler {
             // hears "closed" instead of waiting until its timeout (or
             // forever without one).
             handle.close_channel();
+            let worker_pid = handle.process_id();
             let canceller = handle.cancel_handle();
             // If this future is dropped (the caller gave up on the set), the
             // task must not go on running detached.
@@ -332,6 +348,8 @@ impl Scheduler {
                     Ended {
                         attempts: attempt,
                         crashes,
+                        restarted_at,
+                        worker_pid,
                         how: How::Ran(Box::new(report), stderr_tail.into()),
                     },
                 );
@@ -342,6 +360,7 @@ impl Scheduler {
                 crash: &report.outcome,
             });
             crashes.push(report.outcome);
+            restarted_at.push(Instant::now());
         }
     }
 
@@ -416,6 +435,10 @@ struct Ended {
     attempts: u32,
     /// Outcomes of the attempts that crashed and were restarted.
     crashes: Vec<Outcome>,
+    /// When each of those attempts ended.
+    restarted_at: Vec<Instant>,
+    /// The last attempt's worker process, if it started one.
+    worker_pid: Option<u32>,
     how: How,
 }
 
@@ -440,6 +463,8 @@ enum Slot {
         queued: Instant,
         started: Instant,
         token: CancellationToken,
+        /// Which of the pool's slots.
+        slot: usize,
     },
     /// Has its record.
     Done,
@@ -459,6 +484,8 @@ struct Run<'a> {
     ready: VecDeque<usize>,
     stopped: Option<StopReason>,
     max_running: usize,
+    /// Which of the `jobs` slots are taken.
+    taken: Vec<bool>,
 }
 
 impl<'a> Run<'a> {
@@ -481,6 +508,7 @@ impl<'a> Run<'a> {
             ready: VecDeque::new(),
             stopped: None,
             max_running: 0,
+            taken: vec![false; scheduler.jobs],
         };
         for i in 0..deps.len() {
             if run.pending_deps[i] == 0 {
@@ -501,15 +529,25 @@ impl<'a> Run<'a> {
         self.scheduler.sink.event(&Event::Queued { task });
     }
 
-    fn start(&mut self, i: usize, token: CancellationToken) {
-        let Slot::Queued(queued) = self.slots[i] else {
-            return;
+    /// Gives task `i` the lowest free slot and returns it.
+    fn start(&mut self, i: usize, token: CancellationToken) -> usize {
+        // The caller starts a task only while fewer than `jobs` run, so a
+        // slot is free; the fallback keeps a bug from panicking.
+        let slot = self.taken.iter().position(|t| !t).unwrap_or(0);
+        if let Some(taken) = self.taken.get_mut(slot) {
+            *taken = true;
+        }
+        let queued = match self.slots[i] {
+            Slot::Queued(queued) => queued,
+            _ => Instant::now(),
         };
         self.slots[i] = Slot::Running {
             queued,
             started: Instant::now(),
             token,
+            slot,
         };
+        slot
     }
 
     /// Records a task that gave its slot back, and queues or skips what
@@ -519,9 +557,16 @@ impl<'a> Run<'a> {
         let task = &self.set.tasks()[i];
         let mut record = TaskRecord::new(&task.name, task.spec.isolation, TaskStatus::Failed);
         if let Slot::Running {
-            queued, started, ..
+            queued,
+            started,
+            slot,
+            ..
         } = self.slots[i]
         {
+            if let Some(taken) = self.taken.get_mut(slot) {
+                *taken = false;
+            }
+            record.slot = Some(slot);
             record.queued_at = Some(self.since_origin(queued));
             record.started_at = Some(self.since_origin(started));
             record.wait_time = Some(started.saturating_duration_since(queued));
@@ -530,6 +575,12 @@ impl<'a> Run<'a> {
         record.finished_at = Some(self.since_origin(finished));
         record.attempts = ended.attempts;
         record.crashes = ended.crashes;
+        record.worker_pid = ended.worker_pid;
+        record.restarted_at = ended
+            .restarted_at
+            .iter()
+            .map(|&at| self.since_origin(at))
+            .collect();
         match ended.how {
             How::Ran(report, stderr_tail) => {
                 // A plugin that returned a value succeeded, as a command

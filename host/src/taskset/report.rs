@@ -158,6 +158,19 @@ pub struct TaskRecord {
     /// record read without the console output; empty for any other task.
     #[serde(default)]
     pub stderr_tail: Vec<String>,
+    /// Which of the set's slots it ran in, from 0 to `jobs - 1`: the lowest
+    /// slot free when it started. `None` if it never got one.
+    #[serde(default)]
+    pub slot: Option<usize>,
+    /// The worker process of its last attempt, for a process task that
+    /// started one.
+    #[serde(default)]
+    pub worker_pid: Option<u32>,
+    /// When each attempt that crashed and was restarted ended (offsets from
+    /// the start of the set, as `*_at`), in the order of
+    /// [`TaskRecord::crashes`].
+    #[serde(default, rename = "restarted_at_ms", with = "vec_ms")]
+    pub restarted_at: Vec<Duration>,
 }
 
 /// `metrics_known` of a record written before the field existed: its
@@ -215,6 +228,9 @@ impl TaskRecord {
             fuel_used: 0,
             metrics_known: false,
             stderr_tail: Vec::new(),
+            slot: None,
+            worker_pid: None,
+            restarted_at: Vec::new(),
         }
     }
 
@@ -419,6 +435,29 @@ mod opt_ms {
         Option::<f64>::deserialize(d)?
             .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+/// A list of durations as milliseconds.
+mod vec_ms {
+    use std::time::Duration;
+
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for d in list {
+            seq.serialize_element(&(d.as_micros() as f64 / 1000.0))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<f64>::deserialize(d)?
+            .into_iter()
+            .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 
