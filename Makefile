@@ -24,7 +24,7 @@ C_GUESTS      := $(patsubst guests/c/%.c,$(C_GUEST_DIR)/%.wasm,$(wildcard guests
 WAT_GUEST_DIR := target/wasm32-wat
 WAT_GUESTS    := $(patsubst guests/wat/%.wat,$(WAT_GUEST_DIR)/%.wasm,$(wildcard guests/wat/*.wat))
 
-.PHONY: all targets apt-deps guests c-guests wat-guests build test demo lint fmt reliability soak
+.PHONY: all targets apt-deps test-deps guests c-guests wat-guests build test demo lint fmt reliability soak
 
 all: build
 
@@ -63,6 +63,26 @@ apt-deps:
 		fi; \
 	fi
 
+# Headless Chromium for the HTML report's browser test (tests/all/observe.rs):
+# installed when missing and running as root; otherwise that test says it
+# was skipped.
+TEST_APT_PACKAGES := chromium
+test-deps:
+	@if ! command -v dpkg >/dev/null 2>&1; then exit 0; fi; \
+	missing=""; \
+	for p in $(TEST_APT_PACKAGES); do \
+		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "apt-get install -y$$missing"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
+		else \
+			echo "note: missing$$missing: the browser test of the HTML report will be skipped" \
+				"(install as root: apt-get install -y$$missing)" >&2; \
+		fi; \
+	fi
+
 # C guests (guests/c/*.c), each a WASI reactor module for wasm32-wasi.
 # Outputs: target/wasm32-wasi-c/<name>.wasm
 c-guests: $(C_GUESTS)
@@ -95,7 +115,7 @@ build: guests
 # in tests/ that drive the library and the `isola` binary on the guests. The
 # integration tests are targets of isola-cli, so cargo builds the binary for
 # them and names it in CARGO_BIN_EXE_isola.
-test: build
+test: build test-deps
 	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude $(SHARED_PKG) --exclude isola-guest
 
 # The reliability report: the hostile-guest matrix on every guest kind and
@@ -141,3 +161,13 @@ fmt:
 bench: guests
 	$(CARGO) build --release -p $(CLI_PKG) -p isola-bench
 	RUST_BACKTRACE=0 ./bench/run.sh $(BENCH_ARGS)
+
+# The README's charts (docs/bench/*.svg) redrawn from the last saved run,
+# bench/results/latest.json, without measuring anything. Built in the same
+# cargo invocation as `make bench` so the shared dependencies keep one
+# feature set (isola-cli turns on isola's `metrics`): building the harness
+# alone would rebuild isola.
+.PHONY: bench-charts
+bench-charts:
+	$(CARGO) build --release -p $(CLI_PKG) -p isola-bench
+	target/release/isola-bench --charts-from bench/results/latest.json --charts-dir docs/bench

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::outcome::Limit;
+use crate::telemetry::{self, Direction};
 
 /// Name of the import module core modules use for the task interface.
 pub const CORE_MODULE: &str = "isola:task";
@@ -214,7 +215,9 @@ impl MessageSender {
         self.tx
             .send(message.into())
             .await
-            .map_err(|_| SendError::Closed)
+            .map_err(|_| SendError::Closed)?;
+        telemetry::message(Direction::ToTask);
+        Ok(())
     }
 
     /// Sends `message` if the task's inbox has room, without waiting.
@@ -226,7 +229,9 @@ impl MessageSender {
         self.tx.try_send(message.into()).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        })?;
+        telemetry::message(Direction::ToTask);
+        Ok(())
     }
 
     /// Sends `value` encoded as JSON.
@@ -252,13 +257,14 @@ impl MessageReceiver {
     /// The next message, or `None` once the task has ended and every
     /// message it posted was received.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        self.rx.recv().await
+        let message = self.rx.recv().await;
+        received(message)
     }
 
     /// The next message if one is waiting, without waiting; `None` if none
     /// is (or the stream has ended).
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.rx.try_recv().ok()
+        received(self.rx.try_recv().ok())
     }
 
     /// The next message decoded from JSON.
@@ -272,7 +278,7 @@ impl futures::Stream for MessageReceiver {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(received)
     }
 }
 
@@ -282,4 +288,12 @@ impl futures::Stream for MessageReceiver {
 /// could hold that many messages anyway, so the cap changes nothing real.
 pub(crate) fn queue_capacity(requested: usize) -> usize {
     requested.clamp(1, usize::MAX >> 3)
+}
+
+/// Counts a message the host took from a task.
+fn received(message: Option<Bytes>) -> Option<Bytes> {
+    if message.is_some() {
+        telemetry::message(Direction::FromTask);
+    }
+    message
 }

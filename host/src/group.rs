@@ -55,7 +55,7 @@ use wasmtime::{Caller, ExternType, InstancePre, Linker, MemoryType, SharedMemory
 
 use crate::channel::ChannelState;
 use crate::error::{Error, Result};
-use crate::handle::{TaskHandle, TaskId};
+use crate::handle::{About, TaskHandle, TaskId};
 use crate::loader::MAX_GROUPS;
 use crate::outcome::{
     BadHostCall, Budget, Ending, Outcome, Stop, TaskMetrics, TaskReport, TrapInfo, TrapKind,
@@ -987,8 +987,9 @@ pub(crate) async fn spawn(
     program: &Program,
     name: &str,
     spec: TaskSpec,
+    spawned_at: Instant,
 ) -> Result<TaskHandle> {
-    let spawned_at = Instant::now();
+    let about = About::of(&spec);
     parts.check(&spec)?;
     let group = groups.get(name).ok_or_else(|| Error::InvalidSpec {
         field: "shared_group".into(),
@@ -1049,6 +1050,7 @@ pub(crate) async fn spawn(
     );
     Ok(TaskHandle::start(
         TaskId::next(),
+        about,
         cancel,
         supervised,
         slot,

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{MessageReceiver, MessageSender, SendError};
 use crate::outcome::{Outcome, TaskMetrics, TaskReport};
 use crate::output::OutputReceiver;
+use crate::spec::TaskSpec;
+use crate::telemetry;
 
 /// Identifies a task within its runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,11 +63,18 @@ impl CancelHandle {
 }
 
 impl TaskHandle {
-    /// Runs `task` (which yields the task's one report) on the runtime,
-    /// holding the task's instance `slot` until it ends, and returns its
-    /// handle. Every backend starts its tasks here.
+    /// Runs `task` (which yields the task's one report) on the
+    /// runtime, holding the task's instance `slot` until it ends, and
+    /// returns its handle. Every backend starts its tasks here, so this is
+    /// where each task gets its `tracing` span and its start and end are
+    /// counted ([`crate::telemetry`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per backend, each naming every part"
+    )]
     pub(crate) fn start(
         id: TaskId,
+        about: About,
         cancel: CancellationToken,
         task: impl std::future::Future<Output = TaskReport> + Send + 'static,
         slot: tokio::sync::OwnedSemaphorePermit,
@@ -73,11 +82,35 @@ impl TaskHandle {
         channel: (MessageSender, MessageReceiver),
         pid: Option<u32>,
     ) -> TaskHandle {
+        let isolation = about.isolation;
+        // The span an embedder's subscriber (an OpenTelemetry layer, say)
+        // sees around everything the task does; its parent is whatever span
+        // was current at spawn (a task set's per-task span, for one).
+        let span = tracing::info_span!(
+            "isola.task",
+            id = %id,
+            program = %about.program,
+            isolation = %isolation,
+            pid = tracing::field::Empty,
+        );
+        if let Some(pid) = pid {
+            span.record("pid", pid);
+        }
+        telemetry::task_started(isolation);
+        let spawned = std::time::Instant::now();
         // `map`, not an `async` block awaiting `task`: that would keep the
         // (large) task future twice in the spawned allocation.
+        let task = tracing::Instrument::instrument(task, span);
         let join = tokio::spawn(futures::FutureExt::map(task, move |report| {
             // The slot goes back only once the report is made.
             drop(slot);
+            telemetry::task_ended(
+                isolation,
+                &report.outcome,
+                spawned.elapsed(),
+                report.metrics.startup,
+                report.metrics.run_time,
+            );
             report
         }));
         TaskHandle {
@@ -192,6 +225,33 @@ impl TaskHandle {
                 stdout: Default::default(),
                 stderr: Default::default(),
             },
+        }
+    }
+}
+
+/// What a task's span and metrics say about it, taken from its spec
+/// before the backend consumes the spec.
+#[derive(Debug)]
+pub(crate) struct About {
+    isolation: crate::spec::Isolation,
+    /// Its `argv[0]` if set, else its file's name.
+    program: String,
+}
+
+impl About {
+    pub(crate) fn of(spec: &TaskSpec) -> About {
+        let program = match &spec.argv0 {
+            Some(name) => name.clone(),
+            None => spec
+                .wasm
+                .file_name()
+                .unwrap_or(spec.wasm.as_os_str())
+                .to_string_lossy()
+                .into_owned(),
+        };
+        About {
+            isolation: spec.isolation,
+            program,
         }
     }
 }

@@ -57,6 +57,7 @@ pub mod outcome;
 pub mod runner;
 pub mod spec;
 pub mod taskset;
+pub mod telemetry;
 pub mod worker;
 
 #[cfg(test)]

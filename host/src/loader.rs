@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::imports::bindings::PluginPre;
 use crate::program::{CORE_PLUGIN_EXPORT, FileStamp, Program, ProgramInner, ProgramKind, WasmKind};
 use crate::state::{MAX_MEMORIES_PER_MODULE, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_MODULE, TaskState};
+use crate::telemetry;
 
 /// Shared memory groups a runner can hold at once: each group's
 /// coordinator keeps a fiber stack outside the task slots, so the engine's
@@ -215,6 +216,7 @@ impl Loader {
             .and_then(|hash| self.cached_program(&hash))
         {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            telemetry::cache_hit(telemetry::CacheTier::Memory);
             return Ok(program);
         }
         // A small file is read, hashed and (if precompiled) mapped right here:
@@ -238,6 +240,7 @@ impl Loader {
         self.remember_file(path, stamp, hash);
         if let Some(program) = self.cached_program(&hash) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            telemetry::cache_hit(telemetry::CacheTier::Memory);
             return Ok(program);
         }
         let cached = self
@@ -273,6 +276,7 @@ impl Loader {
     ) -> Result<Program> {
         if let Some(program) = self.cached_program(&hash) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            telemetry::cache_hit(telemetry::CacheTier::Memory);
             return Ok(program);
         }
         let program = self.build(path, kind, hash, None)?;
@@ -373,6 +377,7 @@ impl Loader {
         match deserialize(file) {
             Ok(value) => {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                telemetry::cache_hit(telemetry::CacheTier::Disk);
                 tracing::debug!(
                     kind = kind.as_str(),
                     "loaded precompiled artifact from the disk cache"
@@ -458,6 +463,7 @@ impl Loader {
             }
         };
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+        telemetry::compiled();
         tracing::debug!(path = %path.display(), kind = kind.as_str(), "compiled from wasm");
         if let Some(cache) = cache {
             let artifact = match &compiled {

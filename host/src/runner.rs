@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
@@ -263,8 +263,10 @@ impl Runner {
     /// directory that does not exist, an unreadable stdin file), naming the
     /// field.
     pub async fn spawn(&self, spec: TaskSpec) -> Result<TaskHandle> {
+        // Start-up counts loading and compiling, as its docs say.
+        let spawned_at = Instant::now();
         let program = self.load(&spec.wasm).await?;
-        self.spawn_program(&program, spec).await
+        self.start(&program, spec, Entry::Auto, spawned_at).await
     }
 
     /// Starts a task of an already loaded program; `spec.wasm` is ignored.
@@ -273,11 +275,18 @@ impl Runner {
     ///
     /// As [`Runner::spawn`], except for loading.
     pub async fn spawn_program(&self, program: &Program, spec: TaskSpec) -> Result<TaskHandle> {
-        self.start(program, spec, Entry::Auto).await
+        self.start(program, spec, Entry::Auto, Instant::now()).await
     }
 
-    /// Hands `spec` to its backend.
-    async fn start(&self, program: &Program, spec: TaskSpec, entry: Entry) -> Result<TaskHandle> {
+    /// Hands `spec` to its backend; the task's start-up is measured from
+    /// `spawned_at`.
+    async fn start(
+        &self,
+        program: &Program,
+        spec: TaskSpec,
+        entry: Entry,
+        spawned_at: Instant,
+    ) -> Result<TaskHandle> {
         let inner = &self.inner;
         if let Some(name) = spec.shared_group.clone() {
             if entry == Entry::Run {
@@ -290,7 +299,15 @@ impl Runner {
                         .into(),
                 });
             }
-            return crate::group::spawn(&inner.parts, &inner.groups, program, &name, spec).await;
+            return crate::group::spawn(
+                &inner.parts,
+                &inner.groups,
+                program,
+                &name,
+                spec,
+                spawned_at,
+            )
+            .await;
         }
         if matches!(
             program.inner.kind,
@@ -309,12 +326,21 @@ impl Runner {
             Isolation::Thread => {
                 let extras = SpawnExtras {
                     entry,
+                    spawned_at: Some(spawned_at),
                     ..SpawnExtras::default()
                 };
                 crate::thread::spawn(&inner.parts, program, spec, extras).await
             }
             Isolation::Process => {
-                crate::process::spawn(&inner.parts, &inner.process, program, spec, entry).await
+                crate::process::spawn(
+                    &inner.parts,
+                    &inner.process,
+                    program,
+                    spec,
+                    entry,
+                    spawned_at,
+                )
+                .await
             }
         }
     }
@@ -336,8 +362,9 @@ impl Runner {
         spec: TaskSpec,
         input: impl Into<Vec<u8>>,
     ) -> std::result::Result<Vec<u8>, CallError> {
+        let spawned_at = Instant::now();
         let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
-        self.call_program(&program, spec, input).await
+        self.call_from(&program, spec, input, spawned_at).await
     }
 
     /// As [`Runner::call`], for an already loaded program (`spec.wasm` is
@@ -349,12 +376,23 @@ impl Runner {
     pub async fn call_program(
         &self,
         program: &Program,
+        spec: TaskSpec,
+        input: impl Into<Vec<u8>>,
+    ) -> std::result::Result<Vec<u8>, CallError> {
+        self.call_from(program, spec, input, Instant::now()).await
+    }
+
+    /// [`Runner::call_program`], its start-up measured from `spawned_at`.
+    async fn call_from(
+        &self,
+        program: &Program,
         mut spec: TaskSpec,
         input: impl Into<Vec<u8>>,
+        spawned_at: Instant,
     ) -> std::result::Result<Vec<u8>, CallError> {
         spec.input = Some(input.into());
         let mut handle = self
-            .start(program, spec, Entry::Run)
+            .start(program, spec, Entry::Run, spawned_at)
             .await
             .map_err(CallError::Start)?;
         // A call sends no messages: `recv` says closed at once.

@@ -493,6 +493,7 @@ async fn run_one(
         on_start: Some(started_tx),
         os_memory_limit: Some(request.os_limits.data_bytes),
         entry: request.entry,
+        spawned_at: None,
     };
     let mut handle = match thread::spawn(parts, &program, spec, extras).await {
         Ok(handle) => handle,

@@ -11,6 +11,7 @@ mod hostile;
 mod hostile_probe;
 mod library;
 mod messages;
+mod observe;
 mod pipeline;
 mod probe_more;
 mod process;

@@ -183,3 +183,28 @@ async fn two_concurrent_create_group_calls_with_one_name_cannot_both_succeed() {
         runner.close_group("twin");
     }
 }
+
+/// `TaskMetrics::startup` runs from the call to the guest's first
+/// instruction, loading and compiling included, as its docs say: it used to
+/// start after the program was loaded, so a task set's timeline showed a
+/// cold task's compile as neither start-up nor run.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_includes_loading_and_compiling_the_program() {
+    for t in targets() {
+        // A cache of its own, empty: the first spawn compiles.
+        let cache = tempfile::tempdir().expect("tempdir");
+        let runner = isola_tests::runner_with_cache(cache.path());
+        let asked = std::time::Instant::now();
+        let handle = runner.spawn(t.spec("hello")).await.expect("spawn");
+        let spawn_took = asked.elapsed();
+        let report = handle.wait().await;
+        assert!(report.outcome.is_success(), "{t:?}: {:?}", report.outcome);
+        // The guest's first instruction may run a moment before `spawn`
+        // returns (another runtime thread), hence the slack.
+        assert!(
+            report.metrics.startup + Duration::from_millis(2) >= spawn_took,
+            "{t:?}: start-up {:?}, but spawn alone (load and compile) took {spawn_took:?}",
+            report.metrics.startup
+        );
+    }
+}

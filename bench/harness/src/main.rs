@@ -25,6 +25,7 @@
 //!   it set to 1 (as in this environment) every trap captures a native
 //!   backtrace and costs about 3× more.
 
+mod chart;
 mod figure;
 mod peers;
 mod procfs;
@@ -89,6 +90,15 @@ struct Args {
     /// How long `--profile` runs, in seconds.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Instead of the bench, draw the SVG charts of a saved results file
+    /// (such as `bench/results/latest.json`) into `--charts-dir` and exit.
+    #[arg(long, value_name = "FILE.json")]
+    charts_from: Option<PathBuf>,
+    /// Where the SVG charts go. Default: `charts/` under `--out`, which a
+    /// run empties of the previous run's charts first; a directory given
+    /// here keeps the other SVG files it has.
+    #[arg(long, value_name = "DIR")]
+    charts_dir: Option<PathBuf>,
 }
 
 /// Everything a workload needs: paths, tools and the round counts.
@@ -195,6 +205,14 @@ fn main() -> ExitCode {
 /// table is still printed, with the failure in it).
 fn run(args: Args) -> Result<bool> {
     let root = std::fs::canonicalize(&args.root).context("the repository root")?;
+    let out = absolute(&root, &args.out);
+    let charts_dir = args
+        .charts_dir
+        .as_ref()
+        .map_or_else(|| out.join("charts"), |dir| absolute(&root, dir));
+    if let Some(saved) = &args.charts_from {
+        return render_saved_charts(&absolute(&root, saved), &charts_dir);
+    }
     let isola = absolute(&root, &args.isola);
     anyhow::ensure!(
         isola.is_file(),
@@ -213,7 +231,6 @@ fn run(args: Args) -> Result<bool> {
         quick: args.quick,
         root: root.clone(),
     };
-    let out = absolute(&root, &args.out);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -269,7 +286,33 @@ fn run(args: Args) -> Result<bool> {
     );
     let path = report::write_json(&out, &machine, &figures, &failures, &table, wall)?;
     println!("Raw samples: {}", path.display());
+    write_run_charts(&charts_dir, &figures, args.charts_dir.is_none());
     Ok(failures.is_empty())
+}
+
+/// `--charts-from`: the charts of a saved run, without measuring anything.
+fn render_saved_charts(saved: &Path, dir: &Path) -> Result<bool> {
+    let headlines = chart::headlines_from_json(saved)?;
+    let written = chart::write_charts(dir, &headlines, false)?;
+    println!(
+        "{} charts of {} in {}",
+        written.len(),
+        saved.display(),
+        dir.display()
+    );
+    Ok(true)
+}
+
+/// The charts of the run that just ended. The measurements are already
+/// saved by then, so a failure here, even a panic in the plotting library,
+/// is only a warning: the JSON can be charted again with `--charts-from`.
+fn write_run_charts(dir: &Path, figures: &[Figure], clear_stale: bool) {
+    let headlines = chart::headlines(figures);
+    match std::panic::catch_unwind(|| chart::write_charts(dir, &headlines, clear_stale)) {
+        Ok(Ok(written)) => println!("Charts: {} SVG files in {}", written.len(), dir.display()),
+        Ok(Err(err)) => eprintln!("warning: charts not written: {err:#}"),
+        Err(_) => eprintln!("warning: charts not written: the plotting code panicked"),
+    }
 }
 
 /// Collects a workload's figures, or records why it failed.

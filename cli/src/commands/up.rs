@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anstyle::{AnsiColor, Style};
 use clap::Args;
 use isola::config::TaskSet;
-use isola::taskset::{Event, EventSink, Histogram, Scheduler, SetReport, TaskRecord, TaskStatus};
+use isola::taskset::{
+    Event, EventSink, Histogram, Scheduler, SetReport, TaskRecord, TaskStatus, html, timeline,
+};
 use isola::{ByteSize, CacheDir, Limit, Outcome, Runner, RunnerConfig, Stream};
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +74,27 @@ pub struct UpCommand {
     /// wait and run time histograms and utilization.
     #[arg(long)]
     metrics: bool,
+
+    /// Also write the run as a timeline to FILE, in Chrome's trace-event
+    /// JSON (open it in https://ui.perfetto.dev or chrome://tracing): one
+    /// track per slot and per worker process, each task split into wait,
+    /// start-up and run. FILE must be writable before any task runs.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
+
+    /// Also write a self-contained HTML report to FILE: the run as a Gantt
+    /// chart, the sortable summary table, each failure with the tail of
+    /// its stderr, and the wait and run time distributions. FILE must be
+    /// writable before any task runs.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (for example
+    /// 127.0.0.1:9464; scrape http://ADDR/metrics) while the set runs:
+    /// tasks started and ended by isolation and outcome, their times,
+    /// slots, worker processes, the compile cache and messages.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 
     /// When to color the output: `auto` on a terminal that supports it
     /// (NO_COLOR, CLICOLOR_FORCE, CLICOLOR and TERM=dumb are honoured).
@@ -142,6 +165,25 @@ impl UpCommand {
                 }
             },
         };
+        let mut files = Vec::new();
+        for (flag, path, kind) in [
+            ("--timeline", &self.timeline, FileKind::Timeline),
+            ("--report", &self.report, FileKind::Report),
+        ] {
+            let Some(path) = path else { continue };
+            if let Err(err) = check_writable(path) {
+                let path = path.display().to_string();
+                say!("error: {flag} {}: cannot write it: {err}", clean(&path));
+                return exit::USAGE;
+            }
+            files.push((path.clone(), kind));
+        }
+        if let Some(addr) = self.metrics_addr
+            && let Err(err) = serve_metrics(addr)
+        {
+            say!("error: --metrics-addr {addr}: {err}");
+            return exit::USAGE;
+        }
         let jobs = self.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
@@ -229,6 +271,23 @@ impl UpCommand {
         } else {
             FAILED
         };
+        for (path, kind) in files {
+            let text = match kind {
+                FileKind::Timeline => {
+                    let mut text = timeline::chrome_trace(&report).to_string();
+                    text.push('\n');
+                    text
+                }
+                FileKind::Report => html::html_report(&report, &report_title(&self.config)),
+            };
+            if let Err(err) = std::fs::write(&path, text) {
+                let path = path.display().to_string();
+                say!("error: cannot write `{}`: {err}", clean(&path));
+                if code == exit::SUCCESS {
+                    code = exit::USAGE;
+                }
+            }
+        }
         if let Some(json) = json {
             let written = json_report(&report).and_then(|text| match &json {
                 JsonTo::File(path) => std::fs::write(path, text),
@@ -266,6 +325,49 @@ impl UpCommand {
 
 /// Exit code when a task did not succeed.
 const FAILED: u8 = 1;
+
+/// A file written after the run, besides `--json`.
+#[derive(Clone, Copy)]
+enum FileKind {
+    /// `--timeline`.
+    Timeline,
+    /// `--report`.
+    Report,
+}
+
+/// The HTML report's title: the set's file name.
+fn report_title(config: &Path) -> String {
+    let name = config.file_name().map_or_else(
+        || config.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!("isola up {name}")
+}
+
+/// Histogram buckets of the `_seconds` metrics, in seconds: from 100 µs (a
+/// warm thread task's start) to a minute.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the Prometheus exporter as the process's metrics recorder,
+/// listening on `addr` from now until the process exits.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)
+        .map_err(|err| err.to_string())?
+        .with_http_listener(addr)
+        .install()
+        .map_err(|err| match err {
+            metrics_exporter_prometheus::BuildError::FailedToCreateHTTPListener(why) => {
+                format!("cannot listen there: {why}")
+            }
+            other => other.to_string(),
+        })?;
+    isola::telemetry::describe();
+    Ok(())
+}
 
 /// Whether `path` can take the JSON report: an existing file must open for
 /// writing (it is not changed now), a new one must be creatable (it is

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::ipc::protocol::{self, FromWorker, Hello, ToWorker};
 use crate::ipc::sys;
 use crate::parts::Parts;
+use crate::telemetry;
 
 /// How long a worker gets to act on a polite cancel before SIGKILL.
 pub(crate) const GRACE: Duration = Duration::from_millis(250);
@@ -135,12 +136,17 @@ impl ProcessBackend {
     pub(crate) async fn take_worker(self: &Arc<Self>, reuse: bool) -> Result<Worker> {
         let program = self.program()?.to_owned();
         if reuse && let Some(worker) = self.take_reusable() {
+            telemetry::worker_reused();
             return Ok(worker);
         }
         let ready = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let worker = match ready {
             Some(worker) => worker,
-            None => start_worker(&program).await.map_err(Error::Internal)?,
+            None => {
+                let worker = start_worker(&program).await.map_err(Error::Internal)?;
+                telemetry::worker_started(telemetry::WorkerStart::OnDemand);
+                worker
+            }
         };
         Ok(worker)
     }
@@ -181,7 +187,10 @@ impl ProcessBackend {
     async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
             let worker = match start_worker(program).await {
-                Ok(worker) => worker,
+                Ok(worker) => {
+                    telemetry::worker_started(telemetry::WorkerStart::Prestart);
+                    worker
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot pre-start a worker");
                     return;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::pool::{ChildGuard, GRACE, ProcessBackend, Worker, Writer, reap, sleep_until};
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
-use crate::handle::{TaskHandle, TaskId};
+use crate::handle::{About, TaskHandle, TaskId};
 use crate::ipc::protocol::{self, FollowingData, FromWorker, OsLimits, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
@@ -77,8 +77,9 @@ pub(crate) async fn spawn(
     program: &Program,
     mut spec: TaskSpec,
     entry: Entry,
+    spawned_at: Instant,
 ) -> Result<TaskHandle> {
-    let spawned_at = Instant::now();
+    let about = About::of(&spec);
     parts.check(&spec)?;
     program.resolve_entry(entry)?;
     let backend = Arc::clone(backend);
@@ -169,6 +170,7 @@ pub(crate) async fn spawn(
     };
     Ok(TaskHandle::start(
         TaskId::next(),
+        about,
         cancel,
         supervisor.run(),
         slot,

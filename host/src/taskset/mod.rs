@@ -39,8 +39,12 @@
 //!
 //! [`RestartPolicy`]: crate::config::RestartPolicy
 
+/// The report as one self-contained HTML page, for people.
+pub mod html;
 mod lines;
 mod report;
+/// The report as a Chrome trace, for Perfetto or `chrome://tracing`.
+pub mod timeline;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -62,6 +66,7 @@ use crate::handle::CancelHandle;
 use crate::outcome::{Outcome, Stream, TaskReport};
 use crate::runner::Runner;
 use crate::spec::{Isolation, Output};
+use crate::telemetry;
 
 /// Something that happened while a set runs, in the order it happened for
 /// each task.
@@ -221,7 +226,17 @@ impl Scheduler {
                 };
                 let token = CancellationToken::new();
                 let slot = run.start(i, token.clone());
-                running.push(self.run_task(i, slot, &set.tasks()[i], token, broken_groups));
+                let task = &set.tasks()[i];
+                // The runner's `isola.task` span of each attempt is a child
+                // of this one, which carries the set's name for the task.
+                let span = tracing::info_span!(
+                    "isola.taskset.task",
+                    name = %task.name,
+                    isolation = %task.spec.isolation,
+                    slot,
+                );
+                let started = self.run_task(i, slot, task, token, broken_groups);
+                running.push(tracing::Instrument::instrument(started, span));
                 run.max_running = run.max_running.max(running.len());
             }
             if running.is_empty() {
@@ -525,6 +540,7 @@ impl<'a> Run<'a> {
     fn queue(&mut self, i: usize) {
         self.slots[i] = Slot::Queued(Instant::now());
         self.ready.push_back(i);
+        self.slots_changed();
         let task = &self.set.tasks()[i].name;
         self.scheduler.sink.event(&Event::Queued { task });
     }
@@ -541,13 +557,22 @@ impl<'a> Run<'a> {
             Slot::Queued(queued) => queued,
             _ => Instant::now(),
         };
+        let started = Instant::now();
         self.slots[i] = Slot::Running {
             queued,
-            started: Instant::now(),
+            started,
             token,
             slot,
         };
+        telemetry::taskset_waited(started.saturating_duration_since(queued));
+        self.slots_changed();
         slot
+    }
+
+    /// Tells the metrics how many slots are busy and tasks wait.
+    fn slots_changed(&self) {
+        let busy = self.taken.iter().filter(|&&t| t).count();
+        telemetry::taskset_slots(busy, self.taken.len(), self.ready.len());
     }
 
     /// Records a task that gave its slot back, and queues or skips what
@@ -566,6 +591,7 @@ impl<'a> Run<'a> {
             if let Some(taken) = self.taken.get_mut(slot) {
                 *taken = false;
             }
+            self.slots_changed();
             record.slot = Some(slot);
             record.queued_at = Some(self.since_origin(queued));
             record.started_at = Some(self.since_origin(started));
@@ -675,6 +701,7 @@ impl<'a> Run<'a> {
             self.stopped = Some(reason);
         }
         self.ready.clear();
+        self.slots_changed();
         for i in 0..self.slots.len() {
             match &self.slots[i] {
                 Slot::Running { token, .. } => token.cancel(),

@@ -15,7 +15,7 @@ use wasmtime::Store;
 
 use crate::channel::ChannelState;
 use crate::error::Result;
-use crate::handle::{TaskHandle, TaskId};
+use crate::handle::{About, TaskHandle, TaskId};
 use crate::outcome::{Budget, TaskMetrics, TaskReport};
 use crate::parts::Parts;
 use crate::program::{Program, ProgramKind, Resolved};
@@ -36,6 +36,9 @@ pub(crate) struct SpawnExtras {
     pub(crate) os_memory_limit: Option<u64>,
     /// Which export to enter.
     pub(crate) entry: Entry,
+    /// When the caller asked for the task (before loading its program):
+    /// start-up is measured from here. Default: when `spawn` is called.
+    pub(crate) spawned_at: Option<Instant>,
 }
 
 /// Starts a thread-isolated task.
@@ -51,7 +54,8 @@ pub(crate) async fn spawn(
     spec: TaskSpec,
     extras: SpawnExtras,
 ) -> Result<TaskHandle> {
-    let spawned_at = Instant::now();
+    let spawned_at = extras.spawned_at.unwrap_or_else(Instant::now);
+    let about = About::of(&spec);
     parts.check(&spec)?;
     let entry = program.resolve_entry(extras.entry)?;
     let mut prepared = prepare(program.path(), &spec, extras.stdin)?;
@@ -76,6 +80,7 @@ pub(crate) async fn spawn(
     tracing::debug!(task = %id, wasm = %program.path().display(), "task started");
     Ok(TaskHandle::start(
         id,
+        about,
         cancel,
         job.run(),
         slot,
