@@ -1,12 +1,20 @@
 //! What Isola counts while it runs, for monitoring: tasks by isolation and
 //! outcome, their times, worker processes, the compile cache and messages.
 //!
-//! With the crate's `metrics` feature, each record goes to the
-//! [`metrics`](https://docs.rs/metrics) facade, so an embedder sees them in
-//! whatever recorder it installs (the `isola` binary installs the
-//! Prometheus exporter for `--metrics-addr`). Without the feature every
-//! function here is an empty inline function: nothing is linked and
-//! nothing is paid.
+//! With the crate's `metrics` feature, and once [`enable`] is called, each
+//! record goes to the [`metrics`](https://docs.rs/metrics) facade, so an
+//! embedder sees them in whatever recorder it installs (the `isola` binary
+//! installs the Prometheus exporter for `--metrics-addr`, then calls
+//! `enable`). Until then a record costs one relaxed atomic load, so a
+//! program that never asks for metrics pays nothing measurable on its hot
+//! paths (a message, a task start). Without the feature every function
+//! here is empty: nothing is linked.
+//!
+//! ```no_run
+//! // With a recorder of the embedder's choice installed first, e.g.
+//! // metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
+//! isola::telemetry::enable();
+//! ```
 //!
 //! The names follow Prometheus's conventions: a `isola_` prefix, counters
 //! end in `_total`, times are in seconds (`_seconds`), and labels have a
@@ -31,6 +39,7 @@
 //! | `isola_taskset_tasks_queued` | gauge | | tasks ready and waiting for a slot |
 //! | `isola_taskset_task_wait_seconds` | histogram | | queued to started, per task |
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::outcome::Outcome;
@@ -64,11 +73,28 @@ pub fn outcome_label(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// Gives every metric its help text, so an exporter shows `# HELP` lines.
-/// Call once after installing a recorder; harmless without one.
-pub fn describe() {
+/// Whether records go to the facade: off until [`enable`].
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether to record: `enable` was called (and the feature is on).
+#[inline]
+#[cfg_attr(
+    not(feature = "metrics"),
+    allow(dead_code, reason = "used by the metrics feature")
+)]
+fn on() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Starts recording Isola's metrics into the `metrics` facade's recorder,
+/// and gives every metric its help text (`# HELP` lines). Call it once,
+/// after installing a recorder and before starting tasks (a gauge such as
+/// `isola_tasks_running` counts the tasks started after it); calling it
+/// again does nothing more. Does nothing without the crate's `metrics`
+/// feature.
+pub fn enable() {
     #[cfg(feature = "metrics")]
-    {
+    if !ENABLED.swap(true, Ordering::Relaxed) {
         use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
         describe_counter!("isola_tasks_started_total", "Tasks started.");
         describe_counter!(
@@ -132,7 +158,7 @@ pub fn describe() {
 #[inline]
 pub(crate) fn task_started(isolation: Isolation) {
     #[cfg(feature = "metrics")]
-    {
+    if on() {
         let label = isolation_label(isolation);
         metrics::counter!("isola_tasks_started_total", "isolation" => label).increment(1);
         metrics::gauge!("isola_tasks_running", "isolation" => label).increment(1.0);
@@ -152,7 +178,7 @@ pub(crate) fn task_ended(
     run: Duration,
 ) {
     #[cfg(feature = "metrics")]
-    {
+    if on() {
         let label = isolation_label(isolation);
         metrics::counter!(
             "isola_tasks_ended_total",
@@ -188,7 +214,7 @@ pub(crate) enum WorkerStart {
 #[inline]
 pub(crate) fn worker_started(why: WorkerStart) {
     #[cfg(feature = "metrics")]
-    {
+    if on() {
         let reason = match why {
             WorkerStart::Prestart => "prestart",
             WorkerStart::OnDemand => "on_demand",
@@ -203,7 +229,9 @@ pub(crate) fn worker_started(why: WorkerStart) {
 #[inline]
 pub(crate) fn worker_reused() {
     #[cfg(feature = "metrics")]
-    metrics::counter!("isola_worker_processes_reused_total").increment(1);
+    if on() {
+        metrics::counter!("isola_worker_processes_reused_total").increment(1);
+    }
 }
 
 /// Where a compiled program was found.
@@ -219,7 +247,7 @@ pub(crate) enum CacheTier {
 #[inline]
 pub(crate) fn cache_hit(tier: CacheTier) {
     #[cfg(feature = "metrics")]
-    {
+    if on() {
         let tier = match tier {
             CacheTier::Memory => "memory",
             CacheTier::Disk => "disk",
@@ -234,7 +262,9 @@ pub(crate) fn cache_hit(tier: CacheTier) {
 #[inline]
 pub(crate) fn compiled() {
     #[cfg(feature = "metrics")]
-    metrics::counter!("isola_compiles_total").increment(1);
+    if on() {
+        metrics::counter!("isola_compiles_total").increment(1);
+    }
 }
 
 /// Which way a message went.
@@ -250,7 +280,7 @@ pub(crate) enum Direction {
 #[inline]
 pub(crate) fn message(direction: Direction) {
     #[cfg(feature = "metrics")]
-    {
+    if on() {
         let direction = match direction {
             Direction::ToTask => "to_task",
             Direction::FromTask => "from_task",
@@ -266,7 +296,7 @@ pub(crate) fn message(direction: Direction) {
 #[inline]
 pub(crate) fn taskset_slots(busy: usize, jobs: usize, queued: usize) {
     #[cfg(feature = "metrics")]
-    {
+    if on() {
         metrics::gauge!("isola_taskset_slots", "state" => "busy").set(busy as f64);
         metrics::gauge!("isola_taskset_slots", "state" => "free")
             .set(jobs.saturating_sub(busy) as f64);
@@ -280,7 +310,9 @@ pub(crate) fn taskset_slots(busy: usize, jobs: usize, queued: usize) {
 #[inline]
 pub(crate) fn taskset_waited(wait: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!("isola_taskset_task_wait_seconds").record(wait.as_secs_f64());
+    if on() {
+        metrics::histogram!("isola_taskset_task_wait_seconds").record(wait.as_secs_f64());
+    }
     #[cfg(not(feature = "metrics"))]
     let _ = wait;
 }

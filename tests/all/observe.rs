@@ -612,3 +612,140 @@ fn a_metrics_address_that_cannot_be_bound_is_refused_by_name() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
 }
+
+/// What a `tracing` layer saw of the spans Isola made: name, fields and
+/// the parent's name.
+#[derive(Default)]
+struct SeenSpans(std::sync::Mutex<Vec<Seen>>);
+
+type Seen = (u64, String, BTreeMap<String, String>, Option<String>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
+}
+
+struct Recorder(std::sync::Arc<SeenSpans>);
+
+impl<S> tracing_subscriber::Layer<S> for Recorder
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let parent = ctx
+            .span(id)
+            .and_then(|span| span.parent().map(|p| p.name().to_owned()));
+        let mut seen = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push((
+            id.into_u64(),
+            attrs.metadata().name().to_owned(),
+            fields,
+            parent,
+        ));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let _ = ctx;
+        let mut seen = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Ids are reused once a span closes: the latest span with this id.
+        if let Some(entry) = seen.iter_mut().rev().find(|e| e.0 == id.into_u64()) {
+            values.record(&mut Fields(&mut entry.2));
+        }
+    }
+}
+
+/// Each task of a set runs in an `isola.task` span (id, program,
+/// isolation, and the worker's pid for a process task) inside the set's
+/// `isola.taskset.task` span for it (name, isolation, slot), so an
+/// embedder's subscriber, OpenTelemetry's included, sees one span per task.
+#[test]
+fn every_task_runs_in_a_tracing_span_with_its_identity() {
+    use isola::config::{TaskConfig, TaskSet};
+    use isola::taskset::Scheduler;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let seen = std::sync::Arc::new(SeenSpans::default());
+    let subscriber = tracing_subscriber::registry().with(Recorder(std::sync::Arc::clone(&seen)));
+    let mut thread = isola::TaskSpec::new(guest("hello", GuestKind::Module));
+    thread.isolation = isola::Isolation::Thread;
+    let mut process = thread.clone();
+    process.isolation = isola::Isolation::Process;
+    let set = TaskSet::new(vec![
+        TaskConfig::new("in-a-thread", thread),
+        TaskConfig::new("in-a-process", process),
+    ])
+    .expect("valid set");
+    let report = tracing::subscriber::with_default(subscriber, || {
+        // One thread: the subscriber set here is this thread's default.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let scheduler = Scheduler::new(isola_tests::runner()).jobs(2);
+            scheduler.run(&set).await
+        })
+    });
+    assert!(report.succeeded(), "{:#?}", report.tasks);
+
+    let seen = seen.0.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, isolation) in [("in-a-thread", "thread"), ("in-a-process", "process")] {
+        let set_span = seen
+            .iter()
+            .find(|(_, span, fields, _)| {
+                span == "isola.taskset.task" && fields.get("name").map(String::as_str) == Some(name)
+            })
+            .unwrap_or_else(|| panic!("a set span for {name}: {seen:#?}"));
+        assert_eq!(
+            set_span.2.get("isolation").map(String::as_str),
+            Some(isolation)
+        );
+        assert!(set_span.2.contains_key("slot"), "{set_span:?}");
+    }
+    let tasks: Vec<_> = seen
+        .iter()
+        .filter(|(_, span, _, _)| span == "isola.task")
+        .collect();
+    assert_eq!(tasks.len(), 2, "{seen:#?}");
+    for (_, _, fields, parent) in &tasks {
+        assert_eq!(parent.as_deref(), Some("isola.taskset.task"), "{fields:?}");
+        assert!(
+            fields.get("id").is_some_and(|id| id.starts_with("task-")),
+            "{fields:?}"
+        );
+        assert_eq!(
+            fields.get("program").map(String::as_str),
+            Some("hello.wasm")
+        );
+    }
+    let process_task = tasks
+        .iter()
+        .find(|(_, _, fields, _)| fields.get("isolation").map(String::as_str) == Some("process"))
+        .expect("the process task's span");
+    let pid = report
+        .get("in-a-process")
+        .and_then(|r| r.worker_pid)
+        .expect("its worker pid");
+    assert_eq!(process_task.2.get("pid"), Some(&pid.to_string()));
+}

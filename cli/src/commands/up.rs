@@ -365,7 +365,7 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
             }
             other => other.to_string(),
         })?;
-    isola::telemetry::describe();
+    isola::telemetry::enable();
     Ok(())
 }
 
