@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(cmd) => cmd.execute().await,
             Command::Call(cmd) => cmd.execute().await,
-            Command::Check(cmd) => cmd.execute(),
+            Command::Check(cmd) => cmd.execute().await,
             Command::Up(cmd) => cmd.execute().await,
         }
     });

@@ -82,19 +82,12 @@ impl TaskHandle {
         channel: (MessageSender, MessageReceiver),
         pid: Option<u32>,
     ) -> TaskHandle {
-        let isolation = about.isolation;
-        // The span an embedder's subscriber (an OpenTelemetry layer, say)
-        // sees around everything the task does; its parent is whatever span
-        // was current at spawn (a task set's per-task span, for one).
-        let span = tracing::info_span!(
-            "isola.task",
-            id = %id,
-            program = %about.program,
-            isolation = %isolation,
-            pid = tracing::field::Empty,
-        );
-        if let Some(pid) = pid {
-            span.record("pid", pid);
+        let About { isolation, span } = about;
+        if !span.is_disabled() {
+            span.record("id", tracing::field::display(id));
+            if let Some(pid) = pid {
+                span.record("pid", pid);
+            }
         }
         telemetry::task_started(isolation);
         let spawned = std::time::Instant::now();
@@ -234,24 +227,34 @@ impl TaskHandle {
 #[derive(Debug)]
 pub(crate) struct About {
     isolation: crate::spec::Isolation,
-    /// Its `argv[0]` if set, else its file's name.
-    program: String,
+    /// The task's `tracing` span: disabled (and free to make: no field is
+    /// formatted) unless a subscriber wants it.
+    span: tracing::Span,
 }
 
 impl About {
     pub(crate) fn of(spec: &TaskSpec) -> About {
         let program = match &spec.argv0 {
-            Some(name) => name.clone(),
+            Some(name) => std::borrow::Cow::Borrowed(name.as_str()),
             None => spec
                 .wasm
                 .file_name()
                 .unwrap_or(spec.wasm.as_os_str())
-                .to_string_lossy()
-                .into_owned(),
+                .to_string_lossy(),
         };
         About {
             isolation: spec.isolation,
-            program,
+            // The span an embedder's subscriber (an OpenTelemetry layer,
+            // say) sees around everything the task does; its parent is
+            // whatever span was current at spawn (a task set's per-task
+            // span, for one).
+            span: tracing::info_span!(
+                "isola.task",
+                id = tracing::field::Empty,
+                program = %program,
+                isolation = %spec.isolation,
+                pid = tracing::field::Empty,
+            ),
         }
     }
 }

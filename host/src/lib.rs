@@ -97,7 +97,7 @@ pub use plugin::PluginInstance;
 pub use program::Program;
 pub use region::{OutOfBounds, Region};
 pub use runner::{CacheDir, CacheStats, CallError, Runner, RunnerConfig};
-pub use spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};
+pub use spec::{DirGrant, Isolation, Limits, Output, Sandbox, Stdin, TaskSpec};
 
 /// Re-exported so embedders can name sizes in [`Limits`] without adding the
 /// dependency themselves.

@@ -47,6 +47,10 @@ pub enum Outcome {
         signal: Option<i32>,
         /// The child's exit status, if it exited.
         status: Option<i32>,
+        /// What the worker said of its end, when it could: for a worker
+        /// its OS sandbox stopped, `forbidden system call 41 (socket)`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Isola itself failed while running the task (not the guest's fault).
     Failed {
@@ -71,6 +75,10 @@ impl fmt::Display for Outcome {
             Outcome::Trapped(trap) => write!(f, "trapped: {}", trap.message),
             Outcome::LimitExceeded { limit } => write!(f, "limit exceeded: {limit}"),
             Outcome::Cancelled => f.write_str("cancelled"),
+            Outcome::Crashed {
+                reason: Some(reason),
+                ..
+            } => write!(f, "crashed: {reason}"),
             Outcome::Crashed {
                 signal: Some(signal),
                 ..
@@ -457,6 +465,11 @@ impl Stop {
 /// panic is the binary's own), and a guest cannot choose it.
 pub(crate) const WORKER_OUT_OF_MEMORY: i32 = 86;
 
+/// Exit status of a worker that its OS sandbox stopped: it made a system
+/// call outside the seccomp allowlist, which its `SIGSYS` handler reports
+/// on its stderr (with the call's number) before exiting with this status.
+pub(crate) const WORKER_FORBIDDEN_SYSCALL: i32 = 87;
+
 /// How a worker process's task ended, as its parent saw it: the one input
 /// of the process backend's classification.
 #[derive(Debug)]
@@ -472,6 +485,19 @@ pub(crate) struct WorkerEnding {
     /// The `RLIMIT_DATA` the worker ran its task under (the `data_bytes`
     /// of the limits sent with the task), if it was given one.
     pub(crate) data_limit: Option<u64>,
+    /// The system call the worker's sandbox refused, as the worker said on
+    /// its stderr, if it did.
+    pub(crate) forbidden_syscall: Option<ForbiddenSyscall>,
+}
+
+/// A system call a worker's sandbox refused: its number on this
+/// architecture and its name, when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ForbiddenSyscall {
+    /// The number (x86_64 numbering on x86_64).
+    pub(crate) number: i64,
+    /// Its name, e.g. `socket`.
+    pub(crate) name: Option<&'static str>,
 }
 
 impl WorkerEnding {
@@ -494,6 +520,31 @@ impl WorkerEnding {
                 (code, _) => Outcome::Crashed {
                     signal: self.status.and_then(|s| s.signal()),
                     status: code,
+                    reason: match (code, self.forbidden_syscall) {
+                        (Some(WORKER_FORBIDDEN_SYSCALL), Some(call)) => Some(match call.name {
+                            Some(name) => format!(
+                                "the OS sandbox stopped the worker: forbidden system call {} ({name})",
+                                call.number
+                            ),
+                            None => format!(
+                                "the OS sandbox stopped the worker: forbidden system call {}",
+                                call.number
+                            ),
+                        }),
+                        (Some(WORKER_FORBIDDEN_SYSCALL), None) => Some(
+                            "the OS sandbox stopped the worker: a forbidden system call".to_owned(),
+                        ),
+                        // The kernel kills with SIGSYS itself when the call
+                        // was made with SIGSYS blocked (glibc's
+                        // `posix_spawn` blocks every signal around its
+                        // clone), so the worker's reporter never ran.
+                        _ if self.status.and_then(|s| s.signal()) == Some(libc::SIGSYS) => Some(
+                            "the OS sandbox stopped the worker: a forbidden system call, \
+                             made with signals blocked (so not named)"
+                                .to_owned(),
+                        ),
+                        _ => None,
+                    },
                 },
             },
         }
@@ -741,6 +792,7 @@ mod tests {
             stop: Some(Stop::TimedOut(after)),
             status: None,
             data_limit: None,
+            forbidden_syscall: None,
         };
         assert_eq!(
             ending.into_outcome(),
@@ -754,6 +806,7 @@ mod tests {
             stop: None,
             status: None,
             data_limit: None,
+            forbidden_syscall: None,
         };
         assert!(matches!(silent.into_outcome(), Outcome::Crashed { .. }));
     }
@@ -767,6 +820,7 @@ mod tests {
             stop: None,
             status: Some(std::process::ExitStatus::from_raw(code << 8)),
             data_limit,
+            forbidden_syscall: None,
         };
         assert_eq!(
             ended(WORKER_OUT_OF_MEMORY, Some(1 << 20)).into_outcome(),

@@ -21,7 +21,7 @@ use crate::parts::Parts;
 use crate::plugin::PluginInstance;
 use crate::process::ProcessBackend;
 use crate::program::Program;
-use crate::spec::{Entry, Isolation, TaskSpec};
+use crate::spec::{Entry, Isolation, Sandbox, TaskSpec};
 use crate::thread::SpawnExtras;
 use crate::ticker::EpochTicker;
 
@@ -101,6 +101,9 @@ pub struct RunnerConfig {
     /// of their maximums). Shared memories are outside the per-task memory
     /// limit, so they get a budget of their own. By default 4 GiB.
     pub shared_memory_budget: u64,
+    /// The OS sandbox around process tasks' workers. By default
+    /// [`Sandbox::On`].
+    pub sandbox: Sandbox,
 }
 
 impl Default for RunnerConfig {
@@ -117,6 +120,7 @@ impl Default for RunnerConfig {
             memory_reservation: None,
             memories_per_task: 2,
             shared_memory_budget: 4 << 30,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -230,6 +234,7 @@ impl Runner {
             config.worker_program.clone(),
             config.prestarted_workers,
             config.reused_workers_kept,
+            config.sandbox,
         ));
         Ok(Runner {
             inner: Arc::new(RunnerInner {

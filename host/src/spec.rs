@@ -301,3 +301,34 @@ pub(crate) enum Entry {
     /// The plugin `run` with the spec's input ([`crate::Runner::call`]).
     Run,
 }
+
+/// Whether a process task's worker runs inside an OS sandbox, around
+/// wasmtime's own: a seccomp-BPF allowlist of system calls and Landlock
+/// file-system rules (see the README's security model). Thread tasks run in
+/// the host process, which has no such layer: this applies to process
+/// isolation only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sandbox {
+    /// Every layer the kernel provides; a layer it lacks is skipped with a
+    /// warning in the log (`ISOLA_LOG=warn`). The default.
+    #[default]
+    On,
+    /// No OS sandbox: the worker can make any system call and open any
+    /// file its user can.
+    Off,
+    /// Every layer, or the task does not run: a kernel without one of them
+    /// fails the task ([`crate::Outcome::Failed`]) naming the layer and
+    /// why.
+    Required,
+}
+
+impl std::fmt::Display for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sandbox::On => "on",
+            Sandbox::Off => "off",
+            Sandbox::Required => "required",
+        })
+    }
+}

@@ -330,6 +330,7 @@ mod tests {
             Outcome::Crashed {
                 signal: Some(9),
                 status: None,
+                reason: None,
             },
         ];
         let labels: Vec<&str> = outcomes.iter().map(outcome_label).collect();

@@ -9,6 +9,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,11 +21,11 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::handle::CancelHandle;
 use crate::ipc::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
-use crate::ipc::sys;
+use crate::ipc::{sandbox, sys};
 use crate::loader::{EngineSettings, Loader};
 use crate::outcome::{CallError, Limit, Outcome, Stream, TaskMetrics, refused};
 use crate::parts::Parts;
-use crate::spec::{Isolation, Output, Stdin};
+use crate::spec::{Isolation, Output, Sandbox, Stdin, TaskSpec};
 use crate::thread::{self, SpawnExtras};
 use crate::ticker::EpochTicker;
 
@@ -128,6 +129,12 @@ pub fn run_if_worker() -> Option<ExitCode> {
 
 /// Serves one task over stdin/stdout, then exits. See [`run_if_worker`].
 pub fn run_worker() -> ExitCode {
+    // SAFETY: first thing in the worker: nothing has opened a descriptor
+    // yet but std's 0, 1 and 2 (the pipes to the parent), which are kept.
+    if let Err(err) = unsafe { sandbox::close_other_fds(&[0, 1, 2]) } {
+        eprintln!("isola worker: cannot close inherited descriptors: {err}");
+        return ExitCode::from(70);
+    }
     let parent = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -339,7 +346,12 @@ async fn serve_plugin(
     spec.stderr = Output::Discard;
     let id = &request.program;
     let instance = match parts.loader.load_known(&spec.wasm, id.hash, id.kind) {
-        Ok(program) => thread::plugin::instantiate(parts, program, spec, Some(data_bytes)).await,
+        Ok(program) => {
+            if let Err(outcome) = enter_sandbox(request.sandbox, &spec, &request.cache_dir) {
+                return send(writer, not_started(outcome, TaskMetrics::default())).await;
+            }
+            thread::plugin::instantiate(parts, program, spec, Some(data_bytes)).await
+        }
         Err(err) => Err(CallError::Start(err)),
     };
     let mut instance = match instance {
@@ -487,6 +499,12 @@ async fn run_one(
             return finish_failed(writer, reader, reuse, outcome).await;
         }
     };
+    // The program is loaded (its artifact mapped) and its grants are not
+    // yet open: the sandbox goes up between the two, so the grants open
+    // under its rules and the guest never runs outside it.
+    if let Err(outcome) = enter_sandbox(request.sandbox, &spec, &request.cache_dir) {
+        return finish_failed(writer, reader, reuse, outcome).await;
+    }
     let (started_tx, mut started_rx) = oneshot::channel();
     let extras = SpawnExtras {
         stdin: stdin_override,
@@ -681,4 +699,117 @@ async fn finish_failed(
             Some(_) => {}
         }
     }
+}
+
+/// Whether this worker entered its OS sandbox (it does once: a reused
+/// worker's parent hands it only tasks with the grants it entered it for).
+static SANDBOXED: AtomicBool = AtomicBool::new(false);
+
+/// Enters the worker's OS sandbox for a task, as `policy` asks: Landlock
+/// rules that let it read only the cache, its read-only grants and its
+/// stdin file and write only its writable grants, then the seccomp
+/// allowlist (for every thread of the worker). A layer the kernel lacks is
+/// reported on stderr, which the parent logs as a warning; under
+/// [`Sandbox::Required`] it fails the task instead.
+fn enter_sandbox(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<(), Outcome> {
+    if policy != Sandbox::Off && !SANDBOXED.load(Ordering::Relaxed) {
+        enter_layers(policy, spec, cache_dir)?;
+    }
+    #[cfg(debug_assertions)]
+    if let Some(attempt) = spec.env.get(ESCAPE_ENV) {
+        return Err(escape_attempt(attempt));
+    }
+    Ok(())
+}
+
+/// [`enter_sandbox`]'s layers, in order.
+fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<(), Outcome> {
+    // Components reopen their verified artifact through /proc/self/fd,
+    // which Landlock checks against the artifact's own path: the cache.
+    let mut grants = sandbox::Grants {
+        read: vec![cache_dir.to_owned()],
+        write: Vec::new(),
+    };
+    for dir in &spec.dirs {
+        if dir.writable {
+            grants.write.push(dir.host.clone());
+        } else {
+            grants.read.push(dir.host.clone());
+        }
+    }
+    if let Stdin::File(path) = &spec.stdin {
+        grants.read.push(path.clone());
+    }
+    let landlock = sandbox::restrict_files(&grants);
+    let seccomp = sandbox::install_seccomp();
+    SANDBOXED.store(true, Ordering::Relaxed);
+    for (layer, state) in [("Landlock", &landlock), ("seccomp", &seccomp)] {
+        if state.is_enforced() {
+            continue;
+        }
+        if policy == Sandbox::Required {
+            return Err(Outcome::Failed {
+                message: format!(
+                    "the OS sandbox is required (sandbox = \"required\"), but its {layer} layer is {state}"
+                ),
+            });
+        }
+        eprintln!("isola worker: sandbox: {layer} is {state}");
+    }
+    Ok(())
+}
+
+/// Debug builds only (tests): a task whose spec sets this variable does not
+/// run its guest; the worker itself makes the attempt the value names, as
+/// an escaped guest would, once its sandbox is up. Release builds do not
+/// have it.
+#[cfg(debug_assertions)]
+pub const ESCAPE_ENV: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
+
+/// Makes the attempt `what` names from inside the sandbox and says how it
+/// went, as a `Failed` outcome (the test reads it): `open-read:PATH`,
+/// `open-write:PATH`, `socket`, `connect:ADDR`, `exec:PATH`, `ptrace`,
+/// `fork`. An attempt the sandbox kills never returns: the worker ends
+/// with [`crate::outcome::WORKER_FORBIDDEN_SYSCALL`].
+#[cfg(debug_assertions)]
+fn escape_attempt(what: &str) -> Outcome {
+    let result: std::io::Result<()> = match what.split_once(':') {
+        Some(("open-read", path)) => std::fs::read(path).map(drop),
+        Some(("open-write", path)) => std::fs::write(path, b"escaped").map(drop),
+        Some(("connect", addr)) => std::net::TcpStream::connect(addr).map(drop),
+        Some(("exec", path)) => std::process::Command::new(path).status().map(drop),
+        None if what == "socket" => std::net::UdpSocket::bind("127.0.0.1:0").map(drop),
+        None if what == "ptrace" => {
+            // SAFETY: PTRACE_TRACEME takes no pointers; it only asks to be
+            // traced by the parent.
+            let rc = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+            if rc == -1 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+        None if what == "fork" => {
+            // SAFETY: the child only calls the async-signal-safe `_exit`.
+            match unsafe { libc::fork() } {
+                -1 => Err(std::io::Error::last_os_error()),
+                // SAFETY: see above.
+                0 => unsafe { libc::_exit(0) },
+                _ => Ok(()),
+            }
+        }
+        _ => Err(std::io::Error::other("unknown escape attempt")),
+    };
+    let message = match result {
+        Ok(()) => format!("escape attempt `{what}`: allowed"),
+        Err(err) => format!("escape attempt `{what}`: denied: {err}"),
+    };
+    Outcome::Failed { message }
+}
+
+/// The Landlock ABI version this kernel offers, or `None` without Landlock
+/// (a kernel before 5.13, or Landlock not in its LSM list). Process
+/// workers use it for their file rules ([`crate::Sandbox`]).
+pub fn landlock_abi() -> Option<i32> {
+    sandbox::landlock_abi_version()
 }

@@ -12,6 +12,7 @@ mod hostile_probe;
 mod library;
 mod messages;
 mod observe;
+mod os_sandbox;
 mod pipeline;
 mod probe_more;
 mod process;

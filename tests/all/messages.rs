@@ -454,7 +454,8 @@ async fn a_kept_plugin_whose_worker_dies_ends_as_crashed() {
                 report.outcome,
                 Outcome::Crashed {
                     signal: Some(9),
-                    status: None
+                    status: None,
+                    reason: None,
                 },
                 "{t:?}"
             ),

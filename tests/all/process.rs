@@ -60,14 +60,16 @@ async fn killed_workers_crash_alone() {
         outcomes[0].0,
         Outcome::Crashed {
             signal: Some(9),
-            status: None
+            status: None,
+            reason: None,
         }
     );
     assert_eq!(
         outcomes[1].0,
         Outcome::Crashed {
             signal: Some(11),
-            status: None
+            status: None,
+            reason: None,
         }
     );
     for (outcome, stdout) in &outcomes[2..] {

@@ -593,6 +593,7 @@ fn random_outcome(u: &mut Unstructured) -> AResult<Outcome> {
         6 => Outcome::Crashed {
             signal: u.arbitrary()?,
             status: u.arbitrary()?,
+            reason: None,
         },
         _ => Outcome::Failed {
             message: u.arbitrary()?,

@@ -59,10 +59,12 @@ fn expected_for(fault: Fault) -> Outcome {
         Fault::Kill => Outcome::Crashed {
             signal: Some(libc::SIGKILL),
             status: None,
+            reason: None,
         },
         Fault::Segv => Outcome::Crashed {
             signal: Some(libc::SIGSEGV),
             status: None,
+            reason: None,
         },
         Fault::Stop => Outcome::LimitExceeded {
             limit: Limit::Timeout {

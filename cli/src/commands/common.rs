@@ -72,6 +72,12 @@ pub struct TaskOptions {
     #[arg(long)]
     no_cache: bool,
 
+    /// The OS sandbox around process tasks' workers (seccomp allowlist and
+    /// Landlock file rules): `on` uses every layer the kernel has, `off`
+    /// none, `required` refuses to run a task where a layer is missing.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = SandboxArg::On)]
+    sandbox: SandboxArg,
+
     /// wasmtime's spelling of a limit, for users of `wasmtime run`:
     /// max-memory-size=SIZE (--max-memory), fuel=N (--fuel),
     /// timeout=DURATION (--timeout). Comma-separated or repeated.
@@ -369,6 +375,7 @@ impl TaskOptions {
                 (Some(dir), false) => CacheDir::Path(dir.clone()),
                 (None, false) => CacheDir::Default,
             },
+            sandbox: self.sandbox.into(),
             ..RunnerConfig::default()
         }
     }
@@ -486,5 +493,26 @@ mod tests {
         assert!(err.starts_with("too large"), "{err}");
         assert_eq!(parse_size("64MiB"), Ok(ByteSize::mib(64)));
         assert!(parse_size("lots").is_err());
+    }
+}
+
+/// `--sandbox`: [`isola::Sandbox`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxArg {
+    /// Every layer the kernel provides (the default).
+    On,
+    /// No OS sandbox.
+    Off,
+    /// Every layer, or the task fails naming the one missing.
+    Required,
+}
+
+impl From<SandboxArg> for isola::Sandbox {
+    fn from(arg: SandboxArg) -> isola::Sandbox {
+        match arg {
+            SandboxArg::On => isola::Sandbox::On,
+            SandboxArg::Off => isola::Sandbox::Off,
+            SandboxArg::Required => isola::Sandbox::Required,
+        }
     }
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anstyle::{AnsiColor, Style};
 use clap::Args;
 use isola::config::TaskSet;
+
+use super::common::SandboxArg;
 use isola::taskset::{
     Event, EventSink, Histogram, Scheduler, SetReport, TaskRecord, TaskStatus, html, timeline,
 };
@@ -109,6 +111,12 @@ pub struct UpCommand {
     /// Do not read or write the on-disk compile cache.
     #[arg(long)]
     no_cache: bool,
+
+    /// The OS sandbox around process tasks' workers (seccomp allowlist and
+    /// Landlock file rules): `on` uses every layer the kernel has, `off`
+    /// none, `required` refuses to run a task where a layer is missing.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = SandboxArg::On)]
+    sandbox: SandboxArg,
 }
 
 /// `--color`.
@@ -197,6 +205,7 @@ impl UpCommand {
                 (Some(dir), false) => CacheDir::Path(dir.clone()),
                 (None, false) => CacheDir::Default,
             },
+            sandbox: self.sandbox.into(),
             ..RunnerConfig::default()
         }) {
             Ok(runner) => runner,

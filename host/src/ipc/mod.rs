@@ -3,4 +3,5 @@
 //! rlimits, parent-death signal, process-group kills).
 
 pub(crate) mod protocol;
+pub(crate) mod sandbox;
 pub(crate) mod sys;

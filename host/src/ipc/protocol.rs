@@ -181,6 +181,9 @@ pub(crate) struct RunRequest {
     /// What follows this frame as data frames, to be put back into `spec`.
     #[serde(default)]
     pub(crate) data: FollowingData,
+    /// The OS sandbox the worker enters before running the task.
+    #[serde(default)]
+    pub(crate) sandbox: crate::spec::Sandbox,
 }
 
 /// Largest piece of bulk data in one `input` or `stdin` frame.
@@ -686,6 +689,7 @@ mod tests {
                 input: true,
                 stdin: false,
             },
+            sandbox: crate::spec::Sandbox::default(),
         })));
         round_trip_to_worker(ToWorker::Input(Bytes::from_static(b"\0\xffinput")));
         round_trip_to_worker(ToWorker::DataEnd);
@@ -745,6 +749,7 @@ mod tests {
             Outcome::Crashed {
                 signal: Some(9),
                 status: None,
+                reason: None,
             },
         ] {
             round_trip_from_worker(FromWorker::Finished(Box::new(Finished {
@@ -834,6 +839,7 @@ mod tests {
             },
             entry: crate::spec::Entry::Auto,
             data: FollowingData::default(),
+            sandbox: crate::spec::Sandbox::default(),
         }
     }
 

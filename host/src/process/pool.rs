@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::ipc::protocol::{self, FromWorker, Hello, ToWorker};
 use crate::ipc::sys;
 use crate::parts::Parts;
+use crate::spec::Sandbox;
 use crate::telemetry;
 
 /// How long a worker gets to act on a polite cancel before SIGKILL.
@@ -51,6 +52,54 @@ pub(crate) struct Worker {
     pub(crate) reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
     /// Frames to the worker.
     pub(crate) writer: Writer,
+    /// What the worker said on its stderr that its parent acts on.
+    pub(crate) said: Arc<WorkerSaid>,
+    /// The grants (a [`sandbox_key`]) whose sandbox the worker entered for
+    /// a task it ran, if it did: it can serve only tasks with the same
+    /// grants, as a Landlock ruleset can be narrowed but never widened.
+    pub(crate) sandboxed: Option<u64>,
+}
+
+/// What a worker wrote on its stderr that its parent acts on. The
+/// worker's other diagnostics go to the log.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerSaid {
+    /// The system call its sandbox refused, from the `SIGSYS` reporter's
+    /// line.
+    forbidden_syscall: std::sync::OnceLock<i64>,
+    /// Set when its stderr reached its end (the worker exited).
+    closed: AtomicBool,
+}
+
+impl WorkerSaid {
+    /// The system call the worker's sandbox refused, once its stderr has
+    /// been read to the end (waiting at most `bound`: the worker wrote the
+    /// line before it exited, but the reader may lag behind the reap).
+    pub(crate) async fn forbidden_syscall(&self, bound: Duration) -> Option<i64> {
+        let deadline = tokio::time::Instant::now() + bound;
+        while !self.closed.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.forbidden_syscall.get().copied()
+    }
+}
+
+/// A key for what a task's sandbox lets its worker reach: the host
+/// directories granted (with their access), the stdin file, the cache.
+pub(crate) fn sandbox_key(spec: &crate::spec::TaskSpec, cache_dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Only compared within this process's life: any stable-for-the-run
+    // hash will do.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for dir in &spec.dirs {
+        dir.host.hash(&mut hasher);
+        dir.writable.hash(&mut hasher);
+    }
+    if let crate::spec::Stdin::File(path) = &spec.stdin {
+        path.hash(&mut hasher);
+    }
+    cache_dir.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The parent's end of the pipe to a worker, framed.
@@ -76,6 +125,8 @@ pub(crate) struct ProcessBackend {
     refilling: AtomicBool,
     /// Artifacts for workers when the runner has no disk cache.
     private_cache: Mutex<Option<tempfile::TempDir>>,
+    /// The OS sandbox its workers enter before running a task.
+    pub(crate) sandbox: Sandbox,
 }
 
 impl Drop for ProcessBackend {
@@ -104,6 +155,7 @@ impl ProcessBackend {
         program: Option<PathBuf>,
         prestart: usize,
         keep_reusable: usize,
+        sandbox: Sandbox,
     ) -> ProcessBackend {
         ProcessBackend {
             configured_program: program,
@@ -115,6 +167,7 @@ impl ProcessBackend {
             last_program: Mutex::new(None),
             refilling: AtomicBool::new(false),
             private_cache: Mutex::new(None),
+            sandbox,
         }
     }
 
@@ -133,9 +186,13 @@ impl ProcessBackend {
     /// (if one is still alive); else an idle fresh worker if one is ready,
     /// else a new one. The caller tops the pool up with
     /// [`ProcessBackend::refill_soon`] once its task is under way.
-    pub(crate) async fn take_worker(self: &Arc<Self>, reuse: bool) -> Result<Worker> {
+    pub(crate) async fn take_worker(
+        self: &Arc<Self>,
+        reuse: bool,
+        sandbox_key: Option<u64>,
+    ) -> Result<Worker> {
         let program = self.program()?.to_owned();
-        if reuse && let Some(worker) = self.take_reusable() {
+        if reuse && let Some(worker) = self.take_reusable(sandbox_key) {
             telemetry::worker_reused();
             return Ok(worker);
         }
@@ -151,11 +208,20 @@ impl ProcessBackend {
         Ok(worker)
     }
 
-    /// A kept worker that is still alive, if any. One that died while idle
-    /// is reaped by `try_wait` and dropped.
-    fn take_reusable(&self) -> Option<Worker> {
+    /// A kept worker that is still alive and can serve a task whose
+    /// sandbox is `sandbox_key` (never sandboxed, or for the same grants),
+    /// if any. One that died while idle is reaped by `try_wait` and
+    /// dropped.
+    fn take_reusable(&self, sandbox_key: Option<u64>) -> Option<Worker> {
         let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut worker) = kept.pop() {
+        let mut i = kept.len();
+        while i > 0 {
+            i -= 1;
+            let fits = kept[i].sandboxed.is_none() || kept[i].sandboxed == sandbox_key;
+            if !fits {
+                continue;
+            }
+            let mut worker = kept.swap_remove(i);
             match worker.child.try_wait() {
                 Ok(None) => return Some(worker),
                 // Died while idle, and reaped just now.
@@ -203,6 +269,8 @@ impl ProcessBackend {
                 pid,
                 reader,
                 mut writer,
+                said,
+                sandboxed,
             } = worker;
             let mut guard = ChildGuard::new(child, pid);
             match warm_up(&mut writer, &self.last_program).await {
@@ -224,6 +292,8 @@ impl ProcessBackend {
                 pid,
                 reader,
                 writer,
+                said,
+                sandboxed,
             };
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.prestart {
@@ -359,12 +429,19 @@ async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
         return Err("worker pipes missing".into());
     };
     // A worker's own diagnostics (never the guest's output, which travels
-    // in frames) go to the log, a bounded line at a time.
+    // in frames) go to the log, a bounded line at a time; the sandbox's
+    // report of a forbidden system call is also kept for the outcome.
+    let said = Arc::new(WorkerSaid::default());
+    let heard = Arc::clone(&said);
     tokio::spawn(async move {
         let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(8 * 1024));
         while let Some(Ok(line)) = lines.next().await {
+            if let Some(number) = crate::ipc::sandbox::parse_forbidden_syscall(&line) {
+                let _ = heard.forbidden_syscall.set(number);
+            }
             tracing::warn!(worker = pid, "{line}");
         }
+        heard.closed.store(true, Ordering::Release);
     });
     let mut guard = ChildGuard::new(child, pid);
     let mut reader = FramedRead::new(stdout, protocol::codec());
@@ -393,6 +470,8 @@ async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
                 pid,
                 reader,
                 writer,
+                said,
+                sandboxed: None,
             }),
             None => Err("the worker vanished during the handshake".into()),
         },

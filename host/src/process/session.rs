@@ -17,7 +17,8 @@ use crate::error::Error;
 use crate::ipc::protocol::{self, FollowingData, FromWorker, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{
-    CallError, Outcome, Stop, TaskMetrics, WorkerEnding, abandoned, ended, unusable,
+    CallError, ForbiddenSyscall, Outcome, Stop, TaskMetrics, WORKER_FORBIDDEN_SYSCALL,
+    WorkerEnding, abandoned, ended, unusable,
 };
 use crate::parts::Parts;
 use crate::program::Program;
@@ -35,6 +36,8 @@ pub(crate) struct PluginWorker {
     timeout: Option<Duration>,
     /// The worker's kernel memory limit, in bytes (see the supervisor's).
     data_limit: u64,
+    /// What the worker said on its stderr that the outcome needs.
+    said: std::sync::Arc<super::pool::WorkerSaid>,
     /// Why the instance is unusable, once it is.
     broken: Option<Outcome>,
     /// A call was sent and its answer not read: a caller gave up on it, and
@@ -68,12 +71,15 @@ pub(crate) async fn start(
     }
     let cache_dir = prepare_for_worker(parts, backend, program, &mut spec)?;
     let slot = parts.slot().await?;
+    let sandbox = backend.sandbox;
     let Worker {
         child,
         pid,
         reader,
         mut writer,
-    } = backend.take_worker(false).await?;
+        said,
+        sandboxed: _,
+    } = backend.take_worker(false, None).await?;
     backend.refill_soon();
     let timeout = spec.limits.timeout;
     // Input and stdin bytes follow the plugin frame as raw data frames.
@@ -86,6 +92,7 @@ pub(crate) async fn start(
         cache_dir,
         entry: Entry::Run,
         data,
+        sandbox,
     };
     for message in std::iter::once(ToWorker::Plugin(Box::new(request))).chain(data_frames) {
         let frame = message.encode().map_err(|e| {
@@ -101,6 +108,7 @@ pub(crate) async fn start(
         writer,
         timeout,
         data_limit,
+        said,
         broken: None,
         in_call: false,
         _slot: slot,
@@ -202,6 +210,7 @@ impl PluginWorker {
                         protocol_error: None,
                         stop: Some(Stop::TimedOut(self.timeout.unwrap_or_default())),
                         status: None,
+                        forbidden_syscall: None,
                     }
                     .into_outcome();
                     self.broken = Some(outcome.clone());
@@ -240,6 +249,7 @@ impl PluginWorker {
                         protocol_error: Some("bad frame from the plugin's worker".into()),
                         stop: None,
                         status: None,
+                        forbidden_syscall: None,
                     }
                     .into_outcome();
                     self.broken = Some(outcome.clone());
@@ -256,12 +266,24 @@ impl PluginWorker {
             None => None,
         };
         self.child = None;
+        let forbidden_syscall = match status.and_then(|s| s.code()) {
+            Some(WORKER_FORBIDDEN_SYSCALL) => self
+                .said
+                .forbidden_syscall(Duration::from_millis(200))
+                .await
+                .map(|number| ForbiddenSyscall {
+                    number,
+                    name: crate::ipc::sandbox::syscall_name(number),
+                }),
+            _ => None,
+        };
         let outcome = WorkerEnding {
             reported: None,
             data_limit: Some(self.data_limit),
             protocol_error: None,
             stop: None,
             status,
+            forbidden_syscall,
         }
         .into_outcome();
         self.broken = Some(outcome.clone());

@@ -14,17 +14,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::pool::{ChildGuard, GRACE, ProcessBackend, Worker, Writer, reap, sleep_until};
+use super::pool::{
+    ChildGuard, GRACE, ProcessBackend, Worker, WorkerSaid, Writer, reap, sandbox_key, sleep_until,
+};
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
 use crate::handle::{About, TaskHandle, TaskId};
 use crate::ipc::protocol::{self, FollowingData, FromWorker, OsLimits, RunRequest, ToWorker};
 use crate::ipc::sys;
-use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
+use crate::outcome::{
+    ForbiddenSyscall, Limit, Outcome, Stop, Stream, TaskReport, WORKER_FORBIDDEN_SYSCALL,
+    WorkerEnding,
+};
 use crate::output::OutputPipe;
 use crate::parts::Parts;
 use crate::program::Program;
-use crate::spec::{Entry, Stdin, TaskSpec};
+use crate::spec::{Entry, Sandbox, Stdin, TaskSpec};
 
 /// Open files a worker may have: preopened dirs, files the guest opens, pipes.
 const WORKER_OPEN_FILES: u64 = 256;
@@ -95,7 +100,9 @@ pub(crate) async fn spawn(
 
     let slot = parts.slot().await?;
     let reuse = spec.reuse_worker;
-    let worker = backend.take_worker(reuse).await?;
+    let sandbox = backend.sandbox;
+    let sandbox_key = (sandbox != Sandbox::Off).then(|| sandbox_key(&spec, &cache_dir));
+    let worker = backend.take_worker(reuse, sandbox_key).await?;
     let queue = crate::channel::queue_capacity(limits.message_queue);
     let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
     let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
@@ -116,6 +123,7 @@ pub(crate) async fn spawn(
         program: program_id,
         entry,
         data,
+        sandbox,
     };
     let cancel = CancellationToken::new();
     let Worker {
@@ -123,6 +131,8 @@ pub(crate) async fn spawn(
         pid,
         reader,
         writer,
+        said,
+        sandboxed: _,
     } = worker;
     // From here the worker is reaped whatever happens, even if this
     // future or the supervisor's is dropped half-way.
@@ -167,6 +177,8 @@ pub(crate) async fn spawn(
         stderr,
         spawned_at,
         data_limit,
+        said,
+        sandbox_key,
     };
     Ok(TaskHandle::start(
         TaskId::next(),
@@ -182,6 +194,9 @@ pub(crate) async fn spawn(
         Some(pid),
     ))
 }
+
+/// How long the outcome waits for a dead worker's last stderr line.
+const SAID_BOUND: Duration = Duration::from_millis(200);
 
 /// Frames queued for the worker's pipe.
 const FRAME_QUEUE: usize = 16;
@@ -281,6 +296,10 @@ async fn forward_stdin_frames(frames: mpsc::Sender<ToWorker>) {
 struct Supervisor {
     /// The worker process, reaped by the guard if this is dropped early.
     child: ChildGuard,
+    /// What the worker said on its stderr that the outcome needs.
+    said: Arc<WorkerSaid>,
+    /// The grants the worker's sandbox is entered for, unless it is off.
+    sandbox_key: Option<u64>,
     /// Its pid and process group.
     pid: u32,
     /// Frames from the worker.
@@ -470,6 +489,8 @@ impl Supervisor {
                 pid,
                 reader: self.reader,
                 writer,
+                said: Arc::clone(&self.said),
+                sandboxed: self.sandbox_key,
             });
         }
         let status = match child.get_mut() {
@@ -480,12 +501,27 @@ impl Supervisor {
             }
             None => None,
         };
+        // The sandbox's report of what it refused, read only when the
+        // worker's status says there is one.
+        let forbidden_syscall = match status.and_then(|s| s.code()) {
+            Some(WORKER_FORBIDDEN_SYSCALL) => {
+                self.said
+                    .forbidden_syscall(SAID_BOUND)
+                    .await
+                    .map(|number| ForbiddenSyscall {
+                        number,
+                        name: crate::ipc::sandbox::syscall_name(number),
+                    })
+            }
+            _ => None,
+        };
         let outcome = WorkerEnding {
             reported: finished.as_ref().map(|f| f.outcome.clone()),
             protocol_error,
             stop,
             status,
             data_limit: Some(self.data_limit),
+            forbidden_syscall,
         }
         .into_outcome();
         let ended_at = Instant::now();

@@ -1145,6 +1145,7 @@ mod tests {
         flaky.crashes = vec![Outcome::Crashed {
             signal: Some(9),
             status: None,
+            reason: None,
         }];
         flaky.restarted_at = vec![millis(20)];
         flaky.worker_pid = Some(4242);

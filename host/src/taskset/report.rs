@@ -476,6 +476,7 @@ mod tests {
         let crashed = Outcome::Crashed {
             signal: Some(9),
             status: None,
+            reason: None,
         };
         let timed_out = Outcome::LimitExceeded {
             limit: crate::outcome::Limit::Timeout {

@@ -492,6 +492,7 @@ mod tests {
         flaky.crashes = vec![Outcome::Crashed {
             signal: Some(9),
             status: None,
+            reason: None,
         }];
         flaky.restarted_at = vec![millis(20)];
         flaky.startup = millis(5);

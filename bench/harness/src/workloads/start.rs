@@ -26,6 +26,10 @@ enum System {
     ProcessCold,
     ProcessWarm,
     ProcessReused,
+    /// As `ProcessCold` and `ProcessWarm`, with the OS sandbox off: the
+    /// sandbox's start-up cost, side by side.
+    ProcessColdNoSandbox,
+    ProcessWarmNoSandbox,
     NodeWorker,
     ForkJson,
     ForkAdvanced,
@@ -39,6 +43,8 @@ impl System {
             System::ProcessCold => "Isola process, cold",
             System::ProcessWarm => "Isola process, pre-started",
             System::ProcessReused => "Isola process, reused worker",
+            System::ProcessColdNoSandbox => "Isola process, cold, sandbox off",
+            System::ProcessWarmNoSandbox => "Isola process, pre-started, sandbox off",
             System::NodeWorker => "Node worker_threads",
             System::ForkJson => "Node fork (json)",
             System::ForkAdvanced => "Node fork (advanced)",
@@ -88,10 +94,22 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         prestarted_workers: process_n,
         ..RunnerConfig::default()
     })?;
+    let cold_open_runner = ctx.runner(RunnerConfig {
+        prestarted_workers: 0,
+        sandbox: isola::Sandbox::Off,
+        ..RunnerConfig::default()
+    })?;
+    let warm_open_runner = ctx.runner(RunnerConfig {
+        prestarted_workers: process_n,
+        sandbox: isola::Sandbox::Off,
+        ..RunnerConfig::default()
+    })?;
     let module = load(&thread_runner, &ctx.guest_p1("echo")).await?;
     let component = load(&thread_runner, &ctx.guest_p2("echo")).await?;
     let cold_module = load(&cold_runner, &ctx.guest_p1("echo")).await?;
     let warm_module = load(&warm_runner, &ctx.guest_p1("echo")).await?;
+    let cold_open_module = load(&cold_open_runner, &ctx.guest_p1("echo")).await?;
+    let warm_open_module = load(&warm_open_runner, &ctx.guest_p1("echo")).await?;
 
     // Warm-up: instance pool, code pages, the artifact on disk, the first
     // pre-started worker.
@@ -101,7 +119,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         let (_, h) = start_echo(&thread_runner, &component, Isolation::Thread).await?;
         finish_echo(h).await?;
     }
-    for runner_module in [(&cold_runner, &cold_module), (&warm_runner, &warm_module)] {
+    for runner_module in [
+        (&cold_runner, &cold_module),
+        (&warm_runner, &warm_module),
+        (&cold_open_runner, &cold_open_module),
+        (&warm_open_runner, &warm_open_module),
+    ] {
         let (_, h) = start_echo(runner_module.0, runner_module.1, Isolation::Process).await?;
         finish_echo(h).await?;
     }
@@ -121,6 +144,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
         System::ProcessCold,
         System::ProcessWarm,
         System::ProcessReused,
+        System::ProcessColdNoSandbox,
+        System::ProcessWarmNoSandbox,
         System::NodeWorker,
         System::ForkJson,
         System::ForkAdvanced,
@@ -143,16 +168,21 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                     }
                     v
                 }
-                System::ProcessCold | System::ProcessWarm => {
-                    let (runner, program) = if system == System::ProcessCold {
-                        (&cold_runner, &cold_module)
-                    } else {
-                        (&warm_runner, &warm_module)
+                System::ProcessCold
+                | System::ProcessWarm
+                | System::ProcessColdNoSandbox
+                | System::ProcessWarmNoSandbox => {
+                    let (runner, program) = match system {
+                        System::ProcessCold => (&cold_runner, &cold_module),
+                        System::ProcessWarm => (&warm_runner, &warm_module),
+                        System::ProcessColdNoSandbox => (&cold_open_runner, &cold_open_module),
+                        _ => (&warm_open_runner, &warm_open_module),
                     };
+                    let warm = matches!(system, System::ProcessWarm | System::ProcessWarmNoSandbox);
                     let mut v = Vec::with_capacity(process_n);
                     tokio::time::sleep(POOL_FILL_PAUSE).await;
                     for _ in 0..process_n {
-                        if system == System::ProcessWarm {
+                        if warm {
                             // The pool tops itself up after each task; let
                             // that finish without the machine going idle.
                             spin_for(REFILL_WAIT);
@@ -200,6 +230,36 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                 .class(s.class())
         })
         .collect();
+    // The sandbox's price: each sandboxed start against the same start
+    // without it, measured in the same rounds.
+    let median_of = |figures: &[Figure], system: System| {
+        figures
+            .iter()
+            .find(|f| f.system == system.name())
+            .and_then(Figure::median)
+    };
+    let sandbox_ratios = [
+        (System::ProcessCold, System::ProcessColdNoSandbox),
+        (System::ProcessWarm, System::ProcessWarmNoSandbox),
+    ]
+    .map(|(on, off)| {
+        let ratio = median_of(&figures, on)
+            .zip(median_of(&figures, off))
+            .map(|(on, off)| on / off);
+        (on, off, ratio)
+    });
+    // Judged on the rows without the sandbox: the sandboxed rows keep
+    // their own start-up targets.
+    for (on, off, ratio) in sandbox_ratios {
+        if let (Some(f), Some(ratio)) = (figures.iter_mut().find(|f| f.system == off.name()), ratio)
+        {
+            f.note = Some(format!("`{}` with RunnerConfig::sandbox = Off", on.name()));
+            f.judge(
+                format!("sandbox on ≤ 1.10× this (is {ratio:.2}×)"),
+                ratio <= 1.10,
+            );
+        }
+    }
     for f in &mut figures {
         if f.system == System::Thread.name() {
             f.note = Some("p1 module, echo guest, warm runner".into());

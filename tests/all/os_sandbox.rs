@@ -1,0 +1,286 @@
+//! The OS sandbox around process tasks' workers (issue 15): Landlock file
+//! rules and a seccomp allowlist, on by default. A debug-build-only hook
+//! (`ISOLA_TEST_ESCAPE_ATTEMPT` in the task's environment) makes the worker
+//! itself try what an escaped guest would, after its sandbox is up.
+
+use std::path::Path;
+
+use isola::{CacheDir, DirGrant, Isolation, Outcome, Runner, RunnerConfig, Sandbox, TaskSpec};
+use isola_tests::{GuestKind, guest, isola_bin, shared_cache};
+
+const ESCAPE: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
+
+fn runner(sandbox: Sandbox) -> Runner {
+    Runner::with_config(RunnerConfig {
+        cache_dir: CacheDir::Path(shared_cache()),
+        worker_program: Some(isola_bin()),
+        prestarted_workers: 0,
+        sandbox,
+        ..RunnerConfig::default()
+    })
+    .expect("runner")
+}
+
+/// A process task of the `hello` guest whose worker makes `attempt`.
+fn attempt(attempt: &str) -> TaskSpec {
+    let mut spec = TaskSpec::new(guest("hello", GuestKind::Module));
+    spec.isolation = Isolation::Process;
+    spec.env.insert(ESCAPE.into(), attempt.into());
+    spec
+}
+
+fn grant(host: &Path, guest: &str, writable: bool) -> DirGrant {
+    DirGrant {
+        host: host.to_owned(),
+        guest: Some(guest.into()),
+        writable,
+    }
+}
+
+/// What a case expects of an attempt's verdict.
+type Expected = fn(&Verdict) -> bool;
+
+/// How an attempt went, from the task's outcome.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Allowed,
+    /// Refused with an error, the message's tail.
+    Denied(String),
+    /// The worker was stopped making this system call.
+    Stopped(String),
+}
+
+fn verdict(outcome: &Outcome) -> Verdict {
+    match outcome {
+        Outcome::Failed { message } if message.ends_with(": allowed") => Verdict::Allowed,
+        Outcome::Failed { message } if message.contains(": denied: ") => Verdict::Denied(
+            message
+                .split_once(": denied: ")
+                .map(|(_, why)| why.to_owned())
+                .unwrap_or_default(),
+        ),
+        Outcome::Crashed {
+            status: Some(87),
+            reason: Some(reason),
+            ..
+        }
+        | Outcome::Crashed {
+            signal: Some(31),
+            reason: Some(reason),
+            ..
+        } => Verdict::Stopped(reason.clone()),
+        other => panic!("not an escape attempt's outcome: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn escape_attempts_from_a_worker_are_denied_or_stop_it_and_say_which() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "not for guests").expect("write");
+    let granted = tempfile::tempdir().expect("tempdir");
+    std::fs::write(granted.path().join("mine"), "the guest's").expect("write");
+    let runner = runner(Sandbox::On);
+
+    let secret_path = secret.display().to_string();
+    let outside_new = outside.path().join("new").display().to_string();
+    let cases: Vec<(String, Expected, &str)> = vec![
+        (
+            format!("open-read:{secret_path}"),
+            |v| matches!(v, Verdict::Denied(why) if why.contains("Permission denied")),
+            "Landlock refuses a file outside the grants",
+        ),
+        (
+            format!("open-write:{outside_new}"),
+            |v| matches!(v, Verdict::Denied(why) if why.contains("Permission denied")),
+            "Landlock refuses creating a file outside the grants",
+        ),
+        (
+            "socket".into(),
+            |v| matches!(v, Verdict::Stopped(r) if r.contains("(socket)")),
+            "seccomp stops socket()",
+        ),
+        (
+            "connect:127.0.0.1:9".into(),
+            |v| matches!(v, Verdict::Stopped(r) if r.contains("(socket)")),
+            "no socket, so no connection",
+        ),
+        (
+            "exec:/bin/sh".into(),
+            |v| matches!(v, Verdict::Stopped(r) if r.contains("forbidden system call")),
+            // glibc's posix_spawn clones with every signal blocked, so the
+            // kernel kills the worker itself and the call is not named.
+            "no new process to exec in",
+        ),
+        (
+            "ptrace".into(),
+            |v| matches!(v, Verdict::Stopped(r) if r.contains("(ptrace)")),
+            "seccomp stops ptrace()",
+        ),
+        (
+            "fork".into(),
+            |v| matches!(v, Verdict::Stopped(r) if r.contains("(clone)") || r.contains("(fork)")),
+            "a fork is a clone without CLONE_THREAD",
+        ),
+    ];
+    for (what, expected, why) in cases {
+        let report = runner.run(attempt(&what)).await.expect("spawn");
+        let got = verdict(&report.outcome);
+        assert!(
+            expected(&got),
+            "{what}: {why}; got {got:?} ({})",
+            report.outcome
+        );
+        if let Verdict::Stopped(_) = got {
+            assert!(
+                report.outcome.to_string().contains("forbidden system call"),
+                "{}",
+                report.outcome
+            );
+        }
+    }
+    assert!(secret.exists() && !outside.path().join("new").exists());
+
+    // Inside its grants the worker reads and writes as before.
+    let mut spec = attempt(&format!(
+        "open-read:{}",
+        granted.path().join("mine").display()
+    ));
+    spec.dirs = vec![grant(granted.path(), "/data", false)];
+    let report = runner.run(spec).await.expect("spawn");
+    assert_eq!(verdict(&report.outcome), Verdict::Allowed);
+    let written = granted.path().join("written");
+    let mut spec = attempt(&format!("open-write:{}", written.display()));
+    spec.dirs = vec![grant(granted.path(), "/data", true)];
+    let report = runner.run(spec).await.expect("spawn");
+    assert_eq!(verdict(&report.outcome), Verdict::Allowed);
+    assert!(written.exists());
+    // A read-only grant is not writable.
+    let mut spec = attempt(&format!(
+        "open-write:{}",
+        granted.path().join("nope").display()
+    ));
+    spec.dirs = vec![grant(granted.path(), "/data", false)];
+    let report = runner.run(spec).await.expect("spawn");
+    assert!(
+        matches!(verdict(&report.outcome), Verdict::Denied(_)),
+        "{}",
+        report.outcome
+    );
+
+    // The runner and its other tasks go on.
+    let mut ok = TaskSpec::new(guest("hello", GuestKind::Module));
+    ok.isolation = Isolation::Process;
+    let report = runner.run(ok).await.expect("spawn");
+    assert_eq!(report.outcome, Outcome::Exited { code: 0 });
+}
+
+/// The same attempts succeed with the sandbox off: the test above sees the
+/// sandbox, not a worker that cannot do these things anyway.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_sandbox_the_same_attempts_succeed() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "readable").expect("write");
+    let runner = runner(Sandbox::Off);
+    for what in [
+        format!("open-read:{}", secret.display()),
+        "socket".into(),
+        "fork".into(),
+    ] {
+        let report = runner.run(attempt(&what)).await.expect("spawn");
+        assert_eq!(verdict(&report.outcome), Verdict::Allowed, "{what}");
+    }
+}
+
+/// Every kind of guest still runs in a sandboxed worker: both guest kinds,
+/// files in a writable grant, a trap, a kept plugin, and a reused worker
+/// whose second task has other grants (it gets another worker).
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxed_workers_run_every_kind_of_task() {
+    let runner = runner(Sandbox::Required);
+    for kind in [GuestKind::Module, GuestKind::Component] {
+        let mut spec = TaskSpec::new(guest("hello", kind));
+        spec.isolation = Isolation::Process;
+        let report = runner.run(spec).await.expect("spawn");
+        assert_eq!(report.outcome, Outcome::Exited { code: 0 }, "{kind:?}");
+
+        let mut spec = TaskSpec::new(guest("hostile", kind));
+        spec.isolation = Isolation::Process;
+        spec.args = vec!["unreachable".into()];
+        let report = runner.run(spec).await.expect("spawn");
+        assert!(
+            matches!(report.outcome, Outcome::Trapped(_)),
+            "{kind:?}: {}",
+            report.outcome
+        );
+
+        let mut spec = TaskSpec::new(guest("plugin", kind));
+        spec.isolation = Isolation::Process;
+        let out = runner
+            .call(spec, b"41".to_vec())
+            .await
+            .expect("a plugin call");
+        assert!(!out.is_empty(), "{kind:?}");
+    }
+
+    // Files in grants, through a reused worker: two tasks with one grant
+    // share a worker, a third with another grant gets a new one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut pids = Vec::new();
+    for host in [dir.path(), dir.path(), other.path()] {
+        let mut spec = TaskSpec::new(guest("echo_cli", GuestKind::Module));
+        spec.isolation = Isolation::Process;
+        spec.reuse_worker = true;
+        spec.args = vec!["write".into(), "/data/out.txt".into(), "hi".into()];
+        spec.dirs = vec![grant(host, "/data", true)];
+        spec.stdout = isola::Output::Capture;
+        let handle = runner.spawn(spec).await.expect("spawn");
+        pids.push(handle.process_id());
+        let report = handle.wait().await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Exited { code: 0 },
+            "{}",
+            report.stderr.text()
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.join("out.txt"))
+                .ok()
+                .as_deref(),
+            Some("hi")
+        );
+    }
+    assert_eq!(pids[0], pids[1], "one grant, one reused worker");
+    assert_ne!(pids[1], pids[2], "another grant, another worker");
+}
+
+/// `isola check --sandbox` says which layers this machine provides, by
+/// running a task that requires them: exit 0 and "enforced" exactly when
+/// the library's own probe of Landlock finds it (seccomp filters are in
+/// every kernel Isola runs on).
+#[test]
+fn check_sandbox_reports_the_layers_of_this_machine() {
+    let out = isola_tests::isola(&["check", "--sandbox"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match isola::worker::landlock_abi() {
+        Some(abi) => {
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            assert!(
+                stdout.contains(&format!("landlock: available, ABI {abi}")),
+                "{stdout}"
+            );
+            assert!(stdout.contains("enforced"), "{stdout}");
+        }
+        None => {
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            assert!(stdout.contains("landlock: not available"), "{stdout}");
+            assert!(
+                stdout.contains("Landlock"),
+                "the failed probe names the layer: {stdout}"
+            );
+        }
+    }
+    assert!(stdout.contains("not provided by Isola yet"), "{stdout}");
+}
