@@ -46,42 +46,15 @@ apt-deps:
 	@if ! command -v dpkg >/dev/null 2>&1; then \
 		echo "no dpkg: not checking for $(APT_PACKAGES); the C and WAT guests need clang" \
 			"with wasm32-wasi support, wasm-ld, wasi-libc and wabt's wat2wasm"; \
-		exit 0; \
-	fi; \
-	missing=""; \
-	for p in $(APT_PACKAGES); do \
-		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			echo "apt-get install -y$$missing"; \
-			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
-		else \
-			echo "missing Debian packages:$$missing" >&2; \
-			echo "install them as root: apt-get update && apt-get install -y$$missing" >&2; \
-			exit 1; \
-		fi; \
 	fi
+	@.ci/apt-ensure required $(APT_PACKAGES)
 
 # Headless Chromium for the HTML report's browser test (tests/all/observe.rs):
 # installed when missing and running as root; otherwise that test says it
 # was skipped.
 TEST_APT_PACKAGES := chromium
 test-deps:
-	@if ! command -v dpkg >/dev/null 2>&1; then exit 0; fi; \
-	missing=""; \
-	for p in $(TEST_APT_PACKAGES); do \
-		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			echo "apt-get install -y$$missing"; \
-			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
-		else \
-			echo "note: missing$$missing: the browser test of the HTML report will be skipped" \
-				"(install as root: apt-get install -y$$missing)" >&2; \
-		fi; \
-	fi
+	@.ci/apt-ensure optional $(TEST_APT_PACKAGES)
 
 # C guests (guests/c/*.c), each a WASI reactor module for wasm32-wasi.
 # Outputs: target/wasm32-wasi-c/<name>.wasm

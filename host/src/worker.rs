@@ -232,6 +232,14 @@ async fn serve() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let ticker = EpochTicker::start(loader.engine(), crate::RunnerConfig::default().epoch_tick);
+    // Before the task arrives (a pre-started worker waits for one): the
+    // seccomp filter does not depend on the task, so it goes up now, off
+    // the path of the task's start. Only Landlock waits for the grants.
+    if std::env::var(protocol::SANDBOX_ENV).is_ok_and(|policy| policy != "off") {
+        sandbox::prepare_seccomp();
+        // Its verdict is taken again, per task, in `enter_sandbox`.
+        let _ = sandbox::install_seccomp();
+    }
     let parts = Parts {
         loader: std::sync::Arc::new(loader),
         slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
@@ -705,10 +713,11 @@ async fn finish_failed(
 /// worker's parent hands it only tasks with the grants it entered it for).
 static SANDBOXED: AtomicBool = AtomicBool::new(false);
 
-/// Enters the worker's OS sandbox for a task, as `policy` asks: Landlock
-/// rules that let it read only the cache, its read-only grants and its
-/// stdin file and write only its writable grants, then the seccomp
-/// allowlist (for every thread of the worker). A layer the kernel lacks is
+/// Enters the worker's OS sandbox for a task, as `policy` asks: the
+/// seccomp allowlist (for every thread of the worker; usually already up
+/// since the worker started), then Landlock rules that let it read only the
+/// cache, its read-only grants and its stdin file and write only its
+/// writable grants. A layer the kernel lacks is
 /// reported on stderr, which the parent logs as a warning; under
 /// [`Sandbox::Required`] it fails the task instead.
 fn enter_sandbox(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<(), Outcome> {

@@ -45,6 +45,11 @@ pub(crate) const MAGIC: &str = "isola-ipc";
 /// odd on purpose, so no ordinary command line collides with it.
 pub const WORKER_ARG: &str = "__isola-worker-v1";
 
+/// The environment variable that tells a worker its runner's sandbox
+/// policy (`on`, `off`, `required`) at start, so it installs its seccomp
+/// filter before a task arrives.
+pub(crate) const SANDBOX_ENV: &str = "ISOLA_WORKER_SANDBOX";
+
 /// Environment variable carrying the parent's pid, for the parent-death check.
 pub(crate) const PARENT_ENV: &str = "ISOLA_WORKER_PARENT";
 

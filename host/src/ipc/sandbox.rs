@@ -334,19 +334,12 @@ fn open_for_rule(path: &Path) -> io::Result<(File, bool)> {
 /// and connecting to abstract UNIX sockets created outside it. Paths that
 /// cannot be opened are left out (they stay unreachable).
 ///
-/// Call it after the task's program is loaded and its directories are
-/// opened, and before [`install_seccomp`], whose filter refuses Landlock's
-/// system calls. Reads and writes on descriptors opened before are not
-/// checked again; opening anything, even relative to a directory opened
-/// before (every WASI path call), is.
+/// Call it after the task's program is loaded and before its directories
+/// are opened. [`install_seccomp`]'s filter allows Landlock's calls (they
+/// only take rights away), so it may already be in place. Reads and writes
+/// on descriptors opened before are not checked again; opening anything,
+/// even relative to a directory opened before (every WASI path call), is.
 pub(crate) fn restrict_files(grants: &Grants) -> LayerState {
-    if SECCOMP_INSTALLED.load(Ordering::SeqCst) {
-        return LayerState::Unavailable(
-            "the system call filter is already in place and refuses Landlock's calls (apply \
-             Landlock first; a reused worker keeps its first task's rules)"
-                .to_owned(),
-        );
-    }
     let abi = match landlock_abi() {
         Ok(version) => ABI::from(version),
         Err(err) => return LayerState::Unavailable(landlock_missing(&err)),
@@ -603,8 +596,17 @@ fn restrict_other_threads(ruleset: &OwnedFd) -> Result<(), String> {
                 }
             }
         }
+        // The answers come within microseconds (a handler on each thread):
+        // yield to them rather than sleep, whose timer slack alone would
+        // cost each task start 50-100 us.
+        let mut spins = 0u32;
         while JOIN_ANSWERS.load(Ordering::SeqCst) < signalled.len() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(50));
+            if spins < 10_000 {
+                spins += 1;
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
         }
         pending = match list(own) {
             Ok(tids) => tids
@@ -729,6 +731,16 @@ const ALWAYS_ALLOWED: &[(libc::c_long, &str)] = syscalls![
     SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_ctl,
     // Thread and worker exit.
     SYS_exit, SYS_exit_group,
+    // The older path calls, which std uses for some of its own (mkdir,
+    // remove_file, rename): the worker's compile cache writes and cleans up
+    // through them. They reach no path their *at forms do not, and
+    // Landlock limits both alike.
+    SYS_mkdir, SYS_rmdir, SYS_unlink, SYS_rename, SYS_link, SYS_symlink, SYS_readlink,
+    SYS_access,
+    // Landlock, which the worker enters after this filter (the filter goes
+    // up while a pre-started worker waits; Landlock needs the task's
+    // grants): its calls can only take rights away.
+    SYS_landlock_create_ruleset, SYS_landlock_add_rule, SYS_landlock_restrict_self,
     // wasmtime's copy-on-write memory image of a module compiled in memory
     // (no cache file to map: a cache that cannot be written, or none) is a
     // sealed memfd, made when the module is first instantiated.
@@ -849,7 +861,8 @@ fn arg<T: TryInto<u64>>(value: T) -> u64 {
 ///   which aim SIGIO at other processes, nor locks);
 ///   `ioctl` with `FIONBIO`, `FIOCLEX`, `FIONCLEX` (std's nonblocking and
 ///   close-on-exec switches) or `TCGETS` (isatty); `prctl` with
-///   `PR_SET_NAME`/`PR_GET_NAME` (thread names); `tgkill` of this process's
+///   `PR_SET_NAME`/`PR_GET_NAME` (thread names) or `PR_SET_NO_NEW_PRIVS`;
+///   `tgkill` of this process's
 ///   own threads (`raise`, `abort`, the fatal-fault handler of
 ///   `ipc::sys`); `rt_sigaction` of any signal but SIGSYS (the fault
 ///   handler resets SIGSEGV/SIGBUS, `abort` resets SIGABRT; the SIGSYS
@@ -944,7 +957,15 @@ fn build_filters(
     );
     rules.insert(
         libc::SYS_prctl,
-        one_of(0, &[arg(libc::PR_SET_NAME), arg(libc::PR_GET_NAME)])?,
+        one_of(
+            0,
+            &[
+                arg(libc::PR_SET_NAME),
+                arg(libc::PR_GET_NAME),
+                // Landlock asks for it again (it only ever restricts).
+                arg(libc::PR_SET_NO_NEW_PRIVS),
+            ],
+        )?,
     );
     rules.insert(libc::SYS_tgkill, rule(0, SeccompCmpOp::Eq, arg(pid))?);
     rules.insert(
@@ -991,23 +1012,48 @@ pub(crate) fn install_seccomp() -> LayerState {
     if let Err(err) = install_sigsys_reporter() {
         return LayerState::Unavailable(format!("cannot install the SIGSYS reporter: {err}"));
     }
-    let (allowlist, no_clone3) = match build_filters(std::process::id()) {
+    let (allowlist, no_clone3) = match prepared_filters() {
         Ok(programs) => programs,
         Err(err) => {
             return LayerState::Unavailable(format!("cannot build the filter: {err}"));
         }
     };
     // This one first: once the allowlist is in, `seccomp` itself is refused.
-    if let Err(err) = seccompiler::apply_filter_all_threads(&no_clone3) {
+    if let Err(err) = seccompiler::apply_filter_all_threads(no_clone3) {
         return LayerState::Unavailable(format!("the kernel refused a seccomp filter: {err}"));
     }
-    if let Err(err) = seccompiler::apply_filter_all_threads(&allowlist) {
+    if let Err(err) = seccompiler::apply_filter_all_threads(allowlist) {
         return LayerState::Partial(format!(
             "only clone3 is refused: the kernel refused the allowlist: {err}"
         ));
     }
     SECCOMP_INSTALLED.store(true, Ordering::SeqCst);
     LayerState::Enforced
+}
+
+/// The worker's two BPF programs, built once: [`prepare_seccomp`] builds
+/// them while a worker waits for its task, so entering the sandbox only
+/// installs them.
+#[cfg(target_arch = "x86_64")]
+static FILTERS: std::sync::OnceLock<
+    Result<(seccompiler::BpfProgram, seccompiler::BpfProgram), String>,
+> = std::sync::OnceLock::new();
+
+/// The filters [`install_seccomp`] installs, built on first use.
+#[cfg(target_arch = "x86_64")]
+fn prepared_filters() -> Result<&'static (seccompiler::BpfProgram, seccompiler::BpfProgram), String>
+{
+    FILTERS
+        .get_or_init(|| build_filters(std::process::id()).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Builds the seccomp filters ahead of [`install_seccomp`], off the path
+/// of a task's start (a pre-started worker does it while it waits).
+pub(crate) fn prepare_seccomp() {
+    #[cfg(target_arch = "x86_64")]
+    let _ = prepared_filters();
 }
 
 /// Installs the worker's system call allowlist: only x86_64 has one.

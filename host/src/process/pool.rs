@@ -200,7 +200,9 @@ impl ProcessBackend {
         let worker = match ready {
             Some(worker) => worker,
             None => {
-                let worker = start_worker(&program).await.map_err(Error::Internal)?;
+                let worker = start_worker(&program, self.sandbox)
+                    .await
+                    .map_err(Error::Internal)?;
                 telemetry::worker_started(telemetry::WorkerStart::OnDemand);
                 worker
             }
@@ -252,7 +254,7 @@ impl ProcessBackend {
     /// Starts, warms up and parks workers until `prestart` are idle.
     async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
-            let worker = match start_worker(program).await {
+            let worker = match start_worker(program, self.sandbox).await {
                 Ok(worker) => {
                     telemetry::worker_started(telemetry::WorkerStart::Prestart);
                     worker
@@ -404,13 +406,15 @@ async fn warm_up(
 
 /// Starts a worker and completes the handshake. A worker that fails it
 /// (or whose start is dropped half-way) is killed and reaped by its guard.
-async fn start_worker(program: &Path) -> std::result::Result<Worker, String> {
+async fn start_worker(program: &Path, sandbox: Sandbox) -> std::result::Result<Worker, String> {
     let mut command = tokio::process::Command::new(program);
     command
         .arg(protocol::WORKER_ARG)
         // Nothing ambient: the guest's variables travel in the spec.
         .env_clear()
         .env(protocol::PARENT_ENV, std::process::id().to_string())
+        // Its seccomp filter goes up before its task arrives.
+        .env(protocol::SANDBOX_ENV, sandbox.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

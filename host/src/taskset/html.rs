@@ -1112,27 +1112,10 @@ mod tests {
             .filter_map(|t| t.finished_at)
             .max()
             .unwrap_or_default();
-        let busy_time = tasks.iter().filter_map(|t| t.wall_time).sum();
-        let wait_time = Histogram::from_samples(tasks.iter().filter_map(|t| t.wait_time).collect());
-        let run_time = Histogram::from_samples(
-            tasks
-                .iter()
-                .filter(|t| t.outcome.is_some())
-                .map(|t| t.run_time)
-                .collect(),
-        );
         SetReport {
             version: REPORT_VERSION,
+            pool: PoolMetrics::of_records(&tasks, jobs, jobs, wall_time),
             tasks,
-            pool: PoolMetrics {
-                jobs,
-                max_running: jobs,
-                wall_time,
-                busy_time,
-                utilization: 0.75,
-                wait_time,
-                run_time,
-            },
             stopped: None,
         }
     }

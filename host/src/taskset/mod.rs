@@ -746,29 +746,8 @@ impl<'a> Run<'a> {
                 })
             })
             .collect();
-        let busy_time: Duration = tasks.iter().filter_map(|t| t.wall_time).sum();
-        let jobs = self.scheduler.jobs;
-        let capacity = wall_time.as_secs_f64() * jobs as f64;
-        let utilization = if capacity > 0.0 {
-            (busy_time.as_secs_f64() / capacity).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let pool = PoolMetrics {
-            jobs,
-            max_running: self.max_running,
-            wall_time,
-            busy_time,
-            utilization,
-            wait_time: Histogram::from_samples(tasks.iter().filter_map(|t| t.wait_time).collect()),
-            run_time: Histogram::from_samples(
-                tasks
-                    .iter()
-                    .filter(|t| t.outcome.is_some())
-                    .map(|t| t.run_time)
-                    .collect(),
-            ),
-        };
+        let pool =
+            PoolMetrics::of_records(&tasks, self.scheduler.jobs, self.max_running, wall_time);
         SetReport {
             version: REPORT_VERSION,
             tasks,

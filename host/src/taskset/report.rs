@@ -399,6 +399,42 @@ impl SetReport {
     }
 }
 
+impl PoolMetrics {
+    /// The pool's metrics from its tasks' records: `jobs` slots, at most
+    /// `max_running` busy at once, over `wall_time`. Busy time is the sum of
+    /// the records' slot times; the histograms are of the waits and of the
+    /// run times of the tasks that ran.
+    pub fn of_records(
+        tasks: &[TaskRecord],
+        jobs: usize,
+        max_running: usize,
+        wall_time: Duration,
+    ) -> PoolMetrics {
+        let busy_time: Duration = tasks.iter().filter_map(|t| t.wall_time).sum();
+        let capacity = wall_time.as_secs_f64() * jobs as f64;
+        let utilization = if capacity > 0.0 {
+            (busy_time.as_secs_f64() / capacity).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        PoolMetrics {
+            jobs,
+            max_running,
+            wall_time,
+            busy_time,
+            utilization,
+            wait_time: Histogram::from_samples(tasks.iter().filter_map(|t| t.wait_time).collect()),
+            run_time: Histogram::from_samples(
+                tasks
+                    .iter()
+                    .filter(|t| t.outcome.is_some())
+                    .map(|t| t.run_time)
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// Durations as fractional milliseconds: precise enough for machines and
 /// readable by people.
 mod ms {
