@@ -749,9 +749,17 @@ fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<()
     if let Stdin::File(path) = &spec.stdin {
         grants.read.push(path.clone());
     }
+    // A reused worker's later tasks: their program, if its artifact must be
+    // compiled again, and the worker's own footprint (`limit_below_worker`).
+    grants.read.push(spec.wasm.clone());
+    grants.read.push("/proc/self/status".into());
     let landlock = sandbox::restrict_files(&grants);
     let seccomp = sandbox::install_seccomp();
-    SANDBOXED.store(true, Ordering::Relaxed);
+    // Only a whole sandbox counts: a task after one whose layer failed
+    // tries again (and fails under `Required`), never skips the check.
+    if landlock.is_enforced() && seccomp.is_enforced() {
+        SANDBOXED.store(true, Ordering::Relaxed);
+    }
     for (layer, state) in [("Landlock", &landlock), ("seccomp", &seccomp)] {
         if state.is_enforced() {
             continue;
@@ -773,6 +781,7 @@ fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<()
 /// an escaped guest would, once its sandbox is up. Release builds do not
 /// have it.
 #[cfg(debug_assertions)]
+#[doc(hidden)]
 pub const ESCAPE_ENV: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
 
 /// Makes the attempt `what` names from inside the sandbox and says how it

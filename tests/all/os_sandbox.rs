@@ -1,13 +1,15 @@
 //! The OS sandbox around process tasks' workers (issue 15): Landlock file
 //! rules and a seccomp allowlist, on by default. A debug-build-only hook
 //! (`ISOLA_TEST_ESCAPE_ATTEMPT` in the task's environment) makes the worker
-//! itself try what an escaped guest would, after its sandbox is up.
+//! itself try what an escaped guest would, after its sandbox is up; the
+//! tests that use it exist in debug builds only, as the hook does.
 
 use std::path::Path;
 
 use isola::{CacheDir, DirGrant, Isolation, Outcome, Runner, RunnerConfig, Sandbox, TaskSpec};
 use isola_tests::{GuestKind, guest, isola_bin, shared_cache};
 
+#[cfg(debug_assertions)]
 const ESCAPE: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
 
 fn runner(sandbox: Sandbox) -> Runner {
@@ -21,6 +23,7 @@ fn runner(sandbox: Sandbox) -> Runner {
     .expect("runner")
 }
 
+#[cfg(debug_assertions)]
 /// A process task of the `hello` guest whose worker makes `attempt`.
 fn attempt(attempt: &str) -> TaskSpec {
     let mut spec = TaskSpec::new(guest("hello", GuestKind::Module));
@@ -37,9 +40,11 @@ fn grant(host: &Path, guest: &str, writable: bool) -> DirGrant {
     }
 }
 
+#[cfg(debug_assertions)]
 /// What a case expects of an attempt's verdict.
 type Expected = fn(&Verdict) -> bool;
 
+#[cfg(debug_assertions)]
 /// How an attempt went, from the task's outcome.
 #[derive(Debug, PartialEq)]
 enum Verdict {
@@ -50,6 +55,7 @@ enum Verdict {
     Stopped(String),
 }
 
+#[cfg(debug_assertions)]
 fn verdict(outcome: &Outcome) -> Verdict {
     match outcome {
         Outcome::Failed { message } if message.ends_with(": allowed") => Verdict::Allowed,
@@ -73,6 +79,7 @@ fn verdict(outcome: &Outcome) -> Verdict {
     }
 }
 
+#[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn escape_attempts_from_a_worker_are_denied_or_stop_it_and_say_which() {
     let outside = tempfile::tempdir().expect("tempdir");
@@ -177,6 +184,7 @@ async fn escape_attempts_from_a_worker_are_denied_or_stop_it_and_say_which() {
 
 /// The same attempts succeed with the sandbox off: the test above sees the
 /// sandbox, not a worker that cannot do these things anyway.
+#[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_sandbox_the_same_attempts_succeed() {
     let outside = tempfile::tempdir().expect("tempdir");

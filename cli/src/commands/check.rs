@@ -179,10 +179,17 @@ async fn probe_sandbox(path: &std::path::Path) -> Result<isola::Outcome, String>
     Ok(report.outcome)
 }
 
-/// A WAT program that does nothing, in a file of its own.
+/// A WAT program that does nothing, in a new file of its own (never one
+/// that was there: a symlink planted at the name is not followed).
 fn tempfile_probe() -> Result<PathBuf, String> {
-    let path = std::env::temp_dir().join(format!("isola-sandbox-probe-{}.wat", std::process::id()));
-    std::fs::write(&path, "(module (func (export \"_start\")))")
+    use std::io::Write as _;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("isola-sandbox-probe-{}-{nanos}.wat", std::process::id());
+    let path = std::env::temp_dir().join(name);
+    std::fs::File::create_new(&path)
+        .and_then(|mut file| file.write_all(b"(module (func (export \"_start\")))"))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }

@@ -3,43 +3,36 @@
 //!
 //! Four independent layers, each a function here that reports a
 //! [`LayerState`] instead of failing, so the caller decides whether a
-//! missing layer is a warning or a refusal:
+//! missing layer is a warning or a refusal. The worker uses three of them
+//! today; the network namespace is written and tested here but not yet
+//! entered by the worker (it costs about 0.6 ms of a cold start):
 //!
 //! | layer | function | stops | does not stop |
 //! |---|---|---|---|
-//! | fresh network namespace | [`enter_network_namespace`] | any network use, even through a socket the filter would let by: the namespace has only a loopback interface, and that one is down; abstract UNIX sockets of the host (they live in the network namespace) | pathname UNIX sockets (files: Landlock's job), nothing outside networking |
+//! | fresh network namespace (not used yet) | [`enter_network_namespace`] | any network use, even through a socket the filter would let by: the namespace has only a loopback interface, and that one is down; abstract UNIX sockets of the host (they live in the network namespace) | pathname UNIX sockets (files: Landlock's job), nothing outside networking |
 //! | Landlock | [`restrict_files`] | opening, creating, renaming, linking, removing, truncating anything outside [`Grants`]; writing inside read-only grants; executing files; with Landlock ABI 4+ TCP `bind`/`connect`; with ABI 6+ signals to processes outside the sandbox and abstract UNIX sockets made outside it | `stat`, `access`, `readlink` of any path (Landlock does not cover metadata reads), descriptors the worker opened before (the IPC pipes, the preopened grants), `truncate(2)` below ABI 3, ioctl on devices below ABI 5 |
-//! | seccomp-BPF allowlist | [`install_seccomp`] | every system call a worker does not make once it runs guests: `socket`, `execve`, `ptrace`, `fork`/`vfork`/`clone` of a process, `mount`, `unshare`, `setns`, `bpf`, `io_uring_*`, `perf_event_open`, `process_vm_*`, `keyctl`, `userfaultfd`, `kill` (any), `tgkill` of other processes, chmod/chown, … (the call is not made: the worker ends with [`FORBIDDEN_SYSCALL_EXIT`] and names it on stderr) | what an allowed call does with allowed arguments: reading and writing open descriptors, `openat` (Landlock limits where), `mmap`/`mprotect` (a guest that owns the process can still make memory executable: the filter cuts the kernel's attack surface, not the process's own memory) |
+//! | seccomp-BPF allowlist | [`install_seccomp`] | every system call a worker does not make once it runs guests: `socket`, `execve`, `ptrace`, `fork`/`vfork`/`clone` of a process, `mount`, `unshare`, `setns`, `bpf`, `io_uring_*`, `perf_event_open`, `process_vm_*`, `keyctl`, `userfaultfd`, `kill` (any), `tgkill` of other processes, chmod/chown, … (the call is not made: the worker ends with [`FORBIDDEN_SYSCALL_EXIT`] and names it on stderr) | what an allowed call does with allowed arguments: reading and writing open descriptors, `openat` (Landlock limits where), `mmap`/`mprotect` (a guest that owns the process can still make memory executable: the filter cuts the kernel's attack surface, not the process's own memory); `prlimit64` on itself, so soft limits can be raised up to the hard ones |
 //! | closing inherited descriptors | [`close_other_fds`] | a descriptor an embedding program leaked without `O_CLOEXEC` reaching the worker | descriptors the worker opens itself |
 //!
 //! # Order
 //!
-//! The layers must be entered in this order; each later one refuses the
-//! system calls the earlier ones make:
+//! 1. At the very start of the worker, while it is still one thread:
+//!    [`close_other_fds`] (keeping 0, 1, 2).
+//! 2. Once its engine is ready, before any task (a pre-started worker does
+//!    it while it waits): [`install_seccomp`], which also installs the
+//!    SIGSYS reporter. The filter allows Landlock's own calls, which can
+//!    only take rights away.
+//! 3. Once a task's program is loaded, before its directories are opened
+//!    and its guest runs: [`restrict_files`] with the task's grants.
 //!
-//! 1. At the very start of the worker, while it is still one thread (before
-//!    the tokio runtime and the epoch ticker start): [`close_other_fds`]
-//!    (keeping 0, 1, 2), then [`enter_network_namespace`]. An unprivileged
-//!    user needs a new *user* namespace for the network namespace, and the
-//!    kernel refuses `unshare(CLONE_NEWUSER)` to a process with more than
-//!    one thread (`EINVAL`). Done here, a pre-started worker pays its cost
-//!    (about 0.6 ms on the development machine, see below) before it has a
-//!    task.
-//! 2. Once the task's program is loaded and its directories are opened,
-//!    before guest code runs: [`restrict_files`] with the task's grants.
-//! 3. Last: [`install_seccomp`], which also installs the SIGSYS reporter.
-//!
-//! A worker that runs several tasks (`reuse_worker`) keeps the sandbox of its
-//! first task: Landlock rulesets only ever narrow (a second
-//! [`restrict_files`] intersects with the first), and once the filter is in
-//! place Landlock's own system calls are refused ([`restrict_files`] then
-//! answers [`LayerState::Unavailable`]). Such a worker's grants must cover
-//! every task it will run, and include what loading later programs reads:
-//! the compile cache's directory (a component's artifact is reopened through
-//! `/proc/self/fd/N`, which Landlock checks against the artifact's own path),
-//! the Wasm file itself (read when an artifact is missing and the worker
-//! compiles), and `/proc/self/status` (read by the memory-limit check before
-//! each task).
+//! A worker that runs several tasks (`reuse_worker`) keeps the Landlock
+//! rules of its first task (rulesets only ever narrow), so its parent hands
+//! it only tasks with the same grants. Its grants include what loading a
+//! later task reads: the compile cache's directory (a component's artifact
+//! is reopened through `/proc/self/fd/N`, which Landlock checks against the
+//! artifact's own path), the Wasm file (read when an artifact is missing
+//! and the worker compiles), and `/proc/self/status` (read by the
+//! memory-limit check before each task).
 //!
 //! # Threads
 //!
@@ -997,8 +990,9 @@ fn build_filters(
 /// `isola worker: forbidden system call <number>` to stderr and exits with
 /// [`FORBIDDEN_SYSCALL_EXIT`]. See [`build_filters`] for what is allowed.
 ///
-/// Call it last: it refuses the system calls of the other layers. A second
-/// call does nothing and answers [`LayerState::Enforced`].
+/// Call it once the worker's engine is ready, before [`restrict_files`]
+/// (the filter allows Landlock's calls, which only take rights away). A
+/// second call does nothing and answers [`LayerState::Enforced`].
 ///
 /// Stops the kernel's attack surface beyond what a worker uses: no new
 /// process, no program, no socket, no namespace, no mount, no ptrace, no

@@ -90,15 +90,26 @@ pub(crate) fn sandbox_key(spec: &crate::spec::TaskSpec, cache_dir: &Path) -> u64
     use std::hash::{Hash, Hasher};
     // Only compared within this process's life: any stable-for-the-run
     // hash will do.
+    // The file behind each path too: Landlock's rule holds the inode that
+    // was there when the worker entered its sandbox, so a directory made
+    // anew at the same path needs a new worker.
+    let hash_path = |path: &Path, hasher: &mut std::collections::hash_map::DefaultHasher| {
+        use std::os::unix::fs::MetadataExt;
+        path.hash(hasher);
+        if let Ok(meta) = std::fs::metadata(path) {
+            (meta.dev(), meta.ino()).hash(hasher);
+        }
+    };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for dir in &spec.dirs {
-        dir.host.hash(&mut hasher);
+        hash_path(&dir.host, &mut hasher);
         dir.writable.hash(&mut hasher);
     }
     if let crate::spec::Stdin::File(path) = &spec.stdin {
-        path.hash(&mut hasher);
+        hash_path(path, &mut hasher);
     }
-    cache_dir.hash(&mut hasher);
+    hash_path(cache_dir, &mut hasher);
+    spec.wasm.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -308,15 +319,26 @@ impl ProcessBackend {
         }
     }
 
-    /// Keeps a worker that finished a `reuse_worker` task, or lets it go if
-    /// enough are kept already.
+    /// Keeps a worker that finished a `reuse_worker` task. When enough are
+    /// kept already, the oldest goes instead: a kept worker serves only
+    /// tasks with its own grants, so old ones for grants never seen again
+    /// must not hold the places for good.
     pub(crate) fn keep(&self, worker: Worker) {
         let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < self.keep_reusable {
-            kept.push(worker);
-            return;
+        if self.keep_reusable == 0 {
+            drop(kept);
+            return Self::let_go(worker);
         }
+        let oldest = (kept.len() >= self.keep_reusable).then(|| kept.remove(0));
+        kept.push(worker);
         drop(kept);
+        if let Some(oldest) = oldest {
+            Self::let_go(oldest);
+        }
+    }
+
+    /// Ends a worker no one will use: closes its pipe and reaps it.
+    fn let_go(worker: Worker) {
         let Worker {
             child, pid, writer, ..
         } = worker;
@@ -439,7 +461,9 @@ async fn start_worker(program: &Path, sandbox: Sandbox) -> std::result::Result<W
     let heard = Arc::clone(&said);
     tokio::spawn(async move {
         let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(8 * 1024));
-        while let Some(Ok(line)) = lines.next().await {
+        while let Some(line) = lines.next().await {
+            // An over-long line is dropped, not the end of the stream.
+            let Ok(line) = line else { continue };
             if let Some(number) = crate::ipc::sandbox::parse_forbidden_syscall(&line) {
                 let _ = heard.forbidden_syscall.set(number);
             }

@@ -718,6 +718,7 @@ impl<'a> Run<'a> {
             record.queued_at = Some(self.since_origin(queued));
         }
         record.skip_reason = Some(reason);
+        record.finished_at = Some(self.since_origin(Instant::now()));
         self.record(i, record);
     }
 
