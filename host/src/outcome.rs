@@ -500,6 +500,16 @@ pub(crate) struct ForbiddenSyscall {
     pub(crate) name: Option<&'static str>,
 }
 
+impl fmt::Display for ForbiddenSyscall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "forbidden system call {}", self.number)?;
+        match self.name {
+            Some(name) => write!(f, " ({name})"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl WorkerEnding {
     /// The task's outcome. What the worker reported wins, except that a
     /// worker told to stop for a timeout reports "cancelled": the reason
@@ -521,16 +531,9 @@ impl WorkerEnding {
                     signal: self.status.and_then(|s| s.signal()),
                     status: code,
                     reason: match (code, self.forbidden_syscall) {
-                        (Some(WORKER_FORBIDDEN_SYSCALL), Some(call)) => Some(match call.name {
-                            Some(name) => format!(
-                                "the OS sandbox stopped the worker: forbidden system call {} ({name})",
-                                call.number
-                            ),
-                            None => format!(
-                                "the OS sandbox stopped the worker: forbidden system call {}",
-                                call.number
-                            ),
-                        }),
+                        (Some(WORKER_FORBIDDEN_SYSCALL), Some(call)) => {
+                            Some(format!("the OS sandbox stopped the worker: {call}"))
+                        }
                         (Some(WORKER_FORBIDDEN_SYSCALL), None) => Some(
                             "the OS sandbox stopped the worker: a forbidden system call".to_owned(),
                         ),

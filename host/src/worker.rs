@@ -236,7 +236,6 @@ async fn serve() -> Result<(), String> {
     // seccomp filter does not depend on the task, so it goes up now, off
     // the path of the task's start. Only Landlock waits for the grants.
     if std::env::var(protocol::SANDBOX_ENV).is_ok_and(|policy| policy != "off") {
-        sandbox::prepare_seccomp();
         // Its verdict is taken again, per task, in `enter_sandbox`.
         let _ = sandbox::install_seccomp();
     }

@@ -1006,48 +1006,23 @@ pub(crate) fn install_seccomp() -> LayerState {
     if let Err(err) = install_sigsys_reporter() {
         return LayerState::Unavailable(format!("cannot install the SIGSYS reporter: {err}"));
     }
-    let (allowlist, no_clone3) = match prepared_filters() {
+    let (allowlist, no_clone3) = match build_filters(std::process::id()) {
         Ok(programs) => programs,
         Err(err) => {
             return LayerState::Unavailable(format!("cannot build the filter: {err}"));
         }
     };
     // This one first: once the allowlist is in, `seccomp` itself is refused.
-    if let Err(err) = seccompiler::apply_filter_all_threads(no_clone3) {
+    if let Err(err) = seccompiler::apply_filter_all_threads(&no_clone3) {
         return LayerState::Unavailable(format!("the kernel refused a seccomp filter: {err}"));
     }
-    if let Err(err) = seccompiler::apply_filter_all_threads(allowlist) {
+    if let Err(err) = seccompiler::apply_filter_all_threads(&allowlist) {
         return LayerState::Partial(format!(
             "only clone3 is refused: the kernel refused the allowlist: {err}"
         ));
     }
     SECCOMP_INSTALLED.store(true, Ordering::SeqCst);
     LayerState::Enforced
-}
-
-/// The worker's two BPF programs, built once: [`prepare_seccomp`] builds
-/// them while a worker waits for its task, so entering the sandbox only
-/// installs them.
-#[cfg(target_arch = "x86_64")]
-static FILTERS: std::sync::OnceLock<
-    Result<(seccompiler::BpfProgram, seccompiler::BpfProgram), String>,
-> = std::sync::OnceLock::new();
-
-/// The filters [`install_seccomp`] installs, built on first use.
-#[cfg(target_arch = "x86_64")]
-fn prepared_filters() -> Result<&'static (seccompiler::BpfProgram, seccompiler::BpfProgram), String>
-{
-    FILTERS
-        .get_or_init(|| build_filters(std::process::id()).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// Builds the seccomp filters ahead of [`install_seccomp`], off the path
-/// of a task's start (a pre-started worker does it while it waits).
-pub(crate) fn prepare_seccomp() {
-    #[cfg(target_arch = "x86_64")]
-    let _ = prepared_filters();
 }
 
 /// Installs the worker's system call allowlist: only x86_64 has one.

@@ -25,6 +25,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LinesCode
 use crate::error::{Error, Result};
 use crate::ipc::protocol::{self, FromWorker, Hello, ToWorker};
 use crate::ipc::sys;
+use crate::outcome::{ForbiddenSyscall, WORKER_FORBIDDEN_SYSCALL};
 use crate::parts::Parts;
 use crate::spec::Sandbox;
 use crate::telemetry;
@@ -72,17 +73,31 @@ pub(crate) struct WorkerSaid {
 }
 
 impl WorkerSaid {
-    /// The system call the worker's sandbox refused, once its stderr has
-    /// been read to the end (waiting at most `bound`: the worker wrote the
-    /// line before it exited, but the reader may lag behind the reap).
-    pub(crate) async fn forbidden_syscall(&self, bound: Duration) -> Option<i64> {
-        let deadline = tokio::time::Instant::now() + bound;
+    /// The system call the worker's sandbox refused, when its exit
+    /// `status` says it was stopped for one. Waits for its stderr to be
+    /// read to the end, at most [`SAID_BOUND`]: the worker wrote the line
+    /// before it exited, but the reader may lag behind the reap.
+    pub(crate) async fn forbidden_syscall(
+        &self,
+        status: Option<std::process::ExitStatus>,
+    ) -> Option<ForbiddenSyscall> {
+        if status.and_then(|s| s.code()) != Some(WORKER_FORBIDDEN_SYSCALL) {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + SAID_BOUND;
         while !self.closed.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        self.forbidden_syscall.get().copied()
+        let number = *self.forbidden_syscall.get()?;
+        Some(ForbiddenSyscall {
+            number,
+            name: crate::ipc::sandbox::syscall_name(number),
+        })
     }
 }
+
+/// How long an outcome waits for a dead worker's last stderr line.
+const SAID_BOUND: Duration = Duration::from_millis(200);
 
 /// A key for what a task's sandbox lets its worker reach: the host
 /// directories granted (with their access), the stdin file, the cache.

@@ -17,8 +17,7 @@ use crate::error::Error;
 use crate::ipc::protocol::{self, FollowingData, FromWorker, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{
-    CallError, ForbiddenSyscall, Outcome, Stop, TaskMetrics, WORKER_FORBIDDEN_SYSCALL,
-    WorkerEnding, abandoned, ended, unusable,
+    CallError, Outcome, Stop, TaskMetrics, WorkerEnding, abandoned, ended, unusable,
 };
 use crate::parts::Parts;
 use crate::program::Program;
@@ -266,17 +265,7 @@ impl PluginWorker {
             None => None,
         };
         self.child = None;
-        let forbidden_syscall = match status.and_then(|s| s.code()) {
-            Some(WORKER_FORBIDDEN_SYSCALL) => self
-                .said
-                .forbidden_syscall(Duration::from_millis(200))
-                .await
-                .map(|number| ForbiddenSyscall {
-                    number,
-                    name: crate::ipc::sandbox::syscall_name(number),
-                }),
-            _ => None,
-        };
+        let forbidden_syscall = self.said.forbidden_syscall(status).await;
         let outcome = WorkerEnding {
             reported: None,
             data_limit: Some(self.data_limit),

@@ -22,10 +22,7 @@ use crate::error::{Error, Result};
 use crate::handle::{About, TaskHandle, TaskId};
 use crate::ipc::protocol::{self, FollowingData, FromWorker, OsLimits, RunRequest, ToWorker};
 use crate::ipc::sys;
-use crate::outcome::{
-    ForbiddenSyscall, Limit, Outcome, Stop, Stream, TaskReport, WORKER_FORBIDDEN_SYSCALL,
-    WorkerEnding,
-};
+use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
 use crate::output::OutputPipe;
 use crate::parts::Parts;
 use crate::program::Program;
@@ -194,9 +191,6 @@ pub(crate) async fn spawn(
         Some(pid),
     ))
 }
-
-/// How long the outcome waits for a dead worker's last stderr line.
-const SAID_BOUND: Duration = Duration::from_millis(200);
 
 /// Frames queued for the worker's pipe.
 const FRAME_QUEUE: usize = 16;
@@ -501,20 +495,7 @@ impl Supervisor {
             }
             None => None,
         };
-        // The sandbox's report of what it refused, read only when the
-        // worker's status says there is one.
-        let forbidden_syscall = match status.and_then(|s| s.code()) {
-            Some(WORKER_FORBIDDEN_SYSCALL) => {
-                self.said
-                    .forbidden_syscall(SAID_BOUND)
-                    .await
-                    .map(|number| ForbiddenSyscall {
-                        number,
-                        name: crate::ipc::sandbox::syscall_name(number),
-                    })
-            }
-            _ => None,
-        };
+        let forbidden_syscall = self.said.forbidden_syscall(status).await;
         let outcome = WorkerEnding {
             reported: finished.as_ref().map(|f| f.outcome.clone()),
             protocol_error,

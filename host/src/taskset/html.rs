@@ -1081,7 +1081,7 @@ mod tests {
     use super::*;
     use crate::outcome::{Limit, Outcome};
     use crate::spec::Isolation;
-    use crate::taskset::{PoolMetrics, REPORT_VERSION, SkipReason};
+    use crate::taskset::SkipReason;
 
     fn millis(ms: u64) -> Duration {
         Duration::from_millis(ms)
@@ -1104,20 +1104,6 @@ mod tests {
         r.peak_memory = 1 << 20;
         r.fuel_used = 1_234_567;
         r
-    }
-
-    fn report_of(tasks: Vec<TaskRecord>, jobs: usize) -> SetReport {
-        let wall_time = tasks
-            .iter()
-            .filter_map(|t| t.finished_at)
-            .max()
-            .unwrap_or_default();
-        SetReport {
-            version: REPORT_VERSION,
-            pool: PoolMetrics::of_records(&tasks, jobs, jobs, wall_time),
-            tasks,
-            stopped: None,
-        }
     }
 
     fn sample() -> SetReport {
@@ -1146,7 +1132,7 @@ mod tests {
         after.skip_reason = Some(SkipReason::DependencyFailed {
             dependency: "slow".into(),
         });
-        report_of(vec![build, flaky, slow, after], 4)
+        SetReport::of_tasks(vec![build, flaky, slow, after], 4)
     }
 
     /// The sum of the `data-count` attributes of the page's histogram bars.
@@ -1172,7 +1158,7 @@ mod tests {
             "\u{1b}[31mred\u{1b}[0m and \u{7}bell\r".into(),
         ];
         let handler = ran("\"onmouseover=alert(1) x=\"", 1, 0, 0, 10);
-        let mut report = report_of(vec![script, handler], 2);
+        let mut report = SetReport::of_tasks(vec![script, handler], 2);
         report.stopped = Some(StopReason::FailFast {
             failed: "<script>alert(1)</script>".into(),
         });
@@ -1272,7 +1258,7 @@ mod tests {
 
     #[test]
     fn an_empty_set_still_renders() {
-        let html = html_report(&report_of(Vec::new(), 2), "empty");
+        let html = html_report(&SetReport::of_tasks(Vec::new(), 2), "empty");
         assert!(html.contains("<table id=\"summary\">"));
         assert!(html.contains("<tbody>\n</tbody>"));
         assert!(html.contains("No task got a slot."));

@@ -435,6 +435,25 @@ impl PoolMetrics {
     }
 }
 
+#[cfg(test)]
+impl SetReport {
+    /// A report of `tasks` run on `jobs` slots, lasting until the last one
+    /// finished: for the tests of what is drawn from reports.
+    pub(crate) fn of_tasks(tasks: Vec<TaskRecord>, jobs: usize) -> SetReport {
+        let wall_time = tasks
+            .iter()
+            .filter_map(|t| t.finished_at)
+            .max()
+            .unwrap_or_default();
+        SetReport {
+            version: REPORT_VERSION,
+            pool: PoolMetrics::of_records(&tasks, jobs, jobs, wall_time),
+            tasks,
+            stopped: None,
+        }
+    }
+}
+
 /// Durations as fractional milliseconds: precise enough for machines and
 /// readable by people.
 mod ms {

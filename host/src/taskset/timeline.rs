@@ -425,7 +425,7 @@ fn ms(d: Duration) -> f64 {
 mod tests {
     use super::*;
     use crate::spec::Isolation;
-    use crate::taskset::{PoolMetrics, REPORT_VERSION, SkipReason};
+    use crate::taskset::{REPORT_VERSION, SkipReason};
 
     fn millis(ms: u64) -> Duration {
         Duration::from_millis(ms)
@@ -444,20 +444,6 @@ mod tests {
         r.exit_code = Some(0);
         r.metrics_known = true;
         r
-    }
-
-    fn report_of(tasks: Vec<TaskRecord>, jobs: usize) -> SetReport {
-        let wall_time = tasks
-            .iter()
-            .filter_map(|t| t.finished_at)
-            .max()
-            .unwrap_or_default();
-        SetReport {
-            version: REPORT_VERSION,
-            pool: PoolMetrics::of_records(&tasks, jobs, jobs, wall_time),
-            tasks,
-            stopped: None,
-        }
     }
 
     /// build (slot 1) then slow (slot 1, after waiting); flaky (slot 2)
@@ -497,7 +483,7 @@ mod tests {
             dependency: "slow".into(),
         });
 
-        report_of(vec![build, flaky, slow, after], 2)
+        SetReport::of_tasks(vec![build, flaky, slow, after], 2)
     }
 
     fn events(trace: &Value) -> &Vec<Value> {
@@ -648,7 +634,7 @@ mod tests {
         });
         let mut cancelled = ran("stopped", 1, 0, 0, 10);
         cancelled.outcome = Some(Outcome::Cancelled);
-        let trace = chrome_trace(&report_of(vec![timed_out, cancelled], 2));
+        let trace = chrome_trace(&SetReport::of_tasks(vec![timed_out, cancelled], 2));
         assert_eq!(one(&trace, "i", "timed out")["tid"], 1);
         assert_eq!(one(&trace, "i", "cancelled")["tid"], 2);
     }
@@ -720,7 +706,7 @@ mod tests {
 
     #[test]
     fn an_empty_set_is_a_valid_trace() {
-        let trace = chrome_trace(&report_of(Vec::new(), 1));
+        let trace = chrome_trace(&SetReport::of_tasks(Vec::new(), 1));
         let text = serde_json::to_string(&trace).expect("serializes");
         let back: Value = serde_json::from_str(&text).expect("parses");
         assert_eq!(find(&back, "M", "thread_name")[0]["args"]["name"], "slot 1");
