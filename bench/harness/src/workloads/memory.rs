@@ -21,6 +21,7 @@ use crate::procfs::{cpu_ticks, mem_available, memory, resident_linear_memory};
 
 const RSS: &str = "memory per live idle task: RSS";
 const PSS: &str = "memory per live idle task: PSS";
+const ANONYMOUS: &str = "memory per live idle task: anonymous";
 const OVERHEAD: &str = "idle thread task: host memory beyond its linear memory";
 const IDLE_CPU: &str = "CPU used per idle task, per second (µs)";
 const SETTLE: Duration = Duration::from_millis(300);
@@ -117,6 +118,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                     let linear = per(linear_after, linear_before);
                     series.add("thread rss", [rss]);
                     series.add("thread pss", [per(after.pss, before.pss)]);
+                    series.add("thread anonymous", [per(after.anonymous, before.anonymous)]);
                     series.add("thread linear", [linear]);
                     series.add("thread overhead", [rss - linear]);
                     for mut h in handles {
@@ -159,6 +161,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                         let m = memory(&pid.to_string())?;
                         series.add("process rss", [m.rss as f64]);
                         series.add("process pss", [m.pss as f64]);
+                        series.add("process anonymous", [m.anonymous as f64]);
                     }
                     series.add(
                         "process parent",
@@ -234,6 +237,23 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                 .class(Class::Process),
         );
     }
+    // Beside RSS and PSS, the anonymous part alone: a process child's RSS is
+    // mostly the binary's file pages, shared by every worker and counted in
+    // full by RSS however many share them.
+    figures.push(
+        Figure::new(5, ANONYMOUS, "Isola thread", Unit::Bytes)
+            .samples(series.take("thread anonymous"))
+            .class(Class::Thread)
+            .runs(thread_runs.clone())
+            .note("growth of the host's anonymous memory per task"),
+    );
+    figures.push(
+        Figure::new(5, ANONYMOUS, "Isola process (worker child)", Unit::Bytes)
+            .samples(series.take("process anonymous"))
+            .class(Class::Process)
+            .runs(process_runs.clone())
+            .note("each child's anonymous memory: heap, stacks, linear memory"),
+    );
     figures.push(
         Figure::new(5, IDLE_CPU, "Isola thread", Unit::Micros)
             .samples(series.take("thread cpu"))
