@@ -267,6 +267,17 @@ impl MessageReceiver {
         received(self.rx.try_recv().ok())
     }
 
+    /// How many messages are waiting to be received now: at most the
+    /// task's `Limits::message_queue` (a task that posts more waits).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no message is waiting now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// The next message decoded from JSON.
     pub async fn recv_json<T: DeserializeOwned>(&mut self) -> Option<serde_json::Result<T>> {
         let bytes = self.recv().await?;

@@ -104,12 +104,18 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self) -> TaskReport {
+    /// The task's future. A plain function returning an `async move` block,
+    /// not an `async fn`: an `async fn` keeps its argument (the whole `Job`)
+    /// in its state beside the parts taken out of it, and this future is
+    /// what every live thread task costs (issue 12's memory measure). The
+    /// WASI context is built here for the same reason: the spent builder
+    /// (about 300 bytes) is not carried.
+    fn run(self) -> impl Future<Output = TaskReport> + Send + 'static {
         let Job {
             parts,
             program,
             limits,
-            mut prepared,
+            prepared,
             cancel,
             spawned_at,
             mut on_start,
@@ -117,54 +123,65 @@ impl Job {
             entry,
             mut channel,
         } = self;
-        let _ticking = parts.ticker.clone().map(|t| t.activate());
-        channel.ticker = parts.ticker.clone();
-        let budget = Budget {
-            fuel: limits.fuel.unwrap_or(u64::MAX),
-            os_memory_limit,
-        };
-        let state = TaskState {
-            wasi: prepared.wasi.build_p1(),
-            limiter: MemoryLimiter::new(limits.max_memory.as_u64()).with_os_limit(os_memory_limit),
-            channel,
-            extension: None,
-        };
-        let mut store = store::new_store(parts.engine(), state, budget.fuel, None);
-
-        let mut started_at = None;
-        let ending = {
-            let guest = async {
-                let entered = store::instantiate(&mut store, &program, entry).await?;
-                started_at = Some(Instant::now());
-                if let Some(tx) = on_start.take() {
-                    let _ = tx.send(());
-                }
-                let input = match entered {
-                    store::Entered::ComponentRun(_) => {
-                        store.data().channel.input().unwrap_or_default()
-                    }
-                    _ => Vec::new(),
-                };
-                entered.call(&mut store, &input).await
+        let Prepared {
+            mut wasi,
+            stdout,
+            stderr,
+            ..
+        } = prepared;
+        let wasi = wasi.build_p1();
+        let (timeout, fuel, max_memory) = (limits.timeout, limits.fuel, limits.max_memory);
+        async move {
+            let _ticking = parts.ticker.clone().map(|t| t.activate());
+            channel.ticker = parts.ticker.clone();
+            let budget = Budget {
+                fuel: fuel.unwrap_or(u64::MAX),
+                os_memory_limit,
             };
-            let guest = std::pin::pin!(guest);
-            store::run_to_end(guest, limits.timeout, Some(&cancel)).await
-        };
-        let ended_at = Instant::now();
-        let outcome = ending.into_outcome(&budget);
-        let started_at = started_at.unwrap_or(ended_at);
-        let metrics = TaskMetrics {
-            startup: started_at - spawned_at,
-            run_time: ended_at - started_at,
-            peak_memory: store.data().limiter.peak(),
-            fuel_used: store::fuel_used(&store, budget.fuel),
-        };
-        drop(store);
-        TaskReport {
-            outcome,
-            metrics,
-            stdout: prepared.stdout.finish(),
-            stderr: prepared.stderr.finish(),
+            let state = TaskState {
+                wasi,
+                limiter: MemoryLimiter::new(max_memory.as_u64()).with_os_limit(os_memory_limit),
+                channel,
+                extension: None,
+            };
+            let mut store = store::new_store(parts.engine(), state, budget.fuel, None);
+            drop(parts);
+
+            let mut started_at = None;
+            let ending = {
+                let guest = async {
+                    let entered = store::instantiate(&mut store, &program, entry).await?;
+                    started_at = Some(Instant::now());
+                    if let Some(tx) = on_start.take() {
+                        let _ = tx.send(());
+                    }
+                    let input = match entered {
+                        store::Entered::ComponentRun(_) => {
+                            store.data().channel.input().unwrap_or_default()
+                        }
+                        _ => Vec::new(),
+                    };
+                    entered.call(&mut store, &input).await
+                };
+                let guest = std::pin::pin!(guest);
+                store::run_to_end(guest, timeout, Some(&cancel)).await
+            };
+            let ended_at = Instant::now();
+            let outcome = ending.into_outcome(&budget);
+            let started_at = started_at.unwrap_or(ended_at);
+            let metrics = TaskMetrics {
+                startup: started_at - spawned_at,
+                run_time: ended_at - started_at,
+                peak_memory: store.data().limiter.peak(),
+                fuel_used: store::fuel_used(&store, budget.fuel),
+            };
+            drop(store);
+            TaskReport {
+                outcome,
+                metrics,
+                stdout: stdout.finish(),
+                stderr: stderr.finish(),
+            }
         }
     }
 }
