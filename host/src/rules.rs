@@ -210,6 +210,18 @@ pub(crate) fn problems(spec: &TaskSpec) -> Vec<Problem> {
              `reuse_worker` out",
         ));
     }
+    if let Some(sandbox) = spec.sandbox
+        && !process
+    {
+        found.push(Problem::conflict(
+            "sandbox",
+            format!(
+                "`sandbox = \"{sandbox}\"` is about a worker process; a thread task runs in the \
+                 host process, which no OS sandbox surrounds: set `isolation = \"process\"` or \
+                 leave `sandbox` out"
+            ),
+        ));
+    }
     if process {
         found.extend(data_problem(spec));
         found.extend(run_frame_problem(spec));
@@ -436,6 +448,7 @@ fn without_byte_arrays(spec: &TaskSpec) -> TaskSpec {
         isolation: spec.isolation,
         shared_group: spec.shared_group.clone(),
         reuse_worker: spec.reuse_worker,
+        sandbox: spec.sandbox,
     }
 }
 
@@ -696,6 +709,27 @@ mod tests {
         s.isolation = Isolation::Process;
         let p = only(&s, "isolation", ProblemKind::Conflict);
         assert!(p.message.contains("shared memory group `g`"), "{p:?}");
+
+        // Every policy, even `off`: on a thread task it says nothing true.
+        for policy in [
+            crate::Sandbox::On,
+            crate::Sandbox::Off,
+            crate::Sandbox::Required,
+        ] {
+            let mut s = spec();
+            s.sandbox = Some(policy);
+            let p = only(&s, "sandbox", ProblemKind::Conflict);
+            assert!(
+                p.message.contains(&format!("`sandbox = \"{policy}\"`")),
+                "{p:?}"
+            );
+            s.isolation = Isolation::Process;
+            assert_eq!(
+                problems(&s),
+                Vec::<Problem>::new(),
+                "a process task takes {policy}"
+            );
+        }
     }
 
     /// Paths that are not UTF-8 are fine at both isolations: a process

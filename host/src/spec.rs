@@ -113,6 +113,13 @@ pub struct TaskSpec {
     /// an OS limit is ended as usual.
     #[serde(default)]
     pub reuse_worker: bool,
+    /// The OS sandbox around this task's worker process, overriding the
+    /// runner's [`crate::RunnerConfig::sandbox`] (the default, `None`).
+    /// Process isolation only: a thread task runs in the host process,
+    /// which no such layer surrounds, so the rulebook refuses the field on
+    /// one.
+    #[serde(default)]
+    pub sandbox: Option<Sandbox>,
 }
 
 impl TaskSpec {
@@ -134,6 +141,7 @@ impl TaskSpec {
             isolation: Isolation::default(),
             shared_group: None,
             reuse_worker: false,
+            sandbox: None,
         }
     }
 }

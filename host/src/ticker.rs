@@ -48,6 +48,18 @@ pub(crate) struct TickerHandle {
 
 impl EpochTicker {
     pub(crate) fn start(engine: &Engine, tick: Duration) -> EpochTicker {
+        EpochTicker::start_with(engine, tick, || ())
+    }
+
+    /// [`EpochTicker::start`], running `setup` first on the ticker's thread
+    /// and keeping what it returns until the thread ends (a worker uses it
+    /// to lock that thread out of the file system before any task, so its
+    /// sandbox need not reach the thread later).
+    pub(crate) fn start_with<G: 'static>(
+        engine: &Engine,
+        tick: Duration,
+        setup: impl FnOnce() -> G + Send + 'static,
+    ) -> EpochTicker {
         let engine = engine.weak();
         let shared = Arc::new(TickerShared {
             running: AtomicUsize::new(0),
@@ -58,6 +70,7 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("isola-epoch".into())
             .spawn(move || {
+                let _setup = setup();
                 while !thread_shared.stop.load(Ordering::Acquire) {
                     if thread_shared.running.load(Ordering::Acquire) == 0 {
                         std::thread::park();

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{DirGrant, Isolation, Limits, Output, Stdin, TaskSpec};
+use crate::spec::{DirGrant, Isolation, Limits, Output, Sandbox, Stdin, TaskSpec};
 
 /// Paths as bytes in a frame: a UTF-8 path as a JSON string (so frames
 /// read as before, and stay small), any other as an array of its bytes.
@@ -143,6 +143,9 @@ pub(crate) struct WireSpec<'a> {
     /// [`TaskSpec::reuse_worker`].
     #[serde(default)]
     reuse_worker: bool,
+    /// [`TaskSpec::sandbox`].
+    #[serde(default)]
+    sandbox: Option<Sandbox>,
 }
 
 /// A [`DirGrant`] on the wire, its host path as [`path_bytes`].
@@ -194,6 +197,7 @@ impl<'a> From<&'a TaskSpec> for WireSpec<'a> {
             isolation,
             shared_group,
             reuse_worker,
+            sandbox,
         } = spec;
         WireSpec {
             wasm: Cow::Borrowed(wasm.as_path()),
@@ -222,6 +226,7 @@ impl<'a> From<&'a TaskSpec> for WireSpec<'a> {
             isolation: *isolation,
             shared_group: shared_group.as_deref().map(Cow::Borrowed),
             reuse_worker: *reuse_worker,
+            sandbox: *sandbox,
         }
     }
 }
@@ -256,6 +261,7 @@ impl From<WireSpec<'_>> for TaskSpec {
             isolation: wire.isolation,
             shared_group: wire.shared_group.map(Cow::into_owned),
             reuse_worker: wire.reuse_worker,
+            sandbox: wire.sandbox,
         }
     }
 }

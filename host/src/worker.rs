@@ -127,6 +127,51 @@ pub fn run_if_worker() -> Option<ExitCode> {
     (std::env::args_os().nth(1).as_deref() == Some(WORKER_ARG.as_ref())).then(run_worker)
 }
 
+/// What this worker's network namespace turned out to be, set at its start
+/// when its parent asked for the sandbox (see `process::netns`).
+static NETWORK_NAMESPACE: std::sync::OnceLock<sandbox::LayerState> = std::sync::OnceLock::new();
+
+/// Makes or joins the network namespace as the parent said in
+/// [`protocol::NETNS_ENV`], if it said anything (only sandboxed workers are
+/// told). Call while the worker is a single thread.
+fn enter_network_namespace() {
+    let Some(value) = std::env::var_os(protocol::NETNS_ENV) else {
+        return;
+    };
+    let value = value.to_string_lossy();
+    let state = match value.strip_prefix("join:") {
+        Some(fds) => match parse_join(fds) {
+            // A parent's descriptors that cannot be reached (a parent that
+            // is not dumpable, say): a namespace of its own, as the first
+            // worker made.
+            Some((pid, user, net)) => match sandbox::join_network_namespace(pid, user, net) {
+                sandbox::LayerState::Enforced => sandbox::LayerState::Enforced,
+                sandbox::LayerState::Partial(why) | sandbox::LayerState::Unavailable(why) => {
+                    tracing::debug!("cannot join the workers' network namespace: {why}");
+                    sandbox::enter_network_namespace()
+                }
+            },
+            None => {
+                sandbox::LayerState::Unavailable(format!("the parent named no namespace: {value}"))
+            }
+        },
+        None => sandbox::enter_network_namespace(),
+    };
+    let _ = NETWORK_NAMESPACE.set(state);
+}
+
+/// `PID:USER:NET` of [`protocol::NETNS_ENV`]'s `join:` form.
+fn parse_join(fds: &str) -> Option<(u32, Option<i32>, i32)> {
+    let mut parts = fds.split(':');
+    let pid = parts.next()?.parse().ok()?;
+    let user = match parts.next()? {
+        "" => None,
+        fd => Some(fd.parse().ok()?),
+    };
+    let net = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((pid, user, net))
+}
+
 /// Serves one task over stdin/stdout, then exits. See [`run_if_worker`].
 pub fn run_worker() -> ExitCode {
     // SAFETY: first thing in the worker: nothing has opened a descriptor
@@ -135,6 +180,9 @@ pub fn run_worker() -> ExitCode {
         eprintln!("isola worker: cannot close inherited descriptors: {err}");
         return ExitCode::from(70);
     }
+    // While the worker is one thread, and before its parent-death signal
+    // (which joining a user namespace would clear).
+    enter_network_namespace();
     let parent = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -216,6 +264,22 @@ async fn serve() -> Result<(), String> {
     }
     send(&mut writer, FromWorker::Hello(Hello::current())).await?;
 
+    let sandboxed = std::env::var(protocol::SANDBOX_ENV).is_ok_and(|policy| policy != "off");
+    // The seccomp filter does not depend on the task, so it goes up before
+    // the task arrives (a pre-started worker waits for one), and on a
+    // thread of its own: the kernel takes a few hundred microseconds to
+    // load the filter, which overlap the engine's start below. Threads
+    // started meanwhile get the filter too (it is applied to all threads at
+    // once, and new threads inherit it). Only Landlock waits for the grants.
+    let seccomp = sandboxed
+        .then(|| {
+            std::thread::Builder::new()
+                .name("isola-seccomp".into())
+                .spawn(|| drop(sandbox::install_seccomp()))
+                .ok()
+        })
+        .flatten();
+
     // The engine is ready before the task arrives: this is the work a
     // pre-started worker saves. No instance pool (one task at a time) and
     // no disk cache until the parent names its own.
@@ -231,13 +295,17 @@ async fn serve() -> Result<(), String> {
         crate::group::add_to_module_linker,
     )
     .map_err(|e| e.to_string())?;
-    let ticker = EpochTicker::start(loader.engine(), crate::RunnerConfig::default().epoch_tick);
-    // Before the task arrives (a pre-started worker waits for one): the
-    // seccomp filter does not depend on the task, so it goes up now, off
-    // the path of the task's start. Only Landlock waits for the grants.
-    if std::env::var(protocol::SANDBOX_ENV).is_ok_and(|policy| policy != "off") {
-        // Its verdict is taken again, per task, in `enter_sandbox`.
-        let _ = sandbox::install_seccomp();
+    let tick = crate::RunnerConfig::default().epoch_tick;
+    // The ticker never opens a file: sandboxed, it gives them all up as it
+    // starts, so a task's Landlock rules need not reach its thread.
+    let ticker = if sandboxed {
+        EpochTicker::start_with(loader.engine(), tick, sandbox::deny_files_on_this_thread)
+    } else {
+        EpochTicker::start(loader.engine(), tick)
+    };
+    // Its verdict is taken again, per task, in `enter_sandbox`.
+    if let Some(seccomp) = seccomp {
+        let _ = seccomp.join();
     }
     let parts = Parts {
         loader: std::sync::Arc::new(loader),
@@ -752,14 +820,23 @@ fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<()
     // compiled again, and the worker's own footprint (`limit_below_worker`).
     grants.read.push(spec.wasm.clone());
     grants.read.push("/proc/self/status".into());
-    let landlock = sandbox::restrict_files(&grants);
-    let seccomp = sandbox::install_seccomp();
+    let applied = sandbox::Applied {
+        landlock: sandbox::restrict_files(&grants),
+        seccomp: sandbox::install_seccomp(),
+        network_namespace: NETWORK_NAMESPACE.get().cloned().unwrap_or_else(|| {
+            sandbox::LayerState::Unavailable("the parent named no network namespace".to_owned())
+        }),
+    };
     // Only a whole sandbox counts: a task after one whose layer failed
     // tries again (and fails under `Required`), never skips the check.
-    if landlock.is_enforced() && seccomp.is_enforced() {
+    if applied.is_complete() {
         SANDBOXED.store(true, Ordering::Relaxed);
     }
-    for (layer, state) in [("Landlock", &landlock), ("seccomp", &seccomp)] {
+    for (layer, state) in [
+        ("Landlock", &applied.landlock),
+        ("seccomp", &applied.seccomp),
+        ("network namespace", &applied.network_namespace),
+    ] {
         if state.is_enforced() {
             continue;
         }
@@ -790,6 +867,15 @@ pub const ESCAPE_ENV: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
 /// with [`crate::outcome::WORKER_FORBIDDEN_SYSCALL`].
 #[cfg(debug_assertions)]
 fn escape_attempt(what: &str) -> Outcome {
+    // Not an attempt: which network namespace the worker is in, as
+    // `readlink /proc/self/ns/net` says (Landlock leaves links readable).
+    if what == "netns" {
+        let message = match std::fs::read_link("/proc/self/ns/net") {
+            Ok(link) => format!("network namespace {}", link.display()),
+            Err(err) => format!("network namespace unknown: {err}"),
+        };
+        return Outcome::Failed { message };
+    }
     let result: std::io::Result<()> = match what.split_once(':') {
         Some(("open-read", path)) => std::fs::read(path).map(drop),
         Some(("open-write", path)) => std::fs::write(path, b"escaped").map(drop),

@@ -196,6 +196,7 @@ async fn spec_rules_are_checked_before_a_task_starts() {
             }];
         }),
         ("reuse_worker", |s| s.reuse_worker = true),
+        ("sandbox", |s| s.sandbox = Some(isola::Sandbox::Required)),
         ("limits.max_message_size", |s| {
             s.isolation = isola::Isolation::Process;
             s.limits.max_message_size = isola::ByteSize::mib(64);

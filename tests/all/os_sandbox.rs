@@ -292,3 +292,86 @@ fn check_sandbox_reports_the_layers_of_this_machine() {
     }
     assert!(stdout.contains("not provided by Isola yet"), "{stdout}");
 }
+
+/// The worker's network namespace, as its escape hook reads it.
+#[cfg(debug_assertions)]
+async fn network_namespace_of(runner: &Runner, spec: TaskSpec) -> String {
+    let report = runner.run(spec).await.expect("spawn");
+    match report.outcome {
+        Outcome::Failed { message } => message
+            .strip_prefix("network namespace ")
+            .unwrap_or_else(|| panic!("not the hook's answer: {message}"))
+            .to_owned(),
+        other => panic!("not the hook's answer: {other:?}"),
+    }
+}
+
+/// Sandboxed workers run in a network namespace that is not the host's,
+/// one for all the workers of a runner (made once); without the sandbox
+/// they are in the host's.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxed_workers_share_a_network_namespace_that_is_not_the_hosts() {
+    let host = std::fs::read_link("/proc/self/ns/net")
+        .expect("readlink")
+        .display()
+        .to_string();
+    let sandboxed = runner(Sandbox::Required);
+    let first = network_namespace_of(&sandboxed, attempt("netns")).await;
+    let second = network_namespace_of(&sandboxed, attempt("netns")).await;
+    assert!(first.starts_with("net:["), "{first}");
+    assert_ne!(
+        first, host,
+        "a sandboxed worker is not in the host's namespace"
+    );
+    assert_eq!(
+        first, second,
+        "the workers of one runner share one namespace"
+    );
+    // Another runner has its own (and keeps it for its own workers).
+    let other = runner(Sandbox::On);
+    let others = network_namespace_of(&other, attempt("netns")).await;
+    assert!(others != first && others != host, "{others}");
+    assert_eq!(network_namespace_of(&other, attempt("netns")).await, others);
+
+    let open = runner(Sandbox::Off);
+    assert_eq!(network_namespace_of(&open, attempt("netns")).await, host);
+}
+
+/// A task's own `sandbox` wins over its runner's, whichever way, also where
+/// the runner keeps pre-started workers (started under the runner's
+/// policy, so an unsandboxed task cannot take one, nor the reverse).
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tasks_own_sandbox_policy_wins_over_the_runners() {
+    for prestarted_workers in [0, 1] {
+        let config = |sandbox| RunnerConfig {
+            cache_dir: CacheDir::Path(shared_cache()),
+            worker_program: Some(isola_bin()),
+            prestarted_workers,
+            sandbox,
+            ..RunnerConfig::default()
+        };
+        let sandboxed = Runner::with_config(config(Sandbox::On)).expect("runner");
+        let open = Runner::with_config(config(Sandbox::Off)).expect("runner");
+        for _ in 0..2 {
+            let mut spec = attempt("socket");
+            spec.sandbox = Some(Sandbox::Off);
+            let report = sandboxed.run(spec).await.expect("spawn");
+            assert_eq!(
+                verdict(&report.outcome),
+                Verdict::Allowed,
+                "an unsandboxed task of a sandboxed runner ({prestarted_workers} pre-started)"
+            );
+
+            let mut spec = attempt("socket");
+            spec.sandbox = Some(Sandbox::Required);
+            let report = open.run(spec).await.expect("spawn");
+            assert!(
+                matches!(verdict(&report.outcome), Verdict::Stopped(ref why) if why.contains("socket")),
+                "a sandboxed task of an unsandboxed runner ({prestarted_workers} pre-started): {}",
+                report.outcome
+            );
+        }
+    }
+}

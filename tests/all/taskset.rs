@@ -674,6 +674,61 @@ fn a_zero_message_queue_is_refused_naming_the_field() {
     assert_eq!(errors.errors()[0].kind, ConfigErrorKind::InvalidValue);
 }
 
+/// `sandbox` in a file: from `[defaults]` it reaches process tasks only, a
+/// task's own wins, and a thread task's own or a bad value is refused at
+/// its key.
+#[test]
+fn sandbox_policy_in_a_file_reaches_process_tasks() {
+    let (_dir, set) = load(
+        r#"[defaults]
+sandbox = "required"
+
+[[task]]
+name = "p"
+wasm = '{hello}'
+isolation = "process"
+
+[[task]]
+name = "off"
+wasm = '{hello}'
+isolation = "process"
+sandbox = "off"
+
+[[task]]
+name = "t"
+wasm = '{hello}'
+"#,
+    );
+    let policy = |name: &str| set.get(name).expect("task").spec.sandbox;
+    assert_eq!(policy("p"), Some(isola::Sandbox::Required));
+    assert_eq!(policy("off"), Some(isola::Sandbox::Off));
+    assert_eq!(policy("t"), None, "[defaults] does not reach a thread task");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = "[[task]]\nname = \"t\"\nwasm = '{hello}'\nsandbox = \"on\"\n\n\
+                  [[task]]\nname = \"x\"\nwasm = '{hello}'\nisolation = \"process\"\nsandbox = \"maybe\"\n";
+    let path = write_set(dir.path(), source);
+    let source = std::fs::read_to_string(&path).expect("read back");
+    let errors = TaskSet::load(&path).expect_err("two bad tasks");
+    assert_eq!(errors.len(), 2, "{errors}");
+    expect_error(
+        errors.errors(),
+        &source,
+        ConfigErrorKind::Conflict,
+        ("\"on\"", 0),
+        "task `t`: field `sandbox`: `sandbox = \"on\"` is about a worker process; a thread task \
+         runs in the host process, which no OS sandbox surrounds: set `isolation = \"process\"` \
+         or leave `sandbox` out",
+    );
+    expect_error(
+        errors.errors(),
+        &source,
+        ConfigErrorKind::InvalidValue,
+        ("\"maybe\"", 0),
+        "task `x`: field `sandbox`: expected \"on\", \"off\" or \"required\", found \"maybe\"",
+    );
+}
+
 #[test]
 fn sets_built_in_code_are_checked_by_the_spec_rules() {
     let mut nul = TaskSpec::new("x.wasm");
@@ -1362,7 +1417,7 @@ fn check_validates_without_running() {
     assert_eq!(
         lines[1],
         format!(
-            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `reuse_worker`, `depends_on` or `shared_memory`",
+            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `reuse_worker`, `sandbox`, `depends_on` or `shared_memory`",
             path.display()
         )
     );

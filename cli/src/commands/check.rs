@@ -140,7 +140,8 @@ async fn check_sandbox() -> u8 {
     let code = match probe {
         Ok(isola::Outcome::Exited { code: 0 }) => {
             lines.push(
-                "seccomp and landlock: enforced (a process task ran under --sandbox required)"
+                "seccomp, landlock and a network namespace: enforced (a process task ran under \
+                 --sandbox required)"
                     .to_owned(),
             );
             exit::SUCCESS
@@ -156,9 +157,7 @@ async fn check_sandbox() -> u8 {
             125
         }
     };
-    lines.push(
-        "not provided by Isola yet: network, user and mount namespaces; cgroup limits".to_owned(),
-    );
+    lines.push("not provided by Isola yet: a mount namespace; cgroup limits".to_owned());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
     code

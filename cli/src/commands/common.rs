@@ -72,9 +72,10 @@ pub struct TaskOptions {
     #[arg(long)]
     no_cache: bool,
 
-    /// The OS sandbox around process tasks' workers (seccomp allowlist and
-    /// Landlock file rules): `on` uses every layer the kernel has, `off`
-    /// none, `required` refuses to run a task where a layer is missing.
+    /// The OS sandbox around process tasks' workers (seccomp allowlist,
+    /// Landlock file rules, a network namespace): `on` uses every layer the
+    /// kernel has, `off` none, `required` refuses to run a task where a
+    /// layer is missing.
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = SandboxArg::On)]
     sandbox: SandboxArg,
 

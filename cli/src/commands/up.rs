@@ -112,9 +112,11 @@ pub struct UpCommand {
     #[arg(long)]
     no_cache: bool,
 
-    /// The OS sandbox around process tasks' workers (seccomp allowlist and
-    /// Landlock file rules): `on` uses every layer the kernel has, `off`
-    /// none, `required` refuses to run a task where a layer is missing.
+    /// The OS sandbox around process tasks' workers (seccomp allowlist,
+    /// Landlock file rules, a network namespace): `on` uses every layer the
+    /// kernel has, `off` none, `required` refuses to run a task where a
+    /// layer is missing. For tasks that set no `sandbox` of their own (in
+    /// the task or in [defaults]).
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = SandboxArg::On)]
     sandbox: SandboxArg,
 }

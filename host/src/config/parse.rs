@@ -26,7 +26,7 @@ use super::{RestartPolicy, TaskConfig, TaskSet, config_kind, graph};
 use crate::cache::{ContentHash, content_hash};
 use crate::group::GroupSpec;
 use crate::rules::{self, Problem, ProblemKind};
-use crate::spec::{DirGrant, Isolation, Limits, Stdin, TaskSpec};
+use crate::spec::{DirGrant, Isolation, Limits, Sandbox, Stdin, TaskSpec};
 
 type Span = Range<usize>;
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -52,6 +52,7 @@ pub(crate) const TASK_FIELDS: &[&str] = &[
     "restart",
     "max_restarts",
     "reuse_worker",
+    "sandbox",
     "depends_on",
     "shared_memory",
 ];
@@ -142,6 +143,7 @@ struct Partial {
     restart: Field<Restart>,
     max_restarts: Field<u32>,
     reuse_worker: Field<bool>,
+    sandbox: Field<Sandbox>,
     depends_on: Field<Vec<(String, Span)>>,
     shared_memory: Field<String>,
     /// The span of every key written in the table, by the name the
@@ -566,6 +568,25 @@ impl Parser<'_> {
                 "reuse_worker" => {
                     p.reuse_worker = Field::from_option(self.bool(scope, k, value), span);
                 }
+                "sandbox" => {
+                    let sandbox = self.string(scope, k, value).and_then(|s| match s.as_str() {
+                        "on" => Some(Sandbox::On),
+                        "off" => Some(Sandbox::Off),
+                        "required" => Some(Sandbox::Required),
+                        other => {
+                            self.invalid(
+                                scope,
+                                k,
+                                &span,
+                                format!(
+                                    "expected \"on\", \"off\" or \"required\", found \"{other}\""
+                                ),
+                            );
+                            None
+                        }
+                    });
+                    p.sandbox = Field::from_option(sandbox, span);
+                }
                 "max_restarts" => {
                     let n = self.integer(scope, k, value).and_then(|n| {
                         u32::try_from(n).ok().or_else(|| {
@@ -649,6 +670,7 @@ impl Parser<'_> {
         spec.wasm = wasm.clone().value().unwrap_or_default();
         spec.shared_group = group.map(|g| g.name);
         spec.reuse_worker = reuse_worker(&own, defaults, isolation);
+        spec.sandbox = sandbox(&own, defaults, isolation);
         let problems = match isolation {
             Some(isolation) => {
                 spec.isolation = isolation;
@@ -1453,8 +1475,8 @@ impl Parser<'_> {
 }
 
 /// The spec a task's own fields and the defaults make, the task winning
-/// (`env` and `limits` key by key). `wasm`, `isolation`, `shared_group` and
-/// `reuse_worker` are left for the caller, which has rules of its own for
+/// (`env` and `limits` key by key). `wasm`, `isolation`, `shared_group`,
+/// `reuse_worker` and `sandbox` are left for the caller, which has rules of its own for
 /// them. A field that was invalid (already reported) is left at its
 /// default.
 fn merged_spec(own: &Partial, defaults: &Partial) -> TaskSpec {
@@ -1654,6 +1676,16 @@ fn reuse_worker(own: &Partial, defaults: &Partial, isolation: Option<Isolation>)
         Some(Isolation::Thread) | None => own.reuse_worker.clone(),
     };
     field.value().unwrap_or(false)
+}
+
+/// `sandbox` for a task, by the rule of [`reuse_worker`]: from
+/// `[defaults]` it reaches process tasks only.
+fn sandbox(own: &Partial, defaults: &Partial, isolation: Option<Isolation>) -> Option<Sandbox> {
+    let field = match isolation {
+        Some(Isolation::Process) => own.sandbox.clone().or(&defaults.sandbox),
+        Some(Isolation::Thread) | None => own.sandbox.clone(),
+    };
+    field.value()
 }
 
 /// Every problem the rulebook finds in `spec` as a runner with the

@@ -35,7 +35,7 @@ use crate::spec::TaskSpec;
 use crate::wire::{path_bytes, spec_wire};
 
 /// Bumped on any incompatible change; checked in the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 /// Identifies Isola's protocol in the first frame, so a worker started by
 /// something else fails fast instead of misreading its input.
@@ -52,6 +52,13 @@ pub(crate) const SANDBOX_ENV: &str = "ISOLA_WORKER_SANDBOX";
 
 /// Environment variable carrying the parent's pid, for the parent-death check.
 pub(crate) const PARENT_ENV: &str = "ISOLA_WORKER_PARENT";
+
+/// The environment variable that tells a sandboxed worker where its
+/// network namespace comes from: `new` (it makes one) or
+/// `join:PID:USER:NET`, descriptors of process `PID` (its parent) for the
+/// user namespace (empty: none to join) and the network namespace an
+/// earlier worker made (see `process::netns`).
+pub(crate) const NETNS_ENV: &str = "ISOLA_WORKER_NETNS";
 
 /// Largest frame either side accepts: bounds what a confused or hostile
 /// peer can make the other allocate.

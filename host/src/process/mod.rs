@@ -10,10 +10,12 @@
 //! instead of compiling. Parent and child speak the framed protocol in
 //! [`crate::ipc::protocol`].
 //!
+//! - [`netns`]: the network namespace sandboxed workers share.
 //! - [`pool`]: the worker binary, pre-started and reusable workers, reaping.
 //! - [`supervisor`]: one process task, from spec to report.
 //! - [`session`]: a kept plugin instance in a worker of its own.
 
+pub(crate) mod netns;
 pub(crate) mod pool;
 pub(crate) mod session;
 pub(crate) mod supervisor;

@@ -59,6 +59,10 @@ pub(crate) struct Worker {
     /// a task it ran, if it did: it can serve only tasks with the same
     /// grants, as a Landlock ruleset can be narrowed but never widened.
     pub(crate) sandboxed: Option<u64>,
+    /// Whether it was started with a sandbox policy other than `off`, so
+    /// its seccomp filter went up as it started: it serves only tasks whose
+    /// policy is the same way.
+    pub(crate) filtered: bool,
 }
 
 /// What a worker wrote on its stderr that its parent acts on. The
@@ -153,6 +157,8 @@ pub(crate) struct ProcessBackend {
     private_cache: Mutex<Option<tempfile::TempDir>>,
     /// The OS sandbox its workers enter before running a task.
     pub(crate) sandbox: Sandbox,
+    /// The network namespace its sandboxed workers share.
+    network: super::netns::SharedNamespace,
 }
 
 impl Drop for ProcessBackend {
@@ -194,6 +200,7 @@ impl ProcessBackend {
             refilling: AtomicBool::new(false),
             private_cache: Mutex::new(None),
             sandbox,
+            network: super::netns::SharedNamespace::default(),
         }
     }
 
@@ -212,21 +219,31 @@ impl ProcessBackend {
     /// (if one is still alive); else an idle fresh worker if one is ready,
     /// else a new one. The caller tops the pool up with
     /// [`ProcessBackend::refill_soon`] once its task is under way.
+    ///
+    /// `sandbox` is the task's policy (its own or the runner's): pre-started
+    /// workers went up under the runner's, so a task whose policy differs
+    /// in whether there is a sandbox at all gets a worker of its own.
     pub(crate) async fn take_worker(
         self: &Arc<Self>,
         reuse: bool,
+        sandbox: Sandbox,
         sandbox_key: Option<u64>,
     ) -> Result<Worker> {
         let program = self.program()?.to_owned();
-        if reuse && let Some(worker) = self.take_reusable(sandbox_key) {
+        let filtered = sandbox != Sandbox::Off;
+        if reuse && let Some(worker) = self.take_reusable(filtered, sandbox_key) {
             telemetry::worker_reused();
             return Ok(worker);
         }
-        let ready = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let ready = if filtered == (self.sandbox != Sandbox::Off) {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        } else {
+            None
+        };
         let worker = match ready {
             Some(worker) => worker,
             None => {
-                let worker = start_worker(&program, self.sandbox)
+                let worker = start_worker(&program, sandbox, &self.network)
                     .await
                     .map_err(Error::Internal)?;
                 telemetry::worker_started(telemetry::WorkerStart::OnDemand);
@@ -237,15 +254,17 @@ impl ProcessBackend {
     }
 
     /// A kept worker that is still alive and can serve a task whose
-    /// sandbox is `sandbox_key` (never sandboxed, or for the same grants),
+    /// sandbox is `sandbox_key` (never sandboxed, or for the same grants)
+    /// and whose policy is `filtered` the same way,
     /// if any. One that died while idle is reaped by `try_wait` and
     /// dropped.
-    fn take_reusable(&self, sandbox_key: Option<u64>) -> Option<Worker> {
+    fn take_reusable(&self, filtered: bool, sandbox_key: Option<u64>) -> Option<Worker> {
         let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
         let mut i = kept.len();
         while i > 0 {
             i -= 1;
-            let fits = kept[i].sandboxed.is_none() || kept[i].sandboxed == sandbox_key;
+            let fits = kept[i].filtered == filtered
+                && (kept[i].sandboxed.is_none() || kept[i].sandboxed == sandbox_key);
             if !fits {
                 continue;
             }
@@ -280,7 +299,7 @@ impl ProcessBackend {
     /// Starts, warms up and parks workers until `prestart` are idle.
     async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
-            let worker = match start_worker(program, self.sandbox).await {
+            let worker = match start_worker(program, self.sandbox, &self.network).await {
                 Ok(worker) => {
                     telemetry::worker_started(telemetry::WorkerStart::Prestart);
                     worker
@@ -299,6 +318,7 @@ impl ProcessBackend {
                 mut writer,
                 said,
                 sandboxed,
+                filtered,
             } = worker;
             let mut guard = ChildGuard::new(child, pid);
             match warm_up(&mut writer, &self.last_program).await {
@@ -322,6 +342,7 @@ impl ProcessBackend {
                 writer,
                 said,
                 sandboxed,
+                filtered,
             };
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.prestart {
@@ -443,7 +464,11 @@ async fn warm_up(
 
 /// Starts a worker and completes the handshake. A worker that fails it
 /// (or whose start is dropped half-way) is killed and reaped by its guard.
-async fn start_worker(program: &Path, sandbox: Sandbox) -> std::result::Result<Worker, String> {
+async fn start_worker(
+    program: &Path,
+    sandbox: Sandbox,
+    network: &super::netns::SharedNamespace,
+) -> std::result::Result<Worker, String> {
     let mut command = tokio::process::Command::new(program);
     command
         .arg(protocol::WORKER_ARG)
@@ -459,6 +484,9 @@ async fn start_worker(program: &Path, sandbox: Sandbox) -> std::result::Result<W
         .kill_on_drop(true);
     if let Some(log) = std::env::var_os("ISOLA_LOG") {
         command.env("ISOLA_LOG", log);
+    }
+    if sandbox != Sandbox::Off {
+        network.name_to(&mut command);
     }
     let mut child = command
         .spawn()
@@ -508,14 +536,20 @@ async fn start_worker(program: &Path, sandbox: Sandbox) -> std::result::Result<W
     // On an error the guard, dropped on return, kills and reaps the worker.
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(())) => match guard.take() {
-            Some(child) => Ok(Worker {
-                child,
-                pid,
-                reader,
-                writer,
-                said,
-                sandboxed: None,
-            }),
+            Some(child) => {
+                if sandbox != Sandbox::Off {
+                    network.adopt(pid);
+                }
+                Ok(Worker {
+                    child,
+                    pid,
+                    reader,
+                    writer,
+                    said,
+                    sandboxed: None,
+                    filtered: sandbox != Sandbox::Off,
+                })
+            }
             None => Err("the worker vanished during the handshake".into()),
         },
         Ok(Err(err)) => Err(format!("worker handshake failed: {err}")),

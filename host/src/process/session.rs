@@ -70,7 +70,7 @@ pub(crate) async fn start(
     }
     let cache_dir = prepare_for_worker(parts, backend, program, &mut spec)?;
     let slot = parts.slot().await?;
-    let sandbox = backend.sandbox;
+    let sandbox = spec.sandbox.unwrap_or(backend.sandbox);
     let Worker {
         child,
         pid,
@@ -78,7 +78,8 @@ pub(crate) async fn start(
         mut writer,
         said,
         sandboxed: _,
-    } = backend.take_worker(false, None).await?;
+        filtered: _,
+    } = backend.take_worker(false, sandbox, None).await?;
     backend.refill_soon();
     let timeout = spec.limits.timeout;
     // Input and stdin bytes follow the plugin frame as raw data frames.

@@ -97,9 +97,9 @@ pub(crate) async fn spawn(
 
     let slot = parts.slot().await?;
     let reuse = spec.reuse_worker;
-    let sandbox = backend.sandbox;
+    let sandbox = spec.sandbox.unwrap_or(backend.sandbox);
     let sandbox_key = (sandbox != Sandbox::Off).then(|| sandbox_key(&spec, &cache_dir));
-    let worker = backend.take_worker(reuse, sandbox_key).await?;
+    let worker = backend.take_worker(reuse, sandbox, sandbox_key).await?;
     let queue = crate::channel::queue_capacity(limits.message_queue);
     let (to_guest_tx, to_guest_rx) = mpsc::channel(queue);
     let (from_guest_tx, from_guest_rx) = mpsc::channel(queue);
@@ -130,6 +130,7 @@ pub(crate) async fn spawn(
         writer,
         said,
         sandboxed: _,
+        filtered: _,
     } = worker;
     // From here the worker is reaped whatever happens, even if this
     // future or the supervisor's is dropped half-way.
@@ -485,6 +486,8 @@ impl Supervisor {
                 writer,
                 said: Arc::clone(&self.said),
                 sandboxed: self.sandbox_key,
+                // Taken for this task's policy: filtered as it says.
+                filtered: self.sandbox_key.is_some(),
             });
         }
         let status = match child.get_mut() {
