@@ -146,6 +146,12 @@ impl ChannelState {
         Ok(())
     }
 
+    /// The most bytes a message (or a host call's arguments or result) of
+    /// this task may have.
+    pub(crate) fn max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+
     pub(crate) async fn recv(&mut self) -> Option<Bytes> {
         let inbox = self.inbox.as_mut()?;
         let message = match inbox.try_recv() {

@@ -1005,6 +1005,9 @@ pub(crate) async fn spawn(
             ),
         });
     }
+    program.host_call_problem(&spec)?;
+    let id = TaskId::next();
+    let host = parts.host_link(&spec, id)?;
     let prepared = prepare(program.path(), &spec, None)?;
     let (channel, host_ends) = ChannelState::for_spec(&spec);
     let Prepared {
@@ -1019,6 +1022,8 @@ pub(crate) async fn spawn(
         // The memory is the group's; its bound is the group's maximum.
         limiter: MemoryLimiter::new(u64::MAX),
         channel,
+        host,
+        call_result: None,
         extension: None,
     };
     // Group tasks count against the runner's live tasks like any other.
@@ -1049,7 +1054,7 @@ pub(crate) async fn spawn(
         (stdout, stderr),
     );
     Ok(TaskHandle::start(
-        TaskId::next(),
+        id,
         about,
         cancel,
         supervised,

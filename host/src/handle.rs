@@ -234,14 +234,7 @@ pub(crate) struct About {
 
 impl About {
     pub(crate) fn of(spec: &TaskSpec) -> About {
-        let program = match &spec.argv0 {
-            Some(name) => std::borrow::Cow::Borrowed(name.as_str()),
-            None => spec
-                .wasm
-                .file_name()
-                .unwrap_or(spec.wasm.as_os_str())
-                .to_string_lossy(),
-        };
+        let program = spec.program_name();
         About {
             isolation: spec.isolation,
             // The span an embedder's subscriber (an OpenTelemetry layer,

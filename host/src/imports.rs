@@ -45,6 +45,16 @@ impl bindings::isola::task::channel::Host for TaskState {
     }
 }
 
+impl bindings::isola::task::host::Host for TaskState {
+    async fn call(
+        &mut self,
+        name: String,
+        args: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        self.call_host(name, args).await
+    }
+}
+
 impl bindings::isola::task::start::Host for TaskState {
     async fn input(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         Ok(self.channel.input.as_ref().map(|b| b.to_vec()))
@@ -58,6 +68,7 @@ pub(crate) fn add_to_component_linker(
     use wasmtime::component::HasSelf;
     bindings::isola::task::channel::add_to_linker::<TaskState, HasSelf<TaskState>>(linker, |s| s)?;
     bindings::isola::task::start::add_to_linker::<TaskState, HasSelf<TaskState>>(linker, |s| s)?;
+    bindings::isola::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(linker, |s| s)?;
     Ok(())
 }
 
@@ -157,7 +168,53 @@ fn park(state: &mut ChannelState, message: Option<Bytes>, none: i64) -> i64 {
 /// | `input-read` | `(ptr: i32)` | copy the start input to `ptr` |
 /// | `set-output` | `(ptr: i32, len: i32)` | a plugin's `isola_run` result |
 /// | `set-error` | `(ptr: i32, len: i32)` | a plugin's `isola_run` error (UTF-8) |
+/// | `call` | `(name: i32, name_len: i32, args: i32, args_len: i32) -> i64` | call a host function: its result's length, or `-1 - len` of its error message (UTF-8) |
+/// | `call-read` | `(ptr: i32)` | copy the result or error of the last `call` to `ptr` |
 pub(crate) fn add_to_module_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        CORE_MODULE,
+        "call",
+        |mut caller: Caller<'_, TaskState>,
+         (name_ptr, name_len, args_ptr, args_len): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let name = read_guest(&mut caller, name_ptr, name_len)?;
+                let name = String::from_utf8(name).map_err(|_| {
+                    wasmtime::Error::new(BadHostCall {
+                        call: "isola:task.call",
+                        message: "the function name is not UTF-8".into(),
+                    })
+                })?;
+                let args = read_guest(&mut caller, args_ptr, args_len)?;
+                let state = caller.data_mut();
+                let (bytes, code) = match state.call_host(name, args).await? {
+                    Ok(result) => {
+                        let len = result.len() as i64;
+                        (result, len)
+                    }
+                    Err(error) => {
+                        let bytes = error.into_bytes();
+                        let len = bytes.len() as i64;
+                        (bytes, -1 - len)
+                    }
+                };
+                state.call_result = Some(bytes);
+                Ok(code)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        CORE_MODULE,
+        "call-read",
+        |mut caller: Caller<'_, TaskState>, ptr: i32| -> wasmtime::Result<()> {
+            let Some(result) = caller.data_mut().call_result.take() else {
+                return Err(wasmtime::Error::new(BadHostCall {
+                    call: "isola:task.call-read",
+                    message: "called with no call result pending (call `call` first)".into(),
+                }));
+            };
+            write_guest(&mut caller, ptr, &result)
+        },
+    )?;
     linker.func_wrap_async(
         CORE_MODULE,
         "post",

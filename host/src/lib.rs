@@ -53,6 +53,7 @@
 
 pub mod config;
 pub mod group;
+pub mod kv;
 pub mod outcome;
 pub mod runner;
 pub mod spec;
@@ -66,6 +67,7 @@ mod cache;
 mod channel;
 mod error;
 mod handle;
+mod host_fn;
 mod imports;
 mod ipc;
 mod loader;
@@ -89,6 +91,8 @@ pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};
 pub use group::{GroupSpec, SharedGroup};
 pub use handle::{CancelHandle, TaskHandle, TaskId};
+pub use host_fn::{HostCall, HostFunctions, HostResult};
+pub use kv::{KvError, KvStore};
 pub use outcome::{
     Captured, Frame, Limit, Outcome, Stream, TaskMetrics, TaskReport, TrapInfo, TrapKind,
 };

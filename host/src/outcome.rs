@@ -615,6 +615,11 @@ pub(crate) fn classify(err: &wasmtime::Error, budget: &Budget) -> Outcome {
     if let Some(stop) = err.downcast_ref::<Stop>() {
         return stop.outcome();
     }
+    if let Some(fault) = err.downcast_ref::<HostFault>() {
+        return Outcome::Failed {
+            message: fault.to_string(),
+        };
+    }
     if let Some(message) = host_call_fault(err) {
         return Outcome::Trapped(TrapInfo {
             kind: TrapKind::HostCall,
@@ -678,6 +683,23 @@ pub(crate) struct BadHostCall {
     pub(crate) call: &'static str,
     /// What was wrong.
     pub(crate) message: String,
+}
+
+/// Why a host function call gave the guest no result: the host's side
+/// failed, not the guest. Ends the task as [`Outcome::Failed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub(crate) enum HostFault {
+    /// The function panicked; the message is the panic's.
+    #[error("host function `{function}` panicked: {message}")]
+    Panicked {
+        /// The function, as registered.
+        function: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// A worker's call could not reach its parent, or got no answer.
+    #[error("the host did not answer a host function call")]
+    Unreachable,
 }
 
 /// The message of a guest-caused host call failure, if `err` is one: Isola's

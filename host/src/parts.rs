@@ -25,6 +25,53 @@ pub(crate) struct Parts {
     /// The most linear memory one task may be given, in bytes
     /// ([`crate::RunnerConfig::max_memory_per_task`]).
     pub(crate) max_memory_per_task: u64,
+    /// The functions tasks may call ([`crate::RunnerConfig::host_functions`]);
+    /// `None` in a worker, whose tasks call through their parent.
+    pub(crate) host_functions: Option<crate::host_fn::HostFunctions>,
+    /// The `isola:kv` databases the runner's tasks opened, by file.
+    pub(crate) kv_stores: Arc<KvStores>,
+}
+
+/// The `isola:kv` stores of a runner, one per database file, opened on the
+/// first task that names the file and kept for the runner's life.
+#[derive(Default)]
+pub(crate) struct KvStores {
+    open: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<crate::kv::KvStore>>>,
+}
+
+impl KvStores {
+    /// The store of the database at `path`, opened (and the file created)
+    /// if it is not yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSpec`] naming `kv` if the file's directory does not
+    /// exist or the file is not a SQLite database.
+    pub(crate) fn get(&self, path: &std::path::Path) -> Result<Arc<crate::kv::KvStore>> {
+        let invalid = |message: String| Error::InvalidSpec {
+            field: "kv".into(),
+            message,
+        };
+        // One store per file, however it is named: the key is the path
+        // with its directory resolved.
+        let name = path
+            .file_name()
+            .ok_or_else(|| invalid(format!("`{}` names no file", path.display())))?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let dir =
+            std::fs::canonicalize(dir).map_err(|e| invalid(format!("`{}`: {e}", dir.display())))?;
+        let key = dir.join(name);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = open.get(&key) {
+            return Ok(Arc::clone(store));
+        }
+        let store = Arc::new(crate::kv::KvStore::open(&key).map_err(|e| invalid(e.to_string()))?);
+        open.insert(key, Arc::clone(&store));
+        Ok(store)
+    }
 }
 
 impl Parts {
@@ -45,6 +92,33 @@ impl Parts {
             .map_err(|_| Error::ShutDown)
     }
 
+    /// The link of task `id` to the host functions and the `isola:kv`
+    /// store `spec` grants it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSpec`] naming `kv` if its store cannot be opened.
+    pub(crate) fn host_link(
+        &self,
+        spec: &TaskSpec,
+        id: crate::TaskId,
+    ) -> Result<crate::host_fn::HostLink> {
+        let Some(functions) = &self.host_functions else {
+            return Ok(crate::host_fn::HostLink::None);
+        };
+        let kv = match &spec.kv {
+            Some(path) => Some(self.kv_stores.get(path)?),
+            None => None,
+        };
+        Ok(crate::host_fn::HostLink::local(
+            functions,
+            &spec.host_functions,
+            kv,
+            id,
+            &spec.program_name(),
+        ))
+    }
+
     /// Checks `spec` by the rulebook ([`crate::rules`]) and against this
     /// runner's ceiling; the first problem, naming its field.
     ///
@@ -55,6 +129,13 @@ impl Parts {
         if let Some(problem) = crate::rules::ceiling_problem(spec, self.max_memory_per_task) {
             return Err(problem.into_error());
         }
-        crate::rules::check(spec)
+        crate::rules::check(spec)?;
+        let Some(functions) = &self.host_functions else {
+            return Ok(());
+        };
+        match crate::rules::host_function_problem(spec, functions) {
+            Some(problem) => Err(problem.into_error()),
+            None => Ok(()),
+        }
     }
 }

@@ -60,7 +60,7 @@ pub(crate) async fn instantiate(
             crate::process::session::start(parts, process, &program, spec).await?,
         )),
         Isolation::Thread => Kind::Thread(Box::new(
-            crate::thread::plugin::instantiate(parts, program, spec, None).await?,
+            crate::thread::plugin::instantiate(parts, program, spec, None, None).await?,
         )),
     };
     Ok(PluginInstance { kind })

@@ -109,6 +109,46 @@ impl Program {
         }
     }
 
+    /// Whether the program imports the host function call
+    /// (`isola:task/host` for a component, `isola:task` `call` or
+    /// `call-read` for a core module).
+    pub(crate) fn imports_host_call(&self) -> bool {
+        match &self.inner.kind {
+            ProgramKind::Module { pre, .. } => pre.module().imports().any(|import| {
+                import.module() == crate::channel::CORE_MODULE
+                    && matches!(import.name(), "call" | "call-read")
+            }),
+            ProgramKind::Shared { module } => module.imports().any(|import| {
+                import.module() == crate::channel::CORE_MODULE
+                    && matches!(import.name(), "call" | "call-read")
+            }),
+            ProgramKind::Component { pre, .. } => {
+                let component = pre.component();
+                component
+                    .component_type()
+                    .imports(component.engine())
+                    .any(|(name, _)| name.starts_with("isola:task/host@"))
+            }
+        }
+    }
+
+    /// The problem of running this program under `spec`'s host function
+    /// grants: it imports the host call and the spec grants none (deny by
+    /// default, refused before it starts rather than at its first call).
+    pub(crate) fn host_call_problem(&self, spec: &crate::TaskSpec) -> Result<()> {
+        if spec.host_functions.is_empty() && spec.kv.is_none() && self.imports_host_call() {
+            return Err(Error::InvalidSpec {
+                field: "host_functions".into(),
+                message: format!(
+                    "`{}` imports the host function call (`isola:task/host`), and the task is \
+                     granted no host function (nor `kv`); name the ones it may call",
+                    self.path().display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Hex SHA-256 of the Wasm bytes: the key of the compile caches.
     pub fn content_hash(&self) -> String {
         hex::encode(self.inner.hash)

@@ -222,11 +222,49 @@ pub(crate) fn problems(spec: &TaskSpec) -> Vec<Problem> {
             ),
         ));
     }
+    for (i, name) in spec.host_functions.iter().enumerate() {
+        if name.is_empty() || has_nul(name) {
+            found.push(Problem::invalid(
+                format!("host_functions[{i}]"),
+                "a host function's name must be non-empty and contain no NUL",
+            ));
+        } else if name.starts_with(crate::kv::PREFIX) {
+            found.push(Problem::invalid(
+                format!("host_functions[{i}]"),
+                format!(
+                    "`{}`: names that start with `kv.` are Isola's key-value store, granted with \
+                     `kv` (a database file) instead",
+                    printable(name)
+                ),
+            ));
+        }
+    }
     if process {
         found.extend(data_problem(spec));
         found.extend(run_frame_problem(spec));
     }
     found
+}
+
+/// The problem of a spec that grants a host function `functions` does not
+/// have: the first such name, at its index.
+pub(crate) fn host_function_problem(
+    spec: &TaskSpec,
+    functions: &crate::host_fn::HostFunctions,
+) -> Option<Problem> {
+    spec.host_functions
+        .iter()
+        .enumerate()
+        .find(|(_, name)| !functions.contains(name))
+        .map(|(i, name)| {
+            Problem::invalid(
+                format!("host_functions[{i}]"),
+                format!(
+                    "no host function `{}` is registered on this runner (RunnerConfig::host_functions)",
+                    printable(name)
+                ),
+            )
+        })
 }
 
 /// The problems of the grants that refer to the host, in field order: each
@@ -449,6 +487,8 @@ fn without_byte_arrays(spec: &TaskSpec) -> TaskSpec {
         shared_group: spec.shared_group.clone(),
         reuse_worker: spec.reuse_worker,
         sandbox: spec.sandbox,
+        host_functions: spec.host_functions.clone(),
+        kv: spec.kv.clone(),
     }
 }
 

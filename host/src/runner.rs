@@ -104,6 +104,10 @@ pub struct RunnerConfig {
     /// The OS sandbox around process tasks' workers. By default
     /// [`Sandbox::On`].
     pub sandbox: Sandbox,
+    /// The host functions tasks may call (each task only those its spec
+    /// grants, [`TaskSpec::host_functions`]); they run in this process at
+    /// both isolation levels. None by default.
+    pub host_functions: crate::HostFunctions,
 }
 
 impl Default for RunnerConfig {
@@ -121,6 +125,7 @@ impl Default for RunnerConfig {
             memories_per_task: 2,
             shared_memory_budget: 4 << 30,
             sandbox: Sandbox::default(),
+            host_functions: crate::HostFunctions::default(),
         }
     }
 }
@@ -229,6 +234,8 @@ impl Runner {
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_tasks)),
             ticker: ticker.handle(),
             max_memory_per_task: config.max_memory_per_task,
+            host_functions: Some(config.host_functions.clone()),
+            kv_stores: Default::default(),
         };
         let process = Arc::new(ProcessBackend::new(
             config.worker_program.clone(),

@@ -120,9 +120,34 @@ pub struct TaskSpec {
     /// one.
     #[serde(default)]
     pub sandbox: Option<Sandbox>,
+    /// The host functions ([`crate::RunnerConfig::host_functions`]) the
+    /// task may call, by name. None by default: a guest that imports the
+    /// host call (`isola:task/host`) with none granted is refused at start,
+    /// and a call to a function not granted is an error value. Each must be
+    /// registered on the runner that runs the task.
+    #[serde(default)]
+    pub host_functions: Vec<String>,
+    /// The SQLite database the task's `isola:kv` calls use (created if
+    /// absent), shared with every task of the runner that names the same
+    /// file, at either isolation level. None by default: no `isola:kv`.
+    #[serde(default)]
+    pub kv: Option<PathBuf>,
 }
 
 impl TaskSpec {
+    /// The program's name as the task reports it: its `argv0`, else its
+    /// Wasm file's name.
+    pub(crate) fn program_name(&self) -> std::borrow::Cow<'_, str> {
+        match &self.argv0 {
+            Some(name) => std::borrow::Cow::Borrowed(name.as_str()),
+            None => self
+                .wasm
+                .file_name()
+                .unwrap_or(self.wasm.as_os_str())
+                .to_string_lossy(),
+        }
+    }
+
     /// A spec that runs `wasm` with no arguments, no capabilities and the
     /// default limits.
     pub fn new(wasm: impl Into<PathBuf>) -> Self {
@@ -142,6 +167,8 @@ impl TaskSpec {
             shared_group: None,
             reuse_worker: false,
             sandbox: None,
+            host_functions: Vec::new(),
+            kv: None,
         }
     }
 }

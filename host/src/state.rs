@@ -10,6 +10,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::channel::ChannelState;
 use crate::error::{Error, Result};
+use crate::host_fn::{HostLink, HostResult};
 use crate::outcome::{Limit, Stream};
 use crate::output::{OutputPipe, OutputReceiver};
 use crate::spec::{Stdin, TaskSpec};
@@ -39,6 +40,11 @@ pub(crate) struct TaskState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) channel: ChannelState,
+    /// Where the guest's host function calls go.
+    pub(crate) host: HostLink,
+    /// A core module's call result (or error message) between `call` and
+    /// `call-read`.
+    pub(crate) call_result: Option<Vec<u8>>,
     /// Data a backend keeps beside the task's own (the link of a shared
     /// memory group's coordinator to its group). Opaque here, so that the
     /// store's data does not depend on the backends that use it.
@@ -53,7 +59,37 @@ impl TaskState {
             wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
             limiter: MemoryLimiter::new(0),
             channel: ChannelState::closed(),
+            host: HostLink::None,
+            call_result: None,
             extension: None,
+        }
+    }
+
+    /// Calls the host function `function` for the guest: its result or
+    /// error value; arguments past the message size limit, or a fault of
+    /// the host's side, end the task.
+    pub(crate) async fn call_host(
+        &mut self,
+        function: String,
+        args: Vec<u8>,
+    ) -> wasmtime::Result<HostResult> {
+        let max = self.channel.max_message_size();
+        if args.len() as u64 > max {
+            return Err(wasmtime::Error::new(Limit::MessageSize {
+                max: bytesize::ByteSize(max),
+            }));
+        }
+        // The guest runs no Wasm while it waits, as in `recv`.
+        let _idle = self.channel.ticker.as_ref().map(|t| t.pause());
+        match self.host.call(function, args).await {
+            Ok(Ok(result)) if result.len() as u64 > max => Ok(Err(format!(
+                "the host function's result ({} bytes) is larger than the task's message size \
+                 limit ({})",
+                result.len(),
+                bytesize::ByteSize(max)
+            ))),
+            Ok(result) => Ok(result),
+            Err(fault) => Err(wasmtime::Error::new(fault)),
         }
     }
 }

@@ -55,6 +55,59 @@ pub(crate) mod path_bytes {
         deserializer.deserialize_any(PathVisitor).map(P::from)
     }
 
+    /// [`path_bytes`](self) for an optional path
+    /// (`#[serde(with = "path_bytes::option")]` on an `Option<Cow<Path>>`).
+    pub(crate) mod option {
+        use std::borrow::Cow;
+        use std::path::{Path, PathBuf};
+
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        /// A path to write.
+        struct Out<'a>(&'a Path);
+
+        impl Serialize for Out<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                super::serialize(self.0, serializer)
+            }
+        }
+
+        /// A path read.
+        struct In(PathBuf);
+
+        impl<'de> Deserialize<'de> for In {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                super::deserialize(deserializer).map(In)
+            }
+        }
+
+        /// Writes `path`, if any, as [`super::serialize`] does.
+        ///
+        /// # Errors
+        ///
+        /// Whatever the serializer reports.
+        pub(crate) fn serialize<S: Serializer>(
+            path: &Option<Cow<'_, Path>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match path {
+                Some(path) => serializer.serialize_some(&Out(path)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads what [`serialize`] wrote.
+        ///
+        /// # Errors
+        ///
+        /// A value that is neither null, a string nor bytes.
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Cow<'static, Path>>, D::Error> {
+            Ok(Option::<In>::deserialize(deserializer)?.map(|In(path)| Cow::Owned(path)))
+        }
+    }
+
     /// Accepts a path as text or as bytes.
     struct PathVisitor;
 
@@ -146,6 +199,12 @@ pub(crate) struct WireSpec<'a> {
     /// [`TaskSpec::sandbox`].
     #[serde(default)]
     sandbox: Option<Sandbox>,
+    /// [`TaskSpec::host_functions`].
+    #[serde(default)]
+    host_functions: Cow<'a, [String]>,
+    /// [`TaskSpec::kv`].
+    #[serde(default, with = "path_bytes::option")]
+    kv: Option<Cow<'a, Path>>,
 }
 
 /// A [`DirGrant`] on the wire, its host path as [`path_bytes`].
@@ -198,6 +257,8 @@ impl<'a> From<&'a TaskSpec> for WireSpec<'a> {
             shared_group,
             reuse_worker,
             sandbox,
+            host_functions,
+            kv,
         } = spec;
         WireSpec {
             wasm: Cow::Borrowed(wasm.as_path()),
@@ -227,6 +288,8 @@ impl<'a> From<&'a TaskSpec> for WireSpec<'a> {
             shared_group: shared_group.as_deref().map(Cow::Borrowed),
             reuse_worker: *reuse_worker,
             sandbox: *sandbox,
+            host_functions: Cow::Borrowed(host_functions.as_slice()),
+            kv: kv.as_deref().map(Cow::Borrowed),
         }
     }
 }
@@ -262,6 +325,8 @@ impl From<WireSpec<'_>> for TaskSpec {
             shared_group: wire.shared_group.map(Cow::into_owned),
             reuse_worker: wire.reuse_worker,
             sandbox: wire.sandbox,
+            host_functions: wire.host_functions.into_owned(),
+            kv: wire.kv.map(Cow::into_owned),
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::handle::CancelHandle;
+use crate::host_fn::{HostLink, RemoteCall, ReplyTo};
 use crate::ipc::protocol::{self, CallFailure, Finished, FromWorker, Hello, RunRequest, ToWorker};
 use crate::ipc::{sandbox, sys};
 use crate::loader::{EngineSettings, Loader};
@@ -312,6 +313,10 @@ async fn serve() -> Result<(), String> {
         slots: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         ticker: ticker.handle(),
         max_memory_per_task: crate::RunnerConfig::default().max_memory_per_task,
+        // The parent checked the grants against its functions; calls go
+        // to it (see `host_link`).
+        host_functions: None,
+        kv_stores: Default::default(),
     };
 
     // A worker whose tasks opt into reuse goes back to waiting for the next
@@ -420,12 +425,15 @@ async fn serve_plugin(
     spec.stdout = Output::Discard;
     spec.stderr = Output::Discard;
     let id = &request.program;
+    let mut host_calls = None;
     let instance = match parts.loader.load_known(&spec.wasm, id.hash, id.kind) {
         Ok(program) => {
             if let Err(outcome) = enter_sandbox(request.sandbox, &spec, &request.cache_dir) {
                 return send(writer, not_started(outcome, TaskMetrics::default())).await;
             }
-            thread::plugin::instantiate(parts, program, spec, Some(data_bytes)).await
+            let host = remote_host(&spec);
+            host_calls = host.1;
+            thread::plugin::instantiate(parts, program, spec, Some(data_bytes), host.0).await
         }
         Err(err) => Err(CallError::Start(err)),
     };
@@ -450,7 +458,31 @@ async fn serve_plugin(
             None => return Ok(()),
             Some(_) => return Err("expected a call frame".into()),
         };
-        let reply = match instance.call(input.to_vec()).await {
+        // While `run` runs, its host calls go to the parent and their
+        // replies come back on the same pipe as the next call would.
+        let result = {
+            let call = instance.call(input.to_vec());
+            let mut call = std::pin::pin!(call);
+            let replies = HostReplies::default();
+            loop {
+                tokio::select! {
+                    result = &mut call => break result,
+                    Some(request) = next_host_call(&mut host_calls) => {
+                        replies.expect(request.reply);
+                        send(writer, FromWorker::HostCall {
+                            function: request.function,
+                            args: bytes::Bytes::from(request.args),
+                        }).await?;
+                    }
+                    frame = next_frame(&mut reader) => match frame? {
+                        Some(ToWorker::HostReply(reply)) => replies.answer(reply),
+                        None => return Ok(()),
+                        Some(_) => return Err("expected a host reply frame".into()),
+                    },
+                }
+            }
+        };
+        let reply = match result {
             Ok(output) => FromWorker::CallOutput(output.into()),
             Err(CallError::Rejected(error)) => {
                 FromWorker::CallFailed(Box::new(CallFailure::Rejected { error }))
@@ -581,12 +613,16 @@ async fn run_one(
         return finish_failed(writer, reader, reuse, outcome).await;
     }
     let (started_tx, mut started_rx) = oneshot::channel();
+    // The guest's host calls go to the parent, one at a time.
+    let (host, mut host_calls) = remote_host(&spec);
+    let replies = HostReplies::default();
     let extras = SpawnExtras {
         stdin: stdin_override,
         on_start: Some(started_tx),
         os_memory_limit: Some(request.os_limits.data_bytes),
         entry: request.entry,
         spawned_at: None,
+        host,
     };
     let mut handle = match thread::spawn(parts, &program, spec, extras).await {
         Ok(handle) => handle,
@@ -624,6 +660,7 @@ async fn run_one(
         canceller,
         task_over.clone(),
         closed_tx,
+        replies.clone(),
     ));
 
     let mut wait = std::pin::pin!(handle.wait());
@@ -656,6 +693,13 @@ async fn run_one(
                 Stream::Stdout => stdout.close(),
                 Stream::Stderr => stderr.close(),
             },
+            Some(call) = next_host_call(&mut host_calls) => {
+                replies.expect(call.reply);
+                send(writer, FromWorker::HostCall {
+                    function: call.function,
+                    args: bytes::Bytes::from(call.args),
+                }).await?;
+            }
             done = &mut wait, if report.is_none() => report = Some(done),
         }
     }
@@ -689,10 +733,14 @@ async fn read_parent(
     canceller: CancelHandle,
     task_over: tokio_util::sync::CancellationToken,
     closed: tokio::sync::mpsc::UnboundedSender<Stream>,
+    replies: HostReplies,
 ) -> Option<Reader> {
     let mut sender = Some(sender);
     loop {
         match next_frame(&mut reader).await {
+            // A reply to a call the guest gave up (it was cancelled or
+            // timed out meanwhile) has nobody to go to: dropped.
+            Ok(Some(ToWorker::HostReply(reply))) => replies.answer(reply),
             Ok(Some(ToWorker::Message(bytes))) => {
                 if let Some(s) = &sender {
                     // Waits while the guest's inbox is full; the parent's
@@ -744,6 +792,48 @@ async fn read_parent(
             Ok(None) if task_over.is_cancelled() => return None,
             // The parent is gone: nobody to report to.
             Ok(None) => std::process::exit(1),
+        }
+    }
+}
+
+/// The link of a task's host calls to the parent, and the calls it makes,
+/// if its spec grants any host function.
+fn remote_host(
+    spec: &TaskSpec,
+) -> (
+    Option<HostLink>,
+    Option<tokio::sync::mpsc::Receiver<RemoteCall>>,
+) {
+    if spec.host_functions.is_empty() && spec.kv.is_none() {
+        return (None, None);
+    }
+    let (calls, requests) = tokio::sync::mpsc::channel(1);
+    (Some(HostLink::Remote(calls)), Some(requests))
+}
+
+/// The guest's next host call, if it can make any.
+async fn next_host_call(
+    calls: &mut Option<tokio::sync::mpsc::Receiver<RemoteCall>>,
+) -> Option<RemoteCall> {
+    match calls {
+        Some(calls) => calls.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where the parent's answer to the guest's host call goes (one call at a
+/// time): set when the call frame goes out, taken when the reply comes in.
+#[derive(Clone, Default)]
+struct HostReplies(std::sync::Arc<std::sync::Mutex<Option<ReplyTo>>>);
+
+impl HostReplies {
+    fn expect(&self, reply: ReplyTo) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
+    }
+
+    fn answer(&self, reply: crate::ipc::protocol::HostReply) {
+        if let Some(waiting) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = waiting.send(reply.into_result());
         }
     }
 }

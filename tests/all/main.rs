@@ -7,6 +7,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod guest_faults;
+mod host_functions;
 mod hostile;
 mod hostile_probe;
 mod library;

@@ -1417,7 +1417,7 @@ fn check_validates_without_running() {
     assert_eq!(
         lines[1],
         format!(
-            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `reuse_worker`, `sandbox`, `depends_on` or `shared_memory`",
+            "{}:4:1: task `a`: field `timeout`: unknown field `timeout`; expected one of `name`, `wasm`, `argv0`, `isolation`, `args`, `env`, `inherit_env`, `dirs`, `stdin`, `input`, `input_file`, `limits`, `restart`, `max_restarts`, `reuse_worker`, `sandbox`, `host_functions`, `kv`, `depends_on` or `shared_memory`",
             path.display()
         )
     );

@@ -79,6 +79,11 @@ pub struct TaskOptions {
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = SandboxArg::On)]
     sandbox: SandboxArg,
 
+    /// Grants `isola:kv`: a key-value store on the SQLite database FILE
+    /// (created if absent), which Isola keeps for the guest.
+    #[arg(long, value_name = "FILE")]
+    kv: Option<PathBuf>,
+
     /// wasmtime's spelling of a limit, for users of `wasmtime run`:
     /// max-memory-size=SIZE (--max-memory), fuel=N (--fuel),
     /// timeout=DURATION (--timeout). Comma-separated or repeated.
@@ -301,6 +306,7 @@ impl TaskOptions {
             IsolationArg::Thread => Isolation::Thread,
             IsolationArg::Process => Isolation::Process,
         };
+        spec.kv = self.kv.clone();
         Ok(spec)
     }
 
@@ -353,6 +359,8 @@ impl TaskOptions {
                 "limits.max_output" => Some("--max-output".to_owned()),
                 "stdin" => Some("stdin".to_owned()),
                 "input" => Some("--input".to_owned()),
+                "kv" => spec.kv.as_ref().map(|kv| format!("--kv {}", kv.display())),
+                "host_functions" => Some("--kv".to_owned()),
                 _ => None,
             }
         };

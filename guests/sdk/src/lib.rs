@@ -70,6 +70,141 @@ pub fn input() -> Option<Vec<u8>> {
     imp::input()
 }
 
+/// Calls the host function `name` with `args` (a service the host program
+/// owns, granted to the task by `TaskSpec::host_functions`): its result, or
+/// its error message. Calling a function the task was not granted is an
+/// error too. Blocks until the host answers; counts against the task's
+/// timeout.
+///
+/// ```no_run
+/// match isola_guest::call("greet", b"world") {
+///     Ok(reply) => println!("{}", String::from_utf8_lossy(&reply)),
+///     Err(error) => eprintln!("greet failed: {error}"),
+/// }
+/// ```
+pub fn call(name: &str, args: &[u8]) -> Result<Vec<u8>, String> {
+    imp::call(name, args)
+}
+
+/// [`call`] with JSON: `args` encoded, the result decoded as `R`. An
+/// encoding or decoding failure is an error too.
+#[cfg(feature = "json")]
+pub fn call_json<A, R>(name: &str, args: &A) -> Result<R, String>
+where
+    A: serde::Serialize + ?Sized,
+    R: serde::de::DeserializeOwned,
+{
+    let args = serde_json::to_vec(args).map_err(|e| format!("cannot encode the arguments: {e}"))?;
+    let reply = call(name, &args)?;
+    serde_json::from_slice(&reply).map_err(|e| format!("cannot decode `{name}`'s result: {e}"))
+}
+
+/// `isola:kv`: a key-value store the host keeps on a SQLite database,
+/// shared by every task granted the same file (`TaskSpec::kv`, `kv` in
+/// `tasks.toml`, `isola run --kv FILE`), at either isolation level. Each
+/// operation is one transaction. Errors are the host's messages (not
+/// granted, not an integer, the database failed).
+///
+/// ```no_run
+/// let visits = isola_guest::kv::increment(b"visits", 1).expect("a kv store");
+/// println!("visit number {visits}");
+/// ```
+pub mod kv {
+    /// `u32` little-endian length, then the bytes.
+    fn sized(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// A byte `0` for none, or `1` and [`sized`] bytes.
+    fn optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+        match bytes {
+            None => out.push(0),
+            Some(bytes) => {
+                out.push(1);
+                sized(out, bytes);
+            }
+        }
+    }
+
+    fn flag(reply: Vec<u8>) -> Result<bool, String> {
+        match reply.as_slice() {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err("a malformed reply from `isola:kv`".into()),
+        }
+    }
+
+    /// The value of `key`, if it has one.
+    pub fn get(key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let reply = super::call("kv.get", key)?;
+        match reply.split_first() {
+            Some((0, [])) => Ok(None),
+            Some((1, value)) => Ok(Some(value.to_vec())),
+            _ => Err("a malformed reply from `isola:kv`".into()),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(key: &[u8], value: &[u8]) -> Result<(), String> {
+        let mut args = Vec::with_capacity(4 + key.len() + value.len());
+        sized(&mut args, key);
+        args.extend_from_slice(value);
+        super::call("kv.set", &args).map(drop)
+    }
+
+    /// Deletes `key`; whether it was there.
+    pub fn delete(key: &[u8]) -> Result<bool, String> {
+        flag(super::call("kv.delete", key)?)
+    }
+
+    /// Adds `by` to the decimal integer at `key` (0 if absent); the new
+    /// value.
+    pub fn increment(key: &[u8], by: i64) -> Result<i64, String> {
+        let mut args = by.to_le_bytes().to_vec();
+        args.extend_from_slice(key);
+        let reply = super::call("kv.increment", &args)?;
+        let bytes: [u8; 8] = reply
+            .try_into()
+            .map_err(|_| "a malformed reply from `isola:kv`".to_owned())?;
+        Ok(i64::from_le_bytes(bytes))
+    }
+
+    /// Sets `key` to `new` (`None`: deletes it) if its value is `expected`
+    /// (`None`: it has none); whether it did.
+    pub fn compare_and_swap(
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, String> {
+        let mut args = Vec::new();
+        sized(&mut args, key);
+        optional(&mut args, expected);
+        optional(&mut args, new);
+        flag(super::call("kv.cas", &args)?)
+    }
+
+    /// The keys that start with `prefix`, in byte order.
+    pub fn list(prefix: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let reply = super::call("kv.list", prefix)?;
+        let mut keys = Vec::new();
+        let mut rest = reply.as_slice();
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err("a malformed reply from `isola:kv`".into());
+            }
+            let (key, tail) = tail.split_at(len);
+            keys.push(key.to_vec());
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err("a malformed reply from `isola:kv`".into());
+        }
+        Ok(keys)
+    }
+}
+
 #[cfg(all(target_arch = "wasm32", target_env = "p2"))]
 #[doc(hidden)]
 pub mod bindings {
@@ -85,7 +220,11 @@ pub mod bindings {
 #[cfg(all(target_arch = "wasm32", target_env = "p2"))]
 mod imp {
     use super::TryRecv;
-    use crate::bindings::isola::task::{channel, start};
+    use crate::bindings::isola::task::{channel, host, start};
+
+    pub fn call(name: &str, args: &[u8]) -> Result<Vec<u8>, String> {
+        host::call(name, args)
+    }
 
     pub fn post(message: &[u8]) {
         channel::post(message)
@@ -130,6 +269,26 @@ mod imp {
         safe fn set_output(ptr: *const u8, len: usize);
         #[link_name = "set-error"]
         safe fn set_error(ptr: *const u8, len: usize);
+        #[link_name = "call"]
+        safe fn host_call(
+            name: *const u8,
+            name_len: usize,
+            args: *const u8,
+            args_len: usize,
+        ) -> i64;
+        #[link_name = "call-read"]
+        fn call_read(ptr: *mut u8);
+    }
+
+    pub fn call(name: &str, args: &[u8]) -> Result<Vec<u8>, String> {
+        match host_call(name.as_ptr(), name.len(), args.as_ptr(), args.len()) {
+            len if len >= 0 => Ok(take(len, call_read)),
+            // `-1 - len` of the error message.
+            code => {
+                let error = take(-1 - code, call_read);
+                Err(String::from_utf8_lossy(&error).into_owned())
+            }
+        }
     }
 
     /// Copies a message of `len` bytes that the host holds for us.
@@ -202,6 +361,10 @@ mod imp {
     }
 
     pub fn input() -> Option<Vec<u8>> {
+        outside()
+    }
+
+    pub fn call(_name: &str, _args: &[u8]) -> Result<Vec<u8>, String> {
         outside()
     }
 }

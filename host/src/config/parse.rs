@@ -53,6 +53,8 @@ pub(crate) const TASK_FIELDS: &[&str] = &[
     "max_restarts",
     "reuse_worker",
     "sandbox",
+    "host_functions",
+    "kv",
     "depends_on",
     "shared_memory",
 ];
@@ -144,6 +146,8 @@ struct Partial {
     max_restarts: Field<u32>,
     reuse_worker: Field<bool>,
     sandbox: Field<Sandbox>,
+    host_functions: Field<Vec<String>>,
+    kv: Field<PathBuf>,
     depends_on: Field<Vec<(String, Span)>>,
     shared_memory: Field<String>,
     /// The span of every key written in the table, by the name the
@@ -458,6 +462,9 @@ enum Expect {
     Wasm,
     File,
     Dir,
+    /// A file that may not exist yet (the task creates it), in a directory
+    /// that does.
+    Creatable,
 }
 
 impl Parser<'_> {
@@ -567,6 +574,11 @@ impl Parser<'_> {
                 }
                 "reuse_worker" => {
                     p.reuse_worker = Field::from_option(self.bool(scope, k, value), span);
+                }
+                "kv" => p.kv = self.path(scope, k, value, Expect::Creatable),
+                "host_functions" => {
+                    item_spans(&mut p.spans, k, value);
+                    p.host_functions = Field::from_option(self.strings(scope, k, value), span);
                 }
                 "sandbox" => {
                     let sandbox = self.string(scope, k, value).and_then(|s| match s.as_str() {
@@ -1144,6 +1156,13 @@ impl Parser<'_> {
         }
         let path = self.base.join(&raw);
         let problem = match std::fs::metadata(&path) {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    && expect == Expect::Creatable
+                    && path.parent().is_some_and(Path::is_dir) =>
+            {
+                None
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Some((
                 Kind::MissingFile,
                 format!(
@@ -1501,6 +1520,8 @@ fn merged_spec(own: &Partial, defaults: &Partial) -> TaskSpec {
         dirs: pick(&own.dirs, &defaults.dirs).unwrap_or_default(),
         stdin: pick(&own.stdin, &defaults.stdin).unwrap_or_default(),
         input: pick(&own.input, &defaults.input),
+        host_functions: pick(&own.host_functions, &defaults.host_functions).unwrap_or_default(),
+        kv: pick(&own.kv, &defaults.kv),
         limits,
         ..TaskSpec::new("")
     }

@@ -112,6 +112,43 @@ pub(crate) enum ToWorker {
     /// own stdout closed, a dropped receiver): the guest's writes to it
     /// now fail as a closed pipe's, as they would in a thread task.
     OutputClosed(Stream),
+    /// The answer to the task's [`FromWorker::HostCall`].
+    HostReply(HostReply),
+}
+
+/// What a host function call gave, for the worker's guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostReply {
+    /// The function's result.
+    Ok(Bytes),
+    /// The function's error value (or a refusal: not granted, unknown).
+    Err(String),
+    /// The host's side failed; the task ends `Failed`.
+    Fault(crate::outcome::HostFault),
+}
+
+impl HostReply {
+    /// The reply for a call's result.
+    pub(crate) fn of(
+        result: Result<crate::host_fn::HostResult, crate::outcome::HostFault>,
+    ) -> Self {
+        match result {
+            Ok(Ok(bytes)) => HostReply::Ok(Bytes::from(bytes)),
+            Ok(Err(error)) => HostReply::Err(error),
+            Err(fault) => HostReply::Fault(fault),
+        }
+    }
+
+    /// The call's result, as the guest's side takes it.
+    pub(crate) fn into_result(
+        self,
+    ) -> Result<crate::host_fn::HostResult, crate::outcome::HostFault> {
+        match self {
+            HostReply::Ok(bytes) => Ok(Ok(bytes.to_vec())),
+            HostReply::Err(error) => Ok(Err(error)),
+            HostReply::Fault(fault) => Err(fault),
+        }
+    }
 }
 
 /// Worker → parent.
@@ -133,6 +170,14 @@ pub(crate) enum FromWorker {
     CallOutput(Bytes),
     /// A call to a kept plugin that returned no output.
     CallFailed(Box<CallFailure>),
+    /// The guest calls a host function; one at a time, answered by
+    /// [`ToWorker::HostReply`].
+    HostCall {
+        /// The function's name.
+        function: String,
+        /// The guest's arguments.
+        args: Bytes,
+    },
 }
 
 /// How a call to a kept plugin instance failed.
@@ -370,6 +415,8 @@ mod kind {
     pub(super) const STDERR: u8 = 18;
     pub(super) const FINISHED: u8 = 19;
     pub(super) const MESSAGE_OUT: u8 = 20;
+    pub(super) const HOST_CALL: u8 = 23;
+    pub(super) const HOST_REPLY: u8 = 24;
 }
 
 /// A frame of `kind` whose body is `body` as it is.
@@ -458,6 +505,26 @@ impl ToWorker {
                     Stream::Stderr => 2,
                 }],
             ),
+            // A tag byte, then the bytes, the UTF-8 error or the fault as
+            // JSON.
+            ToWorker::HostReply(reply) => {
+                let (tag, body) = match reply {
+                    HostReply::Ok(bytes) => (0u8, bytes.to_vec()),
+                    HostReply::Err(error) => (1, error.clone().into_bytes()),
+                    HostReply::Fault(fault) => (
+                        2,
+                        serde_json::to_vec(fault).map_err(|err| ProtocolError::Unencodable {
+                            kind: "host-reply",
+                            message: err.to_string(),
+                        })?,
+                    ),
+                };
+                let mut frame = BytesMut::with_capacity(2 + body.len());
+                frame.put_u8(kind::HOST_REPLY);
+                frame.put_u8(tag);
+                frame.put_slice(&body);
+                frame.freeze()
+            }
         })
     }
 
@@ -501,6 +568,24 @@ impl ToWorker {
                 expect_empty("data-end", body)?;
                 ToWorker::DataEnd
             }
+            kind::HOST_REPLY => ToWorker::HostReply(match body.split_first() {
+                Some((0, bytes)) => HostReply::Ok(Bytes::copy_from_slice(bytes)),
+                Some((1, error)) => {
+                    HostReply::Err(String::from_utf8(error.to_vec()).map_err(|_| {
+                        ProtocolError::Malformed {
+                            kind: "host-reply",
+                            message: "the error is not UTF-8".into(),
+                        }
+                    })?)
+                }
+                Some((2, fault)) => HostReply::Fault(parse_json("host-reply", fault)?),
+                _ => {
+                    return Err(ProtocolError::Malformed {
+                        kind: "host-reply",
+                        message: "expected a tag byte 0, 1 or 2".into(),
+                    });
+                }
+            }),
             kind::OUTPUT_CLOSED => ToWorker::OutputClosed(match body {
                 [1] => Stream::Stdout,
                 [2] => Stream::Stderr,
@@ -533,6 +618,21 @@ impl FromWorker {
             FromWorker::CallOutput(bytes) => frame_with(kind::CALL_OUTPUT, bytes),
             FromWorker::CallFailed(failure) => {
                 json_frame(kind::CALL_FAILED, "call-failed", failure)?
+            }
+            // The name's length (4 bytes, big-endian), the name, the
+            // arguments.
+            FromWorker::HostCall { function, args } => {
+                let name = function.as_bytes();
+                let len = u32::try_from(name.len()).map_err(|_| ProtocolError::Unencodable {
+                    kind: "host-call",
+                    message: "the function name is too long".into(),
+                })?;
+                let mut frame = BytesMut::with_capacity(5 + name.len() + args.len());
+                frame.put_u8(kind::HOST_CALL);
+                frame.put_u32(len);
+                frame.put_slice(name);
+                frame.put_slice(args);
+                frame.freeze()
             }
         })
     }
@@ -593,6 +693,25 @@ impl FromWorker {
             kind::MESSAGE_OUT => FromWorker::Message(Bytes::copy_from_slice(body)),
             kind::CALL_OUTPUT => FromWorker::CallOutput(Bytes::copy_from_slice(body)),
             kind::CALL_FAILED => FromWorker::CallFailed(Box::new(parse_json("call-failed", body)?)),
+            kind::HOST_CALL => {
+                let malformed = |message: &str| ProtocolError::Malformed {
+                    kind: "host-call",
+                    message: message.to_owned(),
+                };
+                let (len, rest) = body
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| malformed("no name length"))?;
+                let len = u32::from_be_bytes(*len) as usize;
+                if rest.len() < len {
+                    return Err(malformed("the name is cut short"));
+                }
+                let (name, args) = rest.split_at(len);
+                FromWorker::HostCall {
+                    function: String::from_utf8(name.to_vec())
+                        .map_err(|_| malformed("the name is not UTF-8"))?,
+                    args: Bytes::copy_from_slice(args),
+                }
+            }
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -742,6 +861,41 @@ mod tests {
             },
         })));
         round_trip_from_worker(FromWorker::Message(Bytes::from(vec![7u8; 1 << 20])));
+        round_trip_from_worker(FromWorker::HostCall {
+            function: "kv.get".into(),
+            args: Bytes::from_static(b"\0key"),
+        });
+        round_trip_from_worker(FromWorker::HostCall {
+            function: String::new(),
+            args: Bytes::new(),
+        });
+        for reply in [
+            HostReply::Ok(Bytes::from_static(b"\xffresult")),
+            HostReply::Ok(Bytes::new()),
+            HostReply::Err("no such key".into()),
+            HostReply::Fault(crate::outcome::HostFault::Panicked {
+                function: "f".into(),
+                message: "boom".into(),
+            }),
+            HostReply::Fault(crate::outcome::HostFault::Unreachable),
+        ] {
+            round_trip_to_worker(ToWorker::HostReply(reply));
+        }
+        // Cut short or unknown: refused, never misread.
+        for frame in [
+            &[kind::HOST_CALL, 0, 0][..],
+            &[kind::HOST_CALL, 0, 0, 0, 9, b'a'],
+            &[kind::HOST_REPLY],
+            &[kind::HOST_REPLY, 7],
+            &[kind::HOST_REPLY, 1, 0xff],
+        ] {
+            let refused = if frame[0] == kind::HOST_CALL {
+                FromWorker::decode(frame).is_err()
+            } else {
+                ToWorker::decode(frame).is_err()
+            };
+            assert!(refused, "{frame:?}");
+        }
         round_trip_from_worker(FromWorker::Started);
         round_trip_from_worker(FromWorker::Stdout(Bytes::from_static(b"out")));
         round_trip_from_worker(FromWorker::Stderr(Bytes::new()));

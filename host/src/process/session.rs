@@ -14,7 +14,7 @@ use super::pool::{
 };
 use super::supervisor::{os_limits, prepare_for_worker};
 use crate::error::Error;
-use crate::ipc::protocol::{self, FollowingData, FromWorker, RunRequest, ToWorker};
+use crate::ipc::protocol::{self, FollowingData, FromWorker, HostReply, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{
     CallError, Outcome, Stop, TaskMetrics, WorkerEnding, abandoned, ended, unusable,
@@ -42,6 +42,11 @@ pub(crate) struct PluginWorker {
     /// A call was sent and its answer not read: a caller gave up on it, and
     /// the next answer on the pipe would be that one's.
     in_call: bool,
+    /// The host functions the plugin may call, run here for its worker.
+    host: crate::host_fn::HostLink,
+    /// The plugin's message size limit, which bounds a host call's
+    /// arguments (the worker checks it too, but is not trusted).
+    max_message_size: u64,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -61,6 +66,9 @@ pub(crate) async fn start(
 ) -> std::result::Result<PluginWorker, CallError> {
     parts.check(&spec)?;
     program.resolve_entry(Entry::Run)?;
+    program.host_call_problem(&spec)?;
+    let host = parts.host_link(&spec, crate::TaskId::next())?;
+    let max_message_size = spec.limits.max_message_size.as_u64();
     if spec.stdin == Stdin::Inherit {
         return Err(CallError::Start(Error::InvalidSpec {
             field: "stdin".into(),
@@ -111,6 +119,8 @@ pub(crate) async fn start(
         said,
         broken: None,
         in_call: false,
+        host,
+        max_message_size,
         _slot: slot,
     };
     let ready = async {
@@ -203,18 +213,7 @@ impl PluginWorker {
             let frame = tokio::select! {
                 frame = self.reader.next() => frame,
                 () = sleep_until(backstop) => {
-                    self.kill().await;
-                    let outcome = WorkerEnding {
-                        reported: None,
-                        data_limit: Some(self.data_limit),
-                        protocol_error: None,
-                        stop: Some(Stop::TimedOut(self.timeout.unwrap_or_default())),
-                        status: None,
-                        forbidden_syscall: None,
-                    }
-                    .into_outcome();
-                    self.broken = Some(outcome.clone());
-                    return Err(ended(outcome, metrics(started)));
+                    return Err(self.timed_out(metrics(started)).await);
                 }
             };
             let decoded = match frame {
@@ -241,6 +240,26 @@ impl PluginWorker {
                     });
                 }
                 Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
+                Ok(FromWorker::HostCall { function, args })
+                    if args.len() as u64 <= self.max_message_size =>
+                {
+                    // The grants are checked here again; the worker waits.
+                    let link = self.host.clone();
+                    let reply = tokio::select! {
+                        result = link.call(function, args.to_vec()) => HostReply::of(result),
+                        () = sleep_until(backstop) => {
+                            return Err(self.timed_out(metrics(started)).await);
+                        }
+                    };
+                    let sent = match ToWorker::HostReply(reply).encode() {
+                        Ok(frame) => self.writer.send(frame).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !sent {
+                        let outcome = self.died().await;
+                        return Err(ended(outcome, metrics(started)));
+                    }
+                }
                 Ok(_) | Err(_) => {
                     self.kill().await;
                     let outcome = WorkerEnding {
@@ -257,6 +276,23 @@ impl PluginWorker {
                 }
             }
         }
+    }
+
+    /// The call ran past its timeout and the worker did not stop it: kills
+    /// the worker; the instance is unusable.
+    async fn timed_out(&mut self, metrics: TaskMetrics) -> CallError {
+        self.kill().await;
+        let outcome = WorkerEnding {
+            reported: None,
+            data_limit: Some(self.data_limit),
+            protocol_error: None,
+            stop: Some(Stop::TimedOut(self.timeout.unwrap_or_default())),
+            status: None,
+            forbidden_syscall: None,
+        }
+        .into_outcome();
+        self.broken = Some(outcome.clone());
+        ended(outcome, metrics)
     }
 
     /// The worker's pipe closed: reaps it and says how it ended.

@@ -20,7 +20,9 @@ use super::pool::{
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
 use crate::handle::{About, TaskHandle, TaskId};
-use crate::ipc::protocol::{self, FollowingData, FromWorker, OsLimits, RunRequest, ToWorker};
+use crate::ipc::protocol::{
+    self, FollowingData, FromWorker, HostReply, OsLimits, RunRequest, ToWorker,
+};
 use crate::ipc::sys;
 use crate::outcome::{Limit, Outcome, Stop, Stream, TaskReport, WorkerEnding};
 use crate::output::OutputPipe;
@@ -84,6 +86,9 @@ pub(crate) async fn spawn(
     let about = About::of(&spec);
     parts.check(&spec)?;
     program.resolve_entry(entry)?;
+    program.host_call_problem(&spec)?;
+    let id = TaskId::next();
+    let host = parts.host_link(&spec, id)?;
     let backend = Arc::clone(backend);
     let cache_dir = prepare_for_worker(parts, &backend, program, &mut spec)?;
 
@@ -158,6 +163,8 @@ pub(crate) async fn spawn(
         forward_stdin,
     ));
     let supervisor = Supervisor {
+        host,
+        max_message_size: limits.max_message_size.as_u64(),
         child,
         pid,
         reader,
@@ -179,7 +186,7 @@ pub(crate) async fn spawn(
         sandbox_key,
     };
     Ok(TaskHandle::start(
-        TaskId::next(),
+        id,
         about,
         cancel,
         supervisor.run(),
@@ -191,6 +198,16 @@ pub(crate) async fn spawn(
         ),
         Some(pid),
     ))
+}
+
+/// The reply of the host call in flight (called only while there is one).
+async fn poll_host_call(
+    call: &mut Option<std::pin::Pin<Box<dyn std::future::Future<Output = HostReply> + Send>>>,
+) -> HostReply {
+    match call {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Frames queued for the worker's pipe.
@@ -289,6 +306,11 @@ async fn forward_stdin_frames(frames: mpsc::Sender<ToWorker>) {
 
 /// One running process task, from the parent's side.
 struct Supervisor {
+    /// The host functions the task may call, run here for its worker.
+    host: crate::host_fn::HostLink,
+    /// The task's message size limit, which bounds a host call's arguments
+    /// (the worker checks it too, but is not trusted).
+    max_message_size: u64,
     /// The worker process, reaped by the guard if this is dropped early.
     child: ChildGuard,
     /// What the worker said on its stderr that the outcome needs.
@@ -374,10 +396,17 @@ impl Supervisor {
             .and_then(|t| t.checked_add(GRACE))
             .and_then(|t| tokio::time::Instant::now().checked_add(t));
 
+        // The worker's host call in flight (one at a time), dropped when
+        // the task stops or ends: a function's future never outlives it.
+        let mut host_call: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = HostReply> + Send>>,
+        > = None;
+
         while protocol_error.is_none() {
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled(), if stop.is_none() => {
+                    host_call = None;
                     stop = Some(Stop::Cancelled);
                     // Polite first; if the queue to the worker is full, the
                     // kill below does it.
@@ -385,6 +414,7 @@ impl Supervisor {
                     kill_at = Some(tokio::time::Instant::now() + GRACE);
                 }
                 () = sleep_until(backstop), if stop.is_none() && backstop.is_some() => {
+                    host_call = None;
                     stop = self.timeout.map(Stop::TimedOut);
                     let _ = self.frames.try_send(ToWorker::Cancel);
                     kill_at = Some(tokio::time::Instant::now() + GRACE);
@@ -392,6 +422,11 @@ impl Supervisor {
                 () = sleep_until(kill_at), if kill_at.is_some() => {
                     kill_at = None;
                     let _ = sys::signal_group(pid, libc::SIGKILL);
+                }
+                reply = poll_host_call(&mut host_call), if host_call.is_some() => {
+                    host_call = None;
+                    // Ahead of queued messages and stdin: the guest waits.
+                    let _ = self.urgent.send(ToWorker::HostReply(reply));
                 }
                 unsent = unsent_frame(&mut self.unsent) => {
                     self.unsent = None;
@@ -450,6 +485,25 @@ impl Supervisor {
                         Ok(FromWorker::Finished(report)) => {
                             finished = Some(*report);
                             break;
+                        }
+                        Ok(FromWorker::HostCall { function, args }) => {
+                            if host_call.is_some() {
+                                protocol_error = Some(
+                                    "a host call from the worker while another is in flight".into(),
+                                );
+                            } else if args.len() as u64 > self.max_message_size {
+                                protocol_error = Some(format!(
+                                    "a host call's arguments ({} bytes) past the task's message \
+                                     size limit, which the worker enforces",
+                                    args.len()
+                                ));
+                            } else if stop.is_none() {
+                                // The grants are checked here again.
+                                let link = self.host.clone();
+                                host_call = Some(Box::pin(async move {
+                                    HostReply::of(link.call(function, args.to_vec()).await)
+                                }));
+                            }
                         }
                         Ok(FromWorker::Hello(_)) => {
                             protocol_error = Some("unexpected hello frame from worker".into());

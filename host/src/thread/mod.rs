@@ -16,6 +16,7 @@ use wasmtime::Store;
 use crate::channel::ChannelState;
 use crate::error::Result;
 use crate::handle::{About, TaskHandle, TaskId};
+use crate::host_fn::HostLink;
 use crate::outcome::{Budget, TaskMetrics, TaskReport};
 use crate::parts::Parts;
 use crate::program::{Program, ProgramKind, Resolved};
@@ -39,6 +40,9 @@ pub(crate) struct SpawnExtras {
     /// When the caller asked for the task (before loading its program):
     /// start-up is measured from here. Default: when `spawn` is called.
     pub(crate) spawned_at: Option<Instant>,
+    /// Where its host function calls go (a worker's: to its parent).
+    /// Default: the runner's functions, as the spec grants them.
+    pub(crate) host: Option<HostLink>,
 }
 
 /// Starts a thread-isolated task.
@@ -58,6 +62,7 @@ pub(crate) async fn spawn(
     let about = About::of(&spec);
     parts.check(&spec)?;
     let entry = program.resolve_entry(extras.entry)?;
+    program.host_call_problem(&spec)?;
     let mut prepared = prepare(program.path(), &spec, extras.stdin)?;
     let slot = parts.slot().await?;
     let cancel = CancellationToken::new();
@@ -65,7 +70,12 @@ pub(crate) async fn spawn(
     let stdout_rx = prepared.stdout_rx.take();
     let stderr_rx = prepared.stderr_rx.take();
     let (channel, host_ends) = ChannelState::for_spec(&spec);
+    let host = match extras.host {
+        Some(link) => link,
+        None => parts.host_link(&spec, id)?,
+    };
     let job = Job {
+        host,
         parts: parts.clone(),
         program: program.clone(),
         limits: spec.limits,
@@ -91,6 +101,7 @@ pub(crate) async fn spawn(
 }
 
 struct Job {
+    host: HostLink,
     parts: Parts,
     program: Program,
     limits: Limits,
@@ -112,6 +123,7 @@ impl Job {
     /// (about 300 bytes) is not carried.
     fn run(self) -> impl Future<Output = TaskReport> + Send + 'static {
         let Job {
+            host,
             parts,
             program,
             limits,
@@ -142,6 +154,8 @@ impl Job {
                 wasi,
                 limiter: MemoryLimiter::new(max_memory.as_u64()).with_os_limit(os_memory_limit),
                 channel,
+                host,
+                call_result: None,
                 extension: None,
             };
             let mut store = store::new_store(parts.engine(), state, budget.fuel, None);

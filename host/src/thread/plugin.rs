@@ -54,10 +54,12 @@ pub(crate) async fn instantiate(
     program: Program,
     mut spec: TaskSpec,
     os_memory_limit: Option<u64>,
+    host: Option<crate::host_fn::HostLink>,
 ) -> std::result::Result<KeptInstance, CallError> {
     let refused = CallError::Start;
     let entry = program.resolve_entry(Entry::Run).map_err(refused)?;
     parts.check(&spec).map_err(refused)?;
+    program.host_call_problem(&spec).map_err(refused)?;
     for output in [&mut spec.stdout, &mut spec.stderr] {
         if *output == Output::Capture {
             *output = Output::Discard;
@@ -68,6 +70,14 @@ pub(crate) async fn instantiate(
     let mut wasi = prepared.wasi;
     let mut state = TaskState::inert();
     state.wasi = wasi.build_p1();
+    // Calls, like messages, need a limit: the spec's, not the inert state's.
+    state.channel = crate::channel::ChannelState::for_spec(&spec).0;
+    state.host = match host {
+        Some(link) => link,
+        None => parts
+            .host_link(&spec, crate::TaskId::next())
+            .map_err(refused)?,
+    };
     state.limiter =
         MemoryLimiter::new(spec.limits.max_memory.as_u64()).with_os_limit(os_memory_limit);
     let budget = Budget {

@@ -1,0 +1,277 @@
+//! Host functions: services the embedding program owns, which tasks call by
+//! name at either isolation level.
+//!
+//! The embedder registers async closures in a [`HostFunctions`] table and
+//! gives it to its runner ([`crate::RunnerConfig::host_functions`]); a task
+//! may call the ones its spec grants ([`crate::TaskSpec::host_functions`],
+//! none by default) through `isola:task/host.call` (components) or the core
+//! import `isola:task` `call` (see `wit/core-abi.md`). Arguments and
+//! results are bytes: the guest and the function agree on their encoding
+//! (the guest SDK's `call_json` uses JSON).
+//!
+//! A thread task's call runs the function in its own future, in the host
+//! process. A process task's call crosses the pipe to the parent, which
+//! checks it against the task's grants again (the worker is not trusted)
+//! and runs the function there: the function always runs in the process
+//! that registered it, so a crashing worker cannot take the service down.
+//!
+//! # Limits
+//!
+//! - Arguments larger than the task's `Limits::max_message_size` end the
+//!   task with that limit (the guest's fault); a result larger than it
+//!   reaches the guest as an error value.
+//! - A task makes one call at a time (a guest waits in its call), so at
+//!   most one call of a task is in flight.
+//! - A call counts against the task's timeout and is cancelled with it:
+//!   the function's future is dropped when the task ends, at both levels
+//!   (for a process task, when its parent learns the task ended).
+//! - A function's `Err` reaches the guest as an error value; a function
+//!   that panics ends its task with [`crate::Outcome::Failed`] naming it,
+//!   and the host and other tasks go on.
+//!
+//! A host function is part of the trusted host: it must check its inputs,
+//! which come from the guest.
+//!
+//! Names that start with `kv.` belong to Isola's own key-value service
+//! (`isola:kv`, see the `kv` module), granted by [`crate::TaskSpec::kv`]
+//! instead.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+
+use crate::handle::TaskId;
+use crate::outcome::HostFault;
+
+/// What a host function returns: result bytes for the guest, or an error
+/// message the guest gets as its call's error value.
+pub type HostResult = Result<Vec<u8>, String>;
+
+/// One call of a host function.
+#[derive(Debug, Clone)]
+pub struct HostCall {
+    /// The calling task.
+    pub task: TaskId,
+    /// The calling task's program name: its `argv0`, else its Wasm file's
+    /// name.
+    pub program: String,
+    /// The function called, as registered.
+    pub function: String,
+    /// The guest's arguments, as it encoded them.
+    pub args: Vec<u8>,
+}
+
+type BoxedFuture = Pin<Box<dyn Future<Output = HostResult> + Send>>;
+type BoxedFn = dyn Fn(HostCall) -> BoxedFuture + Send + Sync;
+
+/// The host functions a runner offers its tasks, by name. Cheap to clone.
+///
+/// # Examples
+///
+/// ```
+/// let functions = isola::HostFunctions::new().with("greet", |call| async move {
+///     let name = String::from_utf8(call.args).map_err(|e| e.to_string())?;
+///     Ok(format!("hello, {name}").into_bytes())
+/// });
+/// assert!(functions.contains("greet"));
+/// ```
+#[derive(Clone, Default)]
+pub struct HostFunctions {
+    functions: Arc<BTreeMap<String, Arc<BoxedFn>>>,
+}
+
+impl std::fmt::Debug for HostFunctions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.functions.keys()).finish()
+    }
+}
+
+impl HostFunctions {
+    /// An empty table.
+    pub fn new() -> HostFunctions {
+        HostFunctions::default()
+    }
+
+    /// Registers `function` under `name` (replacing one of that name).
+    pub fn insert<F, Fut>(&mut self, name: impl Into<String>, function: F)
+    where
+        F: Fn(HostCall) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HostResult> + Send + 'static,
+    {
+        let boxed: Arc<BoxedFn> = Arc::new(move |call| Box::pin(function(call)));
+        Arc::make_mut(&mut self.functions).insert(name.into(), boxed);
+    }
+
+    /// [`HostFunctions::insert`], by value.
+    pub fn with<F, Fut>(mut self, name: impl Into<String>, function: F) -> HostFunctions
+    where
+        F: Fn(HostCall) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HostResult> + Send + 'static,
+    {
+        self.insert(name, function);
+        self
+    }
+
+    /// Whether a function of this name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+
+    /// The registered names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.functions.keys().map(String::as_str)
+    }
+
+    /// Runs the function `call` names; a panic (in the call or its future)
+    /// is caught and returned as [`HostFault::Panicked`]. An unknown name
+    /// is the guest's error value.
+    pub(crate) async fn invoke(&self, call: HostCall) -> Result<HostResult, HostFault> {
+        let Some(function) = self.functions.get(&call.function).cloned() else {
+            return Ok(Err(format!(
+                "no host function `{}` is registered",
+                call.function
+            )));
+        };
+        let name = call.function.clone();
+        let panicked = |payload: Box<dyn std::any::Any + Send>| HostFault::Panicked {
+            function: name.clone(),
+            message: panic_message(&*payload),
+        };
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| function(call))) {
+            Ok(future) => future,
+            Err(payload) => return Err(panicked(payload)),
+        };
+        AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .map_err(panicked)
+    }
+}
+
+/// The text of a panic's payload, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// Where the answer to a worker's host call goes.
+pub(crate) type ReplyTo = tokio::sync::oneshot::Sender<Result<HostResult, HostFault>>;
+
+/// A request a worker's task makes of its parent: the function, the
+/// arguments, and where the answer goes.
+#[derive(Debug)]
+pub(crate) struct RemoteCall {
+    pub(crate) function: String,
+    pub(crate) args: Vec<u8>,
+    pub(crate) reply: ReplyTo,
+}
+
+/// Where a task's host calls go.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum HostLink {
+    /// Nowhere: the task was granted no host function.
+    #[default]
+    None,
+    /// This process's functions (a thread task, or the parent of a worker).
+    Local {
+        functions: HostFunctions,
+        /// The names the task's spec grants.
+        granted: Arc<[String]>,
+        /// The `isola:kv` store the task's spec grants.
+        kv: Option<Arc<crate::kv::KvStore>>,
+        task: TaskId,
+        program: Arc<str>,
+    },
+    /// A worker's parent, which checks the grants again and calls.
+    Remote(tokio::sync::mpsc::Sender<RemoteCall>),
+}
+
+impl HostLink {
+    /// A link to `functions` for a task granted `granted`; [`HostLink::None`]
+    /// when it is granted nothing.
+    pub(crate) fn local(
+        functions: &HostFunctions,
+        granted: &[String],
+        kv: Option<Arc<crate::kv::KvStore>>,
+        task: TaskId,
+        program: &str,
+    ) -> HostLink {
+        if granted.is_empty() && kv.is_none() {
+            return HostLink::None;
+        }
+        HostLink::Local {
+            functions: functions.clone(),
+            granted: granted.into(),
+            kv,
+            task,
+            program: program.into(),
+        }
+    }
+
+    /// Calls `function` with `args`: the function's result (or its error
+    /// value), or why there is none.
+    pub(crate) async fn call(
+        &self,
+        function: String,
+        args: Vec<u8>,
+    ) -> Result<HostResult, HostFault> {
+        match self {
+            HostLink::None => Ok(Err(not_granted(&function))),
+            HostLink::Local {
+                functions,
+                granted,
+                kv,
+                task,
+                program,
+            } => {
+                if function.starts_with(crate::kv::PREFIX) {
+                    return Ok(match kv {
+                        Some(store) => store.call(&function, args).await,
+                        None => Err(format!(
+                            "`isola:kv` (`{function}`) is not granted to this task (TaskSpec::kv)"
+                        )),
+                    });
+                }
+                if !granted.contains(&function) {
+                    return Ok(Err(not_granted(&function)));
+                }
+                functions
+                    .invoke(HostCall {
+                        task: *task,
+                        program: program.to_string(),
+                        function,
+                        args,
+                    })
+                    .await
+            }
+            HostLink::Remote(requests) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let sent = requests
+                    .send(RemoteCall {
+                        function,
+                        args,
+                        reply,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return Err(HostFault::Unreachable);
+                }
+                answer.await.unwrap_or(Err(HostFault::Unreachable))
+            }
+        }
+    }
+}
+
+/// The error value of a call to a function the task was not granted.
+pub(crate) fn not_granted(function: &str) -> String {
+    format!("host function `{function}` is not granted to this task (TaskSpec::host_functions)")
+}
