@@ -35,5 +35,12 @@ step "$isola" call "$p2/plugin.wasm" --input 41
 step "$isola" call --isolation process --json "$p1/plugin.wasm" --input 99
 step bash -c "printf '1 10\n2 40\n3 90\n' | '$isola' run --messages '$p2/jobs.wasm'"
 echo
+echo "== host functions: a plugin reads the host's SQLite table, at both isolation levels (host/examples/plugin_host.rs) =="
+step "$bin_dir/examples/plugin_host" "$p1"
+demo_kv=$(mktemp -d)
+step "$isola" run --kv "$demo_kv/state.db" "$p1/host_call.wasm" -- kv-inc 2 visits
+step "$isola" run --kv "$demo_kv/state.db" --isolation process "$p1/host_call.wasm" -- kv-inc 2 visits
+rm -rf "$demo_kv"
+echo
 echo "== shared memory: 8 tasks invert 64 MiB in place vs through messages (host/examples/shared_stripes.rs) =="
 step "$bin_dir/examples/shared_stripes"

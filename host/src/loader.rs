@@ -264,6 +264,36 @@ impl Loader {
         Ok(program)
     }
 
+    /// Loads a program from `bytes` (Wasm, or WebAssembly text), named
+    /// `name` where a path would be (in errors, `Program::path`): compiled
+    /// once per content hash like a file, from the in-memory cache, the disk
+    /// cache, or by compiling. Process tasks of it load the artifact the
+    /// parent stores for them, so no file is needed.
+    pub(crate) async fn load_bytes(
+        self: &Arc<Self>,
+        name: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<Program> {
+        let bytes = wasm_binary(name, bytes)?;
+        let kind = WasmKind::detect(&bytes).ok_or_else(|| Error::NotWasm {
+            path: name.to_owned(),
+        })?;
+        let hash = content_hash(&bytes);
+        if let Some(program) = self.cached_program(&hash) {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            telemetry::cache_hit(telemetry::CacheTier::Memory);
+            return Ok(program);
+        }
+        let loader = Arc::clone(self);
+        let name = name.to_owned();
+        let program =
+            tokio::task::spawn_blocking(move || loader.build(&name, kind, hash, Some(&bytes)))
+                .await
+                .map_err(Error::internal)??;
+        self.remember_program(hash, program.clone());
+        Ok(program)
+    }
+
     /// Loads a program whose content hash and kind are already known (a
     /// worker is told them by its parent), on the calling thread: from
     /// memory or the disk cache without reading the Wasm file at all, else

@@ -141,7 +141,8 @@ impl Program {
                 field: "host_functions".into(),
                 message: format!(
                     "`{}` imports the host function call (`isola:task/host`), and the task is \
-                     granted no host function (nor `kv`); name the ones it may call",
+                     granted neither a host function (`host_functions`) nor a key-value store \
+                     (`kv`)",
                     self.path().display()
                 ),
             });

@@ -265,6 +265,51 @@ impl Runner {
         self.inner.parts.loader.load(path.as_ref()).await
     }
 
+    /// Loads a program held in memory: Wasm (a module or a component) or
+    /// WebAssembly text. `name` stands where a file's path would (in
+    /// errors and [`Program::path`]); compiled once per content hash, and
+    /// cached on disk like a file's. Run it with [`Runner::spawn_program`]
+    /// or [`Runner::call_program`], at either isolation level.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotWasm`], [`Error::Invalid`] (text that does not parse, a
+    /// module that does not validate), [`Error::UnknownImport`] or
+    /// [`Error::UnsupportedWorld`], each naming `name`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> isola::Result<()> {
+    /// let runner = isola::Runner::new()?;
+    /// let program = runner
+    ///     .load_bytes("exit-7", r#"(module
+    ///         (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+    ///         (memory (export "memory") 1)
+    ///         (func (export "_start") (call $exit (i32.const 7))))"#)
+    ///     .await?;
+    /// let report = runner
+    ///     .spawn_program(&program, isola::TaskSpec::new("exit-7"))
+    ///     .await?
+    ///     .wait()
+    ///     .await;
+    /// assert_eq!(report.outcome, isola::Outcome::Exited { code: 7 });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn load_bytes(
+        &self,
+        name: impl AsRef<Path>,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<Program> {
+        self.inner
+            .parts
+            .loader
+            .load_bytes(name.as_ref(), bytes.into())
+            .await
+    }
+
     /// Starts a task. Waits for a free slot when
     /// [`RunnerConfig::max_live_tasks`] tasks are alive.
     ///

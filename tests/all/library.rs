@@ -340,3 +340,51 @@ async fn a_runner_for_many_small_tasks_caps_their_memory_at_its_reservation() {
         }
     }
 }
+
+/// `Runner::load_bytes`: a program held in memory, as WAT or Wasm, runs at
+/// both isolation levels (a worker loads the artifact its parent stored,
+/// there being no file), is compiled once per content, and bad bytes are
+/// refused naming the program.
+#[tokio::test(flavor = "multi_thread")]
+async fn programs_from_bytes_run_at_both_isolation_levels() {
+    const EXIT_7: &str = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (func (export "_start") (call $exit (i32.const 7))))"#;
+    let runner = isola_tests::runner();
+    let from_text = runner.load_bytes("exit-7.wat", EXIT_7).await.expect("WAT");
+    let binary = wat::parse_str(EXIT_7).expect("valid WAT");
+    let from_binary = runner
+        .load_bytes("exit-7.wasm", binary)
+        .await
+        .expect("Wasm");
+    assert_eq!(from_text.content_hash(), from_binary.content_hash());
+    for isolation in isola_tests::ISOLATIONS {
+        let mut spec = isola::TaskSpec::new("unused");
+        spec.isolation = isolation;
+        let report = runner
+            .spawn_program(&from_binary, spec)
+            .await
+            .expect("spawn")
+            .wait()
+            .await;
+        assert_eq!(
+            report.outcome,
+            isola::Outcome::Exited { code: 7 },
+            "{isolation}"
+        );
+    }
+    match runner.load_bytes("junk", b"not wasm at all".to_vec()).await {
+        Err(isola::Error::NotWasm { path }) => assert_eq!(path, std::path::Path::new("junk")),
+        other => panic!("{other:?}"),
+    }
+    match runner
+        .load_bytes("broken.wat", "(module (func (i32.add)))")
+        .await
+    {
+        Err(isola::Error::Invalid { path, .. }) => {
+            assert_eq!(path, std::path::Path::new("broken.wat"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
