@@ -187,12 +187,7 @@ impl KvStore {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         let sqlite = self.sqlite();
         self.transaction(|tx| {
-            let value = tx
-                .query_row("SELECT value FROM isola_kv WHERE key = ?1", [key], |row| {
-                    row.get(0)
-                })
-                .optional()
-                .map_err(&sqlite)?;
+            let value = value_of(tx, key).map_err(&sqlite)?;
             Ok((value, false))
         })
     }
@@ -205,12 +200,7 @@ impl KvStore {
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         let sqlite = self.sqlite();
         self.transaction(|tx| {
-            tx.execute(
-                "INSERT INTO isola_kv (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-            .map_err(&sqlite)?;
+            upsert(tx, key, value).map_err(&sqlite)?;
             Ok(((), true))
         })
     }
@@ -240,12 +230,7 @@ impl KvStore {
     pub fn increment(&self, key: &[u8], by: i64) -> Result<i64, KvError> {
         let sqlite = self.sqlite();
         self.transaction(|tx| {
-            let old: Option<Vec<u8>> = tx
-                .query_row("SELECT value FROM isola_kv WHERE key = ?1", [key], |row| {
-                    row.get(0)
-                })
-                .optional()
-                .map_err(&sqlite)?;
+            let old: Option<Vec<u8>> = value_of(tx, key).map_err(&sqlite)?;
             let old = match old {
                 None => 0,
                 Some(bytes) => std::str::from_utf8(&bytes)
@@ -254,12 +239,7 @@ impl KvStore {
                     .ok_or(KvError::NotAnInteger)?,
             };
             let new = old.checked_add(by).ok_or(KvError::NotAnInteger)?;
-            tx.execute(
-                "INSERT INTO isola_kv (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, new.to_string().into_bytes()),
-            )
-            .map_err(&sqlite)?;
+            upsert(tx, key, new.to_string().as_bytes()).map_err(&sqlite)?;
             Ok((new, true))
         })
     }
@@ -278,21 +258,12 @@ impl KvStore {
     ) -> Result<bool, KvError> {
         let sqlite = self.sqlite();
         self.transaction(|tx| {
-            let current: Option<Vec<u8>> = tx
-                .query_row("SELECT value FROM isola_kv WHERE key = ?1", [key], |row| {
-                    row.get(0)
-                })
-                .optional()
-                .map_err(&sqlite)?;
+            let current: Option<Vec<u8>> = value_of(tx, key).map_err(&sqlite)?;
             if current.as_deref() != expected {
                 return Ok((false, false));
             }
             match new {
-                Some(value) => tx.execute(
-                    "INSERT INTO isola_kv (key, value) VALUES (?1, ?2) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                ),
+                Some(value) => upsert(tx, key, value),
                 None => tx.execute("DELETE FROM isola_kv WHERE key = ?1", [key]),
             }
             .map_err(&sqlite)?;
@@ -378,6 +349,23 @@ impl KvStore {
             _ => Err(format!("`isola:kv` has no function `{function}`")),
         }
     }
+}
+
+/// The value of `key` in the transaction, if it has one.
+fn value_of(tx: &rusqlite::Transaction<'_>, key: &[u8]) -> rusqlite::Result<Option<Vec<u8>>> {
+    tx.query_row("SELECT value FROM isola_kv WHERE key = ?1", [key], |row| {
+        row.get(0)
+    })
+    .optional()
+}
+
+/// Sets `key` to `value` in the transaction; the rows changed (1).
+fn upsert(tx: &rusqlite::Transaction<'_>, key: &[u8], value: &[u8]) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO isola_kv (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 }
 
 /// The error value of arguments that do not follow the encoding.

@@ -252,16 +252,7 @@ impl Loader {
             self.remember_program(hash, program.clone());
             return Ok(program);
         }
-        // Compiling and even deserializing take milliseconds to seconds: keep
-        // them off the async workers.
-        let loader = Arc::clone(self);
-        let path2 = path.to_owned();
-        let program =
-            tokio::task::spawn_blocking(move || loader.build(&path2, kind, hash, Some(&bytes)))
-                .await
-                .map_err(Error::internal)??;
-        self.remember_program(hash, program.clone());
-        Ok(program)
+        self.build_in_pool(path, kind, hash, bytes).await
     }
 
     /// Loads a program from `bytes` (Wasm, or WebAssembly text), named
@@ -284,10 +275,23 @@ impl Loader {
             telemetry::cache_hit(telemetry::CacheTier::Memory);
             return Ok(program);
         }
+        self.build_in_pool(name, kind, hash, bytes).await
+    }
+
+    /// [`Loader::build`] on the blocking pool (compiling and even
+    /// deserializing take milliseconds to seconds: not on the async
+    /// workers), remembering the program.
+    async fn build_in_pool(
+        self: &Arc<Self>,
+        path: &Path,
+        kind: WasmKind,
+        hash: ContentHash,
+        bytes: Vec<u8>,
+    ) -> Result<Program> {
         let loader = Arc::clone(self);
-        let name = name.to_owned();
+        let path = path.to_owned();
         let program =
-            tokio::task::spawn_blocking(move || loader.build(&name, kind, hash, Some(&bytes)))
+            tokio::task::spawn_blocking(move || loader.build(&path, kind, hash, Some(&bytes)))
                 .await
                 .map_err(Error::internal)??;
         self.remember_program(hash, program.clone());

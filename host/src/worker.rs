@@ -468,11 +468,7 @@ async fn serve_plugin(
                 tokio::select! {
                     result = &mut call => break result,
                     Some(request) = next_host_call(&mut host_calls) => {
-                        replies.expect(request.reply);
-                        send(writer, FromWorker::HostCall {
-                            function: request.function,
-                            args: bytes::Bytes::from(request.args),
-                        }).await?;
+                        forward_host_call(writer, &replies, request).await?;
                     }
                     frame = next_frame(&mut reader) => match frame? {
                         Some(ToWorker::HostReply(reply)) => replies.answer(reply),
@@ -694,11 +690,7 @@ async fn run_one(
                 Stream::Stderr => stderr.close(),
             },
             Some(call) = next_host_call(&mut host_calls) => {
-                replies.expect(call.reply);
-                send(writer, FromWorker::HostCall {
-                    function: call.function,
-                    args: bytes::Bytes::from(call.args),
-                }).await?;
+                forward_host_call(writer, &replies, call).await?;
             }
             done = &mut wait, if report.is_none() => report = Some(done),
         }
@@ -819,6 +811,24 @@ async fn next_host_call(
         Some(calls) => calls.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Sends the guest's host call to the parent, its reply expected in
+/// `replies`.
+async fn forward_host_call(
+    writer: &mut Writer,
+    replies: &HostReplies,
+    call: RemoteCall,
+) -> Result<(), String> {
+    replies.expect(call.reply);
+    send(
+        writer,
+        FromWorker::HostCall {
+            function: call.function,
+            args: bytes::Bytes::from(call.args),
+        },
+    )
+    .await
 }
 
 /// Where the parent's answer to the guest's host call goes (one call at a
