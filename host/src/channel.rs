@@ -112,9 +112,11 @@ impl ChannelState {
         ChannelState::new(inbox, outbox, None, ByteSize(0), Some(0))
     }
 
-    /// Replaces the start input (a kept plugin instance, between calls).
+    /// Replaces the start input (a kept plugin instance, between calls);
+    /// the call's message count starts over, as its fuel and time do.
     pub(crate) fn set_input(&mut self, input: Option<Bytes>) {
         self.input = input;
+        self.posted = 0;
     }
 
     /// The start input, for a plugin's `run`.

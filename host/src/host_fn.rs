@@ -17,9 +17,11 @@
 //!
 //! # Limits
 //!
-//! - Arguments larger than the task's `Limits::max_message_size` end the
-//!   task with that limit (the guest's fault); a result larger than it
-//!   reaches the guest as an error value.
+//! - A name and arguments larger together than the task's
+//!   `Limits::max_message_size` (less the 5 bytes of a frame's header) end
+//!   the task with that limit (the guest's fault); a result larger than it
+//!   reaches the guest as an error value, and an error message is cut to
+//!   it. Names are at most [`MAX_NAME`] bytes.
 //! - A task makes one call at a time (a guest waits in its call), so at
 //!   most one call of a task is in flight.
 //! - A call counts against the task's timeout and is cancelled with it:
@@ -218,8 +220,19 @@ impl HostLink {
     }
 
     /// Calls `function` with `args`: the function's result (or its error
-    /// value), or why there is none.
+    /// value) within `max_result` bytes (a larger result, or a longer error
+    /// message, becomes an error value saying so), or why there is none.
     pub(crate) async fn call(
+        &self,
+        function: String,
+        args: Vec<u8>,
+        max_result: u64,
+    ) -> Result<HostResult, HostFault> {
+        let result = self.call_unbounded(function, args).await?;
+        Ok(bounded(result, max_result))
+    }
+
+    async fn call_unbounded(
         &self,
         function: String,
         args: Vec<u8>,
@@ -271,7 +284,44 @@ impl HostLink {
     }
 }
 
+/// Longest function name a guest may call with: a name is a short
+/// identifier, and the guest's bytes are copied into host memory.
+pub(crate) const MAX_NAME: usize = 1024;
+
+/// `result` as the guest may receive it: a result larger than `max` bytes
+/// becomes an error value saying so, and an error message is cut to `max`
+/// bytes (at a character boundary).
+pub(crate) fn bounded(result: HostResult, max: u64) -> HostResult {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    match result {
+        Ok(bytes) if bytes.len() > max => Err(truncated(
+            format!(
+                "the host function's result ({} bytes) is larger than the task's message size \
+                 limit ({})",
+                bytes.len(),
+                bytesize::ByteSize(max as u64)
+            ),
+            max,
+        )),
+        Ok(bytes) => Ok(bytes),
+        Err(message) => Err(truncated(message, max)),
+    }
+}
+
+/// `message` cut to at most `max` bytes, at a character boundary.
+fn truncated(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
 /// The error value of a call to a function the task was not granted.
 pub(crate) fn not_granted(function: &str) -> String {
+    let function = truncated(function.to_owned(), MAX_NAME);
     format!("host function `{function}` is not granted to this task (TaskSpec::host_functions)")
 }

@@ -92,18 +92,26 @@ impl KvStore {
             source,
         };
         let connection = Connection::open(&path).map_err(sqlite)?;
+        // First: another program holding the file locked is waited for,
+        // even while the journal mode changes.
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite)?;
         // WAL: readers (another program, a backup) do not block the writer.
         // NORMAL: in WAL mode a commit survives any crash of a process
         // (Isola's included) and only the last commits may be lost to a
         // power cut; FULL would sync the disk at every operation.
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
+        let mode: String = connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(
+                path = %path.display(),
+                "the key-value store's database stays in journal mode `{mode}`, not WAL"
+            );
+        }
         connection
             .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sqlite)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
         connection
             .execute(

@@ -74,23 +74,25 @@ impl TaskState {
         args: Vec<u8>,
     ) -> wasmtime::Result<HostResult> {
         let max = self.channel.max_message_size();
-        if args.len() as u64 > max {
+        // The name and the arguments travel together (a process task's in
+        // one frame, with 5 bytes of its own): together they are bounded.
+        if (args.len() + function.len()).saturating_add(5) as u64 > max.max(5) {
             return Err(wasmtime::Error::new(Limit::MessageSize {
                 max: bytesize::ByteSize(max),
             }));
         }
+        if function.len() > crate::host_fn::MAX_NAME {
+            return Ok(Err(format!(
+                "a host function's name is at most {} bytes",
+                crate::host_fn::MAX_NAME
+            )));
+        }
         // The guest runs no Wasm while it waits, as in `recv`.
         let _idle = self.channel.ticker.as_ref().map(|t| t.pause());
-        match self.host.call(function, args).await {
-            Ok(Ok(result)) if result.len() as u64 > max => Ok(Err(format!(
-                "the host function's result ({} bytes) is larger than the task's message size \
-                 limit ({})",
-                result.len(),
-                bytesize::ByteSize(max)
-            ))),
-            Ok(result) => Ok(result),
-            Err(fault) => Err(wasmtime::Error::new(fault)),
-        }
+        self.host
+            .call(function, args, max)
+            .await
+            .map_err(wasmtime::Error::new)
     }
 }
 

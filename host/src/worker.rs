@@ -689,8 +689,12 @@ async fn run_one(
                 Stream::Stdout => stdout.close(),
                 Stream::Stderr => stderr.close(),
             },
-            Some(call) = next_host_call(&mut host_calls) => {
-                forward_host_call(writer, &replies, call).await?;
+            // Not once the task is over: a call it queued as it ended
+            // must not run in the parent after its end.
+            Some(call) = next_host_call(&mut host_calls), if report.is_none() => {
+                if !call.reply.is_closed() {
+                    forward_host_call(writer, &replies, call).await?;
+                }
             }
             done = &mut wait, if report.is_none() => report = Some(done),
         }

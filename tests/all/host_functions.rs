@@ -276,6 +276,69 @@ async fn oversized_arguments_and_results_are_bounded() {
             report.stdout.text()
         );
     }
+    // A result larger than any frame between a worker and its parent, under
+    // the default limit: refused by the parent as an error value, not sent
+    // (a frame that size would break the pipe and the worker with it).
+    let target = Target {
+        kind: GuestKind::Module,
+        isolation: Isolation::Process,
+    };
+    let huge = (70usize << 20).to_string();
+    let report = runner
+        .run(spec(target, &["call", "big", &huge], &["big"]))
+        .await
+        .expect("spawn");
+    assert!(
+        report.stdout.text().starts_with(&format!(
+            "err: the host function's result ({huge} bytes) is larger"
+        )),
+        "{}: {}",
+        report.outcome,
+        report.stdout.text()
+    );
+}
+
+/// A kept plugin in a worker whose worker dies while its host call runs:
+/// the call ends at once (the worker's end is noticed while the function
+/// runs), and the function's future is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_plugins_host_call_ends_when_its_worker_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = isola_tests::wat_file(
+        dir.path(),
+        "sleeping.wasm",
+        &COUNTING_PLUGIN.replace("\"count\")", "\"sleep\")"),
+    );
+    let dropped = Arc::new(AtomicBool::new(false));
+    let runner = runner_with(functions(Arc::clone(&dropped), Arc::default()));
+    let mut spec = TaskSpec::new(&wasm);
+    spec.isolation = Isolation::Process;
+    spec.host_functions = vec!["sleep".into()];
+    let mut plugin = runner.plugin(spec).await.expect("a kept plugin");
+    let pid = plugin.process_id().expect("a worker");
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: signals the plugin's own worker process.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(5), plugin.call(Vec::new()))
+        .await
+        .expect("the call ends when its worker dies");
+    killer.await.expect("killer");
+    match ended {
+        Err(isola::CallError::Ended(report)) => {
+            assert!(
+                matches!(report.outcome, Outcome::Crashed { .. }),
+                "{}",
+                report.outcome
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the function's future outlived the call"
+    );
 }
 
 /// A core plugin (WAT, written to the raw `isola:task` imports of

@@ -209,12 +209,17 @@ impl PluginWorker {
             .timeout
             .and_then(|t| t.checked_add(GRACE))
             .and_then(|t| tokio::time::Instant::now().checked_add(t));
+        // A frame read while a host call ran, handled as the next one.
+        let mut carried = None;
         loop {
-            let frame = tokio::select! {
-                frame = self.reader.next() => frame,
-                () = sleep_until(backstop) => {
-                    return Err(self.timed_out(metrics(started)).await);
-                }
+            let frame = match carried.take() {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    frame = self.reader.next() => frame,
+                    () = sleep_until(backstop) => {
+                        return Err(self.timed_out(metrics(started)).await);
+                    }
+                },
             };
             let decoded = match frame {
                 Some(Ok(frame)) => FromWorker::decode(&frame).map_err(|e| e.to_string()),
@@ -241,16 +246,36 @@ impl PluginWorker {
                 }
                 Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
                 Ok(FromWorker::HostCall { function, args })
-                    if args.len() as u64 <= self.max_message_size =>
+                    if (args.len() + function.len()) as u64 <= self.max_message_size =>
                 {
-                    // The grants are checked here again; the worker waits.
+                    // The grants are checked here again; the worker waits,
+                    // unless it ends meanwhile: then the call is dropped and
+                    // its end handled.
                     let link = self.host.clone();
-                    let reply = tokio::select! {
-                        result = link.call(function, args.to_vec()) => HostReply::of(result),
-                        () = sleep_until(backstop) => {
-                            return Err(self.timed_out(metrics(started)).await);
+                    let call = link.call(function, args.to_vec(), self.max_message_size);
+                    let mut call = std::pin::pin!(call);
+                    let reply = loop {
+                        tokio::select! {
+                            result = &mut call => break Some(HostReply::of(result)),
+                            () = sleep_until(backstop) => {
+                                return Err(self.timed_out(metrics(started)).await);
+                            }
+                            frame = self.reader.next() => {
+                                let output = matches!(
+                                    &frame,
+                                    Some(Ok(f)) if matches!(
+                                        FromWorker::decode(f),
+                                        Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_))
+                                    )
+                                );
+                                if !output {
+                                    carried = Some(frame);
+                                    break None;
+                                }
+                            }
                         }
                     };
+                    let Some(reply) = reply else { continue };
                     let sent = match ToWorker::HostReply(reply).encode() {
                         Ok(frame) => self.writer.send(frame).await.is_ok(),
                         Err(_) => false,

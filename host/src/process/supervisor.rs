@@ -491,7 +491,7 @@ impl Supervisor {
                                 protocol_error = Some(
                                     "a host call from the worker while another is in flight".into(),
                                 );
-                            } else if args.len() as u64 > self.max_message_size {
+                            } else if (args.len() + function.len()) as u64 > self.max_message_size {
                                 protocol_error = Some(format!(
                                     "a host call's arguments ({} bytes) past the task's message \
                                      size limit, which the worker enforces",
@@ -500,8 +500,9 @@ impl Supervisor {
                             } else if stop.is_none() {
                                 // The grants are checked here again.
                                 let link = self.host.clone();
+                                let max = self.max_message_size;
                                 host_call = Some(Box::pin(async move {
-                                    HostReply::of(link.call(function, args.to_vec()).await)
+                                    HostReply::of(link.call(function, args.to_vec(), max).await)
                                 }));
                             }
                         }
@@ -516,6 +517,8 @@ impl Supervisor {
                 },
             }
         }
+        // Whatever the function holds goes now, not after the reaping.
+        drop(host_call);
         if protocol_error.is_some() {
             let _ = sys::signal_group(pid, libc::SIGKILL);
         }
