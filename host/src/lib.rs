@@ -9,20 +9,35 @@
 //!
 //! # Examples
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), isola::Error> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), isola::Error> {
 //! use std::time::Duration;
-//! use isola::{Outcome, Runner, TaskSpec};
+//! use isola::{Outcome, Output, Runner, TaskSpec};
+//!
+//! // A WASI command that writes "hi\n" to stdout (usually a `.wasm` file:
+//! // `runner.run(TaskSpec::new("guest.wasm"))`).
+//! const HI: &str = r#"(module
+//!     (import "wasi_snapshot_preview1" "fd_write"
+//!         (func $fd_write (param i32 i32 i32 i32) (result i32)))
+//!     (memory (export "memory") 1)
+//!     (data (i32.const 8) "hi\n")
+//!     (func (export "_start")
+//!         (i32.store (i32.const 0) (i32.const 8))
+//!         (i32.store (i32.const 4) (i32.const 3))
+//!         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#;
 //!
 //! let runner = Runner::new()?;
-//! let mut spec = TaskSpec::new("guest.wasm");
-//! spec.args = vec!["input.txt".into()];
+//! let program = runner.load_bytes("hi.wat", HI).await?;
+//! let mut spec = TaskSpec::new("hi");
+//! spec.stdout = Output::Capture;
 //! spec.limits.timeout = Some(Duration::from_secs(2));
-//! let report = runner.run(spec).await?;
+//! let report = runner.spawn_program(&program, spec).await?.wait().await;
 //! match report.outcome {
 //!     Outcome::Exited { code } => println!("exit {code}: {}", report.stdout.text()),
 //!     other => eprintln!("task did not finish: {other}"),
 //! }
+//! assert_eq!(report.stdout.text(), "hi\n");
 //! # Ok(()) }
 //! ```
 //!
@@ -35,7 +50,9 @@
 //! - Runtime core: `cache` (integrity-checked artifacts), `output`,
 //!   `ticker` (epochs), `channel` (the message queues), `region` (shared
 //!   memory access), `state` (a store's data and WASI context), `imports`
-//!   (the `isola:task` host functions), `special_files` (no FIFOs or
+//!   (the `isola:task` imports), `host_fn` (the embedder's host functions
+//!   and a task's link to them), `kv` (`isola:kv` on SQLite),
+//!   `special_files` (no FIFOs or
 //!   devices opened in granted directories), `program` (a loaded program),
 //!   `loader` (engine, linkers, caches), `store` (the one store recipe,
 //!   entry by kind, and the timeout/cancel race), `handle` (what every
