@@ -66,6 +66,11 @@ pub(crate) struct EngineSettings {
     pub(crate) memory_reservation: Option<u64>,
     /// Linear memories each slot has room for.
     pub(crate) memories_per_task: u32,
+    /// Whether compiling uses a pool of threads (wasmtime's parallel
+    /// compilation, on rayon's global pool). Off in a worker: its programs
+    /// come precompiled from the parent's cache, and threads that outlive
+    /// a compile are more threads its sandbox must reach.
+    pub(crate) parallel_compilation: bool,
 }
 
 /// Counters of the compile caches, for tests and diagnostics.
@@ -876,6 +881,7 @@ fn check_core_exports(path: &Path, module: &Module) -> Result<()> {
 /// The engine settings every task relies on.
 fn engine_config(settings: &EngineSettings) -> Config {
     let mut c = Config::new();
+    c.parallel_compilation(settings.parallel_compilation);
     // Guests run as fibers on the Tokio runtime (wasmtime's `*_async` entry
     // points): a task that waits holds no OS thread.
     // Epochs give timeouts, cancellation and fair time-slicing between
@@ -944,6 +950,7 @@ mod tests {
                     instance_pool: false,
                     memory_reservation: None,
                     memories_per_task: 1,
+                    parallel_compilation: true,
                 },
                 None,
                 crate::group::add_to_module_linker,

@@ -224,6 +224,7 @@ impl Runner {
                 instance_pool: config.instance_pool,
                 memory_reservation: config.memory_reservation,
                 memories_per_task: config.memories_per_task,
+                parallel_compilation: true,
             },
             cache_root.as_deref(),
             crate::group::add_to_module_linker,

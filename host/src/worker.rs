@@ -291,6 +291,7 @@ async fn serve() -> Result<(), String> {
             instance_pool: false,
             memory_reservation: None,
             memories_per_task: crate::RunnerConfig::default().memories_per_task,
+            parallel_compilation: false,
         },
         None,
         crate::group::add_to_module_linker,
@@ -973,6 +974,22 @@ pub const ESCAPE_ENV: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
 fn escape_attempt(what: &str) -> Outcome {
     // Not an attempt: which network namespace the worker is in, as
     // `readlink /proc/self/ns/net` says (Landlock leaves links readable).
+    // Nor this: how many threads the worker has (each one another that
+    // Landlock must reach), as /proc/self/status says.
+    if what == "threads" {
+        let threads = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Threads:"))
+                    .map(|n| n.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        return Outcome::Failed {
+            message: format!("threads {threads}"),
+        };
+    }
     if what == "netns" {
         let message = match std::fs::read_link("/proc/self/ns/net") {
             Ok(link) => format!("network namespace {}", link.display()),

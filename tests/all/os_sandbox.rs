@@ -375,3 +375,29 @@ async fn a_tasks_own_sandbox_policy_wins_over_the_runners() {
         }
     }
 }
+
+/// A pre-started, sandboxed worker runs its task with two threads: its
+/// own and the epoch ticker's (which gave up its files as it started). A
+/// compile thread pool that outlived the warm-up once added two more, each
+/// of which Landlock then had to reach by a signal on the task's path.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pre_started_worker_has_no_thread_beyond_its_own_and_the_tickers() {
+    let runner = Runner::with_config(RunnerConfig {
+        cache_dir: CacheDir::Path(shared_cache()),
+        worker_program: Some(isola_bin()),
+        prestarted_workers: 1,
+        sandbox: Sandbox::Required,
+        ..RunnerConfig::default()
+    })
+    .expect("runner");
+    // The first task fills the pool; the second takes a pre-started worker.
+    for _ in 0..2 {
+        let report = runner.run(attempt("threads")).await.expect("spawn");
+        match report.outcome {
+            Outcome::Failed { message } => assert_eq!(message, "threads 2"),
+            other => panic!("not the hook's answer: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
