@@ -228,6 +228,11 @@ impl HostLink {
         args: Vec<u8>,
         max_result: u64,
     ) -> Result<HostResult, HostFault> {
+        if function.len() > MAX_NAME {
+            return Ok(Err(format!(
+                "a host function's name is at most {MAX_NAME} bytes"
+            )));
+        }
         let result = self.call_unbounded(function, args).await?;
         Ok(bounded(result, max_result))
     }
@@ -287,6 +292,13 @@ impl HostLink {
 /// Longest function name a guest may call with: a name is a short
 /// identifier, and the guest's bytes are copied into host memory.
 pub(crate) const MAX_NAME: usize = 1024;
+
+/// Whether a call of `function` with `args_len` bytes of arguments fits a
+/// task whose message size limit is `max`: together with the 5 bytes of
+/// the frame a process task's call travels in.
+pub(crate) fn call_fits(function: &str, args_len: usize, max: u64) -> bool {
+    (args_len + function.len()).saturating_add(5) as u64 <= max.max(5)
+}
 
 /// `result` as the guest may receive it: a result larger than `max` bytes
 /// becomes an error value saying so, and an error message is cut to `max`

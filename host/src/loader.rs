@@ -593,6 +593,7 @@ impl Loader {
             inner: Arc::new(ProgramInner {
                 path: path.to_owned(),
                 hash,
+                imports_host_call: crate::program::imports_host_call(&kind),
                 kind,
             }),
         })

@@ -27,6 +27,9 @@ pub(crate) struct ProgramInner {
     pub(crate) path: PathBuf,
     pub(crate) hash: ContentHash,
     pub(crate) kind: ProgramKind,
+    /// Whether it imports the host function call ([`imports_host_call`]),
+    /// found once at load: every spawn asks.
+    pub(crate) imports_host_call: bool,
 }
 
 pub(crate) enum ProgramKind {
@@ -109,34 +112,11 @@ impl Program {
         }
     }
 
-    /// Whether the program imports the host function call
-    /// (`isola:task/host` for a component, `isola:task` `call` or
-    /// `call-read` for a core module).
-    pub(crate) fn imports_host_call(&self) -> bool {
-        match &self.inner.kind {
-            ProgramKind::Module { pre, .. } => pre.module().imports().any(|import| {
-                import.module() == crate::channel::CORE_MODULE
-                    && matches!(import.name(), "call" | "call-read")
-            }),
-            ProgramKind::Shared { module } => module.imports().any(|import| {
-                import.module() == crate::channel::CORE_MODULE
-                    && matches!(import.name(), "call" | "call-read")
-            }),
-            ProgramKind::Component { pre, .. } => {
-                let component = pre.component();
-                component
-                    .component_type()
-                    .imports(component.engine())
-                    .any(|(name, _)| name.starts_with("isola:task/host@"))
-            }
-        }
-    }
-
     /// The problem of running this program under `spec`'s host function
     /// grants: it imports the host call and the spec grants none (deny by
     /// default, refused before it starts rather than at its first call).
     pub(crate) fn host_call_problem(&self, spec: &crate::TaskSpec) -> Result<()> {
-        if spec.host_functions.is_empty() && spec.kv.is_none() && self.imports_host_call() {
+        if !spec.grants_host_calls() && self.inner.imports_host_call {
             return Err(Error::InvalidSpec {
                 field: "host_functions".into(),
                 message: format!(
@@ -171,6 +151,28 @@ impl Program {
             Entry::Run => Err(no_run()),
             Entry::Auto if program.is_command() => Ok(Resolved::Main),
             Entry::Auto => Ok(Resolved::Run),
+        }
+    }
+}
+
+/// Whether `kind` imports the host function call (`isola:task/host` for a
+/// component, `isola:task` `call` or `call-read` for a core module).
+pub(crate) fn imports_host_call(kind: &ProgramKind) -> bool {
+    let core = |module: &Module| {
+        module.imports().any(|import| {
+            import.module() == crate::channel::CORE_MODULE
+                && matches!(import.name(), "call" | "call-read")
+        })
+    };
+    match kind {
+        ProgramKind::Module { pre, .. } => core(pre.module()),
+        ProgramKind::Shared { module } => core(module),
+        ProgramKind::Component { pre, .. } => {
+            let component = pre.component();
+            component
+                .component_type()
+                .imports(component.engine())
+                .any(|(name, _)| name.starts_with("isola:task/host@"))
         }
     }
 }

@@ -148,6 +148,12 @@ impl TaskSpec {
         }
     }
 
+    /// Whether the task may make host calls at all: it is granted a host
+    /// function or an `isola:kv` store.
+    pub(crate) fn grants_host_calls(&self) -> bool {
+        !self.host_functions.is_empty() || self.kv.is_some()
+    }
+
     /// A spec that runs `wasm` with no arguments, no capabilities and the
     /// default limits.
     pub fn new(wasm: impl Into<PathBuf>) -> Self {

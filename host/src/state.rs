@@ -74,18 +74,10 @@ impl TaskState {
         args: Vec<u8>,
     ) -> wasmtime::Result<HostResult> {
         let max = self.channel.max_message_size();
-        // The name and the arguments travel together (a process task's in
-        // one frame, with 5 bytes of its own): together they are bounded.
-        if (args.len() + function.len()).saturating_add(5) as u64 > max.max(5) {
+        if !crate::host_fn::call_fits(&function, args.len(), max) {
             return Err(wasmtime::Error::new(Limit::MessageSize {
                 max: bytesize::ByteSize(max),
             }));
-        }
-        if function.len() > crate::host_fn::MAX_NAME {
-            return Ok(Err(format!(
-                "a host function's name is at most {} bytes",
-                crate::host_fn::MAX_NAME
-            )));
         }
         // The guest runs no Wasm while it waits, as in `recv`.
         let _idle = self.channel.ticker.as_ref().map(|t| t.pause());

@@ -801,7 +801,7 @@ fn remote_host(
     Option<HostLink>,
     Option<tokio::sync::mpsc::Receiver<RemoteCall>>,
 ) {
-    if spec.host_functions.is_empty() && spec.kv.is_none() {
+    if !spec.grants_host_calls() {
         return (None, None);
     }
     let (calls, requests) = tokio::sync::mpsc::channel(1);

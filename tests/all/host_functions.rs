@@ -199,36 +199,65 @@ async fn a_panicking_host_function_ends_only_its_task() {
     }
 }
 
-/// A call in flight is cancelled with its task, by a cancel or by the
-/// timeout: the function's future is dropped at both levels.
+/// How a task with a host call in flight is ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    Cancel,
+    Timeout,
+    /// Its worker killed (process tasks).
+    Kill,
+}
+
+/// A call in flight ends with its task: by a cancel, by the timeout, or by
+/// its worker's death. The function's future is dropped at both levels,
+/// and no call is left dangling in the parent.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_in_flight_ends_with_its_task() {
     for target in targets() {
-        for by_timeout in [false, true] {
+        for ending in [Ending::Cancel, Ending::Timeout, Ending::Kill] {
+            if ending == Ending::Kill && target.isolation == Isolation::Thread {
+                continue;
+            }
             let dropped = Arc::new(AtomicBool::new(false));
             let runner = runner_with(functions(Arc::clone(&dropped), Arc::default()));
             let mut spec = spec(target, &["call", "sleep", ""], &["sleep"]);
-            if by_timeout {
+            if ending == Ending::Timeout {
                 spec.limits.timeout = Some(Duration::from_millis(300));
             }
             let handle = runner.spawn(spec).await.expect("spawn");
-            if !by_timeout {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                handle.cancel();
+            match ending {
+                Ending::Timeout => {}
+                Ending::Cancel => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    handle.cancel();
+                }
+                Ending::Kill => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let pid = handle.process_id().expect("a worker");
+                    // SAFETY: signals the task's own worker process.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
             }
             let report = tokio::time::timeout(Duration::from_secs(10), handle.wait())
                 .await
                 .expect("the task ends");
-            let expected = if by_timeout {
-                Outcome::LimitExceeded {
-                    limit: Limit::Timeout {
-                        after: Duration::from_millis(300),
+            match ending {
+                Ending::Timeout => assert_eq!(
+                    report.outcome,
+                    Outcome::LimitExceeded {
+                        limit: Limit::Timeout {
+                            after: Duration::from_millis(300),
+                        },
                     },
-                }
-            } else {
-                Outcome::Cancelled
-            };
-            assert_eq!(report.outcome, expected, "{target:?}");
+                    "{target:?}"
+                ),
+                Ending::Cancel => assert_eq!(report.outcome, Outcome::Cancelled, "{target:?}"),
+                Ending::Kill => assert!(
+                    matches!(report.outcome, Outcome::Crashed { .. }),
+                    "{target:?}: {}",
+                    report.outcome
+                ),
+            }
             // The parent drops it when the task's end reaches it.
             for _ in 0..100 {
                 if dropped.load(Ordering::SeqCst) {
@@ -238,7 +267,7 @@ async fn a_call_in_flight_ends_with_its_task() {
             }
             assert!(
                 dropped.load(Ordering::SeqCst),
-                "{target:?} (timeout: {by_timeout}): the call's future outlived its task"
+                "{target:?} ({ending:?}): the call's future outlived its task"
             );
         }
     }

@@ -246,7 +246,7 @@ impl PluginWorker {
                 }
                 Ok(FromWorker::Stdout(_) | FromWorker::Stderr(_)) => {}
                 Ok(FromWorker::HostCall { function, args })
-                    if (args.len() + function.len()) as u64 <= self.max_message_size =>
+                    if crate::host_fn::call_fits(&function, args.len(), self.max_message_size) =>
                 {
                     // The grants are checked here again; the worker waits,
                     // unless it ends meanwhile: then the call is dropped and

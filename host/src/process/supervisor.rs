@@ -491,7 +491,11 @@ impl Supervisor {
                                 protocol_error = Some(
                                     "a host call from the worker while another is in flight".into(),
                                 );
-                            } else if (args.len() + function.len()) as u64 > self.max_message_size {
+                            } else if !crate::host_fn::call_fits(
+                                &function,
+                                args.len(),
+                                self.max_message_size,
+                            ) {
                                 protocol_error = Some(format!(
                                     "a host call's arguments ({} bytes) past the task's message \
                                      size limit, which the worker enforces",
