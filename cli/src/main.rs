@@ -49,6 +49,7 @@ enum Command {
     Call(commands::call::CallCommand),
     Check(commands::check::CheckCommand),
     Up(commands::up::UpCommand),
+    Worker(commands::worker::WorkerCommand),
 }
 
 /// The system allocator, except that a worker process whose allocation its
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
     // One task (`run`, `call`, `check`) needs no worker threads: starting
     // them would be most of a short run's own cost.
     let runtime = match &cli.command {
-        Command::Up(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Up(_) | Command::Worker(_) => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
@@ -98,13 +99,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    let many_tasks = matches!(cli.command, Command::Up(_));
+    let many_tasks = matches!(cli.command, Command::Up(_) | Command::Worker(_));
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(cmd) => cmd.execute().await,
             Command::Call(cmd) => cmd.execute().await,
             Command::Check(cmd) => cmd.execute().await,
             Command::Up(cmd) => cmd.execute().await,
+            Command::Worker(cmd) => cmd.execute().await,
         }
     });
     if many_tasks {

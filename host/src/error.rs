@@ -74,6 +74,11 @@ pub enum Error {
     /// Isola itself failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The cluster a task was submitted to could not take it or give its
+    /// result back (a server that went away, a store that refused a
+    /// module): the machine's failure, not the spec's.
+    #[error("cluster: {0}")]
+    Remote(String),
 }
 
 impl Error {
@@ -85,7 +90,7 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         !matches!(
             self,
-            Error::Internal(_) | Error::ShutDown | Error::OutOfMemory(_)
+            Error::Internal(_) | Error::ShutDown | Error::OutOfMemory(_) | Error::Remote(_)
         )
     }
 }

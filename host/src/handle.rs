@@ -47,6 +47,7 @@ pub struct TaskHandle {
     pid: Option<u32>,
     sender: Option<MessageSender>,
     messages: Option<MessageReceiver>,
+    placement: Option<Placement>,
 }
 
 /// Cancels a task from anywhere. Cheap to clone.
@@ -115,7 +116,45 @@ impl TaskHandle {
             pid,
             sender: Some(channel.0),
             messages: Some(channel.1),
+            placement: None,
         }
+    }
+
+    /// A handle for a task that runs somewhere other than a [`crate::Runner`]
+    /// of this process (on another machine, say): `report` yields its one
+    /// report, `cancel` is cancelled when [`TaskHandle::cancel`] is called,
+    /// and `stdout`/`stderr` deliver what the spec piped. Such a task has
+    /// no message channel ([`TaskHandle::post`] reports it closed) and no
+    /// process id; `placement` is where the launcher records which worker
+    /// ran it.
+    ///
+    /// This is how a launcher outside this crate (the `isola-cluster`
+    /// crate's, for one) gives a [`crate::taskset::Scheduler`] the same
+    /// handle a local runner does.
+    pub fn from_remote(
+        cancel: CancellationToken,
+        report: impl std::future::Future<Output = TaskReport> + Send + 'static,
+        outputs: (Option<OutputReceiver>, Option<OutputReceiver>),
+        placement: Placement,
+    ) -> TaskHandle {
+        TaskHandle {
+            id: TaskId::next(),
+            cancel: CancelHandle(cancel),
+            join: tokio::spawn(report),
+            stdout: outputs.0,
+            stderr: outputs.1,
+            pid: None,
+            sender: None,
+            messages: None,
+            placement: Some(placement),
+        }
+    }
+
+    /// Where the task ran, for a task made by [`TaskHandle::from_remote`];
+    /// `None` for a task of a local runner. Filled in once the task's
+    /// result arrives.
+    pub fn placement(&self) -> Option<Placement> {
+        self.placement.clone()
     }
 
     /// Sends a message to the task (`worker.postMessage`), waiting while its
@@ -219,6 +258,34 @@ impl TaskHandle {
                 stderr: Default::default(),
             },
         }
+    }
+}
+
+/// Where a remote task ran: set once, by its launcher, when the result
+/// arrives; read by whoever holds a clone (a task set's record, for one).
+/// Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Placement(std::sync::Arc<std::sync::OnceLock<Placed>>);
+
+/// What a [`Placement`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The name of the worker whose result was recorded.
+    pub worker: String,
+    /// How many times the task was delivered to a worker before that
+    /// result: 1 unless a worker died or stalled with it.
+    pub deliveries: u32,
+}
+
+impl Placement {
+    /// Records where the task ran. Only the first call counts.
+    pub fn set(&self, placed: Placed) {
+        let _ = self.0.set(placed);
+    }
+
+    /// Where the task ran, once known.
+    pub fn get(&self) -> Option<&Placed> {
+        self.0.get()
     }
 }
 

@@ -107,7 +107,7 @@ mod wire;
 pub use channel::{CORE_MODULE, MessageReceiver, MessageSender, SendError};
 pub use error::{Error, Result};
 pub use group::{GroupSpec, SharedGroup};
-pub use handle::{CancelHandle, TaskHandle, TaskId};
+pub use handle::{CancelHandle, Placed, Placement, TaskHandle, TaskId};
 pub use host_fn::{HostCall, HostFunctions, HostResult};
 pub use kv::{KvError, KvStore};
 pub use outcome::{

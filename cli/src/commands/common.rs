@@ -525,3 +525,89 @@ impl From<SandboxArg> for isola::Sandbox {
         }
     }
 }
+
+/// How to reach a NATS server (`isola up --nats`, `isola worker`). The
+/// secrets can come from the environment instead of the command line,
+/// where other users of the machine could read them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NatsArgs {
+    /// User name for the NATS server (with --nats-password).
+    #[arg(long, value_name = "USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// Password for --nats-user.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "ISOLA_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// Token for the NATS server.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ISOLA_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<String>,
+    /// A file holding an NKey seed (SU...) for the NATS server.
+    #[arg(long, value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// A .creds file (user JWT and NKey seed) for the NATS server.
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// A PEM file of root certificates to trust for the server's TLS.
+    #[arg(long, value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// A PEM client certificate for TLS (with --nats-tls-key).
+    #[arg(long, value_name = "FILE", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The key of --nats-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse a server that does not speak TLS.
+    #[arg(long)]
+    pub nats_require_tls: bool,
+}
+
+impl NatsArgs {
+    /// The connection options for `url`; an error names the flag whose
+    /// file cannot be read.
+    pub fn options(&self, url: &str, name: &str) -> Result<isola_cluster::ConnectOptions, String> {
+        use isola_cluster::Credentials;
+        let mut options = isola_cluster::ConnectOptions::new(url);
+        let given = [
+            self.nats_user.is_some(),
+            self.nats_token.is_some(),
+            self.nats_nkey.is_some(),
+            self.nats_creds.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(
+                "give one of --nats-user, --nats-token, --nats-nkey and --nats-creds".into(),
+            );
+        }
+        options.credentials =
+            if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+                Credentials::UserPassword {
+                    user: user.clone(),
+                    password: password.clone(),
+                }
+            } else if let Some(token) = &self.nats_token {
+                Credentials::Token(token.clone())
+            } else if let Some(path) = &self.nats_nkey {
+                let seed = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--nats-nkey {}: cannot read it: {e}", path.display()))?;
+                Credentials::NKey(seed.trim().to_owned())
+            } else if let Some(path) = &self.nats_creds {
+                Credentials::CredsFile(path.clone())
+            } else {
+                Credentials::None
+            };
+        options.tls_roots = self.nats_tls_ca.iter().cloned().collect();
+        options.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        options.require_tls = self.nats_require_tls;
+        options.name = Some(name.to_owned());
+        Ok(options)
+    }
+}

@@ -5,3 +5,4 @@ pub mod check;
 pub mod common;
 pub mod run;
 pub mod up;
+pub mod worker;

@@ -13,7 +13,7 @@ use anstyle::{AnsiColor, Style};
 use clap::Args;
 use isola::config::TaskSet;
 
-use super::common::SandboxArg;
+use super::common::{NatsArgs, SandboxArg};
 use isola::taskset::{
     Event, EventSink, Histogram, Scheduler, SetReport, TaskRecord, TaskStatus, html, timeline,
 };
@@ -119,6 +119,19 @@ pub struct UpCommand {
     /// the task or in [defaults]).
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = SandboxArg::On)]
     sandbox: SandboxArg,
+
+    /// Run the tasks on `isola worker`s instead of here, through the NATS
+    /// JetStream server at URL (nats://host:4222). The set's order, --jobs
+    /// bound, output, summary and --json are the same; each record also
+    /// names the worker that ran the task. Modules, directories and stdin
+    /// files are sent to the workers, and what a task changes in a
+    /// writable directory comes back here. See README, "Running across
+    /// machines".
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+
+    #[command(flatten)]
+    nats_args: NatsArgs,
 }
 
 /// `--color`.
@@ -217,13 +230,36 @@ impl UpCommand {
             }
         };
 
+        let cluster = match &self.nats {
+            None => None,
+            Some(url) => {
+                let options = match self.nats_args.options(url, "isola up") {
+                    Ok(options) => options,
+                    Err(err) => {
+                        say!("error: {err}");
+                        return exit::USAGE;
+                    }
+                };
+                match isola_cluster::Cluster::connect(&options).await {
+                    Ok(cluster) => Some(cluster),
+                    Err(err) => {
+                        say!("error: --nats {}: {err}", clean(url));
+                        return exit::INTERNAL;
+                    }
+                }
+            }
+        };
+
         let shutdown = CancellationToken::new();
         let to_stderr = matches!(json, Some(JsonTo::Stdout));
         let console = Arc::new(Console::new(&set, self.color, to_stderr, shutdown.clone()));
-        let scheduler = Scheduler::new(runner)
+        let mut scheduler = Scheduler::new(runner)
             .jobs(jobs)
             .fail_fast(self.fail_fast)
             .sink(ConsoleSink(Arc::clone(&console)));
+        if let Some(cluster) = &cluster {
+            scheduler = scheduler.launcher(cluster.clone());
+        }
 
         let stopped_by: Arc<Mutex<Option<Termination>>> = Arc::default();
         let watcher = {
@@ -261,6 +297,10 @@ impl UpCommand {
         });
 
         let report = scheduler.run_until(&set, shutdown.cancelled()).await;
+        if let Some(cluster) = &cluster {
+            // Nothing of this run is left queued or running on the workers.
+            cluster.close().await;
+        }
 
         if let Some(ticker) = ticker {
             ticker.abort();

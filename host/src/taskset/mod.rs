@@ -62,10 +62,10 @@ pub use report::{
 
 use crate::OutputReceiver;
 use crate::config::{RestartPolicy, TaskConfig, TaskSet};
-use crate::handle::CancelHandle;
+use crate::handle::{CancelHandle, Placed, TaskHandle};
 use crate::outcome::{Outcome, Stream, TaskReport};
 use crate::runner::Runner;
-use crate::spec::{Isolation, Output};
+use crate::spec::{Isolation, Output, TaskSpec};
 use crate::telemetry;
 
 /// Something that happened while a set runs, in the order it happened for
@@ -139,9 +139,51 @@ where
     }
 }
 
+/// Starts a set's tasks for a [`Scheduler`]: by default its [`Runner`];
+/// [`Scheduler::launcher`] swaps in one that runs them elsewhere (the
+/// `isola-cluster` crate's, on NATS JetStream workers).
+///
+/// A launcher gets each attempt's spec with stdout and stderr set to
+/// [`Output::Pipe`] and returns the same [`TaskHandle`] a runner does
+/// (see [`TaskHandle::from_remote`]); the scheduler does the rest
+/// (dependencies, slots, restarts, records) the same way.
+pub trait Launch: Send + Sync {
+    /// Starts `spec`, the task called `task` in the set.
+    ///
+    /// # Errors
+    ///
+    /// Why the task could not start; the scheduler records it as the
+    /// task's start error.
+    fn launch<'a>(
+        &'a self,
+        task: &'a str,
+        spec: TaskSpec,
+    ) -> futures::future::BoxFuture<'a, crate::Result<TaskHandle>>;
+
+    /// Whether `spec` needs what only this process has (a shared memory
+    /// group's memory, an `isola:kv` database, host functions, this
+    /// process's stdin), so the scheduler runs it on its own runner
+    /// instead. False by default.
+    fn runs_here(&self, spec: &TaskSpec) -> bool {
+        let _ = spec;
+        false
+    }
+}
+
+impl Launch for Runner {
+    fn launch<'a>(
+        &'a self,
+        _task: &'a str,
+        spec: TaskSpec,
+    ) -> futures::future::BoxFuture<'a, crate::Result<TaskHandle>> {
+        Box::pin(self.spawn(spec))
+    }
+}
+
 /// Runs [`TaskSet`]s on a [`Runner`].
 pub struct Scheduler {
     runner: Runner,
+    launcher: Option<Box<dyn Launch>>,
     jobs: usize,
     fail_fast: bool,
     sink: Box<dyn EventSink>,
@@ -162,6 +204,7 @@ impl Scheduler {
     pub fn new(runner: Runner) -> Scheduler {
         Scheduler {
             runner,
+            launcher: None,
             jobs: default_jobs(),
             fail_fast: false,
             sink: Box::new(|_: &Event<'_>| {}),
@@ -178,6 +221,14 @@ impl Scheduler {
     /// not started.
     pub fn fail_fast(mut self, on: bool) -> Scheduler {
         self.fail_fast = on;
+        self
+    }
+
+    /// Starts the tasks with `launcher` instead of the runner, except
+    /// those the launcher says must run here ([`Launch::runs_here`]),
+    /// which the runner starts as usual.
+    pub fn launcher(mut self, launcher: impl Launch + 'static) -> Scheduler {
+        self.launcher = Some(Box::new(launcher));
         self
     }
 
@@ -280,6 +331,7 @@ impl Scheduler {
                     crashes,
                     restarted_at,
                     worker_pid: None,
+                    placed: None,
                     how,
                 },
             );
@@ -296,13 +348,14 @@ impl Scheduler {
             spec.stdout = Output::Pipe;
             spec.stderr = Output::Pipe;
             let spawned = tokio::select! {
-                spawned = self.runner.spawn(spec) => spawned,
+                spawned = self.launch(&task.name, spec) => spawned,
                 () = token.cancelled() => {
                     return (i, Ended {
                         attempts: attempt,
                         crashes,
                         restarted_at,
                         worker_pid: None,
+                        placed: None,
                         how: How::CancelledBeforeStart,
                     });
                 }
@@ -318,6 +371,7 @@ impl Scheduler {
                             crashes,
                             restarted_at,
                             worker_pid: None,
+                            placed: None,
                             how,
                         },
                     );
@@ -329,6 +383,7 @@ impl Scheduler {
             // forever without one).
             handle.close_channel();
             let worker_pid = handle.process_id();
+            let placement = handle.placement();
             let canceller = handle.cancel_handle();
             // If this future is dropped (the caller gave up on the set), the
             // task must not go on running detached.
@@ -365,6 +420,7 @@ impl Scheduler {
                         crashes,
                         restarted_at,
                         worker_pid,
+                        placed: placement.and_then(|p| p.get().cloned()),
                         how: How::Ran(Box::new(report), stderr_tail.into()),
                     },
                 );
@@ -376,6 +432,14 @@ impl Scheduler {
             });
             crashes.push(report.outcome);
             restarted_at.push(Instant::now());
+        }
+    }
+
+    /// Starts one attempt with the launcher, or else the runner.
+    async fn launch(&self, task: &str, spec: TaskSpec) -> crate::Result<TaskHandle> {
+        match &self.launcher {
+            Some(launcher) if !launcher.runs_here(&spec) => launcher.launch(task, spec).await,
+            _ => self.runner.spawn(spec).await,
         }
     }
 
@@ -454,6 +518,8 @@ struct Ended {
     restarted_at: Vec<Instant>,
     /// The last attempt's worker process, if it started one.
     worker_pid: Option<u32>,
+    /// Where a launcher ran the last attempt, if it says.
+    placed: Option<Placed>,
     how: How,
 }
 
@@ -602,6 +668,10 @@ impl<'a> Run<'a> {
         record.attempts = ended.attempts;
         record.crashes = ended.crashes;
         record.worker_pid = ended.worker_pid;
+        if let Some(placed) = ended.placed {
+            record.worker = Some(placed.worker);
+            record.deliveries = Some(placed.deliveries);
+        }
         record.restarted_at = ended
             .restarted_at
             .iter()

@@ -171,6 +171,15 @@ pub struct TaskRecord {
     /// [`TaskRecord::crashes`].
     #[serde(default, rename = "restarted_at_ms", with = "vec_ms")]
     pub restarted_at: Vec<Duration>,
+    /// The worker (its `--name`) that ran the last attempt, for a task run
+    /// on a cluster (`isola up --nats`); `None` for a local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// How many times the cluster delivered the last attempt to a worker
+    /// before its result was recorded: 1 unless a worker died or stalled
+    /// with it. `None` for a local task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<u32>,
 }
 
 /// `metrics_known` of a record written before the field existed: its
@@ -231,6 +240,8 @@ impl TaskRecord {
             slot: None,
             worker_pid: None,
             restarted_at: Vec::new(),
+            worker: None,
+            deliveries: None,
         }
     }
 

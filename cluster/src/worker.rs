@@ -1,0 +1,894 @@
+//! The working side: [`Worker`] pulls task attempts from the queue, runs
+//! them on its local runner within its [`Ceilings`], and sends back output,
+//! results and changed files.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use futures::StreamExt;
+use isola::{
+    ByteSize, CancelHandle, DirGrant, Isolation, Limits, Outcome, Output, Runner, Stdin,
+    TaskMetrics, TaskSpec,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::Blobs;
+use crate::connect::{ConnectOptions, Entities, output_subject, result_subject, run_subject};
+use crate::files::{self, Tree};
+use crate::launcher::{DEFAULT_MAX_ARCHIVE, STARTED_HEADER};
+use crate::wire::{
+    Changes, DELIVERY_HEADER, Ending, ResultMessage, SEQ_HEADER, STREAM_HEADER, TaskMessage,
+};
+use crate::{Error, MAX_DELIVERIES};
+
+/// The most a remote spec may ask of this worker. A task from the queue is
+/// untrusted input: a spec beyond a ceiling is refused, and a limit the
+/// spec leaves open is closed at the ceiling.
+#[derive(Debug, Clone)]
+pub struct Ceilings {
+    /// Most linear memory per task ([`Limits::max_memory`]); also bounds
+    /// [`Limits::process_memory`] (plus the usual headroom). 4 GiB by
+    /// default.
+    pub max_memory: ByteSize,
+    /// Longest timeout; a spec without one gets this one. One hour by
+    /// default.
+    pub max_timeout: Duration,
+    /// Most fuel; a spec without a fuel limit gets this one. `None` (no
+    /// ceiling) by default.
+    pub max_fuel: Option<u64>,
+    /// The isolation levels this worker runs. Both by default.
+    pub isolation: Vec<Isolation>,
+    /// Most bytes of one module, archive or stdin file received, and of
+    /// one directory's changes sent back. 256 MiB by default.
+    pub max_archive: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Ceilings {
+        Ceilings {
+            max_memory: ByteSize::gib(4),
+            max_timeout: Duration::from_secs(3600),
+            max_fuel: None,
+            isolation: vec![Isolation::Thread, Isolation::Process],
+            max_archive: DEFAULT_MAX_ARCHIVE,
+        }
+    }
+}
+
+/// How a [`Worker`] runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The name results and records carry. The host name and process id
+    /// by default.
+    pub name: String,
+    /// Most tasks at once. One per core by default.
+    pub jobs: usize,
+    /// What a remote spec may ask for.
+    pub ceilings: Ceilings,
+    /// How long a task may go unacknowledged before the server redelivers
+    /// it to another worker; a running task sends progress three times per
+    /// period, so only a dead or stalled worker's tasks move. 30 s by
+    /// default. It is set when the workers' consumer is first created (by
+    /// the first worker); later workers use the existing one's.
+    pub ack_wait: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> WorkerOptions {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "worker".into());
+        WorkerOptions {
+            name: format!("{host}-{}", std::process::id()),
+            jobs: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ceilings: Ceilings::default(),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Pulls tasks from the cluster's queue and runs them on a local
+/// [`Runner`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use isola_cluster::{ConnectOptions, Worker, WorkerOptions};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let worker = Worker::connect(
+///     isola::Runner::new()?,
+///     &ConnectOptions::new("nats://127.0.0.1:4222"),
+///     WorkerOptions::default(),
+/// )
+/// .await?;
+/// let drain = CancellationToken::new(); // cancel to finish and stop
+/// worker.run(drain, CancellationToken::new()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Worker {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.inner.options.name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    runner: Runner,
+    options: WorkerOptions,
+    client: async_nats::Client,
+    entities: Entities,
+    blobs: Blobs,
+    /// Modules and task directories live here.
+    work: tempfile::TempDir,
+    running: Mutex<HashMap<(String, u64), CancelHandle>>,
+    cancelled: Mutex<Cancelled>,
+    /// Runs whose heartbeat was checked, and when, and what it said.
+    alive: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+#[derive(Default)]
+struct Cancelled {
+    runs: HashSet<String>,
+    tasks: HashSet<(String, u64)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Worker {
+    /// Connects to the cluster and sets up what it needs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] if the server cannot be reached;
+    /// [`Error::JetStream`] if it has no JetStream; [`Error::Files`] if no
+    /// working directory can be made.
+    pub async fn connect(
+        runner: Runner,
+        connect: &ConnectOptions,
+        options: WorkerOptions,
+    ) -> Result<Worker, Error> {
+        let client = connect.connect().await?;
+        let entities = Entities::ensure(client.clone()).await?;
+        let blobs = Blobs::new(entities.blobs.clone());
+        let work = tempfile::Builder::new()
+            .prefix("isola-worker-")
+            .tempdir()
+            .map_err(|e| Error::Files(format!("cannot make a working directory: {e}")))?;
+        Ok(Worker {
+            inner: Arc::new(Shared {
+                runner,
+                options,
+                client,
+                entities,
+                blobs,
+                work,
+                running: Mutex::new(HashMap::new()),
+                cancelled: Mutex::new(Cancelled::default()),
+                alive: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// This worker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.options.name
+    }
+
+    /// Runs tasks until `drain` is cancelled, then stops taking new ones
+    /// and returns once those running have ended and been reported. If
+    /// `abort` is cancelled, the running tasks are stopped and handed back
+    /// to the queue (for another worker) instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JetStream`] if the queue's consumer cannot be set up.
+    pub async fn run(
+        &self,
+        drain: CancellationToken,
+        abort: CancellationToken,
+    ) -> Result<(), Error> {
+        let shared = &self.inner;
+        let consumer = shared
+            .entities
+            .workers_consumer(shared.options.ack_wait)
+            .await?;
+        let cancels = shared
+            .client
+            .subscribe("isola.cancel.>")
+            .await
+            .map_err(|e| Error::JetStream(format!("cannot subscribe to cancels: {e}")))?;
+        let stop = CancellationToken::new();
+        let _stop_guard = stop.clone().drop_guard();
+        tokio::spawn(listen_for_cancels(shared.clone(), cancels, stop.clone()));
+        tokio::spawn(watch_runs(shared.clone(), stop.clone()));
+        {
+            let abort = abort.clone();
+            let shared = shared.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = abort.cancelled() => {
+                        let running: Vec<CancelHandle> = lock(&shared.running).values().cloned().collect();
+                        for handle in running {
+                            handle.cancel();
+                        }
+                    }
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        let jobs = shared.options.jobs.max(1);
+        let slots = Arc::new(Semaphore::new(jobs));
+        let mut tasks = tokio::task::JoinSet::new();
+        tracing::info!(worker = %shared.options.name, jobs, "worker started");
+        'pull: loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = drain.cancelled() => break,
+            };
+            let free = 1 + slots.available_permits();
+            let batch = consumer
+                .batch()
+                .max_messages(free)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!("cannot pull tasks (retrying): {err}");
+                    drop(permit);
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = drain.cancelled() => break,
+                    }
+                }
+            };
+            let mut permit = Some(permit);
+            while let Some(message) = batch.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::debug!("pull ended: {err}");
+                        break;
+                    }
+                };
+                let slot = match permit.take() {
+                    Some(slot) => slot,
+                    None => match slots.clone().acquire_owned().await {
+                        Ok(slot) => slot,
+                        Err(_) => break 'pull,
+                    },
+                };
+                let shared = shared.clone();
+                let abort = abort.clone();
+                tasks.spawn(async move {
+                    handle(&shared, message, &abort).await;
+                    drop(slot);
+                });
+                // Reap finished ones so the set does not grow.
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(worker = %shared.options.name, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn listen_for_cancels(
+    shared: Arc<Shared>,
+    mut cancels: async_nats::Subscriber,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            message = cancels.next() => message,
+            () = stop.cancelled() => return,
+        };
+        let Some(message) = message else { return };
+        let Some(run) = message.subject.strip_prefix("isola.cancel.") else {
+            continue;
+        };
+        let run = run.to_owned();
+        let what = String::from_utf8_lossy(&message.payload).trim().to_owned();
+        let mut cancelled = lock(&shared.cancelled);
+        // Bounded: a long-lived worker forgets old cancels.
+        if cancelled.tasks.len() > 100_000 || cancelled.runs.len() > 10_000 {
+            *cancelled = Cancelled::default();
+        }
+        if what == "*" {
+            cancelled.runs.insert(run.clone());
+            drop(cancelled);
+            for ((r, _), handle) in lock(&shared.running).iter() {
+                if *r == run {
+                    handle.cancel();
+                }
+            }
+        } else if let Ok(task) = what.parse::<u64>() {
+            cancelled.tasks.insert((run.clone(), task));
+            drop(cancelled);
+            if let Some(handle) = lock(&shared.running).get(&(run, task)) {
+                handle.cancel();
+            }
+        }
+    }
+}
+
+/// Cancels the running tasks of runs whose submitter stopped beating.
+async fn watch_runs(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = stop.cancelled() => return,
+        }
+        let runs: HashSet<String> = lock(&shared.running)
+            .keys()
+            .map(|(r, _)| r.clone())
+            .collect();
+        for run in runs {
+            if !shared.alive(&run).await {
+                tracing::info!(run, "its submitter is gone: cancelling its tasks");
+                for ((r, _), handle) in lock(&shared.running).iter() {
+                    if *r == run {
+                        handle.cancel();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Whether `run`'s submitter is alive (its heartbeat is there). A
+    /// server that cannot answer counts as "alive": only a heartbeat known
+    /// to be gone stops work.
+    async fn alive(&self, run: &str) -> bool {
+        if let Some((at, alive)) = lock(&self.alive).get(run)
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return *alive;
+        }
+        let alive = match self
+            .entities
+            .runs
+            .get_last_raw_message_by_subject(&run_subject(run))
+            .await
+        {
+            Ok(_) => true,
+            Err(err) => !matches!(
+                err.kind(),
+                async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+            ),
+        };
+        let mut known = lock(&self.alive);
+        if known.len() > 10_000 {
+            known.clear();
+        }
+        known.insert(run.to_owned(), (Instant::now(), alive));
+        alive
+    }
+
+    fn is_cancelled(&self, run: &str, task: u64) -> bool {
+        let cancelled = lock(&self.cancelled);
+        cancelled.runs.contains(run) || cancelled.tasks.contains(&(run.to_owned(), task))
+    }
+
+    async fn publish_result(
+        &self,
+        run: &str,
+        result: &ResultMessage,
+        abort: &CancellationToken,
+    ) -> bool {
+        let Ok(payload) = serde_json::to_vec(result) else {
+            return false;
+        };
+        let payload = Bytes::from(payload);
+        let id = format!("{run}.{}", result.task);
+        // Ride out a server restart: the result must be stored before the
+        // task is acked.
+        for attempt in 0..300 {
+            if attempt > 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = abort.cancelled() => return false,
+                }
+            }
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&id);
+            match self
+                .entities
+                .js
+                .send_publish(result_subject(run, result.task), publish)
+                .await
+            {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return true,
+                    Err(err) => tracing::warn!("cannot store a result (retrying): {err}"),
+                },
+                Err(err) => tracing::warn!("cannot store a result (retrying): {err}"),
+            }
+        }
+        false
+    }
+
+    /// Whether a result for this attempt is already stored (a redelivery
+    /// of a task whose worker died after storing it, before acking).
+    async fn has_result(&self, run: &str, task: u64) -> bool {
+        self.entities
+            .results
+            .get_last_raw_message_by_subject(&result_subject(run, task))
+            .await
+            .is_ok()
+    }
+}
+
+/// One message from the queue, from receipt to ack.
+async fn handle(
+    shared: &Arc<Shared>,
+    message: async_nats::jetstream::Message,
+    abort: &CancellationToken,
+) {
+    let delivery = message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let task: TaskMessage = match serde_json::from_slice(&message.payload) {
+        Ok(task) => task,
+        Err(err) => {
+            tracing::warn!("dropped a malformed task message: {err}");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let run = task.run.clone();
+    let number = task.task;
+    let result = |ending: Ending, chunks: [u64; 2], changes: Vec<Option<Changes>>| ResultMessage {
+        task: number,
+        worker: shared.options.name.clone(),
+        delivery,
+        ending,
+        chunks,
+        changes,
+    };
+    let ran = |outcome: Outcome| Ending::Ran {
+        outcome,
+        metrics: TaskMetrics::default(),
+    };
+
+    if shared.is_cancelled(&run, number) || !shared.alive(&run).await {
+        // A leftover of a run that ended or was killed: not run.
+        tracing::debug!(run, task = number, "dropped: its run is over");
+        let _ = shared
+            .publish_result(
+                &run,
+                &result(ran(Outcome::Cancelled), [0, 0], Vec::new()),
+                abort,
+            )
+            .await;
+        let _ = message.double_ack().await;
+        return;
+    }
+    if delivery > 1 && shared.has_result(&run, number).await {
+        let _ = message.double_ack().await;
+        return;
+    }
+    if delivery > MAX_DELIVERIES {
+        let ending = ran(Outcome::Failed {
+            message: format!(
+                "delivered to workers {} times without a result (each worker died or stalled \
+                 with it); given up",
+                delivery - 1
+            ),
+        });
+        if shared
+            .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
+            .await
+        {
+            let _ = message.double_ack().await;
+        }
+        return;
+    }
+    let dir = shared
+        .work
+        .path()
+        .join(format!("{run}-{number}-{delivery}"));
+    let prepared = match check(&shared.options.ceilings, &task.spec) {
+        Err((field, message)) => Err(Ending::Refused { field, message }),
+        Ok(()) => prepare(shared, &task, &dir)
+            .await
+            .map_err(|message| Ending::StartFailed { message }),
+    };
+    let (spec, before) = match prepared {
+        Ok(prepared) => prepared,
+        Err(ending) => {
+            if shared
+                .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
+                .await
+            {
+                let _ = message.double_ack().await;
+            }
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return;
+        }
+    };
+    let spawned = shared.runner.spawn(spec.clone()).await;
+    let mut handle = match spawned {
+        Ok(handle) => handle,
+        Err(err) => {
+            let ending = match err {
+                isola::Error::InvalidSpec { field, message } => Ending::Refused { field, message },
+                err if err.is_user_error() => Ending::Refused {
+                    field: "wasm".into(),
+                    message: err.to_string(),
+                },
+                err => Ending::StartFailed {
+                    message: err.to_string(),
+                },
+            };
+            if shared
+                .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
+                .await
+            {
+                let _ = message.double_ack().await;
+            }
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return;
+        }
+    };
+    handle.close_channel();
+    let key = (run.clone(), number);
+    lock(&shared.running).insert(key.clone(), handle.cancel_handle());
+    if shared.is_cancelled(&run, number) {
+        handle.cancel();
+    }
+    let mut started = HeaderMap::new();
+    started.insert(STARTED_HEADER, shared.options.name.as_str());
+    started.insert(DELIVERY_HEADER, delivery.to_string().as_str());
+    let subject = output_subject(&run, number);
+    let _ = shared
+        .client
+        .publish_with_headers(subject.clone(), started, Bytes::new())
+        .await;
+
+    let stdout = forward(shared, &subject, "stdout", delivery, handle.take_stdout());
+    let stderr = forward(shared, &subject, "stderr", delivery, handle.take_stderr());
+    let progress = async {
+        let every = (shared.options.ack_wait / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let _ = message.ack_with(AckKind::Progress).await;
+        }
+    };
+    let finished = async { tokio::join!(handle.wait(), stdout, stderr) };
+    let (report, out_chunks, err_chunks) = tokio::select! {
+        ended = finished => ended,
+        () = progress => unreachable!("the progress loop never ends"),
+    };
+    lock(&shared.running).remove(&key);
+
+    if abort.is_cancelled() {
+        // Stopped by the worker's own shutdown, not by the task: hand it
+        // back for another worker.
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        return;
+    }
+    let mut outcome = report.outcome;
+    let changes = match changes(shared, &spec, &before).await {
+        Ok(changes) => changes,
+        Err(err) => {
+            outcome = Outcome::Failed {
+                message: format!(
+                    "the task ended ({outcome}), but its files could not be sent back: {err}"
+                ),
+            };
+            Vec::new()
+        }
+    };
+    let ending = Ending::Ran {
+        outcome,
+        metrics: report.metrics,
+    };
+    if shared
+        .publish_result(
+            &run,
+            &result(ending, [out_chunks, err_chunks], changes),
+            abort,
+        )
+        .await
+    {
+        for _ in 0..5 {
+            if message.double_ack().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+/// Publishes a piped stream's chunks as they come; returns how many.
+async fn forward(
+    shared: &Shared,
+    subject: &str,
+    stream: &str,
+    delivery: u32,
+    rx: Option<isola::OutputReceiver>,
+) -> u64 {
+    let Some(mut rx) = rx else { return 0 };
+    let mut seq = 0u64;
+    // NATS's default largest message is 1 MiB; stay well under it.
+    const PIECE: usize = 256 << 10;
+    while let Some(chunk) = rx.recv().await {
+        for piece in chunk.chunks(PIECE) {
+            let mut headers = HeaderMap::new();
+            headers.insert(STREAM_HEADER, stream);
+            headers.insert(SEQ_HEADER, seq.to_string().as_str());
+            headers.insert(DELIVERY_HEADER, delivery.to_string().as_str());
+            let _ = shared
+                .client
+                .publish_with_headers(subject.to_owned(), headers, chunk.slice_ref(piece))
+                .await;
+            seq += 1;
+        }
+    }
+    seq
+}
+
+/// Whether `spec` is within the ceilings and asks only for what a remote
+/// task may have; else the field and why not.
+fn check(ceilings: &Ceilings, spec: &TaskSpec) -> Result<(), (String, String)> {
+    let refuse = |field: &str, message: String| Err((field.to_owned(), message));
+    if !ceilings.isolation.contains(&spec.isolation) {
+        return refuse(
+            "isolation",
+            format!("this worker does not run {} tasks", spec.isolation),
+        );
+    }
+    if spec.limits.max_memory > ceilings.max_memory {
+        return refuse(
+            "limits.max_memory",
+            format!(
+                "{} is more than this worker's ceiling of {}",
+                spec.limits.max_memory, ceilings.max_memory
+            ),
+        );
+    }
+    if let Some(process) = spec.limits.process_memory
+        && process.as_u64()
+            > ceilings.max_memory.as_u64() + Limits::DEFAULT_PROCESS_MEMORY_HEADROOM.as_u64()
+    {
+        return refuse(
+            "limits.process_memory",
+            format!(
+                "{process} is more than this worker's ceiling of {} plus {} headroom",
+                ceilings.max_memory,
+                Limits::DEFAULT_PROCESS_MEMORY_HEADROOM
+            ),
+        );
+    }
+    if let Some(timeout) = spec.limits.timeout
+        && timeout > ceilings.max_timeout
+    {
+        return refuse(
+            "limits.timeout",
+            format!(
+                "{} is longer than this worker's ceiling of {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(ceilings.max_timeout)
+            ),
+        );
+    }
+    if let (Some(fuel), Some(most)) = (spec.limits.fuel, ceilings.max_fuel)
+        && fuel > most
+    {
+        return refuse(
+            "limits.fuel",
+            format!("{fuel} is more than this worker's ceiling of {most}"),
+        );
+    }
+    if !spec.inherit_env.is_empty() {
+        return refuse(
+            "inherit_env",
+            "a remote task cannot read a worker's environment".into(),
+        );
+    }
+    if spec.stdin == Stdin::Inherit {
+        return refuse("stdin", "a remote task cannot read a worker's stdin".into());
+    }
+    if spec.shared_group.is_some() {
+        return refuse(
+            "shared_group",
+            "shared memory groups do not span machines".into(),
+        );
+    }
+    if !spec.host_functions.is_empty() || spec.kv.is_some() {
+        return refuse(
+            if spec.kv.is_some() {
+                "kv"
+            } else {
+                "host_functions"
+            },
+            "a remote task cannot call a worker's host functions or stores".into(),
+        );
+    }
+    if spec.sandbox.is_some() {
+        return refuse(
+            "sandbox",
+            "a remote task runs under the worker's own sandbox policy".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The spec as this worker runs it: the module, directories and stdin
+/// fetched into `dir`, limits closed at the ceilings. Also the contents
+/// of each writable directory before the task, to tell what it changed.
+async fn prepare(
+    shared: &Shared,
+    task: &TaskMessage,
+    dir: &Path,
+) -> Result<(TaskSpec, Vec<Option<BTreeMap<String, String>>>), String> {
+    let ceilings = &shared.options.ceilings;
+    let mut spec = task.spec.clone();
+    if task.dirs.len() != spec.dirs.len() {
+        return Err("the message's directories do not match its spec".into());
+    }
+    spec.wasm = shared
+        .blobs
+        .get_cached(
+            &task.module,
+            &shared.work.path().join("modules"),
+            ceilings.max_archive,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot make `{}`: {e}", dir.display()))?;
+    let mut before = Vec::with_capacity(spec.dirs.len());
+    let mut grants = Vec::with_capacity(spec.dirs.len());
+    for (i, (grant, archive)) in spec.dirs.iter().zip(&task.dirs).enumerate() {
+        let bytes = shared
+            .blobs
+            .get(archive, ceilings.max_archive)
+            .await
+            .map_err(|e| e.to_string())?;
+        let here = dir.join(format!("dir{i}"));
+        let limit = ceilings.max_archive;
+        let target = here.clone();
+        let writable = grant.writable;
+        let manifest = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+            files::unpack(&bytes, &target, limit).map_err(|e| e.to_string())?;
+            if writable {
+                manifest(&target).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        before.push(manifest);
+        // The guest sees the path it would see on the submitter.
+        grants.push(DirGrant {
+            host: here,
+            guest: Some(grant.guest_path()),
+            writable: grant.writable,
+        });
+    }
+    spec.dirs = grants;
+    if let Stdin::File(_) = spec.stdin {
+        let Some(name) = &task.stdin else {
+            return Err("the message names a stdin file but sends none".into());
+        };
+        let bytes = shared
+            .blobs
+            .get(name, ceilings.max_archive)
+            .await
+            .map_err(|e| e.to_string())?;
+        let path = dir.join("stdin");
+        tokio::fs::write(&path, bytes)
+            .await
+            .map_err(|e| format!("cannot write stdin: {e}"))?;
+        spec.stdin = Stdin::File(path);
+    }
+    // Output always comes back through the pipe; the submitter captures,
+    // shows or drops it as the spec says.
+    for output in [&mut spec.stdout, &mut spec.stderr] {
+        *output = match output {
+            Output::Discard => Output::Discard,
+            _ => Output::Pipe,
+        };
+    }
+    if spec.limits.timeout.is_none() {
+        spec.limits.timeout = Some(ceilings.max_timeout);
+    }
+    if spec.limits.fuel.is_none() {
+        spec.limits.fuel = ceilings.max_fuel;
+    }
+    Ok((spec, before))
+}
+
+/// Each regular file under `dir` and the SHA-256 of its contents (links a
+/// task made are skipped: they do not travel).
+fn manifest(dir: &Path) -> Result<BTreeMap<String, String>, String> {
+    let tree = files::walk_lenient(dir).map_err(|e| e.to_string())?;
+    let mut hashes = BTreeMap::new();
+    for rel in tree.files.keys() {
+        hashes.insert(
+            rel.clone(),
+            files::hash_file(&dir.join(rel)).map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(hashes)
+}
+
+/// What the task changed in each writable directory, packed and stored.
+async fn changes(
+    shared: &Shared,
+    spec: &TaskSpec,
+    before: &[Option<BTreeMap<String, String>>],
+) -> Result<Vec<Option<Changes>>, Error> {
+    let mut all = Vec::with_capacity(spec.dirs.len());
+    for (grant, before) in spec.dirs.iter().zip(before) {
+        let Some(before) = before else {
+            all.push(None);
+            continue;
+        };
+        let dir: PathBuf = grant.host.clone();
+        let before = before.clone();
+        let limit = shared.options.ceilings.max_archive;
+        let packed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let mut tree = files::walk_lenient(&dir)?;
+            let after = manifest(&dir).map_err(Error::Files)?;
+            let deleted: Vec<String> = before
+                .keys()
+                .filter(|rel| !after.contains_key(*rel))
+                .cloned()
+                .collect();
+            tree.files
+                .retain(|rel, _| before.get(rel) != after.get(rel));
+            if tree.files.is_empty() && tree.dirs.is_empty() {
+                return Ok((None, deleted));
+            }
+            let changed = Tree {
+                files: tree.files,
+                dirs: tree.dirs,
+            };
+            Ok((Some(files::pack(&dir, &changed, limit)?), deleted))
+        })
+        .await
+        .map_err(|e| Error::Files(e.to_string()))??;
+        let archive = match packed.0 {
+            Some(bytes) => Some(shared.blobs.put(&bytes).await?),
+            None => None,
+        };
+        all.push(Some(Changes {
+            archive,
+            deleted: packed.1,
+        }));
+    }
+    Ok(all)
+}
