@@ -53,7 +53,11 @@ apt-deps:
 # installed when missing and running as root; otherwise that test says it
 # was skipped.
 TEST_APT_PACKAGES := chromium
+# nats-server (Debian's 2.9) for the scale-out tests (tests/all/cluster.rs),
+# which start their own server on a free loopback port: required.
+TEST_APT_REQUIRED := nats-server
 test-deps:
+	@.ci/apt-ensure required $(TEST_APT_REQUIRED)
 	@.ci/apt-ensure optional $(TEST_APT_PACKAGES)
 
 # C guests (guests/c/*.c), each a WASI reactor module for wasm32-wasi.

@@ -18,9 +18,9 @@ pub(crate) const RUNS_STREAM: &str = "ISOLA_RUNS";
 
 /// How long a submitter's heartbeat lasts: a run whose submitter has not
 /// beaten for this long is taken as gone, and workers drop its tasks.
-pub(crate) const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+pub(crate) const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 /// How often a submitter beats.
-pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// Results are kept this long: a run longer than that could lose a
 /// result stored for a submitter that was not listening.
 const RESULTS_MAX_AGE: Duration = Duration::from_secs(3600);

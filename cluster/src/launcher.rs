@@ -203,6 +203,10 @@ impl Cluster {
             .create_consumer(OrderedConfig {
                 filter_subject: format!("isola.result.{}.>", inner.run),
                 deliver_policy: DeliverPolicy::All,
+                // Short pulls, and so heartbeats every 2 s: after a server
+                // restart the consumer notices within seconds, not the
+                // default's half minute.
+                max_expires: Duration::from_secs(4),
                 ..Default::default()
             })
             .await

@@ -264,13 +264,17 @@ impl Worker {
                 }
             };
             let mut permit = Some(permit);
-            while let Some(message) = batch.next().await {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(err) => {
+            loop {
+                // A pull the server lost (it restarted) would otherwise be
+                // waited on forever: past its expiry, pull again.
+                let next = tokio::time::timeout(Duration::from_secs(3), batch.next()).await;
+                let message = match next {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(err))) => {
                         tracing::debug!("pull ended: {err}");
                         break;
                     }
+                    Ok(None) | Err(_) => break,
                 };
                 let slot = match permit.take() {
                     Some(slot) => slot,

@@ -6,6 +6,7 @@ mod abi;
 mod bad_input;
 mod cache;
 mod cli;
+mod cluster;
 mod guest_faults;
 mod host_functions;
 mod hostile;
