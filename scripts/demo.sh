@@ -44,3 +44,25 @@ rm -rf "$demo_kv"
 echo
 echo "== shared memory: 8 tasks invert 64 MiB in place vs through messages (host/examples/shared_stripes.rs) =="
 step "$bin_dir/examples/shared_stripes"
+echo
+echo "== across machines: the same task set on two isola workers through a NATS JetStream server (README, Running across machines) =="
+if command -v nats-server >/dev/null 2>&1; then
+    nats_dir=$(mktemp -d)
+    nats_port=$((20000 + RANDOM % 20000))
+    nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir" >/dev/null 2>&1 &
+    nats_pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+    "$isola" worker --nats "nats://127.0.0.1:$nats_port" --name left -j 2 2>/dev/null &
+    left=$!
+    "$isola" worker --nats "nats://127.0.0.1:$nats_port" --name right -j 2 2>/dev/null &
+    right=$!
+    sleep 0.5
+    step "$isola" up examples/tasks.toml --nats "nats://127.0.0.1:$nats_port" --json "$nats_dir/run.json"
+    echo "where each task ran (from --json; no worker: it ran on the submitter, or never ran):"
+    grep -E '^      "(name|worker)": ' "$nats_dir/run.json" | tr -d '",' | awk '$1 == "name:" { if (n) print n; n = $2 } $1 == "worker:" { n = n " -> " $2 } END { if (n) print n }'
+    kill "$left" "$right" 2>/dev/null; wait "$left" "$right" 2>/dev/null
+    kill "$nats_pid"; wait "$nats_pid" 2>/dev/null
+    rm -rf "$nats_dir"
+else
+    echo "(skipped: nats-server is not installed; \`apt-get install nats-server\` or \`make test\` as root installs it)"
+fi

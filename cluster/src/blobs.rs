@@ -107,10 +107,18 @@ impl Blobs {
             ))
         };
         tokio::fs::create_dir_all(cache).await.map_err(io)?;
-        // Written aside and renamed, so a reader never sees half a file.
-        let partial = cache.join(format!("{name}.{}.part", std::process::id()));
+        // Written aside under a name of its own and renamed, so a reader
+        // never sees half a file, and tasks fetching the same module at
+        // once do not take each other's file away (the last rename wins,
+        // with the same bytes).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial = cache.join(format!("{name}.{}-{n}.part", std::process::id()));
         tokio::fs::write(&partial, &bytes).await.map_err(io)?;
-        tokio::fs::rename(&partial, &path).await.map_err(io)?;
+        if let Err(err) = tokio::fs::rename(&partial, &path).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(io(err));
+        }
         Ok(path)
     }
 }

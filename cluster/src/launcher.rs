@@ -26,9 +26,7 @@ use crate::connect::{
     ConnectOptions, Entities, HEARTBEAT_EVERY, TASK_SUBJECT, cancel_subject, run_subject,
 };
 use crate::files::{self, FileMeta};
-use crate::wire::{
-    Changes, DELIVERY_HEADER, Ending, ResultMessage, SEQ_HEADER, STREAM_HEADER, TaskMessage,
-};
+use crate::wire::{Changes, DELIVERY_HEADER, Ending, ResultMessage, STREAM_HEADER, TaskMessage};
 
 /// Header of the message a worker sends when it starts a task: its name.
 pub(crate) const STARTED_HEADER: &str = "Isola-Started";
@@ -409,7 +407,6 @@ async fn on_output(inner: &Inner, message: async_nats::Message) {
         Some("stderr") => 1,
         _ => 0,
     };
-    let _seq = header(SEQ_HEADER);
     let pipe = {
         let mut state = lock(&waiting.state);
         if delivery > state.delivery {
@@ -541,7 +538,7 @@ impl Inner {
         loop {
             let notified = waiting.changed.notified();
             {
-                let mut state = lock(&waiting.state);
+                let state = lock(&waiting.state);
                 match &state.result {
                     Some(ResultMessage {
                         ending: Ending::Refused { field, message },
@@ -566,7 +563,6 @@ impl Inner {
                     None if state.started.is_some() => break,
                     None => {}
                 }
-                state.delivery = state.delivery.max(1);
             }
             notified.await;
         }
@@ -646,7 +642,9 @@ impl Inner {
                 {
                     let state = lock(&waiting.state);
                     if state.delivery > result.delivery
-                        || (state.delivery == result.delivery && state.received >= result.chunks)
+                        || (state.delivery == result.delivery
+                            && state.received[0] >= result.chunks[0]
+                            && state.received[1] >= result.chunks[1])
                     {
                         break;
                     }

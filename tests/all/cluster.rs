@@ -16,6 +16,7 @@ struct Server {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 fn nats_server_bin() -> PathBuf {
@@ -33,6 +34,10 @@ fn nats_server_bin() -> PathBuf {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -41,6 +46,7 @@ impl Server {
             child: None,
             port,
             store: tempfile::tempdir().expect("tempdir"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         server.spawn();
         server
@@ -48,8 +54,16 @@ impl Server {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -136,6 +150,17 @@ fn component(name: &str) -> String {
 /// Runs `isola up` on `set` (locally, or on the cluster at `nats`) and
 /// returns its exit code and JSON report.
 fn up(set: &Path, nats: Option<&str>, extra: &[&str]) -> (i32, serde_json::Value) {
+    let (code, report, _) = up_with_output(set, nats, extra);
+    (code, report)
+}
+
+/// As [`up`], also returning the `name | line` lines it printed, sorted
+/// (tasks interleave differently from run to run).
+fn up_with_output(
+    set: &Path,
+    nats: Option<&str>,
+    extra: &[&str],
+) -> (i32, serde_json::Value, Vec<String>) {
     let json = set.with_extension("json");
     let mut command = Command::new(isola_bin());
     command
@@ -146,7 +171,7 @@ fn up(set: &Path, nats: Option<&str>, extra: &[&str]) -> (i32, serde_json::Value
         .args(extra)
         .env("ISOLA_CACHE_DIR", shared_cache())
         .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(url) = nats {
         command.args(["--nats", url]);
@@ -159,7 +184,13 @@ fn up(set: &Path, nats: Option<&str>, extra: &[&str]) -> (i32, serde_json::Value
         )
     });
     let report = serde_json::from_str(&text).expect("JSON report");
-    (out.status.code().unwrap_or(-1), report)
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(" | "))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    (out.status.code().unwrap_or(-1), report, lines)
 }
 
 /// The records of a report by task name.
@@ -187,10 +218,13 @@ fn mixed_set(dir: &Path, count: usize) -> PathBuf {
     std::fs::create_dir_all(dir.join("work")).expect("mkdir");
     std::fs::write(dir.join("work/design.txt"), "the design").expect("write");
     let (echo, echo2, hostile) = (wasm("echo_cli"), component("echo_cli"), wasm("hostile"));
-    let mut toml = String::from("[defaults]\nlimits = { max_memory = \"64MiB\", timeout = \"20s\" }\n");
+    let mut toml =
+        String::from("[defaults]\nlimits = { max_memory = \"64MiB\", timeout = \"20s\" }\n");
     for i in 0..count {
         let task = match i % 10 {
-            0 => format!("wasm = \"{echo}\"\nargs = [\"args\", \"process {i}\"]\nisolation = \"process\""),
+            0 => format!(
+                "wasm = \"{echo}\"\nargs = [\"args\", \"process {i}\"]\nisolation = \"process\""
+            ),
             1 | 3 | 5 => format!("wasm = \"{echo}\"\nargs = [\"args\", \"thread {i}\"]"),
             2 | 4 => format!("wasm = \"{echo2}\"\nargs = [\"args\", \"component {i}\"]"),
             6 => format!(
@@ -203,7 +237,9 @@ fn mixed_set(dir: &Path, count: usize) -> PathBuf {
             ),
             _ => format!(
                 "wasm = \"{echo}\"\nargs = [\"env\"]\nenv = {{ N = \"{i}\" }}\ndepends_on = [\"t{}\"]",
-                i - 2
+                // Half depend on a task that succeeds, half on one that
+                // fails (and so are skipped).
+                if i % 20 == 9 { i - 4 } else { i - 2 }
             ),
         };
         toml.push_str(&format!("\n[[task]]\nname = \"t{i}\"\n{task}\n"));
@@ -266,10 +302,14 @@ fn a_mixed_set_on_three_workers_ends_as_it_does_locally() {
     let local = mixed_set(&root.path().join("local"), 500);
     let remote = mixed_set(&root.path().join("remote"), 500);
 
-    let (local_code, local_report) = up(&local, None, &["--jobs", "6"]);
-    let (remote_code, remote_report) = up(&remote, Some(&server.url()), &["--jobs", "6"]);
+    let (local_code, local_report, local_lines) = up_with_output(&local, None, &["--jobs", "6"]);
+    let (remote_code, remote_report, remote_lines) =
+        up_with_output(&remote, Some(&server.url()), &["--jobs", "6"]);
     assert_eq!(local_code, 1, "the set has failing tasks on purpose");
     assert_eq!(remote_code, local_code);
+    // The same `name | line` output, every line of every task.
+    assert!(local_lines.len() >= 300, "{}", local_lines.len());
+    assert_eq!(remote_lines, local_lines);
 
     let (local, remote) = (records(&local_report), records(&remote_report));
     assert_eq!(local.len(), 504);
@@ -281,7 +321,9 @@ fn a_mixed_set_on_three_workers_ends_as_it_does_locally() {
     // workers took part.
     let mut by_worker = BTreeMap::new();
     for record in remote.values().filter(|r| !r["outcome"].is_null()) {
-        let worker = record["worker"].as_str().expect("a worker for a task that ran");
+        let worker = record["worker"]
+            .as_str()
+            .expect("a worker for a task that ran");
         *by_worker.entry(worker.to_owned()).or_insert(0) += 1;
         assert_eq!(record["deliveries"], 1, "{record}");
     }
@@ -292,11 +334,7 @@ fn a_mixed_set_on_three_workers_ends_as_it_does_locally() {
         dir_contents(&root.path().join("remote/work")),
         dir_contents(&root.path().join("local/work"))
     );
-    assert_eq!(
-        remote["pack"]["status"], "succeeded",
-        "{}",
-        remote["pack"]
-    );
+    assert_eq!(remote["pack"]["status"], "succeeded", "{}", remote["pack"]);
     assert_eq!(remote["pack-check"]["status"], "succeeded");
 }
 
@@ -307,7 +345,11 @@ fn sleepers(dir: &Path, count: usize, ms: u64) -> PathBuf {
     for i in 0..count {
         toml.push_str(&format!(
             "[[task]]\nname = \"s{i}\"\nwasm = \"{hostile}\"\nargs = [\"sleep\", \"{ms}\"]\n{}\n",
-            if i % 4 == 0 { "isolation = \"process\"" } else { "" }
+            if i % 4 == 0 {
+                "isolation = \"process\""
+            } else {
+                ""
+            }
         ));
     }
     let path = dir.join("tasks.toml");
@@ -341,7 +383,10 @@ fn a_killed_worker_s_tasks_are_redelivered_and_recorded_once() {
             other => panic!("unexpected placement {other:?}: {record}"),
         }
     }
-    assert!(redelivered >= 1, "the killed worker's tasks moved: {report}");
+    assert!(
+        redelivered >= 1,
+        "the killed worker's tasks moved: {report}"
+    );
 }
 
 #[test]
@@ -421,7 +466,14 @@ fn a_spec_beyond_a_worker_s_ceilings_is_refused_with_why() {
     let _worker = WorkerProc::start(
         &server.url(),
         "strict",
-        &["--max-timeout", "10s", "--isolation", "thread", "--max-memory", "64MiB"],
+        &[
+            "--max-timeout",
+            "10s",
+            "--isolation",
+            "thread",
+            "--max-memory",
+            "64MiB",
+        ],
     );
     let root = tempfile::tempdir().expect("tempdir");
     let echo = wasm("echo_cli");
@@ -477,9 +529,10 @@ limits = {{ max_memory = "1GiB" }}
 async fn the_library_submits_specs_and_gets_reports_back() {
     let server = Server::start();
     let _worker = WorkerProc::start(&server.url(), "lib", &["-j", "2"]);
-    let cluster = isola_cluster::Cluster::connect(&isola_cluster::ConnectOptions::new(server.url()))
-        .await
-        .expect("connect");
+    let cluster =
+        isola_cluster::Cluster::connect(&isola_cluster::ConnectOptions::new(server.url()))
+            .await
+            .expect("connect");
 
     // Captured output and an exit code, as from a local runner; the
     // submitter's variable passes through `inherit_env`.
@@ -489,7 +542,12 @@ async fn the_library_submits_specs_and_gets_reports_back() {
     spec.args = vec!["env-get".into(), "ISOLA_CLUSTER_TEST_VAR".into()];
     spec.inherit_env = vec!["ISOLA_CLUSTER_TEST_VAR".into()];
     spec.isolation = Isolation::Process;
-    let report = cluster.spawn("env", spec).await.expect("spawn").wait().await;
+    let report = cluster
+        .spawn("env", spec)
+        .await
+        .expect("spawn")
+        .wait()
+        .await;
     assert_eq!(report.outcome, Outcome::Exited { code: 0 });
     assert_eq!(report.stdout.text(), "from the submitter\n");
 
@@ -512,4 +570,77 @@ async fn the_library_submits_specs_and_gets_reports_back() {
     let err = cluster.spawn("stdin", spec).await.expect_err("refused");
     assert!(err.to_string().contains("stdin"), "{err}");
     cluster.close().await;
+}
+
+#[test]
+fn sigterm_lets_a_worker_finish_its_tasks_and_exit() {
+    let server = Server::start();
+    let mut worker = WorkerProc::start(&server.url(), "graceful", &["-j", "2"]);
+    let root = tempfile::tempdir().expect("tempdir");
+    let set = sleepers(root.path(), 2, 1500);
+    let url = server.url();
+    let run = std::thread::spawn(move || up(&set, Some(&url), &["--jobs", "2"]));
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&worker.child, libc::SIGTERM);
+    let status = worker.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "a drained worker exits 0");
+    let (code, report) = run.join().expect("up");
+    assert_eq!(code, 0, "{report}");
+    for record in records(&report).values() {
+        assert_eq!(record["worker"], "graceful", "{record}");
+        assert_eq!(
+            record["deliveries"], 1,
+            "finished, not handed back: {record}"
+        );
+    }
+}
+
+#[test]
+fn credentials_pass_through_and_a_wrong_one_is_a_clear_error() {
+    let server = Server::start_with(&["--auth", "s3cret-token"]);
+    let _worker = WorkerProc::start(&server.url(), "authed", &["--nats-token", "s3cret-token"]);
+    let root = tempfile::tempdir().expect("tempdir");
+    let set = sleepers(root.path(), 2, 10);
+    let (code, report) = up(&set, Some(&server.url()), &["--nats-token", "s3cret-token"]);
+    assert_eq!(code, 0, "{report}");
+
+    let out = Command::new(isola_bin())
+        .arg("up")
+        .arg(&set)
+        .args(["--nats", &server.url(), "--nats-token", "wrong"])
+        .output()
+        .expect("isola up");
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--nats") && stderr.contains("cannot connect to NATS"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong"),
+        "the token is not echoed: {stderr}"
+    );
+}
+
+#[test]
+fn a_fresh_worker_fetches_one_module_for_many_tasks_at_once() {
+    // Sixteen tasks of one module reach a worker with an empty module
+    // cache at once: each fetch must leave the others' alone.
+    let server = Server::start();
+    let _worker = WorkerProc::start(&server.url(), "fresh", &["-j", "16"]);
+    let root = tempfile::tempdir().expect("tempdir");
+    let hello = wasm("hello");
+    let mut toml = String::new();
+    for i in 0..16 {
+        toml.push_str(&format!("[[task]]\nname = \"h{i}\"\nwasm = \"{hello}\"\n"));
+    }
+    let set = root.path().join("tasks.toml");
+    std::fs::write(&set, toml).expect("write");
+    let (code, report) = up(&set, Some(&server.url()), &["--jobs", "16"]);
+    let errors: Vec<_> = records(&report)
+        .values()
+        .filter_map(|r| r["start_error"].as_str().map(str::to_owned))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(code, 0);
 }

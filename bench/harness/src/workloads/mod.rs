@@ -4,6 +4,7 @@ pub mod cache;
 pub mod cli;
 pub mod concurrency;
 pub mod cpu;
+pub mod distributed;
 pub mod memory;
 pub mod rtt;
 pub mod shm;
@@ -61,11 +62,15 @@ pub async fn run_all(ctx: &Ctx, only: &[u8]) -> (Vec<Figure>, Vec<String>) {
         progress(9, "one-shot CLI");
         collect(f, e, "9 one-shot CLI", cli::run(ctx).await);
     }
+    if want(10) {
+        progress(10, "distributed (NATS JetStream)");
+        collect(f, e, "10 distributed", distributed::run(ctx).await);
+    }
     (figures, failures)
 }
 
 fn progress(n: u8, what: &str) {
-    eprintln!("[{n}/9] {what} ...");
+    eprintln!("[{n}/10] {what} ...");
 }
 
 /// A duration in microseconds.
