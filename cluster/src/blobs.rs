@@ -2,9 +2,10 @@
 //! directories and stdin files, each named by the SHA-256 of its bytes,
 //! uploaded once and verified on arrival.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream::object_store::ObjectStore;
 use tokio::io::AsyncReadExt;
@@ -16,13 +17,25 @@ pub(crate) struct Blobs {
     store: ObjectStore,
     /// Blobs known to be in the store (uploaded or seen by this process).
     present: Mutex<HashSet<String>>,
+    /// One upload per name at a time: the client's `put` of a name that
+    /// exists replaces the object and purges the old chunks, which a
+    /// concurrent reader of them would wait on forever.
+    uploading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A read of a blob that makes no progress for this long is abandoned and
+/// tried again (its object may have been replaced under it by another
+/// process storing the same bytes).
+const READ_STALL: Duration = Duration::from_secs(20);
+/// Reads of one blob before giving up.
+const READ_ATTEMPTS: usize = 3;
 
 impl Blobs {
     pub(crate) fn new(store: ObjectStore) -> Blobs {
         Blobs {
             store,
             present: Mutex::new(HashSet::new()),
+            uploading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -47,6 +60,17 @@ impl Blobs {
         if self.known(&name) {
             return Ok(name);
         }
+        let gate = self
+            .uploading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
+        if self.known(&name) {
+            return Ok(name);
+        }
         let there = matches!(self.store.info(&name).await, Ok(info) if info.size == bytes.len());
         if !there {
             let mut reader = bytes;
@@ -63,28 +87,45 @@ impl Blobs {
     /// name.
     pub(crate) async fn get(&self, name: &str, limit: u64) -> Result<Vec<u8>, Error> {
         let fail = |what: String| Error::JetStream(format!("cannot fetch blob {name}: {what}"));
-        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_blob_name(name) {
             return Err(fail("not a SHA-256 name".into()));
         }
-        let object = self
-            .store
-            .get(name)
+        let mut last = String::new();
+        for _ in 0..READ_ATTEMPTS {
+            match self.read(name, limit).await {
+                Ok(bytes) if bytes.len() as u64 > limit => {
+                    return Err(fail(format!("larger than the {limit} bytes allowed")));
+                }
+                Ok(bytes) if hash(&bytes) == name => {
+                    self.remember(name);
+                    return Ok(bytes);
+                }
+                Ok(_) => last = "its bytes do not match its hash".into(),
+                Err(err) => last = err,
+            }
+        }
+        Err(fail(last))
+    }
+
+    /// One read of a blob, at most `limit + 1` bytes, abandoned when it
+    /// stalls.
+    async fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+        let object = tokio::time::timeout(READ_STALL, self.store.get(name))
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|_| "no answer".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let mut object = object.take(limit.saturating_add(1));
         let mut bytes = Vec::new();
-        object
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if bytes.len() as u64 > limit {
-            return Err(fail(format!("larger than the {limit} bytes allowed")));
+        loop {
+            bytes.reserve(128 << 10);
+            let read = tokio::time::timeout(READ_STALL, object.read_buf(&mut bytes))
+                .await
+                .map_err(|_| format!("no progress for {} s", READ_STALL.as_secs()))?
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Ok(bytes);
+            }
         }
-        if hash(&bytes) != name {
-            return Err(fail("its bytes do not match its hash".into()));
-        }
-        self.remember(name);
-        Ok(bytes)
     }
 
     /// The blob as a file in `cache` (fetched and verified once, then
@@ -95,6 +136,11 @@ impl Blobs {
         cache: &Path,
         limit: u64,
     ) -> Result<PathBuf, Error> {
+        // The name comes from an untrusted message: checked before it
+        // names a path.
+        if !is_blob_name(name) {
+            return Err(Error::JetStream(format!("`{name}` is not a blob name")));
+        }
         let path = cache.join(format!("{name}.wasm"));
         if tokio::fs::metadata(&path).await.is_ok() {
             return Ok(path);
@@ -120,5 +166,28 @@ impl Blobs {
             return Err(io(err));
         }
         Ok(path)
+    }
+}
+
+/// A blob's name: a SHA-256 in lowercase hex.
+pub(crate) fn is_blob_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_blob_name_is_a_lowercase_sha256_and_nothing_else() {
+        let good = "a".repeat(64);
+        assert!(super::is_blob_name(&good));
+        for bad in [
+            "",
+            "../../etc/passwd",
+            &"A".repeat(64),
+            &"a".repeat(63),
+            &format!("{}/", "a".repeat(63)),
+        ] {
+            assert!(!super::is_blob_name(bad), "{bad:?}");
+        }
     }
 }

@@ -104,6 +104,15 @@ impl ConnectOptions {
     /// reconnecting forever after that: a server restart is an outage to
     /// ride out, not an error.
     pub(crate) async fn connect(&self) -> Result<async_nats::Client, Error> {
+        self.connect_watched(None).await
+    }
+
+    /// As `connect`, recording in `connected_at` when the connection was
+    /// last (re)established.
+    pub(crate) async fn connect_watched(
+        &self,
+        connected_at: Option<std::sync::Arc<std::sync::Mutex<std::time::Instant>>>,
+    ) -> Result<async_nats::Client, Error> {
         let err = |message: String| Error::Connect {
             url: self.url.clone(),
             message,
@@ -129,6 +138,17 @@ impl ConnectOptions {
         }
         if let Some(name) = &self.name {
             options = options.name(name);
+        }
+        if let Some(at) = connected_at {
+            options = options.event_callback(move |event| {
+                let at = at.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            std::time::Instant::now();
+                    }
+                }
+            });
         }
         options = options
             .require_tls(self.require_tls)

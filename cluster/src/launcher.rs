@@ -117,7 +117,10 @@ struct WaitState {
 }
 
 enum Sink {
-    Pipe(mpsc::Sender<Bytes>),
+    /// To the task's reader, through a forwarder of its own, so a reader
+    /// that is slow (or waits on another task first) holds up only its own
+    /// task's output, never the dispatch of other tasks' results.
+    Pipe(mpsc::UnboundedSender<Bytes>),
     Capture {
         bytes: Vec<u8>,
         limit: usize,
@@ -132,7 +135,16 @@ impl Sink {
         match output {
             Output::Pipe => {
                 let (tx, rx) = mpsc::channel(64);
-                (Sink::Pipe(tx), Some(rx))
+                let (queue, mut queued) = mpsc::unbounded_channel::<Bytes>();
+                tokio::spawn(async move {
+                    while let Some(chunk) = queued.recv().await {
+                        if tx.send(chunk).await.is_err() {
+                            // The reader went away: the rest is dropped.
+                            break;
+                        }
+                    }
+                });
+                (Sink::Pipe(queue), Some(rx))
             }
             Output::Capture => (
                 Sink::Capture {
@@ -156,6 +168,24 @@ impl Sink {
                 truncated: *truncated,
             },
             _ => Captured::default(),
+        }
+    }
+}
+
+impl WaitState {
+    /// A redelivery starts its output over: count afresh, and keep only
+    /// the new attempt's capture.
+    fn start_over(&mut self, delivery: u32) {
+        self.delivery = delivery;
+        self.received = [0, 0];
+        for sink in &mut self.sinks {
+            if let Sink::Capture {
+                bytes, truncated, ..
+            } = sink
+            {
+                bytes.clear();
+                *truncated = false;
+            }
         }
     }
 }
@@ -215,7 +245,11 @@ impl Cluster {
         let weak = Arc::downgrade(&inner);
         let stop = inner.stop.clone();
         tokio::spawn(async move {
-            dispatch(weak, outputs, results, stop).await;
+            dispatch(weak.clone(), outputs, results, stop).await;
+            // Nothing more will arrive: no attempt may wait for ever.
+            if let Some(inner) = weak.upgrade() {
+                abandon(&inner);
+            }
         });
         let weak = Arc::downgrade(&inner);
         let stop = inner.stop.clone();
@@ -330,6 +364,37 @@ fn run_id() -> String {
     format!("r{:x}", hasher.finish())
 }
 
+/// Ends every waiting attempt with a failure: the run's subscriptions
+/// ended (the run was closed, or the connection was given up).
+fn abandon(inner: &Inner) {
+    let waiting: Vec<(u64, Arc<Waiting>)> = lock(&inner.waiting)
+        .iter()
+        .map(|(task, w)| (*task, w.clone()))
+        .collect();
+    for (task, waiting) in waiting {
+        let mut state = lock(&waiting.state);
+        if state.result.is_none() {
+            state.result = Some(ResultMessage {
+                task,
+                worker: "(none)".into(),
+                delivery: state.delivery,
+                ending: Ending::Ran {
+                    outcome: Outcome::Failed {
+                        message: "the run's connection to the cluster ended before the task's \
+                                  result arrived"
+                            .into(),
+                    },
+                    metrics: TaskMetrics::default(),
+                },
+                chunks: [0, 0],
+                changes: Vec::new(),
+            });
+        }
+        drop(state);
+        waiting.changed.notify_waiters();
+    }
+}
+
 /// Routes output chunks and results to the attempts waiting for them,
 /// until the run stops.
 async fn dispatch(
@@ -344,7 +409,7 @@ async fn dispatch(
             message = outputs.next() => {
                 let Some(message) = message else { return };
                 let Some(inner) = inner.upgrade() else { return };
-                on_output(&inner, message).await;
+                on_output(&inner, message);
             }
             message = results.next() => {
                 let Some(message) = message else { return };
@@ -375,7 +440,7 @@ async fn dispatch(
     }
 }
 
-async fn on_output(inner: &Inner, message: async_nats::Message) {
+fn on_output(inner: &Inner, message: async_nats::Message) {
     let Some(task) = message
         .subject
         .rsplit('.')
@@ -407,27 +472,17 @@ async fn on_output(inner: &Inner, message: async_nats::Message) {
         Some("stderr") => 1,
         _ => 0,
     };
-    let pipe = {
+    {
         let mut state = lock(&waiting.state);
         if delivery > state.delivery {
-            // A redelivery starts its output over: count afresh, and keep
-            // only the new attempt's capture.
-            state.delivery = delivery;
-            state.received = [0, 0];
-            for sink in &mut state.sinks {
-                if let Sink::Capture {
-                    bytes, truncated, ..
-                } = sink
-                {
-                    bytes.clear();
-                    *truncated = false;
-                }
-            }
+            state.start_over(delivery);
         } else if delivery < state.delivery {
             return;
         }
-        let pipe = match &mut state.sinks[stream] {
-            Sink::Pipe(tx) => Some(tx.clone()),
+        match &mut state.sinks[stream] {
+            Sink::Pipe(queue) => {
+                let _ = queue.send(message.payload);
+            }
             Sink::Capture {
                 bytes,
                 limit,
@@ -437,29 +492,16 @@ async fn on_output(inner: &Inner, message: async_nats::Message) {
                 let take = room.min(message.payload.len());
                 bytes.extend_from_slice(&message.payload[..take]);
                 *truncated |= take < message.payload.len();
-                None
             }
             Sink::Inherit(which) => {
                 let _ = match which {
                     Stream::Stdout => std::io::stdout().write_all(&message.payload),
                     Stream::Stderr => std::io::stderr().write_all(&message.payload),
                 };
-                None
             }
-            Sink::Discard => None,
-        };
-        if pipe.is_none() {
-            state.received[stream] += 1;
+            Sink::Discard => {}
         }
-        pipe
-    };
-    if let Some(tx) = pipe {
-        // A reader that went away just stops receiving.
-        let _ = tx.send(message.payload).await;
-        let mut state = lock(&waiting.state);
-        if state.delivery == delivery {
-            state.received[stream] += 1;
-        }
+        state.received[stream] += 1;
     }
     waiting.changed.notify_waiters();
 }
@@ -660,6 +702,11 @@ impl Inner {
         });
         let (stdout, stderr) = {
             let mut state = lock(&waiting.state);
+            if state.delivery < result.delivery {
+                // The delivery that made the result wrote nothing: what
+                // was captured is a lost attempt's.
+                state.start_over(result.delivery);
+            }
             let stdout = state.sinks[0].captured();
             let stderr = state.sinks[1].captured();
             // Dropping the pipes ends the readers' streams.

@@ -57,7 +57,7 @@ mod worker;
 
 pub use connect::{ConnectOptions, Credentials};
 pub use launcher::Cluster;
-pub use worker::{Ceilings, Worker, WorkerOptions};
+pub use worker::{Ceilings, MAX_DIRS, Worker, WorkerOptions};
 
 /// Times a task may be delivered to workers before it is given up as
 /// `Failed`: a task that kills every worker it reaches must not circle the

@@ -20,13 +20,20 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::blobs::Blobs;
-use crate::connect::{ConnectOptions, Entities, output_subject, result_subject, run_subject};
+use crate::connect::{
+    ConnectOptions, Entities, HEARTBEAT_TTL, output_subject, result_subject, run_subject,
+};
 use crate::files::{self, Tree};
 use crate::launcher::{DEFAULT_MAX_ARCHIVE, STARTED_HEADER};
 use crate::wire::{
     Changes, DELIVERY_HEADER, Ending, ResultMessage, SEQ_HEADER, STREAM_HEADER, TaskMessage,
 };
 use crate::{Error, MAX_DELIVERIES};
+
+/// Most directory grants of a remote task: each is unpacked here, so
+/// their number (with [`Ceilings::max_archive`]) bounds the disk a task
+/// can fill.
+pub const MAX_DIRS: usize = 32;
 
 /// The most a remote spec may ask of this worker. A task from the queue is
 /// untrusted input: a spec beyond a ceiling is refused, and a limit the
@@ -134,10 +141,16 @@ struct Shared {
     blobs: Blobs,
     /// Modules and task directories live here.
     work: tempfile::TempDir,
-    running: Mutex<HashMap<(String, u64), CancelHandle>>,
+    /// Running attempts by run, number and delivery (a long outage can
+    /// bring one attempt to this worker twice).
+    running: Mutex<HashMap<(String, u64, u32), CancelHandle>>,
     cancelled: Mutex<Cancelled>,
     /// Runs whose heartbeat was checked, and when, and what it said.
     alive: Mutex<HashMap<String, (Instant, bool)>>,
+    /// When the connection to the server was last made: heartbeats that
+    /// expired while the server was away say nothing until the submitters
+    /// have had time to beat again.
+    connected_at: Arc<Mutex<Instant>>,
 }
 
 #[derive(Default)]
@@ -163,7 +176,8 @@ impl Worker {
         connect: &ConnectOptions,
         options: WorkerOptions,
     ) -> Result<Worker, Error> {
-        let client = connect.connect().await?;
+        let connected_at = Arc::new(Mutex::new(Instant::now()));
+        let client = connect.connect_watched(Some(connected_at.clone())).await?;
         let entities = Entities::ensure(client.clone()).await?;
         let blobs = Blobs::new(entities.blobs.clone());
         let work = tempfile::Builder::new()
@@ -181,6 +195,7 @@ impl Worker {
                 running: Mutex::new(HashMap::new()),
                 cancelled: Mutex::new(Cancelled::default()),
                 alive: Mutex::new(HashMap::new()),
+                connected_at,
             }),
         })
     }
@@ -323,7 +338,7 @@ async fn listen_for_cancels(
         if what == "*" {
             cancelled.runs.insert(run.clone());
             drop(cancelled);
-            for ((r, _), handle) in lock(&shared.running).iter() {
+            for ((r, _, _), handle) in lock(&shared.running).iter() {
                 if *r == run {
                     handle.cancel();
                 }
@@ -331,8 +346,10 @@ async fn listen_for_cancels(
         } else if let Ok(task) = what.parse::<u64>() {
             cancelled.tasks.insert((run.clone(), task));
             drop(cancelled);
-            if let Some(handle) = lock(&shared.running).get(&(run, task)) {
-                handle.cancel();
+            for ((r, t, _), handle) in lock(&shared.running).iter() {
+                if *r == run && *t == task {
+                    handle.cancel();
+                }
             }
         }
     }
@@ -347,12 +364,12 @@ async fn watch_runs(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let runs: HashSet<String> = lock(&shared.running)
             .keys()
-            .map(|(r, _)| r.clone())
+            .map(|(r, _, _)| r.clone())
             .collect();
         for run in runs {
             if !shared.alive(&run).await {
                 tracing::info!(run, "its submitter is gone: cancelling its tasks");
-                for ((r, _), handle) in lock(&shared.running).iter() {
+                for ((r, _, _), handle) in lock(&shared.running).iter() {
                     if *r == run {
                         handle.cancel();
                     }
@@ -372,17 +389,21 @@ impl Shared {
         {
             return *alive;
         }
-        let alive = match self
+        let found = self
             .entities
             .runs
             .get_last_raw_message_by_subject(&run_subject(run))
-            .await
-        {
+            .await;
+        let settled = lock(&self.connected_at).elapsed() >= HEARTBEAT_TTL;
+        let alive = match found {
             Ok(_) => true,
-            Err(err) => !matches!(
-                err.kind(),
-                async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-            ),
+            Err(err) => {
+                !settled
+                    || !matches!(
+                        err.kind(),
+                        async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                    )
+            }
         };
         let mut known = lock(&self.alive);
         if known.len() > 10_000 {
@@ -447,10 +468,39 @@ impl Shared {
     }
 }
 
-/// One message from the queue, from receipt to ack.
+/// One message from the queue, from receipt to ack, with progress acks
+/// all along (fetching, compiling, running, sending files back, storing
+/// the result), so only a dead or stalled worker's tasks move.
 async fn handle(
     shared: &Arc<Shared>,
     message: async_nats::jetstream::Message,
+    abort: &CancellationToken,
+) {
+    let progress = async {
+        let every = (shared.options.ack_wait / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let _ = message.ack_with(AckKind::Progress).await;
+        }
+    };
+    tokio::select! {
+        () = handle_message(shared, &message, abort) => {}
+        () = progress => {}
+    }
+}
+
+/// Whether `run` is a run id a submitter makes: it becomes part of subjects
+/// and of a directory name here, so anything else is refused.
+fn is_run_id(run: &str) -> bool {
+    (1..=64).contains(&run.len())
+        && run
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn handle_message(
+    shared: &Arc<Shared>,
+    message: &async_nats::jetstream::Message,
     abort: &CancellationToken,
 ) {
     let delivery = message
@@ -465,6 +515,11 @@ async fn handle(
             return;
         }
     };
+    if !is_run_id(&task.run) {
+        tracing::warn!("dropped a task message with a malformed run id");
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    }
     let run = task.run.clone();
     let number = task.task;
     let result = |ending: Ending, chunks: [u64; 2], changes: Vec<Option<Changes>>| ResultMessage {
@@ -561,7 +616,7 @@ async fn handle(
         }
     };
     handle.close_channel();
-    let key = (run.clone(), number);
+    let key = (run.clone(), number, delivery);
     lock(&shared.running).insert(key.clone(), handle.cancel_handle());
     if shared.is_cancelled(&run, number) {
         handle.cancel();
@@ -577,18 +632,7 @@ async fn handle(
 
     let stdout = forward(shared, &subject, "stdout", delivery, handle.take_stdout());
     let stderr = forward(shared, &subject, "stderr", delivery, handle.take_stderr());
-    let progress = async {
-        let every = (shared.options.ack_wait / 3).max(Duration::from_millis(100));
-        loop {
-            tokio::time::sleep(every).await;
-            let _ = message.ack_with(AckKind::Progress).await;
-        }
-    };
-    let finished = async { tokio::join!(handle.wait(), stdout, stderr) };
-    let (report, out_chunks, err_chunks) = tokio::select! {
-        ended = finished => ended,
-        () = progress => unreachable!("the progress loop never ends"),
-    };
+    let (report, out_chunks, err_chunks) = tokio::join!(handle.wait(), stdout, stderr);
     lock(&shared.running).remove(&key);
 
     if abort.is_cancelled() {
@@ -681,7 +725,10 @@ fn check(ceilings: &Ceilings, spec: &TaskSpec) -> Result<(), (String, String)> {
     }
     if let Some(process) = spec.limits.process_memory
         && process.as_u64()
-            > ceilings.max_memory.as_u64() + Limits::DEFAULT_PROCESS_MEMORY_HEADROOM.as_u64()
+            > ceilings
+                .max_memory
+                .as_u64()
+                .saturating_add(Limits::DEFAULT_PROCESS_MEMORY_HEADROOM.as_u64())
     {
         return refuse(
             "limits.process_memory",
@@ -710,6 +757,15 @@ fn check(ceilings: &Ceilings, spec: &TaskSpec) -> Result<(), (String, String)> {
         return refuse(
             "limits.fuel",
             format!("{fuel} is more than this worker's ceiling of {most}"),
+        );
+    }
+    if spec.dirs.len() > MAX_DIRS {
+        return refuse(
+            "dirs",
+            format!(
+                "{} directory grants; a remote task may have at most {MAX_DIRS}",
+                spec.dirs.len()
+            ),
         );
     }
     if !spec.inherit_env.is_empty() {
@@ -895,4 +951,57 @@ async fn changes(
         }));
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_id_cannot_name_a_path_or_a_subject_wildcard() {
+        assert!(is_run_id("r1a2b3c4d5e6f7a8"));
+        for bad in [
+            "",
+            "../../etc",
+            "/abs",
+            "a.b",
+            "a*",
+            "a>",
+            "a b",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_run_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ceilings_refuse_what_a_remote_spec_may_not_have_without_overflowing() {
+        let mut ceilings = Ceilings {
+            max_memory: ByteSize::b(u64::MAX),
+            ..Ceilings::default()
+        };
+        let mut spec = TaskSpec::new("x.wasm");
+        spec.limits.process_memory = Some(ByteSize::b(u64::MAX));
+        assert_eq!(check(&ceilings, &spec), Ok(()));
+        ceilings.max_memory = ByteSize::mib(64);
+        spec.limits.process_memory = None;
+        let refused = |spec: &TaskSpec| check(&ceilings, spec).err().map(|(field, _)| field);
+        assert_eq!(refused(&spec).as_deref(), Some("limits.max_memory"));
+        spec.limits.max_memory = ByteSize::mib(32);
+        spec.dirs = vec![
+            DirGrant {
+                host: "/d".into(),
+                guest: None,
+                writable: false,
+            };
+            MAX_DIRS + 1
+        ];
+        assert_eq!(refused(&spec).as_deref(), Some("dirs"));
+        spec.dirs.clear();
+        spec.inherit_env = vec!["HOME".into()];
+        assert_eq!(refused(&spec).as_deref(), Some("inherit_env"));
+        spec.inherit_env.clear();
+        spec.sandbox = Some(isola::Sandbox::default());
+        assert_eq!(refused(&spec).as_deref(), Some("sandbox"));
+    }
 }

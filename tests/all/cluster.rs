@@ -563,6 +563,26 @@ async fn the_library_submits_specs_and_gets_reports_back() {
         .expect("the cancelled task ends");
     assert_eq!(report.outcome, Outcome::Cancelled);
 
+    // A task whose piped output nobody reads holds up only itself: another
+    // task's result still arrives.
+    let mut spec = TaskSpec::new(guest("hostile", GuestKind::Module));
+    spec.args = vec!["tiny-writes".into()];
+    spec.stdout = Output::Pipe;
+    spec.limits.max_output = Some(isola::ByteSize::kib(16));
+    let unread = cluster.spawn("unread", spec).await.expect("spawn");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut spec = TaskSpec::new(guest("echo_cli", GuestKind::Module));
+    spec.args = vec!["args".into(), "still here".into()];
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        cluster.spawn("other", spec).await.expect("spawn").wait(),
+    )
+    .await
+    .expect("another task's result is not held up by an unread pipe");
+    assert_eq!(report.stdout.text(), "still here\n");
+    unread.cancel();
+    drop(unread);
+
     // What a task cannot have on another machine is refused before it is
     // sent.
     let mut spec = TaskSpec::new(guest("echo_cli", GuestKind::Module));
