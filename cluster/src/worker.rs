@@ -545,11 +545,11 @@ async fn handle_message(
                 abort,
             )
             .await;
-        let _ = message.double_ack().await;
+        settle(message).await;
         return;
     }
     if delivery > 1 && shared.has_result(&run, number).await {
-        let _ = message.double_ack().await;
+        settle(message).await;
         return;
     }
     if delivery > MAX_DELIVERIES {
@@ -564,7 +564,7 @@ async fn handle_message(
             .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
             .await
         {
-            let _ = message.double_ack().await;
+            settle(message).await;
         }
         return;
     }
@@ -585,7 +585,7 @@ async fn handle_message(
                 .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
                 .await
             {
-                let _ = message.double_ack().await;
+                settle(message).await;
             }
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return;
@@ -609,7 +609,7 @@ async fn handle_message(
                 .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
                 .await
             {
-                let _ = message.double_ack().await;
+                settle(message).await;
             }
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return;
@@ -666,14 +666,16 @@ async fn handle_message(
         )
         .await
     {
-        for _ in 0..5 {
-            if message.double_ack().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        settle(message).await;
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+/// Acks a message whose result is stored (or that needs none). Not waited
+/// for: once the result is stored, an ack that is lost only means a
+/// redelivery, which finds the result and is acked without running.
+async fn settle(message: &async_nats::jetstream::Message) {
+    let _ = message.ack().await;
 }
 
 /// Publishes a piped stream's chunks as they come; returns how many.
@@ -824,9 +826,11 @@ async fn prepare(
         )
         .await
         .map_err(|e| e.to_string())?;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| format!("cannot make `{}`: {e}", dir.display()))?;
+    if !spec.dirs.is_empty() || matches!(spec.stdin, Stdin::File(_)) {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| format!("cannot make `{}`: {e}", dir.display()))?;
+    }
     let mut before = Vec::with_capacity(spec.dirs.len());
     let mut grants = Vec::with_capacity(spec.dirs.len());
     for (i, (grant, archive)) in spec.dirs.iter().zip(&task.dirs).enumerate() {

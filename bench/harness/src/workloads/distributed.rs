@@ -1,10 +1,12 @@
 //! Workload 10: scale-out on NATS JetStream. The same set of 2,000 trivial
 //! thread tasks (`hello`) through `isola up`: locally, and with `--nats`
 //! through one `nats-server` on loopback to one and to three `isola worker`
-//! processes, runs alternating. Tasks/s from the whole `isola up` run, and
-//! the p50/p90 of each task's slot time from its record (for a remote task:
-//! from submitting it to having its result and output), whose difference
-//! from the local run's is the cost the cluster adds per task.
+//! processes, runs alternating. Tasks/s from the whole `isola up` run with
+//! 64 slots; and, from a run of 200 of them one at a time (`--jobs 1`, so
+//! no task waits behind another), the p50/p90 of each task's slot time
+//! from its record (for a remote task: from submitting it to having its
+//! result and output), whose difference from the local run's is the cost
+//! the cluster adds per task.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,10 +18,13 @@ use crate::Ctx;
 use crate::figure::{Figure, Series, Unit, rotation};
 
 const RATE: &str = "distributed: 2,000 trivial tasks through isola up (tasks/s)";
-const P50: &str = "distributed: per-task submit-to-result time, p50 (µs)";
-const P90: &str = "distributed: per-task submit-to-result time, p90 (µs)";
-/// Slots of `isola up`; the workers' own `-j` bounds how many run at once.
-const JOBS: &str = "32";
+const P50: &str = "distributed: per-task submit-to-result time, one at a time, p50 (µs)";
+const P90: &str = "distributed: per-task submit-to-result time, one at a time, p90 (µs)";
+/// Slots of `isola up` for the rate; the workers' own `-j` bounds how many
+/// run at once.
+const JOBS: &str = "64";
+/// Tasks of the latency run, one at a time.
+const LATENCY_TASKS: usize = 200;
 
 #[derive(Clone, Copy, PartialEq)]
 enum System {
@@ -69,13 +74,19 @@ fn nats_server() -> Option<PathBuf> {
 }
 
 /// One `isola up` of the set: tasks/s, and each task's slot time (µs).
-fn one_run(ctx: &Ctx, set: &Path, url: Option<&str>, n: usize) -> Result<(f64, Vec<f64>)> {
+fn one_run(
+    ctx: &Ctx,
+    set: &Path,
+    url: Option<&str>,
+    n: usize,
+    jobs: &str,
+) -> Result<(f64, Vec<f64>)> {
     let json = set.with_extension("json");
     let mut command = Command::new(&ctx.isola);
     command
         .arg("up")
         .arg(set)
-        .args(["--jobs", JOBS, "--cache-dir"])
+        .args(["--jobs", jobs, "--cache-dir"])
         .arg(ctx.work.join("runner-cache"))
         .arg("--json")
         .arg(&json)
@@ -118,15 +129,20 @@ fn run_blocking(ctx: &Ctx) -> Result<Vec<Figure>> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("store"))?;
     let hello = ctx.guest_p1("hello");
-    let mut toml = String::new();
-    for i in 0..n {
-        toml.push_str(&format!(
-            "[[task]]\nname = \"t{i}\"\nwasm = \"{}\"\n",
-            hello.display()
-        ));
-    }
-    let set = dir.join("tasks.toml");
-    std::fs::write(&set, toml)?;
+    let write_set = |name: &str, n: usize| -> Result<PathBuf> {
+        let mut toml = String::new();
+        for i in 0..n {
+            toml.push_str(&format!(
+                "[[task]]\nname = \"t{i}\"\nwasm = \"{}\"\n",
+                hello.display()
+            ));
+        }
+        let set = dir.join(name);
+        std::fs::write(&set, toml)?;
+        Ok(set)
+    };
+    let set = write_set("tasks.toml", n)?;
+    let one_by_one = write_set("latency.toml", LATENCY_TASKS)?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -147,7 +163,7 @@ fn run_blocking(ctx: &Ctx) -> Result<Vec<Figure>> {
     let url = format!("nats://127.0.0.1:{port}");
 
     // Warm the compile cache (and the blob store) once.
-    one_run(ctx, &set, None, n)?;
+    one_run(ctx, &set, None, n, JOBS)?;
 
     let systems = [System::Local, System::OneWorker, System::ThreeWorkers];
     let (mut rate, mut p50, mut p90) = (Series::default(), Series::default(), Series::default());
@@ -175,7 +191,8 @@ fn run_blocking(ctx: &Ctx) -> Result<Vec<Figure>> {
                 std::thread::sleep(Duration::from_millis(500));
             }
             let url = (system.workers() > 0).then_some(url.as_str());
-            let (per_sec, mut times) = one_run(ctx, &set, url, n)?;
+            let (per_sec, _) = one_run(ctx, &set, url, n, JOBS)?;
+            let (_, mut times) = one_run(ctx, &one_by_one, url, LATENCY_TASKS, "1")?;
             drop(workers);
             times.sort_by(f64::total_cmp);
             rate.add(system.name(), [per_sec]);
@@ -185,12 +202,13 @@ fn run_blocking(ctx: &Ctx) -> Result<Vec<Figure>> {
     }
 
     let runs = format!("{rounds} × {n} tasks, --jobs {JOBS}");
+    let latency_runs = format!("{rounds} × {LATENCY_TASKS} tasks, --jobs 1");
     let mut figures = Vec::new();
     let local_p50 = p50.take(System::Local.name());
     let local_median = median(&local_p50);
-    for (metric, series, unit) in [
-        (RATE, &mut rate, Unit::PerSec),
-        (P90, &mut p90, Unit::Micros),
+    for (metric, series, unit, runs) in [
+        (RATE, &mut rate, Unit::PerSec, &runs),
+        (P90, &mut p90, Unit::Micros, &latency_runs),
     ] {
         for system in systems {
             figures.push(
@@ -203,12 +221,12 @@ fn run_blocking(ctx: &Ctx) -> Result<Vec<Figure>> {
     figures.push(
         Figure::new(10, P50, System::Local.name(), Unit::Micros)
             .samples(local_p50)
-            .runs(runs.clone()),
+            .runs(latency_runs.clone()),
     );
     for system in [System::OneWorker, System::ThreeWorkers] {
         let mut figure = Figure::new(10, P50, system.name(), Unit::Micros)
             .samples(p50.take(system.name()))
-            .runs(runs.clone());
+            .runs(latency_runs.clone());
         let added = figure.median().unwrap_or(f64::MAX) - local_median;
         figure.note = Some(format!("{:.0} µs more than local", added));
         if system == System::ThreeWorkers {
