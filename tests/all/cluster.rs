@@ -664,3 +664,36 @@ fn a_fresh_worker_fetches_one_module_for_many_tasks_at_once() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_task_longer_than_the_ack_wait_is_not_redelivered() {
+    // The worker sends progress while the task runs, so a task four times
+    // the ack wait stays with it and is recorded after one delivery.
+    let server = Server::start();
+    let _worker = WorkerProc {
+        child: Command::new(isola_bin())
+            .args([
+                "worker",
+                "--nats",
+                &server.url(),
+                "--name",
+                "slow",
+                "--ack-wait",
+                "1s",
+            ])
+            .env("ISOLA_CACHE_DIR", shared_cache())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("isola worker"),
+    };
+    // The first worker makes the shared consumer, with its ack wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let _other = WorkerProc::start(&server.url(), "idle", &[]);
+    let root = tempfile::tempdir().expect("tempdir");
+    let set = sleepers(root.path(), 1, 4000);
+    let (code, report) = up(&set, Some(&server.url()), &[]);
+    assert_eq!(code, 0, "{report}");
+    let record = &records(&report)["s0"];
+    assert_eq!(record["deliveries"], 1, "{record}");
+}
