@@ -129,7 +129,7 @@ impl TaskHandle {
     /// ran it.
     ///
     /// This is how a launcher outside this crate (the `isola-cluster`
-    /// crate's, for one) gives a [`crate::taskset::Scheduler`] the same
+    /// crate's, for one) gives a task set's `Scheduler` the same
     /// handle a local runner does.
     pub fn from_remote(
         cancel: CancellationToken,

@@ -86,6 +86,7 @@ mod error;
 mod handle;
 mod host_fn;
 mod imports;
+mod invoke;
 mod ipc;
 mod loader;
 mod output;
@@ -123,3 +124,8 @@ pub use spec::{DirGrant, Isolation, Limits, Output, Sandbox, Stdin, TaskSpec};
 /// Re-exported so embedders can name sizes in [`Limits`] without adding the
 /// dependency themselves.
 pub use bytesize::ByteSize;
+
+/// Re-exported so embedders name the exact wasmtime values and types
+/// Isola's API takes ([`Runner::call_export`]'s `component::Val`s,
+/// [`Runner::engine`]) without matching its version themselves.
+pub use wasmtime;

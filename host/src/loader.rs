@@ -530,65 +530,82 @@ impl Loader {
         if let Some(tables) = tables {
             check_tables(path, &compiled, &tables)?;
         }
-        let kind = match compiled {
-            Compiled::Module(module) => {
-                if imports_shared_memory(&module) {
-                    self.check_module_imports(path, &module)?;
-                    check_core_exports(path, &module)?;
-                    ProgramKind::Shared { module }
-                } else {
-                    // Linking succeeds for the modules that will run; only a
-                    // failure needs the slower check that names the missing
-                    // import.
-                    let linked = self.module_linker.instantiate_pre(&module);
-                    if linked.is_err() {
+        let kind =
+            match compiled {
+                Compiled::Module(module) => {
+                    if imports_shared_memory(&module) {
                         self.check_module_imports(path, &module)?;
+                        check_core_exports(path, &module)?;
+                        ProgramKind::Shared { module }
+                    } else {
+                        // Linking succeeds for the modules that will run; only a
+                        // failure needs the slower check that names the missing
+                        // import.
+                        let linked = self.module_linker.instantiate_pre(&module);
+                        if linked.is_err() {
+                            self.check_module_imports(path, &module)?;
+                        }
+                        check_core_exports(path, &module)?;
+                        let command = module.get_export("_start").is_some();
+                        let plugin = module.get_export(CORE_PLUGIN_EXPORT).is_some();
+                        // A library of functions (no `main`, no plugin `run`) is
+                        // a program too: its exports are called by name.
+                        let functions = module
+                            .exports()
+                            .any(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)));
+                        if !command && !plugin && !functions {
+                            return Err(Error::UnsupportedWorld {
+                                path: path.to_owned(),
+                                detail: format!(
+                                    "it exports neither `_start` (a WASI command) nor \
+                                 `{CORE_PLUGIN_EXPORT}` (an Isola plugin), nor any function"
+                                ),
+                            });
+                        }
+                        ProgramKind::Module {
+                            pre: linked.map_err(invalid)?,
+                            command,
+                            plugin,
+                        }
                     }
-                    check_core_exports(path, &module)?;
-                    let command = module.get_export("_start").is_some();
-                    let plugin = module.get_export(CORE_PLUGIN_EXPORT).is_some();
-                    if !command && !plugin {
+                }
+                Compiled::Component(component) => {
+                    let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
+                        path: path.to_owned(),
+                        detail: format!("it is a component of an unsupported world: {err:#}"),
+                    };
+                    let pre = self
+                        .component_linker()?
+                        .instantiate_pre(&component)
+                        .map_err(unsupported)?;
+                    let command = CommandPre::new(pre.clone()).ok();
+                    let plugin = PluginPre::new(pre.clone()).ok();
+                    let functions =
+                        component
+                            .component_type()
+                            .exports(component.engine())
+                            .any(|(_, item)| {
+                                matches!(
+                            item.ty,
+                            wasmtime::component::types::ComponentItem::ComponentFunc(_)
+                                | wasmtime::component::types::ComponentItem::ComponentInstance(_)
+                        )
+                            });
+                    if command.is_none() && plugin.is_none() && !functions {
                         return Err(Error::UnsupportedWorld {
                             path: path.to_owned(),
-                            detail: format!(
-                                "it exports neither `_start` (a WASI command) nor \
-                                 `{CORE_PLUGIN_EXPORT}` (an Isola plugin)"
-                            ),
+                            detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
+                                 `isola:task/plugin`, nor any function"
+                                .into(),
                         });
                     }
-                    ProgramKind::Module {
-                        pre: linked.map_err(invalid)?,
+                    ProgramKind::Component {
+                        pre,
                         command,
                         plugin,
                     }
                 }
-            }
-            Compiled::Component(component) => {
-                let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
-                    path: path.to_owned(),
-                    detail: format!("it is a component of an unsupported world: {err:#}"),
-                };
-                let pre = self
-                    .component_linker()?
-                    .instantiate_pre(&component)
-                    .map_err(unsupported)?;
-                let command = CommandPre::new(pre.clone()).ok();
-                let plugin = PluginPre::new(pre.clone()).ok();
-                if command.is_none() && plugin.is_none() {
-                    return Err(Error::UnsupportedWorld {
-                        path: path.to_owned(),
-                        detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
-                                 `isola:task/plugin`"
-                            .into(),
-                    });
-                }
-                ProgramKind::Component {
-                    pre,
-                    command,
-                    plugin,
-                }
-            }
-        };
+            };
         Ok(Program {
             inner: Arc::new(ProgramInner {
                 path: path.to_owned(),

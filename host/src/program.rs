@@ -150,7 +150,22 @@ impl Program {
             Entry::Run if program.is_plugin() => Ok(Resolved::Run),
             Entry::Run => Err(no_run()),
             Entry::Auto if program.is_command() => Ok(Resolved::Main),
-            Entry::Auto => Ok(Resolved::Run),
+            Entry::Auto if program.is_plugin() => Ok(Resolved::Run),
+            Entry::Auto => Err(Error::UnsupportedWorld {
+                path: program.path().to_owned(),
+                detail: format!(
+                    "it exports neither {}; call one of its functions by name instead \
+                     (`isola call --invoke 'name(args)'`, `Runner::invoke`)",
+                    match program.inner.kind {
+                        ProgramKind::Component { .. } =>
+                            "`wasi:cli/run` (a command) nor `run` of `isola:task/plugin`",
+                        _ => "`_start` (a WASI command) nor `isola_run` (an Isola plugin)",
+                    }
+                ),
+            }),
+            // Checked against the program's types by `invoke::resolve`,
+            // which the backends call.
+            Entry::Invoke(call) => Ok(Resolved::Invoke(call)),
         }
     }
 }
@@ -178,12 +193,14 @@ pub(crate) fn imports_host_call(kind: &ProgramKind) -> bool {
 }
 
 /// The export a task of a program actually starts at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resolved {
     /// The command's `main` (`_start`, or `wasi:cli/run`).
     Main,
     /// The plugin's `run` (`isola_run`, or `run` of `isola:task/plugin`).
     Run,
+    /// A function export by name: the call, checked against its type.
+    Invoke(String),
 }
 
 /// What identifies a file's contents without reading them.

@@ -463,6 +463,125 @@ impl Runner {
         }
     }
 
+    /// Calls the function export named in `call` in a fresh instance of
+    /// `spec.wasm` and returns its results, each in WAVE (the WebAssembly
+    /// Value Encoding), in order: `call` is `name(arg, …)` with the
+    /// arguments in WAVE, as `wasmtime run --invoke` takes it, e.g.
+    /// `add(1, 2)` or `greet("world")`. A component's function is `name`,
+    /// or `instance#name` for one in an exported instance; a core module's
+    /// is its export name (a reactor's `_initialize` runs first). Limits,
+    /// grants and isolation come from `spec` as for any task, at either
+    /// isolation level.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runner = isola::Runner::new()?;
+    /// let wat = br#"(module (func (export "add") (param i32 i32) (result i32)
+    ///     local.get 0 local.get 1 i32.add))"#;
+    /// let program = runner.load_bytes("adder", wat).await?;
+    /// let spec = isola::TaskSpec::new("adder");
+    /// assert_eq!(runner.invoke_program(&program, spec, "add(40, 2)").await?, ["42"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Start`] if the task cannot start, including a call
+    /// that does not parse, a function the program does not export (the
+    /// error lists those it does) and arguments that do not fit
+    /// ([`Error::InvalidSpec`] for field `invoke`); [`CallError::Ended`] if
+    /// the call trapped, hit a limit or its worker crashed.
+    pub async fn invoke(
+        &self,
+        spec: TaskSpec,
+        call: &str,
+    ) -> std::result::Result<Vec<String>, CallError> {
+        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
+        self.invoke_program(&program, spec, call).await
+    }
+
+    /// As [`Runner::invoke`], for an already loaded program (`spec.wasm`
+    /// is ignored).
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::invoke`].
+    pub async fn invoke_program(
+        &self,
+        program: &Program,
+        spec: TaskSpec,
+        call: &str,
+    ) -> std::result::Result<Vec<String>, CallError> {
+        let output = self.run_call(program, spec, call.to_owned()).await?;
+        Ok(String::from_utf8_lossy(&output)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// As [`Runner::invoke`], for a component's function, with typed
+    /// values: `args` in, the results out (wasmtime's
+    /// [`wasmtime::component::Val`]). At process isolation they cross to
+    /// the worker and back in WAVE.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::invoke`].
+    pub async fn call_export(
+        &self,
+        spec: TaskSpec,
+        name: &str,
+        args: &[wasmtime::component::Val],
+    ) -> std::result::Result<Vec<wasmtime::component::Val>, CallError> {
+        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
+        let call = crate::invoke::call_text(name, args).map_err(invoke_error)?;
+        let output = self.run_call(&program, spec, call).await?;
+        crate::invoke::component_results(&program, name, &output)
+            .map_err(|e| CallError::Start(Error::Internal(format!("the call's results: {e}"))))
+    }
+
+    /// As [`Runner::call_export`], for a core module's function, with
+    /// [`wasmtime::Val`]s (numbers: `i32`, `i64`, `f32`, `f64`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::invoke`].
+    pub async fn call_core_export(
+        &self,
+        spec: TaskSpec,
+        name: &str,
+        args: &[wasmtime::Val],
+    ) -> std::result::Result<Vec<wasmtime::Val>, CallError> {
+        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
+        let call = crate::invoke::call_text(name, args).map_err(invoke_error)?;
+        let output = self.run_call(&program, spec, call).await?;
+        crate::invoke::core_results(&program, name, &output)
+            .map_err(|e| CallError::Start(Error::Internal(format!("the call's results: {e}"))))
+    }
+
+    /// Runs the call `call` of `program` as a task; its results' text.
+    async fn run_call(
+        &self,
+        program: &Program,
+        spec: TaskSpec,
+        call: String,
+    ) -> std::result::Result<Vec<u8>, CallError> {
+        let mut handle = self
+            .start(program, spec, Entry::Invoke(call), Instant::now())
+            .await
+            .map_err(CallError::Start)?;
+        handle.close_channel();
+        let report = handle.wait().await;
+        match report.outcome {
+            Outcome::Returned { output } => Ok(output),
+            Outcome::Rejected { error } => Err(CallError::Rejected(error)),
+            _ => Err(CallError::Ended(Box::new(report))),
+        }
+    }
+
     /// Instantiates the plugin `spec.wasm` once, to call its `run` many
     /// times with state kept between calls (see [`PluginInstance`]).
     /// [`Runner::call`] is the default: a fresh instance per call.
@@ -539,4 +658,12 @@ impl Runner {
     pub fn config(&self) -> &RunnerConfig {
         &self.inner.config
     }
+}
+
+/// A call whose values cannot be written as a call.
+fn invoke_error(message: String) -> CallError {
+    CallError::Start(Error::InvalidSpec {
+        field: "invoke".into(),
+        message,
+    })
 }

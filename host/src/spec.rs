@@ -332,7 +332,7 @@ impl Default for Limits {
 /// Where a task starts: which export of its program is entered.
 ///
 /// Travels to worker processes inside the `run` frame, hence serde.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Entry {
     /// `main` if the program has one (a command), else the plugin `run`
@@ -341,6 +341,10 @@ pub(crate) enum Entry {
     Auto,
     /// The plugin `run` with the spec's input ([`crate::Runner::call`]).
     Run,
+    /// A function export called by name, `name(arg, …)` with WAVE
+    /// arguments ([`crate::Runner::invoke`]); its results are the task's
+    /// returned output, in WAVE, one per line.
+    Invoke(String),
 }
 
 /// Whether a process task's worker runs inside an OS sandbox, around

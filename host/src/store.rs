@@ -79,6 +79,8 @@ pub(crate) enum Entered {
     ComponentMain(wasmtime_wasi::p2::bindings::Command),
     /// A component's `run` of `isola:task/plugin`.
     ComponentRun(Plugin),
+    /// A function export called by name.
+    Invoke(crate::invoke::Invocation),
 }
 
 /// Instantiates `program` in `store` for `entry`. A core module that
@@ -95,6 +97,24 @@ pub(crate) async fn instantiate(
     entry: Resolved,
 ) -> wasmtime::Result<Entered> {
     match (&program.inner.kind, entry) {
+        (ProgramKind::Module { pre, .. }, Resolved::Invoke(call)) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            // A reactor is initialised before any of its exports is called.
+            if let Some(init) = instance.get_func(&mut *store, "_initialize") {
+                init.typed::<(), ()>(&*store)?
+                    .call_async(&mut *store, ())
+                    .await?;
+            }
+            Ok(Entered::Invoke(crate::invoke::Invocation::core(
+                store, &instance, &call,
+            )?))
+        }
+        (ProgramKind::Component { pre, .. }, Resolved::Invoke(call)) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            Ok(Entered::Invoke(crate::invoke::Invocation::component(
+                store, &instance, &call,
+            )?))
+        }
         (ProgramKind::Module { pre, .. }, Resolved::Main) => {
             let instance = pre.instantiate_async(&mut *store).await?;
             Ok(Entered::CoreMain(
@@ -169,6 +189,7 @@ impl Entered {
             Entered::ComponentRun(plugin) => {
                 Ok(Ending::Returned(plugin.call_run(&mut *store, input).await?))
             }
+            Entered::Invoke(invocation) => Ok(Ending::Returned(Ok(invocation.call(store).await?))),
         }
     }
 }

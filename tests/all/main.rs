@@ -11,6 +11,7 @@ mod guest_faults;
 mod host_functions;
 mod hostile;
 mod hostile_probe;
+mod invoke;
 mod library;
 mod messages;
 mod observe;

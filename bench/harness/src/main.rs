@@ -284,7 +284,8 @@ fn run(args: Args) -> Result<bool> {
             ""
         }
     );
-    let path = report::write_json(&out, &machine, &figures, &failures, &table, wall)?;
+    let partial = !args.only.is_empty();
+    let path = report::write_json(&out, &machine, &figures, &failures, &table, wall, partial)?;
     println!("Raw samples: {}", path.display());
     write_run_charts(&charts_dir, &figures, args.charts_dir.is_none());
     Ok(failures.is_empty())

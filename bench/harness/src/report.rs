@@ -327,6 +327,7 @@ pub fn write_json(
     failures: &[String],
     table: &str,
     wall: Duration,
+    partial: bool,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let report = JsonReport {
@@ -349,7 +350,11 @@ pub fn write_json(
     let json = serde_json::to_vec_pretty(&report).context("encoding the results")?;
     let path = dir.join(format!("bench-{}.json", machine.unix_time));
     std::fs::write(&path, &json).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::write(dir.join("latest.json"), &json).context("writing latest.json")?;
+    // `latest.json` feeds the README's charts, which need every workload:
+    // a run of some (`--only`) does not replace it.
+    if !partial {
+        std::fs::write(dir.join("latest.json"), &json).context("writing latest.json")?;
+    }
     Ok(path)
 }
 

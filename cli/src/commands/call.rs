@@ -23,8 +23,21 @@ pub struct CallCommand {
     wasm: PathBuf,
 
     /// The input: TEXT as it is, or @FILE for a file's bytes. Default: empty.
-    #[arg(long, value_name = "TEXT|@FILE", default_value = "")]
+    #[arg(
+        long,
+        value_name = "TEXT|@FILE",
+        default_value = "",
+        conflicts_with = "invoke"
+    )]
     input: String,
+
+    /// Call this function instead of the plugin's `run`: `name(arg, ...)`
+    /// with the arguments in WAVE, as `wasmtime run --invoke` takes them
+    /// (for example 'add(1, 2)' or 'greet("world")'; `instance#name` for a
+    /// function in a component's exported instance). Prints each result
+    /// in WAVE on a line of its own.
+    #[arg(long, value_name = "CALL")]
+    invoke: Option<String>,
 
     /// Print the output as a JSON value: as it is when it is JSON, else as a
     /// JSON string.
@@ -72,8 +85,20 @@ impl CallCommand {
         // killed and reaped as the call is dropped, its instance (thread
         // isolation) with the runtime. A second signal has nothing left
         // to wait for.
+        let call = async {
+            match &self.invoke {
+                Some(call) => runner.invoke(spec, call).await.map(|results| {
+                    let mut text = results.join("\n");
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.into_bytes()
+                }),
+                None => runner.call(spec, input).await,
+            }
+        };
         let result = tokio::select! {
-            result = runner.call(spec, input) => result,
+            result = call => result,
             Some(signal) = signals.next() => {
                 say!("error: the call was interrupted by {}", signal.describe());
                 return signal.exit_code();

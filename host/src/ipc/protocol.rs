@@ -35,7 +35,7 @@ use crate::spec::TaskSpec;
 use crate::wire::{path_bytes, spec_wire};
 
 /// Bumped on any incompatible change; checked in the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 6;
+pub(crate) const PROTOCOL_VERSION: u32 = 7;
 
 /// Identifies Isola's protocol in the first frame, so a worker started by
 /// something else fails fast instead of misreading its input.

@@ -85,7 +85,7 @@ pub(crate) async fn spawn(
 ) -> Result<TaskHandle> {
     let about = About::of(&spec);
     parts.check(&spec)?;
-    program.resolve_entry(entry)?;
+    crate::invoke::resolve(program, entry.clone())?;
     program.host_call_problem(&spec)?;
     let id = TaskId::next();
     let host = parts.host_link(&spec, id)?;

@@ -61,7 +61,7 @@ pub(crate) async fn spawn(
     let spawned_at = extras.spawned_at.unwrap_or_else(Instant::now);
     let about = About::of(&spec);
     parts.check(&spec)?;
-    let entry = program.resolve_entry(extras.entry)?;
+    let entry = crate::invoke::resolve(program, extras.entry)?;
     program.host_call_problem(&spec)?;
     let mut prepared = prepare(program.path(), &spec, extras.stdin)?;
     let slot = parts.slot().await?;
