@@ -82,6 +82,27 @@ impl PluginInstance {
         }
     }
 
+    /// Calls the function export named in `call` on this same instance
+    /// (state kept between calls, as for [`PluginInstance::call`]):
+    /// `name(arg, …)` with WAVE arguments, as [`crate::Runner::invoke`]
+    /// takes it; returns the results in WAVE. A program kept only for this
+    /// (a library: no plugin `run`) is fine.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Start`] for a call that does not fit the program (the
+    /// instance stays usable); otherwise as [`PluginInstance::call`].
+    pub async fn invoke(&mut self, call: &str) -> Result<Vec<String>, CallError> {
+        let output = match &mut self.kind {
+            Kind::Thread(instance) => instance.invoke(call).await?,
+            Kind::Process(worker) => worker.invoke(call).await?,
+        };
+        Ok(String::from_utf8_lossy(&output)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// The pid of the worker process holding the instance (process
     /// isolation); `None` for an instance in this process.
     pub fn process_id(&self) -> Option<u32> {

@@ -583,7 +583,9 @@ impl Runner {
     }
 
     /// Instantiates the plugin `spec.wasm` once, to call its `run` many
-    /// times with state kept between calls (see [`PluginInstance`]).
+    /// times with state kept between calls (see [`PluginInstance`]), and
+    /// any of its other exports by name ([`PluginInstance::invoke`]; a
+    /// library without `run` can be kept for that alone).
     /// [`Runner::call`] is the default: a fresh instance per call.
     ///
     /// # Errors

@@ -194,6 +194,50 @@ impl Entered {
     }
 }
 
+/// The instance a kept plugin holds, for calls of its exports by name.
+pub(crate) enum KeptHandle {
+    Core(wasmtime::Instance),
+    Component(wasmtime::component::Instance),
+}
+
+/// Instantiates `program` to keep (see [`crate::Runner::plugin`]): its
+/// plugin `run` entered if it has one, and the instance itself, whose
+/// other exports are then called by name. A module's `_initialize` (a
+/// WASI reactor) runs once, here.
+pub(crate) async fn instantiate_kept(
+    store: &mut Store<TaskState>,
+    program: &Program,
+) -> wasmtime::Result<(Option<Entered>, KeptHandle)> {
+    match &program.inner.kind {
+        ProgramKind::Module { pre, plugin, .. } => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            if let Some(init) = instance.get_func(&mut *store, "_initialize") {
+                init.typed::<(), ()>(&*store)?
+                    .call_async(&mut *store, ())
+                    .await?;
+            }
+            let entered = if *plugin {
+                Some(Entered::CoreRun(instance.get_typed_func::<(), i32>(
+                    &mut *store,
+                    CORE_PLUGIN_EXPORT,
+                )?))
+            } else {
+                None
+            };
+            Ok((entered, KeptHandle::Core(instance)))
+        }
+        ProgramKind::Component { pre, plugin, .. } => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let entered = match plugin {
+                Some(_) => Some(Entered::ComponentRun(Plugin::new(&mut *store, &instance)?)),
+                None => None,
+            };
+            Ok((entered, KeptHandle::Component(instance)))
+        }
+        ProgramKind::Shared { .. } => wasmtime::bail!("the program runs only in a group"),
+    }
+}
+
 /// Completes with the reason a guest must stop: `cancel` cancelled, or
 /// `timeout` elapsed (from now). Never completes if neither is given.
 pub(crate) async fn stopped(timeout: Option<Duration>, cancel: Option<&CancellationToken>) -> Stop {

@@ -454,15 +454,24 @@ async fn serve_plugin(
     };
     send(writer, FromWorker::Started).await?;
     loop {
-        let input = match next_frame(&mut reader).await? {
-            Some(ToWorker::Call(input)) => input,
+        let request = match next_frame(&mut reader).await? {
+            Some(request @ (ToWorker::Call(_) | ToWorker::Invoke(_))) => request,
             None => return Ok(()),
             Some(_) => return Err("expected a call frame".into()),
         };
-        // While `run` runs, its host calls go to the parent and their
+        // While the call runs, its host calls go to the parent and their
         // replies come back on the same pipe as the next call would.
         let result = {
-            let call = instance.call(input.to_vec());
+            let instance = &mut instance;
+            let call = async move {
+                match request {
+                    ToWorker::Invoke(call) => instance.invoke(&call).await,
+                    ToWorker::Call(input) => instance.call(input.to_vec()).await,
+                    _ => Err(CallError::Start(crate::Error::Internal(
+                        "not a call".into(),
+                    ))),
+                }
+            };
             let mut call = std::pin::pin!(call);
             let replies = HostReplies::default();
             loop {
@@ -777,6 +786,7 @@ async fn read_parent(
                 | ToWorker::WarmUp
                 | ToWorker::Plugin(_)
                 | ToWorker::Call(_)
+                | ToWorker::Invoke(_)
                 | ToWorker::Input(_)
                 | ToWorker::DataEnd,
             ))

@@ -269,3 +269,59 @@ fn isola_call_invoke_prints_results_and_exits_as_documented() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--invoke"), "{}", stderr(&out));
 }
+
+/// A stateful library: `bump` adds to a counter that `_initialize` starts
+/// at 100, so calls on one kept instance see each other.
+const COUNTER: &str = r#"
+(module
+  (global $n (mut i64) (i64.const 0))
+  (func (export "_initialize") (global.set $n (i64.const 100)))
+  (func (export "bump") (param i64) (result i64)
+    (global.set $n (i64.add (global.get $n) (local.get 0)))
+    (global.get $n))
+  (func (export "boom") unreachable)
+)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_instance_is_called_by_name_again_and_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = wat_file(dir.path(), "counter.wasm", COUNTER);
+    let (_, component) = guests(dir.path());
+    let runner = runner();
+    for isolation in [Isolation::Thread, Isolation::Process] {
+        let mut kept = runner
+            .plugin(spec(&counter, isolation))
+            .await
+            .expect("a library can be kept");
+        assert_eq!(kept.invoke("bump(1)").await.expect("bump"), ["101"]);
+        assert_eq!(kept.invoke("bump(10)").await.expect("bump"), ["111"]);
+        // A wrong call is refused before it runs and leaves the instance
+        // as it was.
+        let err = kept.invoke("bump(\"x\")").await.expect_err("wrong type");
+        assert!(
+            matches!(err, CallError::Start(isola::Error::InvalidSpec { .. })),
+            "{err}"
+        );
+        assert_eq!(kept.invoke("bump(0)").await.expect("still there"), ["111"]);
+        // It has no plugin `run`.
+        let err = kept.call("input").await.expect_err("no run");
+        assert!(err.to_string().contains("isola_run"), "{err}");
+        // A trap ends the instance, as for `run`.
+        assert!(matches!(
+            kept.invoke("boom()").await,
+            Err(CallError::Ended(_))
+        ));
+        assert!(kept.invoke("bump(1)").await.is_err());
+
+        let mut kept = runner
+            .plugin(spec(&component, isolation))
+            .await
+            .expect("a component library");
+        assert_eq!(
+            kept.invoke(r#"greet("a")"#).await.expect("greet"),
+            [r#""hello, a""#]
+        );
+        assert_eq!(kept.invoke("math#double(4)").await.expect("double"), ["8"]);
+    }
+}

@@ -99,6 +99,9 @@ pub(crate) enum ToWorker {
     Plugin(Box<RunRequest>),
     /// Call the kept plugin instance with this input.
     Call(Bytes),
+    /// Call this export of the kept instance by name (`name(arg, …)`,
+    /// WAVE), checked by the parent against the program.
+    Invoke(String),
     /// The worker was started ahead of need: it runs a trivial task
     /// through the whole task path while idle, so the real one finds code
     /// paged in and lazy state set up.
@@ -417,6 +420,7 @@ mod kind {
     pub(super) const MESSAGE_OUT: u8 = 20;
     pub(super) const HOST_CALL: u8 = 23;
     pub(super) const HOST_REPLY: u8 = 24;
+    pub(super) const INVOKE: u8 = 25;
 }
 
 /// A frame of `kind` whose body is `body` as it is.
@@ -496,6 +500,7 @@ impl ToWorker {
             ToWorker::WarmUp => frame_with(kind::WARM_UP, &[]),
             ToWorker::Plugin(request) => json_frame(kind::PLUGIN, "plugin", request)?,
             ToWorker::Call(input) => frame_with(kind::CALL, input),
+            ToWorker::Invoke(call) => frame_with(kind::INVOKE, call.as_bytes()),
             ToWorker::Input(bytes) => frame_with(kind::INPUT, bytes),
             ToWorker::DataEnd => frame_with(kind::DATA_END, &[]),
             ToWorker::OutputClosed(stream) => frame_with(
@@ -563,6 +568,12 @@ impl ToWorker {
             }
             kind::PLUGIN => ToWorker::Plugin(Box::new(parse_json("plugin", body)?)),
             kind::CALL => ToWorker::Call(Bytes::copy_from_slice(body)),
+            kind::INVOKE => ToWorker::Invoke(String::from_utf8(body.to_vec()).map_err(|_| {
+                ProtocolError::Malformed {
+                    kind: "invoke",
+                    message: "the call is not UTF-8".into(),
+                }
+            })?),
             kind::INPUT => ToWorker::Input(Bytes::copy_from_slice(body)),
             kind::DATA_END => {
                 expect_empty("data-end", body)?;
@@ -832,6 +843,7 @@ mod tests {
         round_trip_to_worker(ToWorker::EndTask);
         round_trip_to_worker(ToWorker::WarmUp);
         round_trip_to_worker(ToWorker::Call(Bytes::from_static(b"input")));
+        round_trip_to_worker(ToWorker::Invoke("add(1, 2)".into()));
         round_trip_to_worker(ToWorker::OutputClosed(Stream::Stdout));
         round_trip_to_worker(ToWorker::OutputClosed(Stream::Stderr));
         assert!(

@@ -47,6 +47,8 @@ pub(crate) struct PluginWorker {
     /// The plugin's message size limit, which bounds a host call's
     /// arguments (the worker checks it too, but is not trusted).
     max_message_size: u64,
+    /// The program, to check calls by name before they are sent.
+    program: Program,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -65,7 +67,10 @@ pub(crate) async fn start(
     mut spec: TaskSpec,
 ) -> std::result::Result<PluginWorker, CallError> {
     parts.check(&spec)?;
-    program.resolve_entry(Entry::Run)?;
+    // A plugin's `run`, or a library's functions called by name.
+    if program.is_plugin() || program.is_command() {
+        program.resolve_entry(Entry::Run)?;
+    }
     program.host_call_problem(&spec)?;
     let host = parts.host_link(&spec, crate::TaskId::next())?;
     let max_message_size = spec.limits.max_message_size.as_u64();
@@ -121,6 +126,7 @@ pub(crate) async fn start(
         in_call: false,
         host,
         max_message_size,
+        program: program.clone(),
         _slot: slot,
     };
     let ready = async {
@@ -179,6 +185,25 @@ impl PluginWorker {
     }
 
     pub(crate) async fn call(&mut self, input: Vec<u8>) -> std::result::Result<Vec<u8>, CallError> {
+        self.exchange(ToWorker::Call(input.into())).await
+    }
+
+    /// Calls an export of the kept instance by name (`name(arg, …)`,
+    /// WAVE): checked here against the program first, so a wrong call
+    /// leaves the instance usable.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Start`] for a call that does not fit the program;
+    /// otherwise as [`PluginWorker::call`].
+    pub(crate) async fn invoke(&mut self, call: &str) -> std::result::Result<Vec<u8>, CallError> {
+        crate::invoke::check(&self.program, call).map_err(CallError::Start)?;
+        self.exchange(ToWorker::Invoke(call.to_owned())).await
+    }
+
+    /// Sends a call frame and waits for its answer, serving the host calls
+    /// the guest makes meanwhile.
+    async fn exchange(&mut self, request: ToWorker) -> std::result::Result<Vec<u8>, CallError> {
         if self.in_call && self.broken.is_none() {
             // The caller dropped the last call while it ran: its answer
             // would come next, and the instance stopped mid-`run`.
@@ -194,8 +219,8 @@ impl PluginWorker {
             run_time: started.elapsed(),
             ..Default::default()
         };
-        // A call frame carries raw bytes: encoding it cannot fail.
-        let sent = match ToWorker::Call(input.into()).encode() {
+        // A call frame carries raw bytes or text: encoding it cannot fail.
+        let sent = match request.encode() {
             Ok(frame) => self.writer.send(frame).await.is_ok(),
             Err(_) => false,
         };

@@ -15,13 +15,16 @@ use crate::parts::Parts;
 use crate::program::Program;
 use crate::spec::{Entry, Limits, Output, TaskSpec};
 use crate::state::{MemoryLimiter, TaskState, prepare};
-use crate::store::{self, Entered};
+use crate::store::{self, Entered, KeptHandle};
 use crate::ticker::TickerHandle;
 
 /// A plugin instance in this process's own store.
 pub(crate) struct KeptInstance {
     store: Store<TaskState>,
-    entry: Entered,
+    /// The plugin `run`, if the program has one.
+    entry: Option<Entered>,
+    /// The instance, for its exports called by name.
+    handle: KeptHandle,
     limits: Limits,
     program: Program,
     broken: Option<Outcome>,
@@ -57,7 +60,11 @@ pub(crate) async fn instantiate(
     host: Option<crate::host_fn::HostLink>,
 ) -> std::result::Result<KeptInstance, CallError> {
     let refused = CallError::Start;
-    let entry = program.resolve_entry(Entry::Run).map_err(refused)?;
+    // A plugin's `run`, or a library's functions called by name; a plain
+    // command is neither.
+    if program.is_plugin() || program.is_command() {
+        program.resolve_entry(Entry::Run).map_err(refused)?;
+    }
     parts.check(&spec).map_err(refused)?;
     program.host_call_problem(&spec).map_err(refused)?;
     for output in [&mut spec.stdout, &mut spec.stderr] {
@@ -91,15 +98,16 @@ pub(crate) async fn instantiate(
     let mut store = store::new_store(parts.engine(), state, budget.fuel, None);
     let started = Instant::now();
     let entered = {
-        let instantiating = std::pin::pin!(store::instantiate(&mut store, &program, entry));
+        let instantiating = std::pin::pin!(store::instantiate_kept(&mut store, &program));
         store::race(instantiating, spec.limits.timeout, None).await
     };
     drop(ticking);
     let ending = match entered {
-        Ok(Ok(entered)) => {
+        Ok(Ok((entered, handle))) => {
             return Ok(KeptInstance {
                 store,
                 entry: entered,
+                handle,
                 limits: spec.limits,
                 program,
                 broken: None,
@@ -139,11 +147,36 @@ impl KeptInstance {
     /// [`CallError::Rejected`] if `run` returned an error (the instance
     /// stays usable); [`CallError::Ended`] if the call trapped, hit a limit or
     /// timed out, or an earlier call ended so (the instance is then
-    /// unusable).
+    /// unusable); [`CallError::Start`] if the program has no `run`.
     pub(crate) async fn call(&mut self, input: Vec<u8>) -> std::result::Result<Vec<u8>, CallError> {
+        if self.entry.is_none() {
+            return Err(CallError::Start(
+                self.program
+                    .resolve_entry(Entry::Run)
+                    .err()
+                    .unwrap_or_else(|| crate::Error::Internal("no `run` entered".into())),
+            ));
+        }
+        self.run_call(Call::Run(input)).await
+    }
+
+    /// Calls the export named in `call` (`name(arg, …)`, WAVE), on the
+    /// same instance: its results in WAVE, one per line.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Start`] for a call that does not fit the program
+    /// ([`crate::Error::InvalidSpec`], field `invoke`); otherwise as
+    /// [`KeptInstance::call`].
+    pub(crate) async fn invoke(&mut self, call: &str) -> std::result::Result<Vec<u8>, CallError> {
+        crate::invoke::check(&self.program, call).map_err(CallError::Start)?;
+        self.run_call(Call::Invoke(call.to_owned())).await
+    }
+
+    async fn run_call(&mut self, what: Call) -> std::result::Result<Vec<u8>, CallError> {
         if self.in_call && self.broken.is_none() {
             // The caller dropped the last call while it ran: the instance
-            // stopped somewhere in the middle of `run`.
+            // stopped somewhere in the middle of it.
             self.broken = Some(abandoned());
         }
         if let Some(outcome) = &self.broken {
@@ -155,16 +188,38 @@ impl KeptInstance {
             os_memory_limit: self.store.data().limiter.os_limit(),
         };
         let _ = self.store.set_fuel(budget.fuel);
-        self.store
-            .data_mut()
-            .channel
-            .set_input(Some(Bytes::from(input.clone())));
+        if let Call::Run(input) = &what {
+            self.store
+                .data_mut()
+                .channel
+                .set_input(Some(Bytes::from(input.clone())));
+        }
         let started = Instant::now();
         // Epochs tick only while a call runs: an instance between calls
         // costs nothing.
         let _ticking = self.ticker.clone().map(|t| t.activate());
         let ending = {
-            let call = std::pin::pin!(self.entry.call(&mut self.store, &input));
+            let (store, entry, handle) = (&mut self.store, &self.entry, &self.handle);
+            let call = async move {
+                match what {
+                    Call::Run(input) => match entry {
+                        Some(entry) => entry.call(store, &input).await,
+                        None => wasmtime::bail!("the program has no plugin `run`"),
+                    },
+                    Call::Invoke(call) => {
+                        let invocation = match handle {
+                            KeptHandle::Core(instance) => {
+                                crate::invoke::Invocation::core(store, instance, &call)?
+                            }
+                            KeptHandle::Component(instance) => {
+                                crate::invoke::Invocation::component(store, instance, &call)?
+                            }
+                        };
+                        Ok(Ending::Returned(Ok(invocation.call(store).await?)))
+                    }
+                }
+            };
+            let call = std::pin::pin!(call);
             store::run_to_end(call, self.limits.timeout, None).await
         };
         let metrics = metrics(&self.store, started, budget.fuel);
@@ -178,4 +233,12 @@ impl KeptInstance {
             }
         }
     }
+}
+
+/// What a call of a kept instance runs.
+enum Call {
+    /// The plugin `run`, with this input.
+    Run(Vec<u8>),
+    /// An export by name.
+    Invoke(String),
 }
