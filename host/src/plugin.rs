@@ -27,14 +27,23 @@ use crate::thread::plugin::KeptInstance;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo(runner: &isola::Runner) -> Result<(), Box<dyn std::error::Error>> {
-/// let mut spec = isola::TaskSpec::new("plugin.wasm");
-/// spec.isolation = isola::Isolation::Process;
-/// let mut plugin = runner.plugin(spec).await?;
-/// let first = plugin.call("count").await?;
-/// let second = plugin.call("count").await?; // same instance, state kept
-/// # let _ = (first, second);
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A counter whose state lives in the instance.
+/// let dir = tempfile::tempdir()?;
+/// let wasm = dir.path().join("counter.wasm");
+/// std::fs::write(&wasm, wat::parse_str(r#"(module
+///     (global $n (mut i32) (i32.const 0))
+///     (func (export "bump") (result i32)
+///         (global.set $n (i32.add (global.get $n) (i32.const 1)))
+///         (global.get $n)))"#)?)?;
+///
+/// let runner = isola::Runner::new()?;
+/// // `isolation = Process` would keep it in a worker process of its own.
+/// let mut counter = runner.plugin(isola::TaskSpec::new(&wasm)).await?;
+/// assert_eq!(counter.invoke("bump()").await?, ["1"]);
+/// assert_eq!(counter.invoke("bump()").await?, ["2"]); // same instance, state kept
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]

@@ -142,14 +142,27 @@ impl Default for RunnerConfig {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), isola::Error> {
-/// use isola::{Runner, TaskSpec};
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use isola::{Outcome, Runner, TaskSpec};
+/// # let dir = tempfile::tempdir()?;
+/// # let wasm = dir.path().join("hello.wasm");
+/// # std::fs::write(&wasm, wat::parse_str(HELLO)?)?;
 ///
+/// // `wasm`: a WASI command that prints "hi".
 /// let runner = Runner::new()?;
-/// let report = runner.run(TaskSpec::new("hello.wasm")).await?;
-/// println!("{} / {}", report.outcome, report.stdout.text());
+/// let report = runner.run(TaskSpec::new(&wasm)).await?;
+/// assert_eq!(report.outcome, Outcome::Exited { code: 0 });
+/// assert_eq!(report.stdout.text(), "hi\n"); // captured by default
 /// # Ok(()) }
+/// # const HELLO: &str = r#"(module
+/// #   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+/// #   (memory (export "memory") 1)
+/// #   (data (i32.const 16) "hi\n")
+/// #   (func (export "_start")
+/// #     (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 3))
+/// #     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 /// ```
 #[derive(Clone)]
 pub struct Runner {

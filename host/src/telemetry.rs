@@ -10,7 +10,7 @@
 //! paths (a message, a task start). Without the feature every function
 //! here is empty: nothing is linked.
 //!
-//! ```no_run
+//! ```
 //! // With a recorder of the embedder's choice installed first, e.g.
 //! // metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
 //! isola::telemetry::enable();

@@ -115,7 +115,7 @@ fn out_of_memory() {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// fn main() -> std::process::ExitCode {
 ///     if let Some(code) = isola::worker::run_if_worker() {
 ///         return code;

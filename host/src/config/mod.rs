@@ -25,13 +25,24 @@
 //!
 //! # Examples
 //!
-//! ```no_run
+//! ```
 //! use isola::config::TaskSet;
 //!
-//! match TaskSet::load("tasks.toml") {
+//! let text = r#"
+//! [[task]]
+//! name = "build"
+//! wasm = "build.wasm"
+//! limits = { timeout = "soon" }
+//! "#;
+//! // `TaskSet::load("tasks.toml")` reads the file; this parses text.
+//! match TaskSet::parse(text, "tasks.toml") {
 //!     Ok(set) => println!("{} tasks", set.len()),
-//!     // One line per problem: `tasks.toml:7:11: task `build`: field `limits.timeout`: ...`
-//!     Err(errors) => eprintln!("{errors}"),
+//!     // One line per problem, with where it is:
+//!     // `tasks.toml:5:21: task `build`: field `limits.timeout`: ...`
+//!     Err(errors) => {
+//!         assert!(errors.to_string().contains("limits.timeout"), "{errors}");
+//!         eprintln!("{errors}");
+//!     }
 //! }
 //! ```
 

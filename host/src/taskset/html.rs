@@ -53,8 +53,13 @@ const HIST_BOTTOM: f64 = 46.0;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # fn demo(report: isola::taskset::SetReport) -> std::io::Result<()> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let set = isola::config::TaskSet::new(Vec::new())?;
+/// # let report = isola::taskset::Scheduler::new(isola::Runner::new()?).run(&set).await;
+/// # let dir = tempfile::tempdir()?;
+/// # std::env::set_current_dir(dir.path())?;
 /// let page = isola::taskset::html::html_report(&report, "nightly build");
 /// std::fs::write("report.html", page)?;
 /// # Ok(()) }

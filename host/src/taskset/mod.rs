@@ -16,14 +16,25 @@
 //!
 //! # Examples
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use isola::Runner;
 //! use isola::config::TaskSet;
 //! use isola::taskset::{Event, Scheduler};
 //! use tokio_util::sync::CancellationToken;
+//! # let dir = tempfile::tempdir()?;
+//! # std::fs::write(dir.path().join("hello.wasm"), wat::parse_str(r#"(module
+//! #   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+//! #   (memory (export "memory") 1)
+//! #   (data (i32.const 16) "hi\n")
+//! #   (func (export "_start")
+//! #     (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 3))
+//! #     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#)?)?;
+//! # let tasks_toml = dir.path().join("tasks.toml");
+//! # std::fs::write(&tasks_toml, "[[task]]\nname = \"a\"\nwasm = \"hello.wasm\"\n\n[[task]]\nname = \"b\"\nwasm = \"hello.wasm\"\ndepends_on = [\"a\"]\n")?;
 //!
-//! let set = TaskSet::load("tasks.toml")?;
+//! let set = TaskSet::load(&tasks_toml)?; // two tasks printing "hi", b after a
 //! let shutdown = CancellationToken::new(); // cancel it to stop the set
 //! let scheduler = Scheduler::new(Runner::new()?)
 //!     .jobs(4)
@@ -33,6 +44,7 @@
 //!         }
 //!     });
 //! let report = scheduler.run_until(&set, shutdown.cancelled()).await;
+//! assert!(report.succeeded());
 //! println!("utilization {:.0}%", report.pool.utilization * 100.0);
 //! # Ok(()) }
 //! ```

@@ -335,8 +335,13 @@ pub struct PoolMetrics {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # fn demo(report: isola::taskset::SetReport) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let set = isola::config::TaskSet::new(Vec::new())?;
+/// # let report = isola::taskset::Scheduler::new(isola::Runner::new()?).run(&set).await;
+/// # let dir = tempfile::tempdir()?;
+/// # std::env::set_current_dir(dir.path())?;
 /// if !report.succeeded() {
 ///     for task in report.failures() {
 ///         eprintln!("{}: {}", task.name, task.describe());

@@ -29,8 +29,13 @@ const WORKERS_PID: u32 = 3;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # fn demo(report: isola::taskset::SetReport) -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let set = isola::config::TaskSet::new(Vec::new())?;
+/// # let report = isola::taskset::Scheduler::new(isola::Runner::new()?).run(&set).await;
+/// # let dir = tempfile::tempdir()?;
+/// # std::env::set_current_dir(dir.path())?;
 /// let trace = isola::taskset::timeline::chrome_trace(&report);
 /// std::fs::write("trace.json", serde_json::to_string(&trace)?)?;
 /// # Ok(()) }
