@@ -1007,7 +1007,7 @@ pub(crate) async fn spawn(
     }
     program.host_call_problem(&spec)?;
     let id = TaskId::next();
-    let host = parts.host_link(&spec, id)?;
+    let host = parts.host_link(&spec, id, program)?;
     let prepared = prepare(program.path(), &spec, None)?;
     let (channel, host_ends) = ChannelState::for_spec(&spec);
     let Prepared {

@@ -45,6 +45,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::FutureExt as _;
+use wasmtime::component::Val;
 
 use crate::handle::TaskId;
 use crate::outcome::HostFault;
@@ -70,6 +71,15 @@ pub struct HostCall {
 type BoxedFuture = Pin<Box<dyn Future<Output = HostResult> + Send>>;
 type BoxedFn = dyn Fn(HostCall) -> BoxedFuture + Send + Sync;
 
+/// What a typed host function returns: the function's results, or an
+/// error message.
+pub type TypedResult = Result<Vec<Val>, String>;
+type TypedFuture = Pin<Box<dyn Future<Output = TypedResult> + Send>>;
+type TypedFn = dyn Fn(HostCall, Vec<Val>) -> TypedFuture + Send + Sync;
+
+/// Param types of a program's typed host imports, by `interface#function`.
+pub(crate) type ImportTypes = BTreeMap<String, Vec<wasmtime::component::Type>>;
+
 /// The host functions a runner offers its tasks, by name. Cheap to clone.
 ///
 /// # Examples
@@ -84,11 +94,15 @@ type BoxedFn = dyn Fn(HostCall) -> BoxedFuture + Send + Sync;
 #[derive(Clone, Default)]
 pub struct HostFunctions {
     functions: Arc<BTreeMap<String, Arc<BoxedFn>>>,
+    /// Typed functions, by `interface#function`.
+    typed: Arc<BTreeMap<String, Arc<TypedFn>>>,
 }
 
 impl std::fmt::Debug for HostFunctions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.functions.keys()).finish()
+        f.debug_set()
+            .entries(self.functions.keys().chain(self.typed.keys()))
+            .finish()
     }
 }
 
@@ -118,9 +132,142 @@ impl HostFunctions {
         self
     }
 
-    /// Whether a function of this name is registered.
+    /// Registers a typed function for components: `function` of the
+    /// embedder's WIT interface `interface` (`package:name/interface`, as
+    /// the component imports it, e.g. `my:app/config`), taking and
+    /// returning wasmtime's component values. A component that imports the
+    /// interface gets it linked; a task calls it when its spec grants
+    /// `interface` (all its functions) or `interface#function`.
+    ///
+    /// Values cross in WAVE, checked against the types of the import the
+    /// program declares, so the function sees the arguments its WIT says
+    /// and must return results of the WIT's result types. An `Err` reaches
+    /// the guest as an error value when the function's WIT result is a
+    /// `result<_, string>`; any other function's `Err` traps the guest's
+    /// call (put the errors a guest should handle in the WIT). A panic ends
+    /// the task, as for byte-level functions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use isola::wasmtime::component::Val;
+    ///
+    /// let functions = isola::HostFunctions::new().with_typed("my:app/math", "scale", |_call, args| async move {
+    ///     match args.as_slice() {
+    ///         [Val::S64(x)] => Ok(vec![Val::S64(x * 10)]),
+    ///         _ => Err("scale takes one s64".into()),
+    ///     }
+    /// });
+    /// assert!(functions.contains("my:app/math#scale"));
+    /// assert!(functions.contains("my:app/math")); // the interface, for a grant
+    /// ```
+    pub fn insert_typed<F, Fut>(&mut self, interface: &str, function: &str, f: F)
+    where
+        F: Fn(HostCall, Vec<Val>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TypedResult> + Send + 'static,
+    {
+        let boxed: Arc<TypedFn> = Arc::new(move |call, args| Box::pin(f(call, args)));
+        Arc::make_mut(&mut self.typed).insert(format!("{interface}#{function}"), boxed);
+    }
+
+    /// [`HostFunctions::insert_typed`], in builder style.
+    pub fn with_typed<F, Fut>(mut self, interface: &str, function: &str, f: F) -> HostFunctions
+    where
+        F: Fn(HostCall, Vec<Val>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TypedResult> + Send + 'static,
+    {
+        self.insert_typed(interface, function, f);
+        self
+    }
+
+    /// The interfaces of the typed functions (what a component may import).
+    pub(crate) fn typed_interfaces(&self) -> std::collections::BTreeSet<String> {
+        self.typed
+            .keys()
+            .filter_map(|full| interface_of(full).map(str::to_owned))
+            .collect()
+    }
+
+    /// Runs the typed function `call.function` on `args` (WAVE lines)
+    /// parsed with `params`; its results as WAVE lines.
+    async fn invoke_typed(
+        &self,
+        call: HostCall,
+        params: &[wasmtime::component::Type],
+    ) -> Result<HostResult, HostFault> {
+        let Some(function) = self.typed.get(&call.function).cloned() else {
+            return Ok(Err(format!(
+                "no host function `{}` is registered",
+                call.function
+            )));
+        };
+        let text = String::from_utf8_lossy(&call.args).into_owned();
+        let lines: Vec<&str> = if text.is_empty() {
+            Vec::new()
+        } else {
+            text.lines().collect()
+        };
+        if lines.len() != params.len() {
+            return Ok(Err(format!(
+                "`{}` takes {} arguments, the guest sent {}",
+                call.function,
+                params.len(),
+                lines.len()
+            )));
+        }
+        let mut args = Vec::with_capacity(params.len());
+        for (ty, line) in params.iter().zip(lines) {
+            match Val::from_wave(ty, line) {
+                Ok(value) => args.push(value),
+                Err(err) => {
+                    return Ok(Err(format!(
+                        "a bad argument for `{}`: {err}",
+                        call.function
+                    )));
+                }
+            }
+        }
+        let name = call.function.clone();
+        let panicked = |payload: Box<dyn std::any::Any + Send>| HostFault::Panicked {
+            function: name.clone(),
+            message: panic_message(&*payload),
+        };
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| function(call, args))) {
+            Ok(future) => future,
+            Err(payload) => return Err(panicked(payload)),
+        };
+        let results = AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .map_err(panicked)?;
+        Ok(match results {
+            Ok(values) => {
+                let mut texts = Vec::with_capacity(values.len());
+                for value in &values {
+                    match value.to_wave() {
+                        Ok(text) => texts.push(text),
+                        Err(err) => {
+                            return Ok(Err(format!(
+                                "`{name}` returned a value WAVE cannot write: {err}"
+                            )));
+                        }
+                    }
+                }
+                Ok(texts.join("\n").into_bytes())
+            }
+            Err(message) => Err(message),
+        })
+    }
+
+    /// Whether a function of this name is registered: a byte-level one, a
+    /// typed one (`interface#function`), or an interface with typed ones.
     pub fn contains(&self, name: &str) -> bool {
         self.functions.contains_key(name)
+            || self.typed.contains_key(name)
+            || self
+                .typed
+                .keys()
+                .any(|full| interface_of(full) == Some(name))
     }
 
     /// The registered names, in order.
@@ -192,6 +339,8 @@ pub(crate) enum HostLink {
         kv: Option<Arc<crate::kv::KvStore>>,
         task: TaskId,
         program: Arc<str>,
+        /// The param types of the program's typed host imports.
+        types: Arc<ImportTypes>,
     },
     /// A worker's parent, which checks the grants again and calls.
     Remote(tokio::sync::mpsc::Sender<RemoteCall>),
@@ -206,6 +355,7 @@ impl HostLink {
         kv: Option<Arc<crate::kv::KvStore>>,
         task: TaskId,
         program: &str,
+        types: Arc<ImportTypes>,
     ) -> HostLink {
         if granted.is_empty() && kv.is_none() {
             return HostLink::None;
@@ -216,6 +366,7 @@ impl HostLink {
             kv,
             task,
             program: program.into(),
+            types,
         }
     }
 
@@ -250,6 +401,7 @@ impl HostLink {
                 kv,
                 task,
                 program,
+                types,
             } => {
                 if function.starts_with(crate::kv::PREFIX) {
                     return Ok(match kv {
@@ -259,8 +411,19 @@ impl HostLink {
                         )),
                     });
                 }
-                if !granted.contains(&function) {
+                let by_interface = interface_of(&function)
+                    .is_some_and(|interface| granted.iter().any(|g| g == interface));
+                if !granted.contains(&function) && !by_interface {
                     return Ok(Err(not_granted(&function)));
+                }
+                if let Some(params) = types.get(&function) {
+                    let call = HostCall {
+                        task: *task,
+                        program: program.to_string(),
+                        function,
+                        args,
+                    };
+                    return functions.invoke_typed(call, params).await;
                 }
                 functions
                     .invoke(HostCall {
@@ -330,6 +493,11 @@ fn truncated(mut message: String, max: usize) -> String {
         message.truncate(end);
     }
     message
+}
+
+/// The interface of a typed function's full name (`interface#function`).
+pub(crate) fn interface_of(full: &str) -> Option<&str> {
+    full.rsplit_once('#').map(|(interface, _)| interface)
 }
 
 /// The error value of a call to a function the task was not granted.

@@ -96,9 +96,26 @@ struct Stats {
 /// that owns them, so this module does not depend on it.
 pub(crate) type LinkerExtension = fn(&mut Linker<TaskState>) -> wasmtime::Result<()>;
 
+/// Which of a component's other imports a loader links as typed host
+/// functions (see [`crate::HostFunctions::insert_typed`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum TypedLinking {
+    /// The interfaces the runner's embedder registered (a parent).
+    #[default]
+    None,
+    Registered(std::collections::BTreeSet<String>),
+    /// Any interface of functions only (a worker: its parent checked the
+    /// program against its registry before sending the task, and every
+    /// call goes back to the parent, which checks it again).
+    Any,
+}
+
 /// Loads programs for one engine. Shared behind an `Arc`.
 pub(crate) struct Loader {
     engine: Engine,
+    /// Which component imports beyond WASI and `isola:task` are linked as
+    /// typed host functions.
+    typed: TypedLinking,
     module_linker: Linker<TaskState>,
     /// Built on first use: a runner of modules never needs it.
     component_linker: OnceLock<std::result::Result<wasmtime::component::Linker<TaskState>, String>>,
@@ -115,6 +132,12 @@ pub(crate) struct Loader {
 }
 
 impl Loader {
+    /// Sets which component imports are linked as typed host functions.
+    pub(crate) fn with_typed(mut self, typed: TypedLinking) -> Loader {
+        self.typed = typed;
+        self
+    }
+
     /// A loader with a new engine sized by `settings`, its module linker
     /// (WASI preview1, the task channel, and `extension`'s functions) and,
     /// if given, the disk cache under `cache_root`.
@@ -160,6 +183,7 @@ impl Loader {
             let _ = disk_cache.set(DiskCache::new(root, &engine));
         }
         Ok(Loader {
+            typed: TypedLinking::None,
             engine,
             module_linker,
             component_linker: OnceLock::new(),
@@ -530,87 +554,106 @@ impl Loader {
         if let Some(tables) = tables {
             check_tables(path, &compiled, &tables)?;
         }
-        let kind =
-            match compiled {
-                Compiled::Module(module) => {
-                    if imports_shared_memory(&module) {
+        let mut program_typed = crate::host_fn::ImportTypes::new();
+        let kind = match compiled {
+            Compiled::Module(module) => {
+                if imports_shared_memory(&module) {
+                    self.check_module_imports(path, &module)?;
+                    check_core_exports(path, &module)?;
+                    ProgramKind::Shared { module }
+                } else {
+                    // Linking succeeds for the modules that will run; only a
+                    // failure needs the slower check that names the missing
+                    // import.
+                    let linked = self.module_linker.instantiate_pre(&module);
+                    if linked.is_err() {
                         self.check_module_imports(path, &module)?;
-                        check_core_exports(path, &module)?;
-                        ProgramKind::Shared { module }
-                    } else {
-                        // Linking succeeds for the modules that will run; only a
-                        // failure needs the slower check that names the missing
-                        // import.
-                        let linked = self.module_linker.instantiate_pre(&module);
-                        if linked.is_err() {
-                            self.check_module_imports(path, &module)?;
-                        }
-                        check_core_exports(path, &module)?;
-                        let command = module.get_export("_start").is_some();
-                        let plugin = module.get_export(CORE_PLUGIN_EXPORT).is_some();
-                        // A library of functions (no `main`, no plugin `run`) is
-                        // a program too: its exports are called by name.
-                        let functions = module
-                            .exports()
-                            .any(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)));
-                        if !command && !plugin && !functions {
-                            return Err(Error::UnsupportedWorld {
-                                path: path.to_owned(),
-                                detail: format!(
-                                    "it exports neither `_start` (a WASI command) nor \
-                                 `{CORE_PLUGIN_EXPORT}` (an Isola plugin), nor any function"
-                                ),
-                            });
-                        }
-                        ProgramKind::Module {
-                            pre: linked.map_err(invalid)?,
-                            command,
-                            plugin,
-                        }
                     }
-                }
-                Compiled::Component(component) => {
-                    let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
-                        path: path.to_owned(),
-                        detail: format!("it is a component of an unsupported world: {err:#}"),
-                    };
-                    let pre = self
-                        .component_linker()?
-                        .instantiate_pre(&component)
-                        .map_err(unsupported)?;
-                    let command = CommandPre::new(pre.clone()).ok();
-                    let plugin = PluginPre::new(pre.clone()).ok();
-                    let functions =
-                        component
-                            .component_type()
-                            .exports(component.engine())
-                            .any(|(_, item)| {
-                                matches!(
-                            item.ty,
-                            wasmtime::component::types::ComponentItem::ComponentFunc(_)
-                                | wasmtime::component::types::ComponentItem::ComponentInstance(_)
-                        )
-                            });
-                    if command.is_none() && plugin.is_none() && !functions {
+                    check_core_exports(path, &module)?;
+                    let command = module.get_export("_start").is_some();
+                    let plugin = module.get_export(CORE_PLUGIN_EXPORT).is_some();
+                    // A library of functions (no `main`, no plugin `run`) is
+                    // a program too: its exports are called by name.
+                    let functions = module
+                        .exports()
+                        .any(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)));
+                    if !command && !plugin && !functions {
                         return Err(Error::UnsupportedWorld {
                             path: path.to_owned(),
-                            detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
-                                 `isola:task/plugin`, nor any function"
-                                .into(),
+                            detail: format!(
+                                "it exports neither `_start` (a WASI command) nor \
+                                 `{CORE_PLUGIN_EXPORT}` (an Isola plugin), nor any function"
+                            ),
                         });
                     }
-                    ProgramKind::Component {
-                        pre,
+                    ProgramKind::Module {
+                        pre: linked.map_err(invalid)?,
                         command,
                         plugin,
                     }
                 }
-            };
+            }
+            Compiled::Component(component) => {
+                let unsupported = |err: wasmtime::Error| Error::UnsupportedWorld {
+                    path: path.to_owned(),
+                    detail: format!("it is a component of an unsupported world: {err:#}"),
+                };
+                let linker = self.component_linker()?;
+                let pre = match linker.instantiate_pre(&component) {
+                    Ok(pre) => pre,
+                    Err(err) => {
+                        // Imports of the embedder's typed host functions are
+                        // linked for this program alone.
+                        let typed = self.typed_imports(&component);
+                        if typed.is_empty() {
+                            return Err(unsupported(err));
+                        }
+                        let mut linker = linker.clone();
+                        for (interface, functions) in typed {
+                            link_typed(&mut linker, &interface, &functions).map_err(unsupported)?;
+                            for (function, params) in functions {
+                                program_typed.insert(format!("{interface}#{function}"), params);
+                            }
+                        }
+                        linker.instantiate_pre(&component).map_err(unsupported)?
+                    }
+                };
+                let command = CommandPre::new(pre.clone()).ok();
+                let plugin = PluginPre::new(pre.clone()).ok();
+                let functions =
+                    component
+                        .component_type()
+                        .exports(component.engine())
+                        .any(|(_, item)| {
+                            matches!(
+                                item.ty,
+                                wasmtime::component::types::ComponentItem::ComponentFunc(_)
+                                    | wasmtime::component::types::ComponentItem::ComponentInstance(
+                                        _
+                                    )
+                            )
+                        });
+                if command.is_none() && plugin.is_none() && !functions {
+                    return Err(Error::UnsupportedWorld {
+                        path: path.to_owned(),
+                        detail: "it exports neither `wasi:cli/run` (a command) nor `run` of \
+                                 `isola:task/plugin`, nor any function"
+                            .into(),
+                    });
+                }
+                ProgramKind::Component {
+                    pre,
+                    command,
+                    plugin,
+                }
+            }
+        };
         Ok(Program {
             inner: Arc::new(ProgramInner {
                 path: path.to_owned(),
                 hash,
                 imports_host_call: crate::program::imports_host_call(&kind),
+                typed_imports: Arc::new(program_typed),
                 kind,
             }),
         })
@@ -950,6 +993,128 @@ fn engine_config(settings: &EngineSettings) -> Config {
 #[cfg(test)]
 #[allow(unused_imports, reason = "for the ABI document's test (abi_doc_test)")]
 pub(crate) use tests::tests_support;
+
+/// A typed import's functions and their param types.
+type TypedFunctions = Vec<(String, Vec<wasmtime::component::Type>)>;
+
+impl Loader {
+    /// The component's imports this loader links as typed host functions:
+    /// instances of functions only, named by the embedder's registry (or
+    /// any, in a worker), with each function's param types.
+    fn typed_imports(
+        &self,
+        component: &wasmtime::component::Component,
+    ) -> Vec<(String, TypedFunctions)> {
+        use wasmtime::component::types::ComponentItem;
+        let engine = component.engine();
+        let mut found = Vec::new();
+        for (name, item) in component.component_type().imports(engine) {
+            let ComponentItem::ComponentInstance(instance) = item.ty else {
+                continue;
+            };
+            // The registry names interfaces without a version.
+            let bare = name.split('@').next().unwrap_or(name);
+            let wanted = match &self.typed {
+                TypedLinking::None => false,
+                TypedLinking::Registered(names) => names.contains(name) || names.contains(bare),
+                TypedLinking::Any => !bare.starts_with("wasi:") && !bare.starts_with("isola:"),
+            };
+            if !wanted {
+                continue;
+            }
+            let mut functions = Vec::new();
+            let mut only_functions = true;
+            for (function, export) in instance.exports(engine) {
+                match export.ty {
+                    ComponentItem::ComponentFunc(ty) => {
+                        functions
+                            .push((function.to_owned(), ty.params().map(|(_, t)| t).collect()));
+                    }
+                    _ => only_functions = false,
+                }
+            }
+            if only_functions {
+                found.push((name.to_owned(), functions));
+            }
+        }
+        found
+    }
+}
+
+/// Defines each function of the imported `interface` as a call to the
+/// task's typed host function `interface#function` (`interface` without
+/// its version): arguments and results cross as WAVE lines through the
+/// task's host link (to the parent, for a worker), results parsed with the
+/// import's own result types.
+fn link_typed(
+    linker: &mut wasmtime::component::Linker<TaskState>,
+    interface: &str,
+    functions: &TypedFunctions,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::{Type, Val};
+    let bare = interface.split('@').next().unwrap_or(interface).to_owned();
+    let mut instance = linker.instance(interface)?;
+    for (function, _) in functions {
+        let full = format!("{bare}#{function}");
+        instance.func_new_async(function, move |mut store, ty, params, results| {
+            let full = full.clone();
+            Box::new(async move {
+                let mut args = Vec::with_capacity(params.len());
+                for value in params {
+                    args.push(value.to_wave()?);
+                }
+                let reply = store
+                    .data_mut()
+                    .call_host(full.clone(), args.join("\n").into_bytes())
+                    .await?;
+                let types: Vec<Type> = ty.results().collect();
+                match reply {
+                    Ok(bytes) => {
+                        let text = String::from_utf8(bytes)?;
+                        let lines: Vec<&str> = if text.is_empty() {
+                            Vec::new()
+                        } else {
+                            text.lines().collect()
+                        };
+                        wasmtime::ensure!(
+                            lines.len() == types.len() && results.len() == types.len(),
+                            "host function `{full}` returned {} results for {}",
+                            lines.len(),
+                            types.len()
+                        );
+                        for ((slot, ty), line) in results.iter_mut().zip(&types).zip(lines) {
+                            *slot = Val::from_wave(ty, line).map_err(|e| {
+                                wasmtime::format_err!(
+                                    "host function `{full}` returned a bad value: {e}"
+                                )
+                            })?;
+                        }
+                        Ok(())
+                    }
+                    // An error the WIT lets the guest handle is its value.
+                    Err(message) if string_error_result(&types) => {
+                        if let Some(slot) = results.first_mut() {
+                            *slot = Val::Result(Err(Some(Box::new(Val::String(message)))));
+                        }
+                        Ok(())
+                    }
+                    Err(message) => wasmtime::bail!("host function `{full}` failed: {message}"),
+                }
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether a function's results are one `result<_, string>`.
+fn string_error_result(types: &[wasmtime::component::Type]) -> bool {
+    match types {
+        [wasmtime::component::Type::Result(result)] => {
+            matches!(result.err(), Some(wasmtime::component::Type::String))
+        }
+        _ => false,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -102,6 +102,7 @@ impl Parts {
         &self,
         spec: &TaskSpec,
         id: crate::TaskId,
+        program: &crate::program::Program,
     ) -> Result<crate::host_fn::HostLink> {
         let Some(functions) = &self.host_functions else {
             return Ok(crate::host_fn::HostLink::None);
@@ -116,6 +117,7 @@ impl Parts {
             kv,
             id,
             &spec.program_name(),
+            program.inner.typed_imports.clone(),
         ))
     }
 

@@ -30,6 +30,9 @@ pub(crate) struct ProgramInner {
     /// Whether it imports the host function call ([`imports_host_call`]),
     /// found once at load: every spawn asks.
     pub(crate) imports_host_call: bool,
+    /// Its imports linked as typed host functions: param types by
+    /// `interface#function`.
+    pub(crate) typed_imports: std::sync::Arc<crate::host_fn::ImportTypes>,
 }
 
 pub(crate) enum ProgramKind {
@@ -126,6 +129,26 @@ impl Program {
                     self.path().display()
                 ),
             });
+        }
+        // Each typed interface it imports must be granted (the interface,
+        // or one of its functions).
+        for full in self.inner.typed_imports.keys() {
+            let interface = crate::host_fn::interface_of(full).unwrap_or(full);
+            let granted = spec
+                .host_functions
+                .iter()
+                .any(|g| g == interface || crate::host_fn::interface_of(g) == Some(interface));
+            if !granted {
+                return Err(Error::InvalidSpec {
+                    field: "host_functions".into(),
+                    message: format!(
+                        "`{}` imports `{interface}`, which the task is not granted (name \
+                         `{interface}`, or its functions as `{interface}#name`, in \
+                         `host_functions`)",
+                        self.path().display()
+                    ),
+                });
+            }
         }
         Ok(())
     }

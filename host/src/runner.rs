@@ -241,7 +241,10 @@ impl Runner {
             },
             cache_root.as_deref(),
             crate::group::add_to_module_linker,
-        )?;
+        )?
+        .with_typed(crate::loader::TypedLinking::Registered(
+            config.host_functions.typed_interfaces(),
+        ));
         let ticker = EpochTicker::start(loader.engine(), config.epoch_tick);
         let parts = Parts {
             loader: Arc::new(loader),

@@ -296,7 +296,8 @@ async fn serve() -> Result<(), String> {
         None,
         crate::group::add_to_module_linker,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_typed(crate::loader::TypedLinking::Any);
     let tick = crate::RunnerConfig::default().epoch_tick;
     // The ticker never opens a file: sandboxed, it gives them all up as it
     // starts, so a task's Landlock rules need not reach its thread.

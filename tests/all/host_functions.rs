@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use isola::{
-    CacheDir, Error, HostFunctions, Isolation, Limit, Outcome, Output, Runner, RunnerConfig,
-    TaskSpec,
+    CacheDir, CallError, Error, HostFunctions, Isolation, Limit, Outcome, Output, Runner,
+    RunnerConfig, TaskSpec,
 };
 use isola_tests::{GuestKind, Target, isola_bin, shared_cache, targets};
 
@@ -560,4 +560,139 @@ fn kv_in_a_task_set_persists_between_runs_and_isola_run_takes_it_too() {
     let out = isola_tests::isola(&["run", wasm, "kv", "k"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(isola_tests::stderr(&out).contains("--kv"), "{out:?}");
+}
+
+/// A component importing the embedder's own WIT interface `my:app/math`:
+///
+/// ```wit
+/// interface math {
+///   scale: func(x: s64) -> s64;
+///   check: func(x: s64) -> result<s64, string>;
+/// }
+/// ```
+///
+/// and exporting `run-scale` and `run-check`, which call them.
+const TYPED_GUEST: &str = r#"
+(component
+  (import "my:app/math" (instance $math
+    (export "scale" (func (param "x" s64) (result s64)))
+    (export "check" (func (param "x" s64) (result (result s64 (error string)))))
+  ))
+  (core module $Mem
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $p)))
+  (core instance $mem (instantiate $Mem))
+  (alias core export $mem "memory" (core memory $memory))
+  (alias core export $mem "realloc" (core func $realloc))
+  (alias export $math "scale" (func $scale))
+  (alias export $math "check" (func $check))
+  (core func $scale_lowered (canon lower (func $scale)))
+  (core func $check_lowered (canon lower (func $check) (memory $memory) (realloc $realloc)))
+  (core module $Main
+    (import "host" "scale" (func $scale (param i64) (result i64)))
+    (import "host" "check" (func $check (param i64 i32)))
+    (func (export "run-scale") (param i64) (result i64) (call $scale (local.get 0)))
+    (func (export "run-check") (param i64) (result i32)
+      (call $check (local.get 0) (i32.const 64))
+      (i32.const 64)))
+  (core instance $main (instantiate $Main
+    (with "host" (instance
+      (export "scale" (func $scale_lowered))
+      (export "check" (func $check_lowered))))))
+  (func (export "run-scale") (param "x" s64) (result s64)
+    (canon lift (core func $main "run-scale")))
+  (func (export "run-check") (param "x" s64) (result (result s64 (error string)))
+    (canon lift (core func $main "run-check") (memory $memory) (realloc $realloc)))
+)
+"#;
+
+fn typed_functions() -> HostFunctions {
+    use isola::wasmtime::component::Val;
+    HostFunctions::new()
+        .with_typed("my:app/math", "scale", |call, args| async move {
+            assert_eq!(call.function, "my:app/math#scale");
+            match args.as_slice() {
+                [Val::S64(x)] if *x == 666 => panic!("the host function broke"),
+                [Val::S64(x)] => Ok(vec![Val::S64(x * 10)]),
+                other => Err(format!("unexpected arguments {other:?}")),
+            }
+        })
+        .with_typed("my:app/math", "check", |_call, args| async move {
+            match args.as_slice() {
+                [Val::S64(x)] if *x < 0 => Err(format!("{x} is negative")),
+                [Val::S64(x)] => Ok(vec![Val::Result(Ok(Some(Box::new(Val::S64(*x)))))]),
+                other => Err(format!("unexpected arguments {other:?}")),
+            }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_calls_the_embedder_s_own_wit_interface_at_both_levels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = isola_tests::wat_file(dir.path(), "typed.wasm", TYPED_GUEST);
+    let runner = runner_with(typed_functions());
+    for isolation in [Isolation::Thread, Isolation::Process] {
+        let mut spec = TaskSpec::new(&wasm);
+        spec.isolation = isolation;
+        spec.host_functions = vec!["my:app/math".into()];
+        let call = |text: &'static str| runner.invoke(spec.clone(), text);
+        assert_eq!(
+            call("run-scale(5)").await.expect("scale"),
+            ["50"],
+            "{isolation}"
+        );
+        assert_eq!(call("run-scale(-7)").await.expect("scale"), ["-70"]);
+        assert_eq!(call("run-check(3)").await.expect("check"), ["ok(3)"]);
+        // The function's error is the guest's error value: the WIT says
+        // `result<s64, string>`.
+        assert_eq!(
+            call("run-check(-1)").await.expect("check"),
+            [r#"err("-1 is negative")"#]
+        );
+        // A panic ends the task, naming the function; the host goes on.
+        let err = call("run-scale(666)").await.expect_err("panicked");
+        let CallError::Ended(report) = err else {
+            panic!("{err}")
+        };
+        assert!(
+            matches!(&report.outcome, Outcome::Failed { message } if message.contains("my:app/math#scale")),
+            "{}",
+            report.outcome
+        );
+        assert_eq!(call("run-scale(1)").await.expect("still serving"), ["10"]);
+
+        // One function granted: the other is an error the guest sees.
+        let mut one = spec.clone();
+        one.host_functions = vec!["my:app/math#check".into()];
+        assert_eq!(
+            runner.invoke(one, "run-check(4)").await.expect("granted"),
+            ["ok(4)"]
+        );
+
+        // Not granted at all: refused before it starts, naming the import
+        // and the field.
+        let mut none = spec.clone();
+        none.host_functions.clear();
+        let err = runner
+            .invoke(none, "run-scale(1)")
+            .await
+            .expect_err("refused");
+        let CallError::Start(isola::Error::InvalidSpec { field, message }) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(field, "host_functions");
+        assert!(message.contains("`my:app/math`"), "{message}");
+    }
+    // A runner that registered no such interface refuses the component at
+    // load, naming the import.
+    let err = runner_with(HostFunctions::new())
+        .invoke(TaskSpec::new(&wasm), "run-scale(1)")
+        .await
+        .expect_err("unknown import");
+    assert!(err.to_string().contains("my:app/math"), "{err}");
 }

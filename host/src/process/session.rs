@@ -72,7 +72,7 @@ pub(crate) async fn start(
         program.resolve_entry(Entry::Run)?;
     }
     program.host_call_problem(&spec)?;
-    let host = parts.host_link(&spec, crate::TaskId::next())?;
+    let host = parts.host_link(&spec, crate::TaskId::next(), program)?;
     let max_message_size = spec.limits.max_message_size.as_u64();
     if spec.stdin == Stdin::Inherit {
         return Err(CallError::Start(Error::InvalidSpec {

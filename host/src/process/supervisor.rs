@@ -88,7 +88,7 @@ pub(crate) async fn spawn(
     crate::invoke::resolve(program, entry.clone())?;
     program.host_call_problem(&spec)?;
     let id = TaskId::next();
-    let host = parts.host_link(&spec, id)?;
+    let host = parts.host_link(&spec, id, program)?;
     let backend = Arc::clone(backend);
     let cache_dir = prepare_for_worker(parts, &backend, program, &mut spec)?;
 

@@ -72,7 +72,7 @@ pub(crate) async fn spawn(
     let (channel, host_ends) = ChannelState::for_spec(&spec);
     let host = match extras.host {
         Some(link) => link,
-        None => parts.host_link(&spec, id)?,
+        None => parts.host_link(&spec, id, program)?,
     };
     let job = Job {
         host,

@@ -82,7 +82,7 @@ pub(crate) async fn instantiate(
     state.host = match host {
         Some(link) => link,
         None => parts
-            .host_link(&spec, crate::TaskId::next())
+            .host_link(&spec, crate::TaskId::next(), &program)
             .map_err(refused)?,
     };
     state.limiter =
