@@ -581,14 +581,8 @@ async fn handle_message(
     let (spec, before) = match prepared {
         Ok(prepared) => prepared,
         Err(ending) => {
-            if shared
-                .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
-                .await
-            {
-                settle(message).await;
-            }
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return;
+            let result = result(ending, [0, 0], Vec::new());
+            return not_run(shared, message, &run, &result, abort, &dir).await;
         }
     };
     let spawned = shared.runner.spawn(spec.clone()).await;
@@ -605,14 +599,8 @@ async fn handle_message(
                     message: err.to_string(),
                 },
             };
-            if shared
-                .publish_result(&run, &result(ending, [0, 0], Vec::new()), abort)
-                .await
-            {
-                settle(message).await;
-            }
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return;
+            let result = result(ending, [0, 0], Vec::new());
+            return not_run(shared, message, &run, &result, abort, &dir).await;
         }
     };
     handle.close_channel();
@@ -669,6 +657,22 @@ async fn handle_message(
         settle(message).await;
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+/// Stores the result of an attempt that did not run (refused, or could not
+/// start), acks it, and removes what was fetched for it.
+async fn not_run(
+    shared: &Shared,
+    message: &async_nats::jetstream::Message,
+    run: &str,
+    result: &ResultMessage,
+    abort: &CancellationToken,
+    dir: &Path,
+) {
+    if shared.publish_result(run, result, abort).await {
+        settle(message).await;
+    }
+    let _ = tokio::fs::remove_dir_all(dir).await;
 }
 
 /// Acks a message whose result is stored (or that needs none). Not waited

@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 use wasmtime::component::Val;
+use wasmtime::component::wasm_wave::wasm::WasmType;
 
 use crate::handle::TaskId;
 use crate::outcome::HostFault;
@@ -167,6 +168,9 @@ impl HostFunctions {
         Fut: Future<Output = TypedResult> + Send + 'static,
     {
         let boxed: Arc<TypedFn> = Arc::new(move |call, args| Box::pin(f(call, args)));
+        // Imports name a version (`my:app/math@1.0.0`); functions are
+        // keyed, granted and called without it.
+        let interface = interface.split('@').next().unwrap_or(interface);
         Arc::make_mut(&mut self.typed).insert(format!("{interface}#{function}"), boxed);
     }
 
@@ -180,12 +184,9 @@ impl HostFunctions {
         self
     }
 
-    /// The interfaces of the typed functions (what a component may import).
-    pub(crate) fn typed_interfaces(&self) -> std::collections::BTreeSet<String> {
-        self.typed
-            .keys()
-            .filter_map(|full| interface_of(full).map(str::to_owned))
-            .collect()
+    /// The typed functions' full names (`interface#function`).
+    pub(crate) fn typed_names(&self) -> std::collections::BTreeSet<String> {
+        self.typed.keys().cloned().collect()
     }
 
     /// Runs the typed function `call.function` on `args` (WAVE lines)
@@ -243,6 +244,12 @@ impl HostFunctions {
         Ok(match results {
             Ok(values) => {
                 let mut texts = Vec::with_capacity(values.len());
+                if !values.iter().all(wave_writable_value) {
+                    return Ok(Err(format!(
+                        "`{name}` returned a value that cannot cross to the guest (a resource, \
+                         stream, future or map)"
+                    )));
+                }
                 for value in &values {
                     match value.to_wave() {
                         Ok(text) => texts.push(text),
@@ -270,9 +277,13 @@ impl HostFunctions {
                 .any(|full| interface_of(full) == Some(name))
     }
 
-    /// The registered names, in order.
+    /// The registered names, in order: the byte-level functions', then
+    /// the typed ones' (`interface#function`).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.functions.keys().map(String::as_str)
+        self.functions
+            .keys()
+            .chain(self.typed.keys())
+            .map(String::as_str)
     }
 
     /// Runs the function `call` names; a panic (in the call or its future)
@@ -411,8 +422,10 @@ impl HostLink {
                         )),
                     });
                 }
-                let by_interface = interface_of(&function)
-                    .is_some_and(|interface| granted.iter().any(|g| g == interface));
+                // An interface grant covers its typed functions only.
+                let by_interface = types.contains_key(&function)
+                    && interface_of(&function)
+                        .is_some_and(|interface| granted.iter().any(|g| g == interface));
                 if !granted.contains(&function) && !by_interface {
                     return Ok(Err(not_granted(&function)));
                 }
@@ -493,6 +506,53 @@ fn truncated(mut message: String, max: usize) -> String {
         message.truncate(end);
     }
     message
+}
+
+/// Whether values of `ty` can be written in WAVE: resources, streams,
+/// futures, maps, references and fixed-length lists cannot (wasm-wave
+/// panics on them), so a call whose types hold one is refused up front.
+pub(crate) fn wave_writable_type<T: WasmType>(ty: &T) -> bool {
+    use wasmtime::component::wasm_wave::wasm::WasmTypeKind as Kind;
+    match ty.kind() {
+        Kind::Unsupported | Kind::FixedLengthList => false,
+        Kind::List => ty
+            .list_element_type()
+            .is_some_and(|t| wave_writable_type(&t)),
+        Kind::Record => ty.record_fields().all(|(_, t)| wave_writable_type(&t)),
+        Kind::Tuple => ty.tuple_element_types().all(|t| wave_writable_type(&t)),
+        Kind::Variant => ty
+            .variant_cases()
+            .all(|(_, t)| t.is_none_or(|t| wave_writable_type(&t))),
+        Kind::Option => ty
+            .option_some_type()
+            .is_some_and(|t| wave_writable_type(&t)),
+        Kind::Result => ty.result_types().is_some_and(|(ok, err)| {
+            ok.is_none_or(|t| wave_writable_type(&t)) && err.is_none_or(|t| wave_writable_type(&t))
+        }),
+        _ => true,
+    }
+}
+
+/// Whether a component value can be written in WAVE (see
+/// [`wave_writable_type`]).
+pub(crate) fn wave_writable_value(value: &Val) -> bool {
+    match value {
+        Val::List(items) | Val::Tuple(items) => items.iter().all(wave_writable_value),
+        Val::Record(fields) => fields.iter().all(|(_, v)| wave_writable_value(v)),
+        Val::Variant(_, payload) | Val::Option(payload) => {
+            payload.as_deref().is_none_or(wave_writable_value)
+        }
+        Val::Result(Ok(payload) | Err(payload)) => {
+            payload.as_deref().is_none_or(wave_writable_value)
+        }
+        Val::Map(_)
+        | Val::Resource(_)
+        | Val::Future(_)
+        | Val::Stream(_)
+        | Val::ErrorContext(_)
+        | Val::FixedLengthList(_) => false,
+        _ => true,
+    }
 }
 
 /// The interface of a typed function's full name (`interface#function`).

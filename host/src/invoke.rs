@@ -15,6 +15,7 @@ use wasmtime::component::{self, wasm_wave};
 use wasmtime::{AsContextMut, ExternType, Store};
 
 use crate::error::Error;
+use crate::host_fn::wave_writable_type;
 use crate::program::{Program, ProgramKind, Resolved};
 use crate::state::TaskState;
 
@@ -152,11 +153,19 @@ pub(crate) fn check(program: &Program, call: &str) -> Result<(), Error> {
                 return Err(missing());
             };
             let types: Vec<wasmtime::ValType> = ty.params().collect();
+            let results: Vec<wasmtime::ValType> = ty.results().collect();
+            if !types.iter().chain(&results).all(wave_writable_type) {
+                return Err(invalid(not_carried(name)));
+            }
             params::<wasmtime::Val>(args, types.iter()).map_err(invalid)?;
         }
         ProgramKind::Component { .. } => {
             let ty = component_func(program, name).ok_or_else(missing)?;
             let types: Vec<component::Type> = ty.params().map(|(_, t)| t).collect();
+            let results: Vec<component::Type> = ty.results().collect();
+            if !types.iter().chain(&results).all(wave_writable_type) {
+                return Err(invalid(not_carried(name)));
+            }
             params::<component::Val>(args, types.iter()).map_err(invalid)?;
         }
         ProgramKind::Shared { .. } => {
@@ -167,6 +176,14 @@ pub(crate) fn check(program: &Program, call: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Why `name` cannot be called by name.
+fn not_carried(name: &str) -> String {
+    format!(
+        "`{name}` takes or returns a value that cannot be written as WAVE text (a reference, \
+         resource, stream, future or map), so it cannot be called by name"
+    )
 }
 
 /// A call ready to run in an instance: the function and its arguments.
@@ -258,21 +275,10 @@ pub(crate) fn component_results(
     output: &[u8],
 ) -> Result<Vec<component::Val>, String> {
     let ty = component_func(program, name).ok_or_else(|| format!("no function `{name}`"))?;
-    let text = std::str::from_utf8(output).map_err(|e| e.to_string())?;
-    let lines: Vec<&str> = text.lines().collect();
     let types: Vec<component::Type> = ty.results().collect();
-    if lines.len() != types.len() {
-        return Err(format!(
-            "{} results for a function of {}",
-            lines.len(),
-            types.len()
-        ));
-    }
-    types
-        .iter()
-        .zip(lines)
-        .map(|(ty, line)| component::Val::from_wave(ty, line).map_err(|e| e.to_string()))
-        .collect()
+    typed_lines(output, &types, |ty, line| {
+        component::Val::from_wave(ty, line).map_err(|e| e.to_string())
+    })
 }
 
 /// As [`component_results`], for a module's function.
@@ -287,9 +293,20 @@ pub(crate) fn core_results(
     let Some(ExternType::Func(ty)) = pre.module().get_export(name) else {
         return Err(format!("no function `{name}`"));
     };
+    let types: Vec<wasmtime::ValType> = ty.results().collect();
+    typed_lines(output, &types, |ty, line| {
+        wasm_wave::from_str::<wasmtime::Val>(ty, line).map_err(|e| e.to_string())
+    })
+}
+
+/// One value per line of `output`, each parsed with its type.
+fn typed_lines<T, V>(
+    output: &[u8],
+    types: &[T],
+    parse: impl Fn(&T, &str) -> Result<V, String>,
+) -> Result<Vec<V>, String> {
     let text = std::str::from_utf8(output).map_err(|e| e.to_string())?;
     let lines: Vec<&str> = text.lines().collect();
-    let types: Vec<wasmtime::ValType> = ty.results().collect();
     if lines.len() != types.len() {
         return Err(format!(
             "{} results for a function of {}",
@@ -300,14 +317,32 @@ pub(crate) fn core_results(
     types
         .iter()
         .zip(lines)
-        .map(|(ty, line)| wasm_wave::from_str::<wasmtime::Val>(ty, line).map_err(|e| e.to_string()))
+        .map(|(ty, line)| parse(ty, line))
         .collect()
 }
 
+/// Whether a value can be written as WAVE, whichever kind it is.
+fn writable<V: WasmValue + 'static>(value: &V) -> bool {
+    use wasmtime::component::wasm_wave::wasm::WasmTypeKind as Kind;
+    // Component values are walked in full; a core value is a number (a
+    // reference's kind is `Unsupported`).
+    let any: &dyn std::any::Any = value;
+    match any.downcast_ref::<component::Val>() {
+        Some(value) => crate::host_fn::wave_writable_value(value),
+        None => !matches!(value.kind(), Kind::Unsupported),
+    }
+}
+
 /// The call text for `name` with `args` (each printed in WAVE).
-pub(crate) fn call_text<V: WasmValue>(name: &str, args: &[V]) -> Result<String, String> {
+pub(crate) fn call_text<V: WasmValue + 'static>(name: &str, args: &[V]) -> Result<String, String> {
     let mut texts = Vec::with_capacity(args.len());
     for arg in args {
+        if !writable(arg) {
+            return Err(format!(
+                "an argument of `{name}` cannot be written as WAVE text (a reference, resource, \
+                 stream, future or map)"
+            ));
+        }
         texts.push(wasm_wave::to_string(arg).map_err(|e| e.to_string())?);
     }
     Ok(format!("{name}({})", texts.join(", ")))

@@ -604,15 +604,18 @@ impl Loader {
                     Err(err) => {
                         // Imports of the embedder's typed host functions are
                         // linked for this program alone.
-                        let typed = self.typed_imports(&component);
+                        let typed = self.typed_imports(path, &component)?;
                         if typed.is_empty() {
                             return Err(unsupported(err));
                         }
                         let mut linker = linker.clone();
                         for (interface, functions) in typed {
                             link_typed(&mut linker, &interface, &functions).map_err(unsupported)?;
+                            // Keyed without the version, as registered and
+                            // granted.
+                            let bare = interface.split('@').next().unwrap_or(&interface);
                             for (function, params) in functions {
-                                program_typed.insert(format!("{interface}#{function}"), params);
+                                program_typed.insert(format!("{bare}#{function}"), params);
                             }
                         }
                         linker.instantiate_pre(&component).map_err(unsupported)?
@@ -1001,10 +1004,17 @@ impl Loader {
     /// The component's imports this loader links as typed host functions:
     /// instances of functions only, named by the embedder's registry (or
     /// any, in a worker), with each function's param types.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownImport`] for a function of a registered interface
+    /// that the embedder did not register, or whose values WAVE cannot
+    /// carry (resources, streams, futures).
     fn typed_imports(
         &self,
+        path: &Path,
         component: &wasmtime::component::Component,
-    ) -> Vec<(String, TypedFunctions)> {
+    ) -> Result<Vec<(String, TypedFunctions)>> {
         use wasmtime::component::types::ComponentItem;
         let engine = component.engine();
         let mut found = Vec::new();
@@ -1014,30 +1024,44 @@ impl Loader {
             };
             // The registry names interfaces without a version.
             let bare = name.split('@').next().unwrap_or(name);
+            let registered = |function: &str| match &self.typed {
+                TypedLinking::None => false,
+                TypedLinking::Registered(names) => names.contains(&format!("{bare}#{function}")),
+                TypedLinking::Any => true,
+            };
             let wanted = match &self.typed {
                 TypedLinking::None => false,
-                TypedLinking::Registered(names) => names.contains(name) || names.contains(bare),
+                TypedLinking::Registered(names) => names
+                    .iter()
+                    .any(|full| crate::host_fn::interface_of(full) == Some(bare)),
                 TypedLinking::Any => !bare.starts_with("wasi:") && !bare.starts_with("isola:"),
             };
             if !wanted {
                 continue;
             }
+            let unknown = |function: &str| Error::UnknownImport {
+                path: path.to_owned(),
+                module: name.to_owned(),
+                name: function.to_owned(),
+            };
             let mut functions = Vec::new();
-            let mut only_functions = true;
             for (function, export) in instance.exports(engine) {
-                match export.ty {
-                    ComponentItem::ComponentFunc(ty) => {
-                        functions
-                            .push((function.to_owned(), ty.params().map(|(_, t)| t).collect()));
-                    }
-                    _ => only_functions = false,
+                let ComponentItem::ComponentFunc(ty) = export.ty else {
+                    return Err(unknown(function));
+                };
+                let params: Vec<_> = ty.params().map(|(_, t)| t).collect();
+                let carried = params
+                    .iter()
+                    .chain(ty.results().collect::<Vec<_>>().iter())
+                    .all(crate::host_fn::wave_writable_type);
+                if !registered(function) || !carried {
+                    return Err(unknown(function));
                 }
+                functions.push((function.to_owned(), params));
             }
-            if only_functions {
-                found.push((name.to_owned(), functions));
-            }
+            found.push((name.to_owned(), functions));
         }
-        found
+        Ok(found)
     }
 }
 

@@ -243,7 +243,7 @@ impl Runner {
             crate::group::add_to_module_linker,
         )?
         .with_typed(crate::loader::TypedLinking::Registered(
-            config.host_functions.typed_interfaces(),
+            config.host_functions.typed_names(),
         ));
         let ticker = EpochTicker::start(loader.engine(), config.epoch_tick);
         let parts = Parts {
@@ -363,13 +363,13 @@ impl Runner {
     ) -> Result<TaskHandle> {
         let inner = &self.inner;
         if let Some(name) = spec.shared_group.clone() {
-            if entry == Entry::Run {
+            if matches!(entry, Entry::Run | Entry::Invoke(_)) {
                 // Group tasks enter at `wasi_thread_start`; a plugin call
                 // would silently run as a plain member instead.
                 return Err(Error::InvalidSpec {
                     field: "shared_group".into(),
-                    message: "a plugin call (`run`) cannot run in a shared memory group; \
-                              leave `shared_group` out"
+                    message: "a plugin call (`run`, or an export called by name) cannot run \
+                              in a shared memory group; leave `shared_group` out"
                         .into(),
                 });
             }

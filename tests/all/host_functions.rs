@@ -696,3 +696,35 @@ async fn a_component_calls_the_embedder_s_own_wit_interface_at_both_levels() {
         .expect_err("unknown import");
     assert!(err.to_string().contains("my:app/math"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_imports_with_versions_and_refusals_at_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The same guest, importing the interface with a version: functions
+    // are registered, granted and called without it.
+    let versioned = TYPED_GUEST.replace("\"my:app/math\"", "\"my:app/math@1.2.0\"");
+    let wasm = isola_tests::wat_file(dir.path(), "versioned.wasm", &versioned);
+    let runner = runner_with(typed_functions());
+    for isolation in [Isolation::Thread, Isolation::Process] {
+        let mut spec = TaskSpec::new(&wasm);
+        spec.isolation = isolation;
+        spec.host_functions = vec!["my:app/math#scale".into()];
+        assert_eq!(
+            runner
+                .invoke(spec, "run-scale(2)")
+                .await
+                .expect("versioned"),
+            ["20"],
+            "{isolation}"
+        );
+    }
+    // An interface with a function the embedder did not register is
+    // refused at load, naming it.
+    let only_scale =
+        HostFunctions::new().with_typed("my:app/math", "scale", |_c, a| async move { Ok(a) });
+    let err = runner_with(only_scale)
+        .invoke(TaskSpec::new(&wasm), "run-scale(1)")
+        .await
+        .expect_err("check is not registered");
+    assert!(err.to_string().contains("check"), "{err}");
+}

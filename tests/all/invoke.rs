@@ -325,3 +325,22 @@ async fn a_kept_instance_is_called_by_name_again_and_again() {
         assert_eq!(kept.invoke("math#double(4)").await.expect("double"), ["8"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_values_wave_cannot_carry_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refs = wat_file(
+        dir.path(),
+        "refs.wasm",
+        r#"(module (func (export "nothing") (result externref) ref.null extern))"#,
+    );
+    let err = runner()
+        .invoke(TaskSpec::new(&refs), "nothing()")
+        .await
+        .expect_err("an externref result");
+    let CallError::Start(isola::Error::InvalidSpec { field, message }) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(field, "invoke");
+    assert!(message.contains("cannot be written as WAVE"), "{message}");
+}

@@ -188,12 +188,12 @@ impl KeptInstance {
             os_memory_limit: self.store.data().limiter.os_limit(),
         };
         let _ = self.store.set_fuel(budget.fuel);
-        if let Call::Run(input) = &what {
-            self.store
-                .data_mut()
-                .channel
-                .set_input(Some(Bytes::from(input.clone())));
-        }
+        // Each call starts its input and message count afresh.
+        let input = match &what {
+            Call::Run(input) => Some(Bytes::from(input.clone())),
+            Call::Invoke(_) => None,
+        };
+        self.store.data_mut().channel.set_input(input);
         let started = Instant::now();
         // Epochs tick only while a call runs: an instance between calls
         // costs nothing.
