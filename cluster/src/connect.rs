@@ -181,7 +181,34 @@ pub(crate) struct Entities {
 }
 
 impl Entities {
+    /// The entities, created if missing. A JetStream API that does not
+    /// answer in time (a busy or just-started server), or a create that
+    /// lost a race with another process's, is tried again (up to half a
+    /// minute); any other failure is final.
     pub(crate) async fn ensure(client: async_nats::Client) -> Result<Entities, Error> {
+        let mut attempts = 0;
+        loop {
+            match Entities::ensure_once(client.clone()).await {
+                Err(Error::JetStream(message)) if attempts < 15 => {
+                    let lower = message.to_lowercase();
+                    // Two processes that find an entity missing both create
+                    // it; the loser's create fails ("subjects overlap",
+                    // "already in use") and its next look finds it.
+                    let raced = lower.contains("overlap") || lower.contains("already in use");
+                    if !raced && !lower.contains("timed out") {
+                        return Err(Error::JetStream(message));
+                    }
+                    attempts += 1;
+                    tracing::debug!("JetStream set-up (retrying): {message}");
+                    let pause = if raced { 100 } else { 2000 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn ensure_once(client: async_nats::Client) -> Result<Entities, Error> {
         let js = jetstream::new(client);
         let js_err = |what: &str, e: &dyn std::fmt::Display| {
             Error::JetStream(format!(
@@ -249,7 +276,8 @@ impl Entities {
         &self,
         ack_wait: Duration,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, Error> {
-        self.tasks
+        let created = self
+            .tasks
             .get_or_create_consumer(
                 WORKERS_CONSUMER,
                 consumer::pull::Config {
@@ -262,7 +290,18 @@ impl Entities {
                     ..Default::default()
                 },
             )
-            .await
-            .map_err(|e| Error::JetStream(format!("cannot set up the workers' consumer: {e}")))
+            .await;
+        match created {
+            Ok(consumer) => Ok(consumer),
+            // Made meanwhile by another worker (perhaps with another ack
+            // wait): use that one.
+            Err(err) => self
+                .tasks
+                .get_consumer(WORKERS_CONSUMER)
+                .await
+                .map_err(|_| {
+                    Error::JetStream(format!("cannot set up the workers' consumer: {err}"))
+                }),
+        }
     }
 }

@@ -41,7 +41,9 @@ pub const MAX_DIRS: usize = 32;
 #[derive(Debug, Clone)]
 pub struct Ceilings {
     /// Most linear memory per task ([`Limits::max_memory`]); also bounds
-    /// [`Limits::process_memory`] (plus the usual headroom). 4 GiB by
+    /// [`Limits::process_memory`] (plus the usual headroom). A task that
+    /// leaves its limit at the default (1 GiB) gets the smaller of the
+    /// two; one that asks for more than this is refused. 4 GiB by
     /// default.
     pub max_memory: ByteSize,
     /// Longest timeout; a spec without one gets this one. One hour by
@@ -291,6 +293,13 @@ impl Worker {
                     }
                     Ok(None) | Err(_) => break,
                 };
+                if drain.is_cancelled() {
+                    // Pulled as the worker began to stop (or a task it
+                    // just handed back, delivered to this pull again):
+                    // another worker runs it.
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                }
                 let slot = match permit.take() {
                     Some(slot) => slot,
                     None => match slots.clone().acquire_owned().await {
@@ -711,7 +720,9 @@ async fn forward(
 }
 
 /// Whether `spec` is within the ceilings and asks only for what a remote
-/// task may have; else the field and why not.
+/// task may have; else the field and why not. A memory limit left at its
+/// default ([`Limits::DEFAULT_MAX_MEMORY`]) is not a request: `prepare`
+/// closes it at the ceiling instead.
 fn check(ceilings: &Ceilings, spec: &TaskSpec) -> Result<(), (String, String)> {
     let refuse = |field: &str, message: String| Err((field.to_owned(), message));
     if !ceilings.isolation.contains(&spec.isolation) {
@@ -720,7 +731,9 @@ fn check(ceilings: &Ceilings, spec: &TaskSpec) -> Result<(), (String, String)> {
             format!("this worker does not run {} tasks", spec.isolation),
         );
     }
-    if spec.limits.max_memory > ceilings.max_memory {
+    if spec.limits.max_memory > ceilings.max_memory
+        && spec.limits.max_memory != Limits::DEFAULT_MAX_MEMORY
+    {
         return refuse(
             "limits.max_memory",
             format!(
@@ -893,6 +906,7 @@ async fn prepare(
     if spec.limits.timeout.is_none() {
         spec.limits.timeout = Some(ceilings.max_timeout);
     }
+    spec.limits.max_memory = spec.limits.max_memory.min(ceilings.max_memory);
     if spec.limits.fuel.is_none() {
         spec.limits.fuel = ceilings.max_fuel;
     }
@@ -994,6 +1008,9 @@ mod tests {
         ceilings.max_memory = ByteSize::mib(64);
         spec.limits.process_memory = None;
         let refused = |spec: &TaskSpec| check(&ceilings, spec).err().map(|(field, _)| field);
+        // The default limit is no request; more than the ceiling is.
+        assert_eq!(refused(&spec), None);
+        spec.limits.max_memory = ByteSize::gib(2);
         assert_eq!(refused(&spec).as_deref(), Some("limits.max_memory"));
         spec.limits.max_memory = ByteSize::mib(32);
         spec.dirs = vec![

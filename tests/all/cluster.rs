@@ -109,20 +109,34 @@ fn signal(child: &Child, signal: i32) {
 /// An `isola worker` process.
 struct WorkerProc {
     child: Child,
+    /// Its stderr, for a failing test's message.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl WorkerProc {
     fn start(url: &str, name: &str, extra: &[&str]) -> WorkerProc {
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(isola_bin())
             .args(["worker", "--nats", url, "--name", name, "--ack-wait", "2s"])
             .args(extra)
             .env("ISOLA_CACHE_DIR", shared_cache())
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("log file"))
             .spawn()
             .expect("start isola worker");
-        WorkerProc { child }
+        WorkerProc {
+            child,
+            log: Some(log),
+        }
+    }
+
+    /// What it wrote to stderr so far.
+    fn said(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|log| std::fs::read_to_string(log.path()).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -503,6 +517,12 @@ isolation = "process"
 [[task]]
 name = "too-big"
 wasm = "{echo}"
+limits = {{ max_memory = "2GiB" }}
+
+[[task]]
+name = "default-memory"
+wasm = "{echo}"
+args = ["args", "fits under the ceiling"]
 limits = {{ max_memory = "1GiB" }}
 "#
         ),
@@ -512,6 +532,12 @@ limits = {{ max_memory = "1GiB" }}
     assert_eq!(code, 1);
     let records = records(&report);
     assert_eq!(records["fits"]["status"], "succeeded");
+    // A limit left at its default is closed at the ceiling, not refused.
+    assert_eq!(
+        records["default-memory"]["status"], "succeeded",
+        "{}",
+        records["default-memory"]
+    );
     for (task, field) in [
         ("too-long", "limits.timeout"),
         ("in-a-process", "isolation"),
@@ -603,7 +629,12 @@ fn sigterm_lets_a_worker_finish_its_tasks_and_exit() {
     std::thread::sleep(Duration::from_millis(700));
     signal(&worker.child, libc::SIGTERM);
     let status = worker.child.wait().expect("wait");
-    assert_eq!(status.code(), Some(0), "a drained worker exits 0");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a drained worker exits 0: {}",
+        worker.said()
+    );
     let (code, report) = run.join().expect("up");
     assert_eq!(code, 0, "{report}");
     for record in records(&report).values() {
@@ -671,6 +702,7 @@ fn a_task_longer_than_the_ack_wait_is_not_redelivered() {
     // the ack wait stays with it and is recorded after one delivery.
     let server = Server::start();
     let _worker = WorkerProc {
+        log: None,
         child: Command::new(isola_bin())
             .args([
                 "worker",
@@ -696,4 +728,69 @@ fn a_task_longer_than_the_ack_wait_is_not_redelivered() {
     assert_eq!(code, 0, "{report}");
     let record = &records(&report)["s0"];
     assert_eq!(record["deliveries"], 1, "{record}");
+}
+
+#[test]
+fn a_second_sigterm_hands_a_worker_s_tasks_to_another_at_once() {
+    let server = Server::start();
+    let mut leaving = WorkerProc::start(&server.url(), "leaving", &["-j", "1"]);
+    let root = tempfile::tempdir().expect("tempdir");
+    let set = sleepers(root.path(), 1, 3000);
+    let url = server.url();
+    let run = std::thread::spawn(move || up(&set, Some(&url), &[]));
+    std::thread::sleep(Duration::from_millis(800));
+    // The other worker arrives only now, so the task is with `leaving`.
+    let _staying = WorkerProc::start(&server.url(), "staying", &["-j", "1"]);
+    signal(&leaving.child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&leaving.child, libc::SIGTERM);
+    let status = leaving.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{}", leaving.said());
+    let (code, report) = run.join().expect("up");
+    assert_eq!(code, 0, "{report}");
+    let record = &records(&report)["s0"];
+    // Handed back once and run by the other: not taken up again by the
+    // worker that was stopping.
+    assert_eq!(record["worker"], "staying", "{record}");
+    assert_eq!(record["deliveries"], 2, "{record}");
+}
+
+#[test]
+fn flags_a_worker_cannot_use_are_refused_naming_them() {
+    let set = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tasks.toml");
+    for (args, says) in [
+        (
+            &["worker", "--nats", "http://127.0.0.1:1"][..],
+            "is not a NATS address",
+        ),
+        (
+            &["up", set, "--nats", "ftp://x"][..],
+            "is not a NATS address",
+        ),
+        (
+            &[
+                "worker",
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--max-timeout",
+                "0s",
+            ][..],
+            "--max-timeout",
+        ),
+        (
+            &[
+                "worker",
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--max-memory",
+                "0",
+            ][..],
+            "--max-memory",
+        ),
+    ] {
+        let out = isola_tests::isola(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = isola_tests::stderr(&out);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

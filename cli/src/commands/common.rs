@@ -575,6 +575,17 @@ impl NatsArgs {
     /// file cannot be read.
     pub fn options(&self, url: &str, name: &str) -> Result<isola_cluster::ConnectOptions, String> {
         use isola_cluster::Credentials;
+        // Each comma-separated address is `host:port` or has a NATS scheme.
+        for address in url.split(',') {
+            if let Some((scheme, _)) = address.trim().split_once("://")
+                && !matches!(scheme, "nats" | "tls" | "ws" | "wss")
+            {
+                return Err(format!(
+                    "--nats {url}: `{scheme}://` is not a NATS address (use nats://host:4222, \
+                     or tls:// for TLS)"
+                ));
+            }
+        }
         let mut options = isola_cluster::ConnectOptions::new(url);
         let given = [
             self.nats_user.is_some(),

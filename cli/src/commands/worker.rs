@@ -104,6 +104,20 @@ impl WorkerCommand {
             Ok(signals) => signals,
             Err(code) => return code,
         };
+        for (flag, zero) in [
+            ("--max-timeout", self.max_timeout.is_zero()),
+            ("--ack-wait", self.ack_wait.is_zero()),
+            ("--max-memory", self.max_memory.as_u64() == 0),
+            ("--max-archive", self.max_archive.as_u64() == 0),
+            ("--max-fuel", self.max_fuel == Some(0)),
+        ] {
+            if zero {
+                say!(
+                    "error: {flag}: must be more than zero (a worker with it would refuse every task)"
+                );
+                return exit::USAGE;
+            }
+        }
         let mut options = WorkerOptions::default();
         if let Some(name) = &self.name {
             if name.is_empty() || name.chars().any(char::is_control) {
