@@ -160,7 +160,17 @@ impl ConnectOptions {
         let connect = options.connect(url.as_str());
         match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(err(e.to_string())),
+            Ok(Err(e)) => {
+                let mut message = e.to_string();
+                // What rustls says when the other side is not TLS.
+                if message.contains("corrupt message") || message.contains("InvalidContentType") {
+                    message.push_str(
+                        " (the server does not seem to speak TLS: `tls://` and \
+                         --nats-require-tls need a server with TLS configured)",
+                    );
+                }
+                Err(err(message))
+            }
             Err(_) => Err(err("no answer within 10 s".into())),
         }
     }

@@ -671,6 +671,23 @@ fn credentials_pass_through_and_a_wrong_one_is_a_clear_error() {
         !stderr.contains("wrong"),
         "the token is not echoed: {stderr}"
     );
+
+    // TLS asked of a server without it: said so.
+    let out = Command::new(isola_bin())
+        .arg("up")
+        .arg(&set)
+        .args([
+            "--nats",
+            &server.url(),
+            "--nats-token",
+            "s3cret-token",
+            "--nats-require-tls",
+        ])
+        .output()
+        .expect("isola up");
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not seem to speak TLS"), "{stderr}");
 }
 
 #[test]
@@ -757,14 +774,14 @@ fn a_second_sigterm_hands_a_worker_s_tasks_to_another_at_once() {
 
 #[test]
 fn flags_a_worker_cannot_use_are_refused_naming_them() {
-    let set = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tasks.toml");
+    // A bad flag is named before the set is read (it does not exist here).
     for (args, says) in [
         (
             &["worker", "--nats", "http://127.0.0.1:1"][..],
             "is not a NATS address",
         ),
         (
-            &["up", set, "--nats", "ftp://x"][..],
+            &["up", "/no/such/tasks.toml", "--nats", "ftp://x"][..],
             "is not a NATS address",
         ),
         (

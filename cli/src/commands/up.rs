@@ -167,6 +167,17 @@ impl UpCommand {
             Ok(signals) => signals,
             Err(code) => return code,
         };
+        // Flags first: a bad one is named before the set is read.
+        let nats = match &self.nats {
+            None => None,
+            Some(url) => match self.nats_args.options(url, "isola up") {
+                Ok(options) => Some((url, options)),
+                Err(err) => {
+                    say!("error: {err}");
+                    return exit::USAGE;
+                }
+            },
+        };
         let set = match TaskSet::load(&self.config) {
             Ok(set) => set,
             Err(errors) => {
@@ -230,24 +241,15 @@ impl UpCommand {
             }
         };
 
-        let cluster = match &self.nats {
+        let cluster = match nats {
             None => None,
-            Some(url) => {
-                let options = match self.nats_args.options(url, "isola up") {
-                    Ok(options) => options,
-                    Err(err) => {
-                        say!("error: {err}");
-                        return exit::USAGE;
-                    }
-                };
-                match isola_cluster::Cluster::connect(&options).await {
-                    Ok(cluster) => Some(cluster),
-                    Err(err) => {
-                        say!("error: --nats {}: {err}", clean(url));
-                        return exit::INTERNAL;
-                    }
+            Some((url, options)) => match isola_cluster::Cluster::connect(&options).await {
+                Ok(cluster) => Some(cluster),
+                Err(err) => {
+                    say!("error: --nats {}: {err}", clean(url));
+                    return exit::INTERNAL;
                 }
-            }
+            },
         };
 
         let shutdown = CancellationToken::new();
