@@ -5,8 +5,6 @@ use serde::{Deserialize, Serialize};
 
 /// Header of an output chunk: which stream (`stdout`/`stderr`).
 pub(crate) const STREAM_HEADER: &str = "Isola-Stream";
-/// Header of an output chunk: its number in its stream, from 0.
-pub(crate) const SEQ_HEADER: &str = "Isola-Seq";
 /// Header of an output chunk: the delivery of the task that wrote it.
 pub(crate) const DELIVERY_HEADER: &str = "Isola-Delivery";
 
@@ -71,4 +69,25 @@ pub(crate) struct Changes {
     pub(crate) archive: Option<String>,
     /// Paths, relative to the directory, of files that were deleted.
     pub(crate) deleted: Vec<String>,
+}
+
+/// What a remote task cannot have, because it belongs to the submitting
+/// process: the spec field and why, or `None`. The submitter runs such a
+/// task itself (`Launch::runs_here`); a worker refuses one it is sent
+/// anyway (the message is untrusted).
+pub(crate) fn local_only(spec: &TaskSpec) -> Option<(&'static str, &'static str)> {
+    if spec.stdin == isola::Stdin::Inherit {
+        Some(("stdin", "stdin inherited from the submitting process"))
+    } else if spec.shared_group.is_some() {
+        Some((
+            "shared_group",
+            "a shared memory group, which does not span machines",
+        ))
+    } else if !spec.host_functions.is_empty() {
+        Some(("host_functions", "the submitting process's host functions"))
+    } else if spec.kv.is_some() {
+        Some(("kv", "the submitting process's `isola:kv` store"))
+    } else {
+        None
+    }
 }

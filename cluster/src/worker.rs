@@ -13,7 +13,7 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use futures::StreamExt;
 use isola::{
-    ByteSize, CancelHandle, DirGrant, Isolation, Limits, Outcome, Output, Runner, Stdin,
+    ByteSize, CancelHandle, DirGrant, Isolation, Limits, Outcome, Output, Runner, Sandbox, Stdin,
     TaskMetrics, TaskSpec,
 };
 use tokio::sync::Semaphore;
@@ -25,9 +25,7 @@ use crate::connect::{
 };
 use crate::files::{self, Tree};
 use crate::launcher::{DEFAULT_MAX_ARCHIVE, STARTED_HEADER};
-use crate::wire::{
-    Changes, DELIVERY_HEADER, Ending, ResultMessage, SEQ_HEADER, STREAM_HEADER, TaskMessage,
-};
+use crate::wire::{Changes, DELIVERY_HEADER, Ending, ResultMessage, STREAM_HEADER, TaskMessage};
 use crate::{Error, MAX_DELIVERIES};
 
 /// Most directory grants of a remote task: each is unpacked here, so
@@ -700,23 +698,22 @@ async fn forward(
     rx: Option<isola::OutputReceiver>,
 ) -> u64 {
     let Some(mut rx) = rx else { return 0 };
-    let mut seq = 0u64;
+    let mut chunks = 0u64;
     // NATS's default largest message is 1 MiB; stay well under it.
     const PIECE: usize = 256 << 10;
     while let Some(chunk) = rx.recv().await {
         for piece in chunk.chunks(PIECE) {
             let mut headers = HeaderMap::new();
             headers.insert(STREAM_HEADER, stream);
-            headers.insert(SEQ_HEADER, seq.to_string().as_str());
             headers.insert(DELIVERY_HEADER, delivery.to_string().as_str());
             let _ = shared
                 .client
                 .publish_with_headers(subject.to_owned(), headers, chunk.slice_ref(piece))
                 .await;
-            seq += 1;
+            chunks += 1;
         }
     }
-    seq
+    chunks
 }
 
 /// Whether `spec` is within the ceilings and asks only for what a remote
@@ -793,30 +790,8 @@ fn check(ceilings: &Ceilings, spec: &TaskSpec) -> Result<(), (String, String)> {
             "a remote task cannot read a worker's environment".into(),
         );
     }
-    if spec.stdin == Stdin::Inherit {
-        return refuse("stdin", "a remote task cannot read a worker's stdin".into());
-    }
-    if spec.shared_group.is_some() {
-        return refuse(
-            "shared_group",
-            "shared memory groups do not span machines".into(),
-        );
-    }
-    if !spec.host_functions.is_empty() || spec.kv.is_some() {
-        return refuse(
-            if spec.kv.is_some() {
-                "kv"
-            } else {
-                "host_functions"
-            },
-            "a remote task cannot call a worker's host functions or stores".into(),
-        );
-    }
-    if spec.sandbox.is_some() {
-        return refuse(
-            "sandbox",
-            "a remote task runs under the worker's own sandbox policy".into(),
-        );
+    if let Some((field, what)) = crate::wire::local_only(spec) {
+        return refuse(field, format!("a remote task cannot have {what}"));
     }
     Ok(())
 }
@@ -906,11 +881,27 @@ async fn prepare(
     if spec.limits.timeout.is_none() {
         spec.limits.timeout = Some(ceilings.max_timeout);
     }
+    // A process task's own sandbox policy can only tighten the worker's
+    // (a thread task has none: the rulebook refuses one).
+    if spec.isolation == Isolation::Process {
+        let own = shared.runner.config().sandbox;
+        spec.sandbox = Some(stricter(spec.sandbox.unwrap_or(own), own));
+    }
     spec.limits.max_memory = spec.limits.max_memory.min(ceilings.max_memory);
     if spec.limits.fuel.is_none() {
         spec.limits.fuel = ceilings.max_fuel;
     }
     Ok((spec, before))
+}
+
+/// The stricter of two sandbox policies: off, then on, then required.
+fn stricter(a: Sandbox, b: Sandbox) -> Sandbox {
+    let rank = |s: Sandbox| match s {
+        Sandbox::Off => 0,
+        Sandbox::On => 1,
+        _ => 2,
+    };
+    if rank(a) >= rank(b) { a } else { b }
 }
 
 /// Each regular file under `dir` and the SHA-256 of its contents (links a
@@ -1026,7 +1017,14 @@ mod tests {
         spec.inherit_env = vec!["HOME".into()];
         assert_eq!(refused(&spec).as_deref(), Some("inherit_env"));
         spec.inherit_env.clear();
-        spec.sandbox = Some(isola::Sandbox::default());
-        assert_eq!(refused(&spec).as_deref(), Some("sandbox"));
+        spec.kv = Some("state.db".into());
+        assert_eq!(refused(&spec).as_deref(), Some("kv"));
+        // A sandbox policy is no refusal: it can only tighten the worker's.
+        spec.kv = None;
+        spec.sandbox = Some(Sandbox::Off);
+        assert_eq!(refused(&spec), None);
+        assert_eq!(stricter(Sandbox::Off, Sandbox::On), Sandbox::On);
+        assert_eq!(stricter(Sandbox::Required, Sandbox::On), Sandbox::Required);
+        assert_eq!(stricter(Sandbox::Off, Sandbox::Off), Sandbox::Off);
     }
 }
