@@ -14,8 +14,8 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use futures::StreamExt;
 use isola::{
-    Captured, Isolation, Outcome, Output, Placed, Placement, Stdin, Stream, TaskHandle,
-    TaskMetrics, TaskReport, TaskSpec,
+    Captured, Outcome, Output, Placed, Placement, Stdin, Stream, TaskHandle, TaskMetrics,
+    TaskReport, TaskSpec,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,7 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// server: submits tasks and gives back their reports. Cheap to clone.
 ///
 /// Each `Cluster` is one *run*: its tasks' subjects and result keys carry
-/// the run's id, it keeps a heartbeat in the `isola_runs` bucket while it
+/// the run's id, it keeps a heartbeat in the `ISOLA_RUNS` stream while it
 /// lives (workers drop the tasks of a run whose heartbeat stopped, so a
 /// killed submitter leaves no work behind), and [`Cluster::close`] cancels
 /// whatever of it is still queued or running.
@@ -86,13 +86,21 @@ struct Inner {
     /// Modules by path: (length, mtime, hash).
     modules: Mutex<HashMap<PathBuf, (u64, i128, String)>>,
     /// Read-only directories by path: the tree packed and its hash.
-    trees: Mutex<HashMap<PathBuf, (Listing, String)>>,
+    trees: Mutex<HashMap<PathBuf, (Files, String)>>,
     max_archive: u64,
     stop: CancellationToken,
 }
 
-/// A directory's files as last packed: what tells whether to pack again.
-type Listing = Vec<(String, FileMeta)>;
+/// A directory grant after its walk: as last packed (its blob), or packed
+/// anew.
+enum Packed {
+    Unchanged(String),
+    New(Files, Vec<u8>),
+}
+
+/// A directory's files as last packed (path, length, mode, mtime): what
+/// tells whether to pack again.
+type Files = std::collections::BTreeMap<String, FileMeta>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -810,37 +818,38 @@ impl Inner {
     /// A directory grant packed and stored; a read-only one is packed
     /// again only when its files changed.
     async fn tree(&self, dir: &Path, writable: bool) -> isola::Result<String> {
-        let path = dir.to_path_buf();
-        let walked = tokio::task::spawn_blocking(move || files::walk(&path))
-            .await
-            .map_err(|e| isola::Error::Remote(e.to_string()))?
-            .map_err(|e| isola::Error::InvalidSpec {
-                field: "dirs".into(),
-                message: e.to_string(),
-            })?;
-        let listing: Listing = walked
-            .files
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if !writable
-            && let Some((seen, hash)) = lock(&self.trees).get(dir)
-            && *seen == listing
-        {
-            return Ok(hash.clone());
-        }
+        let seen = if writable {
+            None
+        } else {
+            lock(&self.trees).get(dir).cloned()
+        };
         let path = dir.to_path_buf();
         let limit = self.max_archive;
-        let archive = tokio::task::spawn_blocking(move || files::pack(&path, &walked, limit))
-            .await
-            .map_err(|e| isola::Error::Remote(e.to_string()))?
-            .map_err(|e| isola::Error::InvalidSpec {
-                field: "dirs".into(),
-                message: e.to_string(),
-            })?;
+        // Walk and pack in one blocking step: the walk says whether the
+        // last archive still holds.
+        let packed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let tree = files::walk(&path)?;
+            if let Some((files, hash)) = seen
+                && files == tree.files
+            {
+                return Ok(Packed::Unchanged(hash));
+            }
+            let archive = files::pack(&path, &tree, limit)?;
+            Ok(Packed::New(tree.files, archive))
+        })
+        .await
+        .map_err(|e| isola::Error::Remote(e.to_string()))?
+        .map_err(|e| isola::Error::InvalidSpec {
+            field: "dirs".into(),
+            message: e.to_string(),
+        })?;
+        let (files, archive) = match packed {
+            Packed::Unchanged(hash) => return Ok(hash),
+            Packed::New(files, archive) => (files, archive),
+        };
         let hash = self.blobs.put(&archive).await?;
         if !writable {
-            lock(&self.trees).insert(dir.to_path_buf(), (listing, hash.clone()));
+            lock(&self.trees).insert(dir.to_path_buf(), (files, hash.clone()));
         }
         Ok(hash)
     }
@@ -882,23 +891,10 @@ impl Drop for Unlaunched {
 
 /// What a task on another machine cannot have.
 fn refuse_local_only(spec: &TaskSpec) -> isola::Result<()> {
-    let unsupported = |what: &str| Err(isola::Error::Unsupported(format!("{what} on a cluster")));
-    if spec.stdin == Stdin::Inherit {
-        return unsupported("stdin inherited from the submitting process");
+    match crate::wire::local_only(spec) {
+        Some((field, what)) => Err(isola::Error::Unsupported(format!(
+            "{what} (`{field}`) on a cluster"
+        ))),
+        None => Ok(()),
     }
-    if spec.shared_group.is_some() {
-        return unsupported("a shared memory group (`shared_group`)");
-    }
-    if !spec.host_functions.is_empty() {
-        return unsupported("host functions (`host_functions`)");
-    }
-    if spec.kv.is_some() {
-        return unsupported("an `isola:kv` store (`kv`)");
-    }
-    if spec.isolation == Isolation::Thread && spec.reuse_worker {
-        // The rulebook says the same locally; said here so the refusal
-        // does not wait for a worker.
-        return unsupported("`reuse_worker` on a thread task");
-    }
-    Ok(())
 }

@@ -18,7 +18,7 @@
 //! | `ISOLA_RESULTS` (`isola.result.<run>.<task>`) | stream, kept an hour | one result per attempt, de-duplicated by message id `<run>.<task>` |
 //! | `isola_blobs` | object store | modules, packed directories and stdin files, named by their SHA-256 |
 //! | `ISOLA_RUNS` (`isola.run.<run>`) | stream, one message per subject, kept 10 s | each live submitter's heartbeat |
-//! | `isola.output.<run>.<task>` | core subject | output chunks, in order, numbered |
+//! | `isola.output.<run>.<task>` | core subject | output chunks, in order, with the delivery that wrote them (the result counts them) |
 //! | `isola.cancel.<run>` | core subject | cancel one task, or a whole run |
 //!
 //! # Guarantees

@@ -170,7 +170,7 @@ impl HostFunctions {
         let boxed: Arc<TypedFn> = Arc::new(move |call, args| Box::pin(f(call, args)));
         // Imports name a version (`my:app/math@1.0.0`); functions are
         // keyed, granted and called without it.
-        let interface = interface.split('@').next().unwrap_or(interface);
+        let interface = bare_interface(interface);
         Arc::make_mut(&mut self.typed).insert(format!("{interface}#{function}"), boxed);
     }
 
@@ -202,32 +202,13 @@ impl HostFunctions {
                 call.function
             )));
         };
-        let text = String::from_utf8_lossy(&call.args).into_owned();
-        let lines: Vec<&str> = if text.is_empty() {
-            Vec::new()
-        } else {
-            text.lines().collect()
+        let parsed = typed_lines(&call.args, params, |ty, line| {
+            Val::from_wave(ty, line).map_err(|e| e.to_string())
+        });
+        let args = match parsed {
+            Ok(args) => args,
+            Err(err) => return Ok(Err(format!("bad arguments for `{}`: {err}", call.function))),
         };
-        if lines.len() != params.len() {
-            return Ok(Err(format!(
-                "`{}` takes {} arguments, the guest sent {}",
-                call.function,
-                params.len(),
-                lines.len()
-            )));
-        }
-        let mut args = Vec::with_capacity(params.len());
-        for (ty, line) in params.iter().zip(lines) {
-            match Val::from_wave(ty, line) {
-                Ok(value) => args.push(value),
-                Err(err) => {
-                    return Ok(Err(format!(
-                        "a bad argument for `{}`: {err}",
-                        call.function
-                    )));
-                }
-            }
-        }
         let name = call.function.clone();
         let panicked = |payload: Box<dyn std::any::Any + Send>| HostFault::Panicked {
             function: name.clone(),
@@ -553,6 +534,38 @@ pub(crate) fn wave_writable_value(value: &Val) -> bool {
         | Val::FixedLengthList(_) => false,
         _ => true,
     }
+}
+
+/// `interface` without its version (`my:app/math@1.2.0` → `my:app/math`):
+/// how typed functions are registered, granted and called.
+pub(crate) fn bare_interface(interface: &str) -> &str {
+    interface
+        .split_once('@')
+        .map_or(interface, |(bare, _)| bare)
+}
+
+/// One value per line of `text` (WAVE, as calls and results cross), each
+/// parsed with its type.
+///
+/// # Errors
+///
+/// Text that is not UTF-8, a count of lines other than of `types`, or
+/// the first value `parse` refuses.
+pub(crate) fn typed_lines<T, V>(
+    text: &[u8],
+    types: &[T],
+    parse: impl Fn(&T, &str) -> Result<V, String>,
+) -> Result<Vec<V>, String> {
+    let text = std::str::from_utf8(text).map_err(|e| e.to_string())?;
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() != types.len() {
+        return Err(format!("{} values for {}", lines.len(), types.len()));
+    }
+    types
+        .iter()
+        .zip(lines)
+        .map(|(ty, line)| parse(ty, line))
+        .collect()
 }
 
 /// The interface of a typed function's full name (`interface#function`).

@@ -276,7 +276,7 @@ pub(crate) fn component_results(
 ) -> Result<Vec<component::Val>, String> {
     let ty = component_func(program, name).ok_or_else(|| format!("no function `{name}`"))?;
     let types: Vec<component::Type> = ty.results().collect();
-    typed_lines(output, &types, |ty, line| {
+    crate::host_fn::typed_lines(output, &types, |ty, line| {
         component::Val::from_wave(ty, line).map_err(|e| e.to_string())
     })
 }
@@ -294,31 +294,9 @@ pub(crate) fn core_results(
         return Err(format!("no function `{name}`"));
     };
     let types: Vec<wasmtime::ValType> = ty.results().collect();
-    typed_lines(output, &types, |ty, line| {
+    crate::host_fn::typed_lines(output, &types, |ty, line| {
         wasm_wave::from_str::<wasmtime::Val>(ty, line).map_err(|e| e.to_string())
     })
-}
-
-/// One value per line of `output`, each parsed with its type.
-fn typed_lines<T, V>(
-    output: &[u8],
-    types: &[T],
-    parse: impl Fn(&T, &str) -> Result<V, String>,
-) -> Result<Vec<V>, String> {
-    let text = std::str::from_utf8(output).map_err(|e| e.to_string())?;
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.len() != types.len() {
-        return Err(format!(
-            "{} results for a function of {}",
-            lines.len(),
-            types.len()
-        ));
-    }
-    types
-        .iter()
-        .zip(lines)
-        .map(|(ty, line)| parse(ty, line))
-        .collect()
 }
 
 /// Whether a value can be written as WAVE, whichever kind it is.

@@ -158,22 +158,29 @@ impl KvStore {
         self.committed.load(Ordering::SeqCst)
     }
 
-    /// Runs `op` in one `IMMEDIATE` transaction, alone on the connection;
-    /// commits if it returns `Ok`, counting it a write if it says so.
+    /// Runs `op` in one transaction, alone on the connection; commits if
+    /// it returns `Ok`, counting it a write if it says so. An operation
+    /// that may write takes the write lock at once (`IMMEDIATE`, so two
+    /// processes never deadlock upgrading); a read (`DEFERRED`) takes only
+    /// a read snapshot, which in WAL mode neither waits for writers nor
+    /// holds them up.
     fn transaction<T>(
         &self,
+        may_write: bool,
         op: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), KvError>,
     ) -> Result<T, KvError> {
-        let sqlite = |source| KvError::Sqlite {
-            path: self.path.clone(),
-            source,
+        let sqlite = self.sqlite();
+        let behavior = if may_write {
+            TransactionBehavior::Immediate
+        } else {
+            TransactionBehavior::Deferred
         };
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sqlite)?;
+            .transaction_with_behavior(behavior)
+            .map_err(&sqlite)?;
         let (value, wrote) = op(&tx)?;
-        tx.commit().map_err(sqlite)?;
+        tx.commit().map_err(&sqlite)?;
         if wrote {
             self.committed.fetch_add(1, Ordering::SeqCst);
         }
@@ -194,7 +201,7 @@ impl KvStore {
     /// [`KvError::Sqlite`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         let sqlite = self.sqlite();
-        self.transaction(|tx| {
+        self.transaction(false, |tx| {
             let value = value_of(tx, key).map_err(&sqlite)?;
             Ok((value, false))
         })
@@ -207,7 +214,7 @@ impl KvStore {
     /// [`KvError::Sqlite`].
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         let sqlite = self.sqlite();
-        self.transaction(|tx| {
+        self.transaction(true, |tx| {
             upsert(tx, key, value).map_err(&sqlite)?;
             Ok(((), true))
         })
@@ -220,10 +227,8 @@ impl KvStore {
     /// [`KvError::Sqlite`].
     pub fn delete(&self, key: &[u8]) -> Result<bool, KvError> {
         let sqlite = self.sqlite();
-        self.transaction(|tx| {
-            let n = tx
-                .execute("DELETE FROM isola_kv WHERE key = ?1", [key])
-                .map_err(&sqlite)?;
+        self.transaction(true, |tx| {
+            let n = remove(tx, key).map_err(&sqlite)?;
             Ok((n > 0, n > 0))
         })
     }
@@ -237,7 +242,7 @@ impl KvStore {
     /// overflow); [`KvError::Sqlite`].
     pub fn increment(&self, key: &[u8], by: i64) -> Result<i64, KvError> {
         let sqlite = self.sqlite();
-        self.transaction(|tx| {
+        self.transaction(true, |tx| {
             let old: Option<Vec<u8>> = value_of(tx, key).map_err(&sqlite)?;
             let old = match old {
                 None => 0,
@@ -265,14 +270,14 @@ impl KvStore {
         new: Option<&[u8]>,
     ) -> Result<bool, KvError> {
         let sqlite = self.sqlite();
-        self.transaction(|tx| {
+        self.transaction(true, |tx| {
             let current: Option<Vec<u8>> = value_of(tx, key).map_err(&sqlite)?;
             if current.as_deref() != expected {
                 return Ok((false, false));
             }
             match new {
                 Some(value) => upsert(tx, key, value),
-                None => tx.execute("DELETE FROM isola_kv WHERE key = ?1", [key]),
+                None => remove(tx, key),
             }
             .map_err(&sqlite)?;
             Ok((true, true))
@@ -286,7 +291,7 @@ impl KvStore {
     /// [`KvError::Sqlite`].
     pub fn list(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, KvError> {
         let sqlite = self.sqlite();
-        self.transaction(|tx| {
+        self.transaction(false, |tx| {
             let mut statement = tx
                 .prepare("SELECT key FROM isola_kv WHERE substr(key, 1, ?2) = ?1 ORDER BY key")
                 .map_err(&sqlite)?;
@@ -374,6 +379,10 @@ fn upsert(tx: &rusqlite::Transaction<'_>, key: &[u8], value: &[u8]) -> rusqlite:
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+}
+
+fn remove(tx: &rusqlite::Transaction<'_>, key: &[u8]) -> rusqlite::Result<usize> {
+    tx.execute("DELETE FROM isola_kv WHERE key = ?1", [key])
 }
 
 /// The error value of arguments that do not follow the encoding.

@@ -613,7 +613,7 @@ impl Loader {
                             link_typed(&mut linker, &interface, &functions).map_err(unsupported)?;
                             // Keyed without the version, as registered and
                             // granted.
-                            let bare = interface.split('@').next().unwrap_or(&interface);
+                            let bare = crate::host_fn::bare_interface(&interface);
                             for (function, params) in functions {
                                 program_typed.insert(format!("{bare}#{function}"), params);
                             }
@@ -1023,7 +1023,7 @@ impl Loader {
                 continue;
             };
             // The registry names interfaces without a version.
-            let bare = name.split('@').next().unwrap_or(name);
+            let bare = crate::host_fn::bare_interface(name);
             let registered = |function: &str| match &self.typed {
                 TypedLinking::None => false,
                 TypedLinking::Registered(names) => names.contains(&format!("{bare}#{function}")),
@@ -1076,7 +1076,7 @@ fn link_typed(
     functions: &TypedFunctions,
 ) -> wasmtime::Result<()> {
     use wasmtime::component::{Type, Val};
-    let bare = interface.split('@').next().unwrap_or(interface).to_owned();
+    let bare = crate::host_fn::bare_interface(interface).to_owned();
     let mut instance = linker.instance(interface)?;
     for (function, _) in functions {
         let full = format!("{bare}#{function}");
@@ -1094,24 +1094,22 @@ fn link_typed(
                 let types: Vec<Type> = ty.results().collect();
                 match reply {
                     Ok(bytes) => {
-                        let text = String::from_utf8(bytes)?;
-                        let lines: Vec<&str> = if text.is_empty() {
-                            Vec::new()
-                        } else {
-                            text.lines().collect()
-                        };
+                        let values = crate::host_fn::typed_lines(&bytes, &types, |ty, line| {
+                            Val::from_wave(ty, line).map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| {
+                            wasmtime::format_err!(
+                                "host function `{full}` returned bad results: {e}"
+                            )
+                        })?;
                         wasmtime::ensure!(
-                            lines.len() == types.len() && results.len() == types.len(),
+                            results.len() == values.len(),
                             "host function `{full}` returned {} results for {}",
-                            lines.len(),
-                            types.len()
+                            values.len(),
+                            results.len()
                         );
-                        for ((slot, ty), line) in results.iter_mut().zip(&types).zip(lines) {
-                            *slot = Val::from_wave(ty, line).map_err(|e| {
-                                wasmtime::format_err!(
-                                    "host function `{full}` returned a bad value: {e}"
-                                )
-                            })?;
+                        for (slot, value) in results.iter_mut().zip(values) {
+                            *slot = value;
                         }
                         Ok(())
                     }

@@ -465,18 +465,7 @@ impl Runner {
         spawned_at: Instant,
     ) -> std::result::Result<Vec<u8>, CallError> {
         spec.input = Some(input.into());
-        let mut handle = self
-            .start(program, spec, Entry::Run, spawned_at)
-            .await
-            .map_err(CallError::Start)?;
-        // A call sends no messages: `recv` says closed at once.
-        handle.close_channel();
-        let report = handle.wait().await;
-        match report.outcome {
-            Outcome::Returned { output } => Ok(output),
-            Outcome::Rejected { error } => Err(CallError::Rejected(error)),
-            _ => Err(CallError::Ended(Box::new(report))),
-        }
+        self.run_call(program, spec, Entry::Run, spawned_at).await
     }
 
     /// Calls the function export named in `call` in a fresh instance of
@@ -531,7 +520,14 @@ impl Runner {
         spec: TaskSpec,
         call: &str,
     ) -> std::result::Result<Vec<String>, CallError> {
-        let output = self.run_call(program, spec, call.to_owned()).await?;
+        let output = self
+            .run_call(
+                program,
+                spec,
+                Entry::Invoke(call.to_owned()),
+                Instant::now(),
+            )
+            .await?;
         Ok(String::from_utf8_lossy(&output)
             .lines()
             .map(str::to_owned)
@@ -552,11 +548,8 @@ impl Runner {
         name: &str,
         args: &[wasmtime::component::Val],
     ) -> std::result::Result<Vec<wasmtime::component::Val>, CallError> {
-        let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
-        let call = crate::invoke::call_text(name, args).map_err(invoke_error)?;
-        let output = self.run_call(&program, spec, call).await?;
-        crate::invoke::component_results(&program, name, &output)
-            .map_err(|e| CallError::Start(Error::Internal(format!("the call's results: {e}"))))
+        self.call_typed(spec, name, args, crate::invoke::component_results)
+            .await
     }
 
     /// As [`Runner::call_export`], for a core module's function, with
@@ -571,24 +564,43 @@ impl Runner {
         name: &str,
         args: &[wasmtime::Val],
     ) -> std::result::Result<Vec<wasmtime::Val>, CallError> {
+        self.call_typed(spec, name, args, crate::invoke::core_results)
+            .await
+    }
+
+    /// [`Runner::call_export`] and [`Runner::call_core_export`]: `args`
+    /// written as a call, its results read back with `results`.
+    async fn call_typed<V: wasmtime::component::wasm_wave::wasm::WasmValue + 'static>(
+        &self,
+        spec: TaskSpec,
+        name: &str,
+        args: &[V],
+        results: ResultsOf<V>,
+    ) -> std::result::Result<Vec<V>, CallError> {
         let program = self.load(&spec.wasm).await.map_err(CallError::Start)?;
         let call = crate::invoke::call_text(name, args).map_err(invoke_error)?;
-        let output = self.run_call(&program, spec, call).await?;
-        crate::invoke::core_results(&program, name, &output)
+        let output = self
+            .run_call(&program, spec, Entry::Invoke(call), Instant::now())
+            .await?;
+        results(&program, name, &output)
             .map_err(|e| CallError::Start(Error::Internal(format!("the call's results: {e}"))))
     }
 
-    /// Runs the call `call` of `program` as a task; its results' text.
+    /// Runs a call of `program` (the plugin `run`, or an export by name) as
+    /// a task whose start-up is measured from `spawned_at`; what it
+    /// returned, or how it ended otherwise.
     async fn run_call(
         &self,
         program: &Program,
         spec: TaskSpec,
-        call: String,
+        entry: Entry,
+        spawned_at: Instant,
     ) -> std::result::Result<Vec<u8>, CallError> {
         let mut handle = self
-            .start(program, spec, Entry::Invoke(call), Instant::now())
+            .start(program, spec, entry, spawned_at)
             .await
             .map_err(CallError::Start)?;
+        // A call sends no messages: `recv` says closed at once.
         handle.close_channel();
         let report = handle.wait().await;
         match report.outcome {
@@ -685,3 +697,7 @@ fn invoke_error(message: String) -> CallError {
         message,
     })
 }
+
+/// Reads a call's results (its output text) with the types of the
+/// function `name` of a program.
+type ResultsOf<V> = fn(&Program, &str, &[u8]) -> std::result::Result<Vec<V>, String>;
