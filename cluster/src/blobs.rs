@@ -92,15 +92,20 @@ impl Blobs {
         }
         let mut last = String::new();
         for _ in 0..READ_ATTEMPTS {
-            match self.read(name, limit).await {
-                Ok(bytes) if bytes.len() as u64 > limit => {
-                    return Err(fail(format!("larger than the {limit} bytes allowed")));
-                }
-                Ok(bytes) if hash(&bytes) == name => {
+            match self.read(name, limit).await.map(|bytes| {
+                let verdict = verify(name, &bytes, limit);
+                (bytes, verdict)
+            }) {
+                Ok((bytes, Verdict::Good)) => {
                     self.remember(name);
                     return Ok(bytes);
                 }
-                Ok(_) => last = "its bytes do not match its hash".into(),
+                Ok((_, Verdict::TooLarge)) => {
+                    return Err(fail(format!("larger than the {limit} bytes allowed")));
+                }
+                // Perhaps replaced under the read by another process
+                // storing the same name: read again.
+                Ok((_, Verdict::Mismatch)) => last = "its bytes do not match its hash".into(),
                 Err(err) => last = err,
             }
         }
@@ -169,6 +174,30 @@ impl Blobs {
     }
 }
 
+/// What a read of a blob may be used for.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The bytes hash to the blob's name and fit the limit.
+    Good,
+    /// More bytes than the reader allows: refused, unhashed.
+    TooLarge,
+    /// The bytes are not the ones the name promises.
+    Mismatch,
+}
+
+/// Checks bytes read for blob `name` (a SHA-256, hex) against the name and
+/// the reader's `limit` in bytes: a blob is content-addressed, so its
+/// bytes are trusted only when they hash to the name they came under.
+fn verify(name: &str, bytes: &[u8], limit: u64) -> Verdict {
+    if bytes.len() as u64 > limit {
+        Verdict::TooLarge
+    } else if hash(bytes) == name {
+        Verdict::Good
+    } else {
+        Verdict::Mismatch
+    }
+}
+
 /// A blob's name: a SHA-256 in lowercase hex.
 pub(crate) fn is_blob_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -176,6 +205,23 @@ pub(crate) fn is_blob_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{Verdict, verify};
+
+    #[test]
+    fn bytes_are_used_only_when_they_hash_to_their_name_and_fit() {
+        let bytes = b"(module)".to_vec();
+        let name = crate::files::hash(&bytes);
+        assert_eq!(verify(&name, &bytes, 8), Verdict::Good);
+        // One byte changed, the same length: what a corrupted or
+        // substituted object looks like.
+        let mut other = bytes.clone();
+        other[1] ^= 1;
+        assert_eq!(verify(&name, &other, 8), Verdict::Mismatch);
+        assert_eq!(verify(&name, &bytes, 7), Verdict::TooLarge);
+        // Upper-case hex is not the name a blob is stored under.
+        assert_eq!(verify(&name.to_uppercase(), &bytes, 8), Verdict::Mismatch);
+    }
+
     #[test]
     fn a_blob_name_is_a_lowercase_sha256_and_nothing_else() {
         let good = "a".repeat(64);

@@ -8,7 +8,7 @@
 //! whose existing parent is a link, so an archive cannot write outside its
 //! directory on either side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -247,6 +247,66 @@ pub(crate) fn inside(dir: &Path, rel: &Path) -> Option<PathBuf> {
     Some(path)
 }
 
+/// What a writable directory held: each regular file with the SHA-256 of
+/// its contents, and each directory. A worker takes one before a task and
+/// one after, and sends back the difference ([`diff`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) files: BTreeMap<String, String>,
+    pub(crate) dirs: BTreeSet<String>,
+}
+
+impl Snapshot {
+    /// One walk of `dir` (links and special files a task left are
+    /// skipped: they do not travel), returning the walk as well, for
+    /// packing what changed.
+    pub(crate) fn take(dir: &Path) -> Result<(Tree, Snapshot), Error> {
+        let tree = walk_lenient(dir)?;
+        let mut files = BTreeMap::new();
+        for rel in tree.files.keys() {
+            files.insert(rel.clone(), hash_file(&dir.join(rel))?);
+        }
+        let dirs = tree.dirs.iter().cloned().collect();
+        Ok((tree, Snapshot { files, dirs }))
+    }
+}
+
+/// What changed from `before` to `after` (whose walk is `tree`): the
+/// created and changed files with the created directories, to pack, and
+/// the deleted paths, files and directories alike. A deleted directory is
+/// named once, not with everything it held.
+pub(crate) fn diff(before: &Snapshot, after: &Snapshot, mut tree: Tree) -> (Tree, Vec<String>) {
+    tree.files
+        .retain(|rel, _| before.files.get(rel) != after.files.get(rel));
+    tree.dirs.retain(|rel| !before.dirs.contains(rel));
+    let gone_dirs: Vec<&String> = before
+        .dirs
+        .iter()
+        .filter(|rel| !after.dirs.contains(*rel))
+        .collect();
+    let under_gone = |rel: &str| {
+        gone_dirs.iter().any(|dir| {
+            rel.len() > dir.len()
+                && rel.starts_with(dir.as_str())
+                && rel.as_bytes()[dir.len()] == b'/'
+        })
+    };
+    let mut deleted: Vec<String> = gone_dirs
+        .iter()
+        .map(|rel| (*rel).clone())
+        .chain(
+            before
+                .files
+                .keys()
+                .filter(|rel| !after.files.contains_key(*rel))
+                .cloned(),
+        )
+        .filter(|rel| !under_gone(rel))
+        .collect();
+    deleted.sort();
+    (tree, deleted)
+}
+
 /// SHA-256 of a file's contents, hex.
 pub(crate) fn hash_file(path: &Path) -> Result<String, Error> {
     let mut file = std::fs::File::open(path)
@@ -321,5 +381,48 @@ mod tests {
         let through_link = raw.into_inner().expect("tar");
         let err = unpack(&through_link, a.path(), 1 << 20).expect_err("through a link");
         assert!(err.to_string().contains("leaves the directory"), "{err}");
+    }
+
+    #[test]
+    fn a_diff_names_changed_and_new_files_new_directories_and_what_was_deleted() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let at = |rel: &str| d.path().join(rel);
+        for dir in ["keep", "gone/deep", "emptied"] {
+            std::fs::create_dir_all(at(dir)).expect("mkdir");
+        }
+        for (rel, text) in [
+            ("same", "1"),
+            ("changed", "1"),
+            ("removed", "1"),
+            ("keep/x", "1"),
+            ("gone/y", "1"),
+            ("gone/deep/z", "1"),
+            ("emptied/w", "1"),
+        ] {
+            std::fs::write(at(rel), text).expect("write");
+        }
+        let (_, before) = Snapshot::take(d.path()).expect("before");
+
+        std::fs::write(at("changed"), "2").expect("write");
+        std::fs::write(at("new"), "1").expect("write");
+        std::fs::remove_file(at("removed")).expect("rm");
+        std::fs::remove_dir_all(at("gone")).expect("rm -r");
+        std::fs::remove_file(at("emptied/w")).expect("rm");
+        std::fs::create_dir_all(at("made/inner")).expect("mkdir");
+        std::fs::write(at("keep/x2"), "1").expect("write");
+        let (tree, after) = Snapshot::take(d.path()).expect("after");
+
+        let (changed, deleted) = diff(&before, &after, tree);
+        assert_eq!(
+            changed.files.keys().collect::<Vec<_>>(),
+            ["changed", "keep/x2", "new"]
+        );
+        assert_eq!(changed.dirs, ["made", "made/inner"]);
+        // `gone` is named once; its contents are not listed again.
+        assert_eq!(deleted, ["emptied/w", "gone", "removed"]);
+        // Nothing changed: nothing to send.
+        let (tree, again) = Snapshot::take(d.path()).expect("again");
+        let (changed, deleted) = diff(&after, &again, tree);
+        assert!(changed.files.is_empty() && changed.dirs.is_empty() && deleted.is_empty());
     }
 }

@@ -761,7 +761,12 @@ impl Inner {
             for rel in &change.deleted {
                 match files::inside(&grant.host, Path::new(rel)) {
                     Some(path) => {
-                        let _ = std::fs::remove_file(path);
+                        // Already gone here is what was asked; `inside`
+                        // refused a link, so a directory is a real one.
+                        let _ = match std::fs::symlink_metadata(&path) {
+                            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+                            _ => std::fs::remove_file(&path),
+                        };
                     }
                     None => {
                         return Err(Error::Files(format!(

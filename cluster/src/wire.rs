@@ -67,7 +67,8 @@ pub(crate) enum Ending {
 pub(crate) struct Changes {
     /// An archive of the created and changed files (and new directories).
     pub(crate) archive: Option<String>,
-    /// Paths, relative to the directory, of files that were deleted.
+    /// Paths, relative to the directory, of the files and directories
+    /// that were deleted (a directory is named without what it held).
     pub(crate) deleted: Vec<String>,
 }
 

@@ -2,7 +2,7 @@
 //! them on its local runner within its [`Ceilings`], and sends back output,
 //! results and changed files.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use crate::blobs::Blobs;
 use crate::connect::{
     ConnectOptions, Entities, HEARTBEAT_TTL, output_subject, result_subject, run_subject,
 };
-use crate::files::{self, Tree};
+use crate::files::{self, Snapshot};
 use crate::launcher::{DEFAULT_MAX_ARCHIVE, STARTED_HEADER};
 use crate::wire::{Changes, DELIVERY_HEADER, Ending, ResultMessage, STREAM_HEADER, TaskMessage};
 use crate::{Error, MAX_DELIVERIES};
@@ -556,6 +556,12 @@ async fn handle_message(
         return;
     }
     if delivery > 1 && shared.has_result(&run, number).await {
+        tracing::info!(
+            run,
+            task = number,
+            delivery,
+            "its result is stored already (a worker died before acking it): acked, not run again"
+        );
         settle(message).await;
         return;
     }
@@ -611,6 +617,8 @@ async fn handle_message(
         }
     };
     handle.close_channel();
+    #[cfg(debug_assertions)]
+    fault("exit-while-running");
     let key = (run.clone(), number, delivery);
     lock(&shared.running).insert(key.clone(), handle.cancel_handle());
     if shared.is_cancelled(&run, number) {
@@ -638,7 +646,7 @@ async fn handle_message(
         return;
     }
     let mut outcome = report.outcome;
-    let changes = match changes(shared, &spec, &before).await {
+    let changes = match changes(shared, &spec, before).await {
         Ok(changes) => changes,
         Err(err) => {
             outcome = Outcome::Failed {
@@ -661,9 +669,26 @@ async fn handle_message(
         )
         .await
     {
+        #[cfg(debug_assertions)]
+        fault("exit-after-result");
         settle(message).await;
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+}
+
+/// Test-only faults, read in debug builds alone: the worker exits at the
+/// point this variable names, as one killed there would.
+/// `exit-while-running`: with a task started. `exit-after-result`: with a
+/// result stored and its message not yet acked.
+#[cfg(debug_assertions)]
+const FAULT_ENV: &str = "ISOLA_TEST_WORKER_FAULT";
+
+#[cfg(debug_assertions)]
+fn fault(point: &str) {
+    if std::env::var(FAULT_ENV).is_ok_and(|asked| asked == point) {
+        tracing::warn!("{FAULT_ENV}={point}: exiting");
+        std::process::exit(70);
+    }
 }
 
 /// Stores the result of an attempt that did not run (refused, or could not
@@ -803,7 +828,7 @@ async fn prepare(
     shared: &Shared,
     task: &TaskMessage,
     dir: &Path,
-) -> Result<(TaskSpec, Vec<Option<BTreeMap<String, String>>>), String> {
+) -> Result<(TaskSpec, Vec<Option<Snapshot>>), String> {
     let ceilings = &shared.options.ceilings;
     let mut spec = task.spec.clone();
     if task.dirs.len() != spec.dirs.len() {
@@ -839,7 +864,9 @@ async fn prepare(
             std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
             files::unpack(&bytes, &target, limit).map_err(|e| e.to_string())?;
             if writable {
-                manifest(&target).map(Some)
+                Snapshot::take(&target)
+                    .map(|(_, snapshot)| Some(snapshot))
+                    .map_err(|e| e.to_string())
             } else {
                 Ok(None)
             }
@@ -904,25 +931,11 @@ fn stricter(a: Sandbox, b: Sandbox) -> Sandbox {
     if rank(a) >= rank(b) { a } else { b }
 }
 
-/// Each regular file under `dir` and the SHA-256 of its contents (links a
-/// task made are skipped: they do not travel).
-fn manifest(dir: &Path) -> Result<BTreeMap<String, String>, String> {
-    let tree = files::walk_lenient(dir).map_err(|e| e.to_string())?;
-    let mut hashes = BTreeMap::new();
-    for rel in tree.files.keys() {
-        hashes.insert(
-            rel.clone(),
-            files::hash_file(&dir.join(rel)).map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(hashes)
-}
-
 /// What the task changed in each writable directory, packed and stored.
 async fn changes(
     shared: &Shared,
     spec: &TaskSpec,
-    before: &[Option<BTreeMap<String, String>>],
+    before: Vec<Option<Snapshot>>,
 ) -> Result<Vec<Option<Changes>>, Error> {
     let mut all = Vec::with_capacity(spec.dirs.len());
     for (grant, before) in spec.dirs.iter().zip(before) {
@@ -931,25 +944,13 @@ async fn changes(
             continue;
         };
         let dir: PathBuf = grant.host.clone();
-        let before = before.clone();
         let limit = shared.options.ceilings.max_archive;
         let packed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-            let mut tree = files::walk_lenient(&dir)?;
-            let after = manifest(&dir).map_err(Error::Files)?;
-            let deleted: Vec<String> = before
-                .keys()
-                .filter(|rel| !after.contains_key(*rel))
-                .cloned()
-                .collect();
-            tree.files
-                .retain(|rel, _| before.get(rel) != after.get(rel));
-            if tree.files.is_empty() && tree.dirs.is_empty() {
+            let (tree, after) = Snapshot::take(&dir)?;
+            let (changed, deleted) = files::diff(&before, &after, tree);
+            if changed.files.is_empty() && changed.dirs.is_empty() {
                 return Ok((None, deleted));
             }
-            let changed = Tree {
-                files: tree.files,
-                dirs: tree.dirs,
-            };
             Ok((Some(files::pack(&dir, &changed, limit)?), deleted))
         })
         .await

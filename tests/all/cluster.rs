@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isola::{Isolation, Outcome, Output, TaskSpec};
-use isola_tests::{GuestKind, guest, isola_bin, shared_cache};
+use isola_tests::{GuestKind, guest, isola_bin, isola_within, shared_cache};
 
 /// A `nats-server` with JetStream on a free loopback port.
 struct Server {
@@ -115,12 +115,18 @@ struct WorkerProc {
 
 impl WorkerProc {
     fn start(url: &str, name: &str, extra: &[&str]) -> WorkerProc {
+        WorkerProc::start_env(url, name, extra, &[])
+    }
+
+    /// As [`WorkerProc::start`], with variables added to its environment.
+    fn start_env(url: &str, name: &str, extra: &[&str], env: &[(&str, &str)]) -> WorkerProc {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(isola_bin())
             .args(["worker", "--nats", url, "--name", name, "--ack-wait", "2s"])
             .args(extra)
             .env("ISOLA_CACHE_DIR", shared_cache())
             .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log file"))
             .spawn()
@@ -161,6 +167,9 @@ fn component(name: &str) -> String {
         .to_owned()
 }
 
+/// The longest any `isola up` in these tests may take.
+const UP_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs `isola up` on `set` (locally, or on the cluster at `nats`) and
 /// returns its exit code and JSON report.
 fn up(set: &Path, nats: Option<&str>, extra: &[&str]) -> (i32, serde_json::Value) {
@@ -176,21 +185,17 @@ fn up_with_output(
     extra: &[&str],
 ) -> (i32, serde_json::Value, Vec<String>) {
     let json = set.with_extension("json");
-    let mut command = Command::new(isola_bin());
-    command
-        .arg("up")
-        .arg(set)
-        .arg("--json")
-        .arg(&json)
-        .args(extra)
-        .env("ISOLA_CACHE_DIR", shared_cache())
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    use std::ffi::OsStr;
+    let mut args: Vec<&OsStr> = vec![OsStr::new("up"), set.as_os_str()];
+    args.extend([OsStr::new("--json"), json.as_os_str()]);
+    args.extend(extra.iter().map(OsStr::new));
     if let Some(url) = nats {
-        command.args(["--nats", url]);
+        args.extend([OsStr::new("--nats"), OsStr::new(url)]);
     }
-    let out = command.output().expect("run isola up");
+    // Bounded, so a stuck cluster fails its test instead of hanging the
+    // suite.
+    let out = isola_within(&args, &[("RUST_BACKTRACE", OsStr::new("0"))], UP_LIMIT)
+        .unwrap_or_else(|| panic!("isola up did not finish in {UP_LIMIT:?}"));
     let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
         panic!(
             "no JSON report ({e}); stderr:\n{}",
@@ -819,4 +824,404 @@ fn flags_a_worker_cannot_use_are_refused_naming_them() {
         let err = isola_tests::stderr(&out);
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// A runtime for the tests' own look at the server.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A JetStream client of the test's own.
+async fn jetstream(server: &Server) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(server.url())
+        .await
+        .expect("connect to nats-server");
+    async_nats::jetstream::new(client)
+}
+
+/// A stream's state: messages it holds, and the sequence of the last one
+/// it ever stored (which no purge, rollup or work-queue ack takes back).
+async fn stream_state(js: &async_nats::jetstream::Context, name: &str) -> (u64, u64) {
+    let mut stream = js.get_stream(name).await.expect("the stream");
+    let state = &stream.info().await.expect("stream info").state;
+    (state.messages, state.last_sequence)
+}
+
+/// The objects in the blob store, by name, with their chunk counts, and
+/// the sequence of the last message its stream ever stored.
+async fn blobs(server: &Server) -> (BTreeMap<String, u64>, u64) {
+    use futures::StreamExt;
+    let js = jetstream(server).await;
+    let store = js
+        .get_object_store("isola_blobs")
+        .await
+        .expect("the blob store");
+    let mut list = store.list().await.expect("list blobs");
+    let mut objects = BTreeMap::new();
+    while let Some(info) = list.next().await {
+        let info = info.expect("an object");
+        objects.insert(info.name, info.chunks as u64);
+    }
+    let (_, last) = stream_state(&js, "OBJ_isola_blobs").await;
+    (objects, last)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn blobs_are_uploaded_once_and_checked_on_arrival() {
+    let server = Server::start();
+    let _workers: Vec<WorkerProc> = (1..=2)
+        .map(|n| WorkerProc::start(&server.url(), &format!("w{n}"), &["-j", "2"]))
+        .collect();
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("data/sub")).expect("mkdir");
+    std::fs::write(root.path().join("data/in.txt"), "input").expect("write");
+    std::fs::write(root.path().join("data/sub/more.txt"), "more").expect("write");
+    let (echo, echo2) = (wasm("echo_cli"), component("echo_cli"));
+    let mut toml = String::new();
+    for i in 0..12 {
+        let (module, args) = if i % 2 == 0 {
+            (&echo, r#"["cat", "/data/in.txt"]"#)
+        } else {
+            (&echo2, r#"["ls", "/data"]"#)
+        };
+        toml.push_str(&format!(
+            "[[task]]\nname = \"t{i}\"\nwasm = \"{module}\"\nargs = {args}\n\
+             dirs = [{{ host = \"data\", guest = \"/data\" }}]\n"
+        ));
+    }
+    let set = root.path().join("tasks.toml");
+    std::fs::write(&set, toml).expect("write the set");
+
+    let (code, report) = up(&set, Some(&server.url()), &["--jobs", "4"]);
+    assert_eq!(code, 0, "{report}");
+    let rt = runtime();
+    let (objects, last) = rt.block_on(blobs(&server));
+    // Two modules and one archive of `data`, for twelve tasks.
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    for module in [&echo, &echo2] {
+        let name = sha256_hex(&std::fs::read(module).expect("read the module"));
+        assert!(objects.contains_key(&name), "{module} stored as {name}");
+    }
+    // Each was stored once: every message the store's stream ever held is
+    // a chunk of one of them or its description.
+    let stored: u64 = objects.values().map(|chunks| chunks + 1).sum();
+    assert_eq!(last, stored, "{objects:?}");
+    // A second run, from a new submitter, finds them and stores nothing.
+    let (code, report) = up(&set, Some(&server.url()), &["--jobs", "4"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(rt.block_on(blobs(&server)).1, last);
+
+    // Verified on arrival: other bytes stored under a module's name (of
+    // its length, so the submitter takes the module for uploaded) are
+    // refused by the worker, whatever the store says.
+    let mut module = std::fs::read(&echo).expect("read the module");
+    // A custom section `test` holding "X": a module of its own, unseen.
+    module.extend_from_slice(&[0, 6, 4, b't', b'e', b's', b't', b'X']);
+    let marked = root.path().join("marked.wasm");
+    std::fs::write(&marked, &module).expect("write");
+    let mut forged = module.clone();
+    *forged.last_mut().expect("a byte") = b'Y';
+    rt.block_on(async {
+        let store = jetstream(&server)
+            .await
+            .get_object_store("isola_blobs")
+            .await
+            .expect("the blob store");
+        store
+            .put(sha256_hex(&module).as_str(), &mut forged.as_slice())
+            .await
+            .expect("store the forged object");
+    });
+    let forged_set = root.path().join("forged.toml");
+    std::fs::write(
+        &forged_set,
+        format!(
+            "[[task]]\nname = \"forged\"\nwasm = \"{}\"\nargs = [\"args\", \"ran\"]\n",
+            marked.display()
+        ),
+    )
+    .expect("write");
+    let (code, report) = up(&forged_set, Some(&server.url()), &[]);
+    let record = &records(&report)["forged"];
+    assert_ne!(code, 0, "{report}");
+    assert_ne!(record["status"], "succeeded", "{record}");
+    assert!(
+        record.to_string().contains("do not match its hash"),
+        "{record}"
+    );
+}
+
+/// Waits up to `limit` for `child` to exit; its exit code.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Waits up to `limit` for `worker` to write `text` to its log.
+fn said_within(worker: &WorkerProc, text: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if worker.said().contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_result_stored_before_its_worker_died_is_recorded_once_and_not_run_again() {
+    let server = Server::start();
+    // Stores t0's result, then exits before acking its message (a test
+    // fault of debug builds).
+    let mut dying = WorkerProc::start_env(
+        &server.url(),
+        "dying",
+        &["-j", "1"],
+        &[("ISOLA_TEST_WORKER_FAULT", "exit-after-result")],
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    let set = root.path().join("tasks.toml");
+    std::fs::write(
+        &set,
+        format!(
+            "[[task]]\nname = \"t0\"\nwasm = \"{echo}\"\nargs = [\"args\", \"once\"]\n\n\
+             [[task]]\nname = \"t1\"\nwasm = \"{hostile}\"\nargs = [\"sleep\", \"5000\"]\n\
+             depends_on = [\"t0\"]\n",
+            echo = wasm("echo_cli"),
+            hostile = wasm("hostile"),
+        ),
+    )
+    .expect("write the set");
+    let url = server.url();
+    let run = std::thread::spawn(move || up(&set, Some(&url), &[]));
+    assert_eq!(
+        exit_within(&mut dying.child, Duration::from_secs(60)),
+        Some(70),
+        "{}",
+        dying.said()
+    );
+    // t0's message comes back after the ack wait, to this one.
+    let survivor = WorkerProc::start_env(
+        &server.url(),
+        "survivor",
+        &["-j", "2"],
+        &[("ISOLA_LOG", "info")],
+    );
+    let (code, report) = run.join().expect("up");
+    assert_eq!(code, 0, "{report}");
+    let records = records(&report);
+    assert_eq!(records["t0"]["worker"], "dying", "{report}");
+    assert_eq!(records["t0"]["deliveries"], 1, "{report}");
+    assert_eq!(records["t1"]["worker"], "survivor", "{report}");
+    assert!(
+        said_within(&survivor, "acked, not run again", Duration::from_secs(30)),
+        "the survivor found t0's result stored: {}",
+        survivor.said()
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let js = jetstream(&server).await;
+        // One result per task, and none was ever stored twice.
+        assert_eq!(stream_state(&js, "ISOLA_RESULTS").await, (2, 2));
+        // The redelivered message was acked: the queue is empty.
+        assert_eq!(stream_state(&js, "ISOLA_TASKS").await.0, 0);
+    });
+}
+
+#[test]
+fn a_task_whose_workers_keep_dying_is_given_up_after_five_deliveries() {
+    let server = Server::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let set = root.path().join("tasks.toml");
+    std::fs::write(
+        &set,
+        format!(
+            "[[task]]\nname = \"doomed\"\nwasm = \"{}\"\nargs = [\"args\", \"never\"]\n",
+            wasm("echo_cli")
+        ),
+    )
+    .expect("write the set");
+    let url = server.url();
+    let run = std::thread::spawn(move || up(&set, Some(&url), &[]));
+    // Five workers in turn each take the task and die with it running.
+    for n in 1..=5 {
+        let mut worker = WorkerProc::start_env(
+            &server.url(),
+            &format!("dies{n}"),
+            &["-j", "1"],
+            &[("ISOLA_TEST_WORKER_FAULT", "exit-while-running")],
+        );
+        assert_eq!(
+            exit_within(&mut worker.child, Duration::from_secs(60)),
+            Some(70),
+            "delivery {n}: {}",
+            worker.said()
+        );
+    }
+    // The sixth delivery is not run: it ends the task.
+    let _last = WorkerProc::start(&server.url(), "last", &["-j", "1"]);
+    let (code, report) = run.join().expect("up");
+    assert_eq!(code, 1, "{report}");
+    let record = &records(&report)["doomed"];
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["deliveries"], 6, "{record}");
+    assert!(
+        record.to_string().contains("delivered to workers 5 times"),
+        "{record}"
+    );
+}
+
+/// Every file and directory under `dir`, by relative path: a file's bytes,
+/// or `None` for a directory.
+fn tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    fn walk(root: &Path, here: &Path, into: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        for entry in std::fs::read_dir(here).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under the root")
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                into.insert(rel, None);
+                walk(root, &path, into);
+            } else {
+                into.insert(rel, Some(std::fs::read(&path).expect("read")));
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+/// A chain of tasks that overwrite, delete and add files and delete a
+/// directory in one writable grant, then list it; and one that reads a
+/// stdin file.
+fn file_changes_set(dir: &Path) -> PathBuf {
+    let work = dir.join("work");
+    for sub in ["sub", "gone/deep"] {
+        std::fs::create_dir_all(work.join(sub)).expect("mkdir");
+    }
+    for (rel, text) in [
+        ("keep.txt", "keep"),
+        ("change.txt", "old"),
+        ("remove.txt", "x"),
+        ("sub/inner.txt", "in"),
+        ("gone/b.txt", "b"),
+        ("gone/deep/a.txt", "a"),
+    ] {
+        std::fs::write(work.join(rel), text).expect("write");
+    }
+    let (echo, echo2) = (wasm("echo_cli"), component("echo_cli"));
+    let grant = r#"dirs = [{ host = "work", guest = "/work", writable = true }]"#;
+    let toml = format!(
+        r#"
+[[task]]
+name = "overwrite"
+wasm = "{echo}"
+args = ["write", "/work/change.txt", "new"]
+isolation = "process"
+{grant}
+
+[[task]]
+name = "remove"
+wasm = "{echo}"
+args = ["rm", "/work/remove.txt"]
+depends_on = ["overwrite"]
+{grant}
+
+[[task]]
+name = "remove-dir"
+wasm = "{echo2}"
+args = ["rm", "/work/gone"]
+depends_on = ["remove"]
+{grant}
+
+[[task]]
+name = "add"
+wasm = "{echo}"
+args = ["write", "/work/sub/added.txt", "added"]
+depends_on = ["remove-dir"]
+{grant}
+
+[[task]]
+name = "list"
+wasm = "{echo}"
+args = ["ls", "/work"]
+depends_on = ["add"]
+dirs = [{{ host = "work", guest = "/work" }}]
+
+[[task]]
+name = "read-stdin"
+wasm = "{echo2}"
+args = ["stdin"]
+stdin = {{ file = "input.txt" }}
+"#
+    );
+    std::fs::write(dir.join("input.txt"), "from a stdin file\n").expect("write");
+    let path = dir.join("tasks.toml");
+    std::fs::write(&path, toml).expect("write the set");
+    path
+}
+
+#[test]
+fn changed_and_deleted_files_come_back_as_they_are_locally() {
+    let server = Server::start();
+    let _workers: Vec<WorkerProc> = (1..=2)
+        .map(|n| WorkerProc::start(&server.url(), &format!("w{n}"), &["-j", "2"]))
+        .collect();
+    let root = tempfile::tempdir().expect("tempdir");
+    let local = file_changes_set(&root.path().join("local"));
+    let remote = file_changes_set(&root.path().join("remote"));
+    let (local_code, local_report, local_lines) = up_with_output(&local, None, &[]);
+    let (remote_code, remote_report, remote_lines) =
+        up_with_output(&remote, Some(&server.url()), &[]);
+    assert_eq!(local_code, 0, "{local_report}");
+    assert_eq!(remote_code, 0, "{remote_report}");
+    for record in records(&remote_report).values() {
+        assert!(record["worker"].is_string(), "ran on a worker: {record}");
+    }
+    let remote_tree = tree(&root.path().join("remote/work"));
+    assert_eq!(remote_tree, tree(&root.path().join("local/work")));
+    // What the chain did, spelled out.
+    let expected: BTreeMap<String, Option<Vec<u8>>> = [
+        ("change.txt", Some("new")),
+        ("keep.txt", Some("keep")),
+        ("sub", None),
+        ("sub/added.txt", Some("added")),
+        ("sub/inner.txt", Some("in")),
+    ]
+    .into_iter()
+    .map(|(rel, text)| (rel.to_owned(), text.map(|t| t.as_bytes().to_vec())))
+    .collect();
+    assert_eq!(remote_tree, expected);
+    // `list` ran on a worker after the deletions came back here.
+    assert_eq!(remote_lines, local_lines);
+    assert!(
+        remote_lines.iter().any(|line| line.ends_with("| sub")),
+        "{remote_lines:?}"
+    );
+    // The stdin file went to the worker through the blob store.
+    assert!(
+        remote_lines
+            .iter()
+            .any(|line| line.ends_with("| from a stdin file")),
+        "{remote_lines:?}"
+    );
 }

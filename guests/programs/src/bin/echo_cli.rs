@@ -15,6 +15,7 @@ usage: echo_cli <command>
   env-get KEY        print the value of KEY (exit 3 if unset)
   cat PATH           print the contents of a file
   write PATH TEXT    create/truncate PATH and write TEXT to it
+  rm PATH            remove a file, or a directory and all it holds
   ls PATH            print the sorted entry names of a directory
   stdin              copy stdin to stdout
   exit N             exit with code N";
@@ -35,6 +36,10 @@ fn main() -> ExitCode {
         },
         ["cat", path] => fs::read(path).and_then(|bytes| write_stdout(&bytes)),
         ["write", path, text] => fs::write(path, text),
+        ["rm", path] => match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+            _ => fs::remove_file(path),
+        },
         ["ls", path] => list_dir(path),
         ["stdin"] => copy_stdin(),
         ["exit", code] => match code.parse::<i32>() {
