@@ -208,6 +208,14 @@ pub enum Limit {
         #[serde(with = "crate::size::exact")]
         max: ByteSize,
     },
+    /// A process task's worker crashed at the OS sandbox's limit on its
+    /// threads and processes (the cgroup's `pids.max`): a worker never
+    /// comes near it on its own, so a guest that took it over made it.
+    #[error("limit of {max} threads and processes")]
+    Pids {
+        /// The limit.
+        max: u64,
+    },
     /// The guest posted a message larger than
     /// [`crate::Limits::max_message_size`].
     #[error("message size limit of {max}")]
@@ -488,6 +496,22 @@ pub(crate) struct WorkerEnding {
     /// The system call the worker's sandbox refused, as the worker said on
     /// its stderr, if it did.
     pub(crate) forbidden_syscall: Option<ForbiddenSyscall>,
+    /// What the worker's cgroup counted, read once it was reaped, if it had
+    /// one and died without a report.
+    pub(crate) cgroup: Option<CgroupEvents>,
+}
+
+/// What the kernel counted against a worker's cgroup limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CgroupEvents {
+    /// Times the kernel's OOM killer killed in the group (`oom_kill`).
+    pub(crate) oom_kills: u64,
+    /// The group's memory limit in bytes, if it has the memory controller.
+    pub(crate) memory_max: Option<u64>,
+    /// Times a thread or process could not start at `pids.max`.
+    pub(crate) pids_max_hits: u64,
+    /// The group's `pids.max`.
+    pub(crate) pids_max: u64,
 }
 
 /// A system call a worker's sandbox refused: its number on this
@@ -526,6 +550,21 @@ impl WorkerEnding {
                 // An allocation failed under the limit: the limit, not a crash.
                 (Some(WORKER_OUT_OF_MEMORY), Some(max)) => Outcome::LimitExceeded {
                     limit: Limit::ProcessMemory { max: ByteSize(max) },
+                },
+                // Killed by the kernel for its cgroup's memory: memory the
+                // rlimit does not count (shared or kernel memory).
+                (_, data_limit) if self.cgroup.is_some_and(|e| e.oom_kills > 0) => {
+                    let max = self.cgroup.and_then(|e| e.memory_max).or(data_limit);
+                    Outcome::LimitExceeded {
+                        limit: Limit::ProcessMemory {
+                            max: ByteSize(max.unwrap_or(0)),
+                        },
+                    }
+                }
+                _ if self.cgroup.is_some_and(|e| e.pids_max_hits > 0) => Outcome::LimitExceeded {
+                    limit: Limit::Pids {
+                        max: self.cgroup.map_or(0, |e| e.pids_max),
+                    },
                 },
                 (code, _) => Outcome::Crashed {
                     signal: self.status.and_then(|s| s.signal()),
@@ -818,6 +857,7 @@ mod tests {
             status: None,
             data_limit: None,
             forbidden_syscall: None,
+            cgroup: None,
         };
         assert_eq!(
             ending.into_outcome(),
@@ -832,6 +872,7 @@ mod tests {
             status: None,
             data_limit: None,
             forbidden_syscall: None,
+            cgroup: None,
         };
         assert!(matches!(silent.into_outcome(), Outcome::Crashed { .. }));
     }
@@ -846,6 +887,7 @@ mod tests {
             status: Some(std::process::ExitStatus::from_raw(code << 8)),
             data_limit,
             forbidden_syscall: None,
+            cgroup: None,
         };
         assert_eq!(
             ended(WORKER_OUT_OF_MEMORY, Some(1 << 20)).into_outcome(),
@@ -866,6 +908,57 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_worker_killed_at_its_cgroup_limits_is_that_limit() {
+        use std::os::unix::process::ExitStatusExt;
+        let killed = |events: Option<CgroupEvents>| WorkerEnding {
+            reported: None,
+            protocol_error: None,
+            stop: None,
+            status: Some(std::process::ExitStatus::from_raw(libc::SIGKILL)),
+            data_limit: Some(1 << 30),
+            forbidden_syscall: None,
+            cgroup: events,
+        };
+        let events = CgroupEvents {
+            oom_kills: 1,
+            memory_max: Some(96 << 20),
+            pids_max_hits: 0,
+            pids_max: 64,
+        };
+        assert_eq!(
+            killed(Some(events)).into_outcome(),
+            ProcessMemory(96 << 20).outcome()
+        );
+        assert_eq!(
+            killed(Some(CgroupEvents {
+                oom_kills: 0,
+                pids_max_hits: 2,
+                ..events
+            }))
+            .into_outcome(),
+            Outcome::LimitExceeded {
+                limit: Limit::Pids { max: 64 }
+            }
+        );
+        // Nothing counted, or no cgroup: a crash, as before.
+        for events in [
+            Some(CgroupEvents {
+                oom_kills: 0,
+                ..events
+            }),
+            None,
+        ] {
+            assert!(matches!(
+                killed(events).into_outcome(),
+                Outcome::Crashed {
+                    signal: Some(libc::SIGKILL),
+                    ..
+                }
+            ));
+        }
     }
 
     /// A process memory limit of this many bytes.

@@ -979,7 +979,7 @@ pub const ESCAPE_ENV: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
 /// Makes the attempt `what` names from inside the sandbox and says how it
 /// went, as a `Failed` outcome (the test reads it): `open-read:PATH`,
 /// `open-write:PATH`, `socket`, `connect:ADDR`, `exec:PATH`, `ptrace`,
-/// `fork`. An attempt the sandbox kills never returns: the worker ends
+/// `fork`, `shared-memory:BYTES`, `threads:COUNT`. An attempt the sandbox kills never returns: the worker ends
 /// with [`crate::outcome::WORKER_FORBIDDEN_SYSCALL`].
 #[cfg(debug_assertions)]
 fn escape_attempt(what: &str) -> Outcome {
@@ -1013,6 +1013,15 @@ fn escape_attempt(what: &str) -> Outcome {
         Some(("open-write", path)) => std::fs::write(path, b"escaped").map(drop),
         Some(("connect", addr)) => std::net::TcpStream::connect(addr).map(drop),
         Some(("exec", path)) => std::process::Command::new(path).status().map(drop),
+        Some(("shared-memory", bytes)) => shared_memory(bytes.parse().unwrap_or(0)),
+        Some(("threads", count)) => {
+            return Outcome::Failed {
+                message: format!(
+                    "escape attempt `{what}`: {}",
+                    thread_burst(count.parse().unwrap_or(0))
+                ),
+            };
+        }
         None if what == "socket" => std::net::UdpSocket::bind("127.0.0.1:0").map(drop),
         None if what == "ptrace" => {
             // SAFETY: PTRACE_TRACEME takes no pointers; it only asks to be
@@ -1040,6 +1049,67 @@ fn escape_attempt(what: &str) -> Outcome {
         Err(err) => format!("escape attempt `{what}`: denied: {err}"),
     };
     Outcome::Failed { message }
+}
+
+/// Maps `bytes` of shared anonymous memory and touches every page: memory
+/// `RLIMIT_DATA` does not count (it counts private writable mappings), which
+/// only the worker's cgroup stops. Left mapped: the worker ends with the
+/// task.
+#[cfg(debug_assertions)]
+fn shared_memory(bytes: usize) -> std::io::Result<()> {
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks; no
+    // existing memory is touched.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    for offset in (0..bytes).step_by(4096) {
+        // SAFETY: within the mapping just made, readable and writable.
+        unsafe { at.cast::<u8>().add(offset).write_volatile(1) };
+    }
+    Ok(())
+}
+
+/// Starts up to `count` threads that wait forever; says how many started
+/// and, if one could not, why.
+#[cfg(debug_assertions)]
+fn thread_burst(count: usize) -> String {
+    let mut started = 0;
+    for _ in 0..count {
+        let spawned = std::thread::Builder::new().stack_size(64 << 10).spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+        match spawned {
+            Ok(_) => started += 1,
+            Err(err) => return format!("denied after {started} threads: {err}"),
+        }
+    }
+    format!("allowed: {started} threads")
+}
+
+/// Which cgroup controllers limit sandboxed process workers here and where
+/// their groups go, e.g. `memory, pids, cpu (cgroup v2 under
+/// /sys/fs/cgroup/user.slice)`, as a runner would find them; or why none
+/// can (not root and no delegated cgroup, no cgroup file system). Finding
+/// them may enable controllers for the groups below this process's own
+/// cgroup (v2), as a runner's first sandboxed worker would.
+///
+/// # Errors
+///
+/// Why workers would run under their rlimits alone.
+pub fn cgroup_limits() -> Result<String, String> {
+    crate::ipc::cgroup::Cgroups::find().map(|found| found.to_string())
 }
 
 /// The Landlock ABI version this kernel offers, or `None` without Landlock

@@ -185,7 +185,9 @@ async fn a_host_sending_to_a_full_task_waits_or_errors_by_choice() {
                 Ok(()) => sent += 1,
                 Err(err) => {
                     assert_eq!(err, SendError::Full, "{isolation}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Long enough for every queue on the way to a worker
+                    // to fill, even on a loaded machine.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     if sender.try_send(vec![0u8; 128 * 1024]) == Err(SendError::Full) {
                         break;
                     }

@@ -291,6 +291,14 @@ fn check_sandbox_reports_the_layers_of_this_machine() {
         }
     }
     assert!(stdout.contains("not provided by Isola yet"), "{stdout}");
+    // The cgroup layer says what it found, as the library does.
+    match isola::worker::cgroup_limits() {
+        Ok(found) => assert!(
+            stdout.contains(&format!("cgroup limits: {found}")),
+            "{stdout}"
+        ),
+        Err(_) => assert!(stdout.contains("cgroup limits: not available"), "{stdout}"),
+    }
 }
 
 /// The worker's network namespace, as its escape hook reads it.
@@ -400,4 +408,213 @@ async fn a_pre_started_worker_has_no_thread_beyond_its_own_and_the_tickers() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+}
+
+/// Whether this machine lets Isola make workers' cgroups; the cgroup tests
+/// need it. As root (CI) it must: there, a machine without it fails them.
+fn cgroups_here() -> bool {
+    match isola::worker::cgroup_limits() {
+        Ok(_) => true,
+        // SAFETY: geteuid only reads the calling process's credentials.
+        Err(why) if unsafe { libc::geteuid() } != 0 => {
+            eprintln!("skipped: no cgroups for a user who is not root here ({why})");
+            false
+        }
+        Err(why) => panic!("root, yet no cgroup limits: {why}"),
+    }
+}
+
+/// The cgroup directories of process `pid`, by controller (`memory`,
+/// `pids`, `cpu`), as `/proc/<pid>/cgroup` and this process's mount table
+/// say.
+fn cgroup_dirs(pid: u32) -> std::collections::BTreeMap<String, std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let mut dirs = std::collections::BTreeMap::new();
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (
+            fields.next().expect("id"),
+            fields.next().expect("controllers"),
+            fields.next().expect("path"),
+        );
+        for mount in mountinfo.lines() {
+            let Some((head, tail)) = mount.split_once(" - ") else {
+                continue;
+            };
+            let point = head.split(' ').nth(4).expect("mount point");
+            let (kind, options) = {
+                let mut t = tail.split(' ');
+                (t.next().expect("type"), t.nth(1).unwrap_or(""))
+            };
+            let names: Vec<&str> = if controllers.is_empty() && kind == "cgroup2" {
+                std::fs::read_to_string(format!("{point}{path}/cgroup.controllers"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(|n| -> &'static str {
+                        match n {
+                            "memory" => "memory",
+                            "pids" => "pids",
+                            "cpu" => "cpu",
+                            _ => "",
+                        }
+                    })
+                    .collect()
+            } else if kind == "cgroup"
+                && controllers
+                    .split(',')
+                    .all(|c| options.split(',').any(|o| o == c))
+            {
+                controllers.split(',').collect()
+            } else {
+                continue;
+            };
+            for name in names
+                .into_iter()
+                .filter(|n| ["memory", "pids", "cpu"].contains(n))
+            {
+                dirs.insert(
+                    name.to_owned(),
+                    Path::new(&format!("{point}{path}")).to_owned(),
+                );
+            }
+        }
+    }
+    dirs
+}
+
+fn read_trimmed(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// A sandboxed worker runs in a cgroup of its own, under its task's process
+/// memory limit, 64 threads and one core, and the group is gone once the
+/// task is; an unsandboxed worker stays in its parent's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxed_worker_has_a_cgroup_of_its_own_with_its_tasks_limits() {
+    if !cgroups_here() {
+        return;
+    }
+    let ours = cgroup_dirs(std::process::id());
+    for sandbox in [Sandbox::On, Sandbox::Off] {
+        let runner = runner(sandbox);
+        let mut spec = TaskSpec::new(guest("hostile", GuestKind::Module));
+        spec.isolation = Isolation::Process;
+        spec.args = vec!["sleep".into(), "3000".into()];
+        spec.limits.process_memory = Some(isola::ByteSize::mib(200));
+        let handle = runner.spawn(spec).await.expect("spawn");
+        let pid = handle.process_id().expect("a worker");
+        // The worker is placed while it starts; it has started once its
+        // guest runs, which a short wait covers.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let dirs = cgroup_dirs(pid);
+        let cancel = handle.cancel_handle();
+        if sandbox == Sandbox::Off {
+            assert_eq!(
+                dirs, ours,
+                "an unsandboxed worker stays in its parent's groups"
+            );
+            cancel.cancel();
+            handle.wait().await;
+            continue;
+        }
+        assert!(!dirs.is_empty(), "some controller limits the worker");
+        for (controller, dir) in &dirs {
+            assert_ne!(
+                Some(dir),
+                ours.get(controller),
+                "{controller}: a group of its own"
+            );
+            let name = dir
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            assert_eq!(name, format!("isola-{}-{pid}", std::process::id()));
+            match controller.as_str() {
+                "memory" => {
+                    let limit = if dir.join("memory.max").exists() {
+                        read_trimmed(dir.join("memory.max"))
+                    } else {
+                        read_trimmed(dir.join("memory.limit_in_bytes"))
+                    };
+                    assert_eq!(limit, (200u64 << 20).to_string());
+                }
+                "pids" => assert_eq!(read_trimmed(dir.join("pids.max")), "64"),
+                "cpu" => {
+                    let quota = if dir.join("cpu.max").exists() {
+                        read_trimmed(dir.join("cpu.max"))
+                    } else {
+                        read_trimmed(dir.join("cpu.cfs_quota_us"))
+                    };
+                    assert!(quota.starts_with("100000"), "{quota}");
+                }
+                _ => {}
+            }
+        }
+        cancel.cancel();
+        assert_eq!(handle.wait().await.outcome, Outcome::Cancelled);
+        for dir in dirs.values() {
+            assert!(!dir.exists(), "{} removed with its worker", dir.display());
+        }
+    }
+}
+
+/// What `RLIMIT_DATA` does not count, the worker's cgroup does: shared
+/// memory ends the task at its process memory limit, and a burst of threads
+/// stops at the group's 64. Without the sandbox both go through.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn cgroup_limits_stop_what_rlimits_do_not_count() {
+    if !cgroups_here() {
+        return;
+    }
+    let limited = |what: &str| {
+        let mut spec = attempt(what);
+        spec.limits.max_memory = isola::ByteSize::mib(16);
+        spec.limits.process_memory = Some(isola::ByteSize::mib(192));
+        spec
+    };
+    let shared = "shared-memory:536870912";
+    let on = runner(Sandbox::On);
+    let report = on.run(limited(shared)).await.expect("spawn");
+    assert_eq!(
+        report.outcome,
+        Outcome::LimitExceeded {
+            limit: isola::Limit::ProcessMemory {
+                max: isola::ByteSize::mib(192)
+            }
+        }
+    );
+    let report = on.run(limited("threads:300")).await.expect("spawn");
+    let started = match &report.outcome {
+        Outcome::Failed { message } => message
+            .split_once("denied after ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{message}")),
+        other => panic!("{other:?}"),
+    };
+    assert!(started < 64, "{started}");
+    // The host and other tasks go on.
+    let mut ok = TaskSpec::new(guest("hello", GuestKind::Module));
+    ok.isolation = Isolation::Process;
+    assert_eq!(
+        on.run(ok).await.expect("spawn").outcome,
+        Outcome::Exited { code: 0 }
+    );
+
+    let off = runner(Sandbox::Off);
+    let report = off.run(limited(shared)).await.expect("spawn");
+    assert_eq!(verdict(&report.outcome), Verdict::Allowed);
+    let report = off.run(limited("threads:300")).await.expect("spawn");
+    assert_eq!(
+        report.outcome,
+        Outcome::Failed {
+            message: "escape attempt `threads:300`: allowed: 300 threads".into()
+        }
+    );
 }

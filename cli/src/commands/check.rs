@@ -129,6 +129,10 @@ async fn check_sandbox() -> u8 {
         Some(abi) => format!("landlock: available, ABI {abi}"),
         None => "landlock: not available on this kernel".to_owned(),
     });
+    lines.push(match isola::worker::cgroup_limits() {
+        Ok(found) => format!("cgroup limits: {found}"),
+        Err(why) => format!("cgroup limits: not available ({why}); workers run under rlimits"),
+    });
     let probe = match tempfile_probe() {
         Ok(path) => {
             let outcome = probe_sandbox(&path).await;
@@ -140,8 +144,8 @@ async fn check_sandbox() -> u8 {
     let code = match probe {
         Ok(isola::Outcome::Exited { code: 0 }) => {
             lines.push(
-                "seccomp, landlock and a network namespace: enforced (a process task ran under \
-                 --sandbox required)"
+                "seccomp, landlock, a network namespace and cgroup limits: enforced (a process \
+                 task ran under --sandbox required)"
                     .to_owned(),
             );
             exit::SUCCESS
@@ -157,7 +161,7 @@ async fn check_sandbox() -> u8 {
             125
         }
     };
-    lines.push("not provided by Isola yet: a mount namespace; cgroup limits".to_owned());
+    lines.push("not provided by Isola yet: a mount namespace".to_owned());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
     code

@@ -427,6 +427,7 @@ pub fn explain(outcome: &Outcome) {
             let flag = match limit {
                 Limit::Memory { .. } => "--max-memory",
                 Limit::ProcessMemory { .. } => "the worker's OS memory limit",
+                Limit::Pids { .. } => "the OS sandbox's limit on a worker's threads",
                 Limit::Fuel { .. } => "--fuel",
                 Limit::Timeout { .. } => "--timeout",
                 Limit::Output { .. } => "--max-output",

@@ -23,6 +23,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec};
 
 use crate::error::{Error, Result};
+use crate::ipc::cgroup::{Cgroups, WorkerGroup};
 use crate::ipc::protocol::{self, FromWorker, Hello, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{ForbiddenSyscall, WORKER_FORBIDDEN_SYSCALL};
@@ -63,6 +64,9 @@ pub(crate) struct Worker {
     /// its seccomp filter went up as it started: it serves only tasks whose
     /// policy is the same way.
     pub(crate) filtered: bool,
+    /// The cgroup it runs in, when it is sandboxed and the machine lets
+    /// Isola make one. Dropped after the worker is reaped.
+    pub(crate) cgroup: Option<WorkerGroup>,
 }
 
 /// What a worker wrote on its stderr that its parent acts on. The
@@ -159,6 +163,9 @@ pub(crate) struct ProcessBackend {
     pub(crate) sandbox: Sandbox,
     /// The network namespace its sandboxed workers share.
     network: super::netns::SharedNamespace,
+    /// Where its sandboxed workers' cgroups go, found on first use, or
+    /// why there are none.
+    cgroups: std::sync::OnceLock<std::result::Result<Cgroups, String>>,
 }
 
 impl Drop for ProcessBackend {
@@ -172,10 +179,17 @@ impl Drop for ProcessBackend {
     fn drop(&mut self) {
         let mut workers = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
         workers.append(self.reusable.get_mut().unwrap_or_else(|e| e.into_inner()));
-        kill_and_reap(
-            workers.into_iter().map(|w| (w.child, w.pid)).collect(),
-            REAP_BOUND,
-        );
+        // Their cgroups go once they are reaped, not before.
+        let mut groups = Vec::new();
+        let children = workers
+            .into_iter()
+            .map(|w| {
+                groups.push(w.cgroup);
+                (w.child, w.pid)
+            })
+            .collect();
+        kill_and_reap(children, REAP_BOUND);
+        drop(groups);
     }
 }
 
@@ -201,7 +215,33 @@ impl ProcessBackend {
             private_cache: Mutex::new(None),
             sandbox,
             network: super::netns::SharedNamespace::default(),
+            cgroups: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where sandboxed workers' cgroups go, found once; a layer missing
+    /// here is said once, in the log (`ISOLA_LOG`).
+    pub(crate) fn cgroups(&self) -> std::result::Result<&Cgroups, &str> {
+        self.cgroups
+            .get_or_init(|| {
+                let found = Cgroups::find();
+                match &found {
+                    Ok(cgroups) => {
+                        for (controller, why) in cgroups.missing() {
+                            tracing::warn!(
+                                "sandbox: workers have no cgroup {controller} limit: {why}"
+                            );
+                        }
+                    }
+                    Err(why) => tracing::warn!(
+                        "sandbox: cgroup limits are unavailable ({why}); workers run under \
+                         their rlimits alone"
+                    ),
+                }
+                found
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// The worker binary, looked up once.
@@ -243,7 +283,7 @@ impl ProcessBackend {
         let worker = match ready {
             Some(worker) => worker,
             None => {
-                let worker = start_worker(&program, sandbox, &self.network)
+                let worker = start_worker(&program, sandbox, self)
                     .await
                     .map_err(Error::Internal)?;
                 telemetry::worker_started(telemetry::WorkerStart::OnDemand);
@@ -274,7 +314,13 @@ impl ProcessBackend {
                 // Died while idle, and reaped just now.
                 Ok(Some(_)) => {}
                 // Cannot tell: make sure it is gone.
-                Err(_) => drop(ChildGuard::new(worker.child, worker.pid)),
+                Err(_) => {
+                    let Worker {
+                        child, pid, cgroup, ..
+                    } = worker;
+                    drop(ChildGuard::new(child, pid));
+                    drop(cgroup);
+                }
             }
         }
         None
@@ -299,7 +345,7 @@ impl ProcessBackend {
     /// Starts, warms up and parks workers until `prestart` are idle.
     async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
-            let worker = match start_worker(program, self.sandbox, &self.network).await {
+            let worker = match start_worker(program, self.sandbox, self).await {
                 Ok(worker) => {
                     telemetry::worker_started(telemetry::WorkerStart::Prestart);
                     worker
@@ -319,6 +365,7 @@ impl ProcessBackend {
                 said,
                 sandboxed,
                 filtered,
+                cgroup,
             } = worker;
             let mut guard = ChildGuard::new(child, pid);
             match warm_up(&mut writer, &self.last_program).await {
@@ -343,6 +390,7 @@ impl ProcessBackend {
                 said,
                 sandboxed,
                 filtered,
+                cgroup,
             };
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.prestart {
@@ -350,7 +398,11 @@ impl ProcessBackend {
             } else {
                 drop(idle);
                 // Not needed after all: killed and reaped here, not left.
-                drop(ChildGuard::new(worker.child, worker.pid));
+                let Worker {
+                    child, pid, cgroup, ..
+                } = worker;
+                drop(ChildGuard::new(child, pid));
+                drop(cgroup);
             }
         }
     }
@@ -376,7 +428,11 @@ impl ProcessBackend {
     /// Ends a worker no one will use: closes its pipe and reaps it.
     fn let_go(worker: Worker) {
         let Worker {
-            child, pid, writer, ..
+            child,
+            pid,
+            writer,
+            cgroup,
+            ..
         } = worker;
         // Dropped unreaped (the runtime shutting down before this task
         // ends), the guard kills and reaps the worker itself.
@@ -387,6 +443,8 @@ impl ProcessBackend {
             if let Some(child) = guard.get_mut() {
                 reap(child, pid, false).await;
             }
+            drop(guard);
+            drop(cgroup);
         });
     }
 
@@ -467,8 +525,9 @@ async fn warm_up(
 async fn start_worker(
     program: &Path,
     sandbox: Sandbox,
-    network: &super::netns::SharedNamespace,
+    backend: &ProcessBackend,
 ) -> std::result::Result<Worker, String> {
+    let network = &backend.network;
     let mut command = tokio::process::Command::new(program);
     command
         .arg(protocol::WORKER_ARG)
@@ -515,6 +574,13 @@ async fn start_worker(
         heard.closed.store(true, Ordering::Release);
     });
     let mut guard = ChildGuard::new(child, pid);
+    // Done while the worker executes its own start-up, and before it runs
+    // anything of a task: it waits for the handshake.
+    let cgroup = if sandbox == Sandbox::Off {
+        None
+    } else {
+        worker_cgroup(backend, sandbox, pid)?
+    };
     let mut reader = FramedRead::new(stdout, protocol::codec());
     let mut writer = FramedWrite::new(stdin, protocol::codec());
     let handshake = async {
@@ -548,12 +614,46 @@ async fn start_worker(
                     said,
                     sandboxed: None,
                     filtered: sandbox != Sandbox::Off,
+                    cgroup,
                 })
             }
             None => Err("the worker vanished during the handshake".into()),
         },
         Ok(Err(err)) => Err(format!("worker handshake failed: {err}")),
         Err(_) => Err("worker did not answer the handshake".into()),
+    }
+}
+
+/// A cgroup for the sandboxed worker `pid`, or none where the machine has
+/// no cgroup Isola can use (an error under [`Sandbox::Required`], which
+/// names the missing layer).
+fn worker_cgroup(
+    backend: &ProcessBackend,
+    sandbox: Sandbox,
+    pid: u32,
+) -> std::result::Result<Option<WorkerGroup>, String> {
+    let required = |why: &str| {
+        format!(
+            "the OS sandbox is required (sandbox = \"required\"), but its cgroup layer is \
+             unavailable: {why}"
+        )
+    };
+    match backend.cgroups() {
+        Ok(cgroups) => match cgroups.place(pid) {
+            Ok(group) => match cgroups.missing().first() {
+                Some((controller, why)) if sandbox == Sandbox::Required => {
+                    Err(required(&format!("no {controller} controller: {why}")))
+                }
+                _ => Ok(Some(group)),
+            },
+            Err(err) if sandbox == Sandbox::Required => Err(required(&err.to_string())),
+            Err(err) => {
+                tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {err}");
+                Ok(None)
+            }
+        },
+        Err(why) if sandbox == Sandbox::Required => Err(required(why)),
+        Err(_) => Ok(None),
     }
 }
 

@@ -12,8 +12,9 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use super::pool::{
     ChildGuard, GRACE, HANDSHAKE_TIMEOUT, ProcessBackend, Worker, Writer, reap, sleep_until,
 };
-use super::supervisor::{os_limits, prepare_for_worker};
+use super::supervisor::{limit_cgroup_memory, os_limits, prepare_for_worker};
 use crate::error::Error;
+use crate::ipc::cgroup::WorkerGroup;
 use crate::ipc::protocol::{self, FollowingData, FromWorker, HostReply, RunRequest, ToWorker};
 use crate::ipc::sys;
 use crate::outcome::{
@@ -37,6 +38,8 @@ pub(crate) struct PluginWorker {
     data_limit: u64,
     /// What the worker said on its stderr that the outcome needs.
     said: std::sync::Arc<super::pool::WorkerSaid>,
+    /// The worker's cgroup, if it has one (see the supervisor's).
+    cgroup: Option<WorkerGroup>,
     /// Why the instance is unusable, once it is.
     broken: Option<Outcome>,
     /// A call was sent and its answer not read: a caller gave up on it, and
@@ -92,12 +95,16 @@ pub(crate) async fn start(
         said,
         sandboxed: _,
         filtered: _,
+        cgroup,
     } = backend.take_worker(false, sandbox, None).await?;
+    // Reaped whatever happens from here.
+    let mut guard = ChildGuard::new(child, pid);
     backend.refill_soon();
     let timeout = spec.limits.timeout;
     // Input and stdin bytes follow the plugin frame as raw data frames.
     let (data, data_frames) = FollowingData::take(&mut spec);
     let data_limit = os_limits(&spec).data_bytes;
+    limit_cgroup_memory(cgroup.as_ref(), data_limit, sandbox)?;
     let request = RunRequest {
         os_limits: os_limits(&spec),
         program: protocol::ProgramId::of(program),
@@ -115,13 +122,14 @@ pub(crate) async fn start(
         sent.map_err(|e| Error::Internal(format!("cannot reach the plugin's worker: {e}")))?;
     }
     let mut worker = PluginWorker {
-        child: Some(child),
+        child: guard.take(),
         pid,
         reader,
         writer,
         timeout,
         data_limit,
         said,
+        cgroup,
         broken: None,
         in_call: false,
         host,
@@ -319,6 +327,7 @@ impl PluginWorker {
                         stop: None,
                         status: None,
                         forbidden_syscall: None,
+                        cgroup: None,
                     }
                     .into_outcome();
                     self.broken = Some(outcome.clone());
@@ -339,6 +348,7 @@ impl PluginWorker {
             stop: Some(Stop::TimedOut(self.timeout.unwrap_or_default())),
             status: None,
             forbidden_syscall: None,
+            cgroup: None,
         }
         .into_outcome();
         self.broken = Some(outcome.clone());
@@ -360,6 +370,7 @@ impl PluginWorker {
             stop: None,
             status,
             forbidden_syscall,
+            cgroup: self.cgroup.as_ref().map(WorkerGroup::events),
         }
         .into_outcome();
         self.broken = Some(outcome.clone());
@@ -380,6 +391,7 @@ impl Drop for PluginWorker {
         // worker's cue to exit. It is reaped in the background on a
         // runtime; without one, the guard reaps it here and now, so no
         // zombie is left either way.
+        let cgroup = self.cgroup.take();
         let Some(child) = self.child.take() else {
             return;
         };
@@ -390,6 +402,9 @@ impl Drop for PluginWorker {
                 if let Some(child) = guard.get_mut() {
                     reap(child, pid, false).await;
                 }
+                // Its cgroup goes once it is reaped.
+                drop(guard);
+                drop(cgroup);
             });
         }
     }

@@ -20,6 +20,7 @@ use super::pool::{
 use crate::channel::{MessageReceiver, MessageSender};
 use crate::error::{Error, Result};
 use crate::handle::{About, TaskHandle, TaskId};
+use crate::ipc::cgroup::WorkerGroup;
 use crate::ipc::protocol::{
     self, FollowingData, FromWorker, HostReply, OsLimits, RunRequest, ToWorker,
 };
@@ -45,6 +46,33 @@ pub(crate) fn os_limits(spec: &TaskSpec) -> OsLimits {
         // practical limit", not an overflow.
         cpu_seconds: spec.limits.timeout.map(|t| t.as_secs().saturating_add(2)),
         open_files: WORKER_OPEN_FILES,
+    }
+}
+
+/// Sets a worker's cgroup memory limit for its task (its process memory
+/// limit, `data_bytes`), if it has a cgroup.
+///
+/// # Errors
+///
+/// Under [`Sandbox::Required`], a limit the kernel refused
+/// ([`Error::Unsupported`]); otherwise that is a warning, and the worker
+/// runs under its rlimits alone.
+pub(crate) fn limit_cgroup_memory(
+    cgroup: Option<&WorkerGroup>,
+    data_bytes: u64,
+    sandbox: Sandbox,
+) -> Result<()> {
+    let Some(group) = cgroup else { return Ok(()) };
+    match group.limit_memory(data_bytes) {
+        Ok(()) => Ok(()),
+        Err(err) if sandbox == Sandbox::Required => Err(Error::Unsupported(format!(
+            "the OS sandbox is required (sandbox = \"required\"), but its cgroup memory limit \
+             cannot be set: {err}"
+        ))),
+        Err(err) => {
+            tracing::warn!("sandbox: a worker's cgroup memory limit cannot be set: {err}");
+            Ok(())
+        }
     }
 }
 
@@ -136,10 +164,12 @@ pub(crate) async fn spawn(
         said,
         sandboxed: _,
         filtered: _,
+        cgroup,
     } = worker;
     // From here the worker is reaped whatever happens, even if this
     // future or the supervisor's is dropped half-way.
     let child = ChildGuard::new(child, pid);
+    limit_cgroup_memory(cgroup.as_ref(), data_limit, sandbox)?;
     // One task owns the pipe to the worker; everything else queues frames
     // for it, so the supervisor never blocks on a full pipe while the
     // worker waits for it to read (which would deadlock both).
@@ -184,6 +214,7 @@ pub(crate) async fn spawn(
         data_limit,
         said,
         sandbox_key,
+        cgroup,
     };
     Ok(TaskHandle::start(
         id,
@@ -317,6 +348,9 @@ struct Supervisor {
     said: Arc<WorkerSaid>,
     /// The grants the worker's sandbox is entered for, unless it is off.
     sandbox_key: Option<u64>,
+    /// The worker's cgroup, if it has one: read if the worker dies without
+    /// a report, removed after it is reaped (or kept with it for reuse).
+    cgroup: Option<WorkerGroup>,
     /// Its pid and process group.
     pid: u32,
     /// Frames from the worker.
@@ -549,6 +583,7 @@ impl Supervisor {
                 sandboxed: self.sandbox_key,
                 // Taken for this task's policy: filtered as it says.
                 filtered: self.sandbox_key.is_some(),
+                cgroup: self.cgroup.take(),
             });
         }
         let status = match child.get_mut() {
@@ -567,6 +602,11 @@ impl Supervisor {
             status,
             data_limit: Some(self.data_limit),
             forbidden_syscall,
+            // Only a worker that died without a word needs its cause.
+            cgroup: match (&finished, &self.cgroup) {
+                (None, Some(group)) => Some(group.events()),
+                _ => None,
+            },
         }
         .into_outcome();
         let ended_at = Instant::now();

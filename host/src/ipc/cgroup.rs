@@ -1,0 +1,757 @@
+//! cgroup limits around sandboxed workers: the OS sandbox's layer that
+//! counts what rlimits cannot.
+//!
+//! A worker's `RLIMIT_DATA` counts its private writable mappings only. The
+//! kernel memory it makes the kernel spend (page tables, pipe and socket
+//! buffers, page cache of files it writes) and shared mappings
+//! (`MAP_SHARED`, `memfd`) escape it, and no rlimit bounds how many threads
+//! a process starts or how many cores it keeps busy. A cgroup counts all
+//! of those. Each sandboxed worker gets a cgroup of its own, made by its
+//! parent as the worker starts (before it runs anything of a task):
+//!
+//! | controller | limit | set | a worker that reaches it |
+//! |---|---|---|---|
+//! | memory | the task's process memory limit ([`crate::Limits::process_memory`], default `max_memory` + 512 MiB), swap included (`memory.max` and `memory.swap.max` = 0 on v2; `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` on v1) | for each task, before it is sent | is killed by the kernel's OOM killer for its cgroup; the task ends `LimitExceeded(ProcessMemory)` |
+//! | pids | [`WORKER_PIDS`] threads and processes (`pids.max`) | at start | cannot start another thread; a worker that crashes for it ends `LimitExceeded(Pids)` |
+//! | cpu | one core ([`CPU_QUOTA`] per [`CPU_PERIOD`]: `cpu.max` on v2, `cpu.cfs_quota_us`/`cpu.cfs_period_us` on v1) | at start | is throttled, not stopped (its wall time runs on to its timeout) |
+//!
+//! # Where the groups go
+//!
+//! Found once per runner from `/proc/self/cgroup` and `/proc/self/mountinfo`
+//! (the kernel's own account of which hierarchy holds which controller), for
+//! each of the three controllers:
+//!
+//! - On a cgroup v2 hierarchy (`cgroup2`, the unified one), a worker's group
+//!   must be the child of a group whose `cgroup.subtree_control` enables
+//!   the controllers, and a group with processes in it cannot enable any
+//!   (the "no internal processes" rule). So the groups go under Isola's own
+//!   group when that one already enables them (the hierarchy's root, or a
+//!   delegated subtree) or can be made to; else beside it, under its parent,
+//!   which enables what Isola's own group has by definition (that needs
+//!   write access there: root, or a delegation one level up).
+//! - On a cgroup v1 hierarchy (systems that still mount the controllers one
+//!   by one, as this development machine does), under Isola's own group in
+//!   that hierarchy: v1 has no such rule.
+//!
+//! A group is named `isola-<parent pid>-<worker pid>`, removed once its
+//! worker is reaped; groups of a parent that died are removed by the next
+//! runner that looks there. Where none of the controllers can be used
+//! (not root, no delegation, or no cgroup file system), workers run under
+//! their rlimits alone, which the sandbox reports as an unavailable layer
+//! (a warning; a refusal under `sandbox = "required"`).
+//!
+//! # Cost
+//!
+//! Making a group costs the kernel about 15-40 µs per controller hierarchy
+//! and each limit a write of about 10 µs (measured on the development
+//! machine, kernel 6.18, cgroup v1). The parent does it right after it
+//! starts the worker, while the worker executes its own start-up, and a
+//! pre-started worker has it done before a task arrives; only the memory
+//! limit is written when a task is handed over.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::outcome::CgroupEvents;
+
+/// Threads and processes a sandboxed worker may have (`pids.max`). A worker
+/// has its main thread, the epoch ticker's, a short-lived one that loads
+/// its seccomp filter, and Tokio's blocking threads for WASI file I/O,
+/// which come and go: 64 leaves room for a burst of those, while a guest
+/// that took over the worker (which cannot `fork`: seccomp) cannot start
+/// threads past it.
+pub(crate) const WORKER_PIDS: u64 = 64;
+
+/// The CFS period of a worker's CPU quota, in microseconds (the kernel's
+/// default period).
+pub(crate) const CPU_PERIOD: u64 = 100_000;
+
+/// CPU time a worker may use per [`CPU_PERIOD`], in microseconds: one
+/// core. A process task's guest runs on one thread; the quota keeps a
+/// worker a guest took over from keeping every core busy.
+pub(crate) const CPU_QUOTA: u64 = 100_000;
+
+/// The controllers Isola limits workers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Controller {
+    const ALL: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+
+    /// The kernel's name for it.
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+        }
+    }
+}
+
+impl fmt::Display for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// A directory in which worker groups go, and the controllers they get
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    version: Version,
+    dir: PathBuf,
+    controllers: Vec<Controller>,
+}
+
+/// Where this process's workers' cgroups go.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    places: Vec<Place>,
+    /// Controllers that were wanted but cannot be used here, and why.
+    missing: Vec<(Controller, String)>,
+}
+
+/// A cgroup file system mount, from a line of `/proc/self/mountinfo`.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    version: Version,
+    /// The path within the hierarchy that is mounted (`/` unless it is a
+    /// bind mount or seen from a cgroup namespace).
+    root: String,
+    point: PathBuf,
+    /// v1: the controllers the hierarchy holds.
+    controllers: Vec<String>,
+}
+
+/// The cgroup file system mounts in a `/proc/<pid>/mountinfo`.
+fn mounts(mountinfo: &str) -> Vec<Mount> {
+    let mut found = Vec::new();
+    for line in mountinfo.lines() {
+        // `ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER`
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let head: Vec<&str> = head.split(' ').collect();
+        let tail: Vec<&str> = tail.split(' ').collect();
+        let (Some(root), Some(point), Some(kind)) = (head.get(3), head.get(4), tail.first()) else {
+            continue;
+        };
+        let version = match *kind {
+            "cgroup2" => Version::V2,
+            "cgroup" => Version::V1,
+            _ => continue,
+        };
+        let controllers = match version {
+            Version::V1 => tail
+                .get(2)
+                .map(|opts| opts.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            Version::V2 => Vec::new(),
+        };
+        found.push(Mount {
+            version,
+            root: unescape(root),
+            point: PathBuf::from(unescape(point)),
+            controllers,
+        });
+    }
+    found
+}
+
+/// A path as mountinfo writes it: space, tab, newline and backslash as
+/// octal escapes.
+fn unescape(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// A process's groups, from `/proc/<pid>/cgroup`: for each hierarchy its
+/// controllers (`None` for v2's line `0::PATH`) and the process's path.
+fn memberships(cgroup: &str) -> Vec<(Option<Vec<String>>, String)> {
+    cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let controllers = if controllers.is_empty() {
+                None
+            } else {
+                Some(controllers.split(',').map(str::to_owned).collect())
+            };
+            Some((controllers, path.to_owned()))
+        })
+        .collect()
+}
+
+/// `path` (a group's path in its hierarchy) under `mount`, if the mount
+/// shows it.
+fn in_mount(mount: &Mount, path: &str) -> Option<PathBuf> {
+    let rest = if mount.root == "/" {
+        path
+    } else {
+        path.strip_prefix(mount.root.as_str())?
+    };
+    let rest = rest.trim_start_matches('/');
+    Some(if rest.is_empty() {
+        mount.point.clone()
+    } else {
+        mount.point.join(rest)
+    })
+}
+
+/// The controllers a v2 group lists in one of its `cgroup.*` files.
+fn listed(dir: &Path, file: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(file))
+        .map(|text| text.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Groups left leftover by a worker's drop while it was still alive, for
+/// the next sweep.
+static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the leftovers that can go now.
+fn sweep() {
+    let mut left = LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner());
+    left.retain(
+        |dir| matches!(std::fs::remove_dir(dir), Err(err) if err.kind() != io::ErrorKind::NotFound),
+    );
+}
+
+impl Cgroups {
+    /// Finds where this process's workers' groups go, as described in the
+    /// module's documentation. An error says why no controller can be used.
+    pub(crate) fn find() -> Result<Cgroups, String> {
+        let read = |path: &str| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+        };
+        Cgroups::find_in(&read("/proc/self/cgroup")?, &read("/proc/self/mountinfo")?)
+    }
+
+    /// [`Cgroups::find`] from the texts of `/proc/self/cgroup` and
+    /// `/proc/self/mountinfo`; probes (and may enable controllers in) the
+    /// directories they name.
+    fn find_in(cgroup: &str, mountinfo: &str) -> Result<Cgroups, String> {
+        let mounts = mounts(mountinfo);
+        let groups = memberships(cgroup);
+        let mut places: Vec<Place> = Vec::new();
+        let mut missing = Vec::new();
+        let mut wanted_v2 = Vec::new();
+        for controller in Controller::ALL {
+            let name = controller.name();
+            // v1: a hierarchy of its own (perhaps shared with others).
+            let v1 = groups.iter().find_map(|(controllers, path)| {
+                let controllers = controllers.as_ref()?;
+                controllers.iter().any(|c| c == name).then_some(())?;
+                let mount = mounts.iter().find(|m| {
+                    m.version == Version::V1 && m.controllers.iter().any(|c| c == name)
+                })?;
+                in_mount(mount, path)
+            });
+            match v1 {
+                Some(dir) => match places
+                    .iter_mut()
+                    .find(|p| p.version == Version::V1 && p.dir == dir)
+                {
+                    Some(place) => place.controllers.push(controller),
+                    None => places.push(Place {
+                        version: Version::V1,
+                        dir,
+                        controllers: vec![controller],
+                    }),
+                },
+                None => wanted_v2.push(controller),
+            }
+        }
+        if !wanted_v2.is_empty() {
+            match v2_place(&groups, &mounts, &wanted_v2) {
+                Ok((place, lacking)) => {
+                    for controller in lacking {
+                        missing.push((
+                            controller,
+                            format!(
+                                "the cgroup v2 group `{}` does not offer it",
+                                place.dir.display()
+                            ),
+                        ));
+                    }
+                    if !place.controllers.is_empty() {
+                        places.push(place);
+                    }
+                }
+                Err(why) => {
+                    for controller in wanted_v2 {
+                        missing.push((controller, why.clone()));
+                    }
+                }
+            }
+        }
+        // A place Isola cannot make groups in is no place.
+        let pid = std::process::id();
+        places.retain(|place| match probe(&place.dir, pid) {
+            Ok(()) => true,
+            Err(why) => {
+                for controller in &place.controllers {
+                    missing.push((*controller, why.clone()));
+                }
+                false
+            }
+        });
+        if places.is_empty() {
+            let why = missing.first().map_or_else(
+                || "no cgroup file system".to_owned(),
+                |(_, why)| why.clone(),
+            );
+            return Err(why);
+        }
+        for place in &places {
+            remove_stale(&place.dir);
+        }
+        Ok(Cgroups { places, missing })
+    }
+
+    /// Controllers it cannot use here, and why (empty when all three are
+    /// in use).
+    pub(crate) fn missing(&self) -> &[(Controller, String)] {
+        &self.missing
+    }
+
+    /// Makes `pid`'s group in each place, with its pids and CPU limits,
+    /// and moves `pid` into it.
+    ///
+    /// # Errors
+    ///
+    /// The first directory or file the kernel refused; what was made is
+    /// removed again.
+    pub(crate) fn place(&self, pid: u32) -> io::Result<WorkerGroup> {
+        sweep();
+        let name = format!("isola-{}-{pid}", std::process::id());
+        let mut group = WorkerGroup { dirs: Vec::new() };
+        for place in &self.places {
+            let dir = place.dir.join(&name);
+            std::fs::create_dir(&dir).map_err(|e| context(&dir, e))?;
+            group
+                .dirs
+                .push((place.version, dir.clone(), place.controllers.clone()));
+            for controller in &place.controllers {
+                match (controller, place.version) {
+                    (Controller::Pids, _) => write(&dir, "pids.max", &WORKER_PIDS.to_string())?,
+                    (Controller::Cpu, Version::V2) => {
+                        write(&dir, "cpu.max", &format!("{CPU_QUOTA} {CPU_PERIOD}"))?;
+                    }
+                    (Controller::Cpu, Version::V1) => {
+                        write(&dir, "cpu.cfs_period_us", &CPU_PERIOD.to_string())?;
+                        write(&dir, "cpu.cfs_quota_us", &CPU_QUOTA.to_string())?;
+                    }
+                    (Controller::Memory, _) => {}
+                }
+            }
+            write(&dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(group)
+    }
+}
+
+impl fmt::Display for Cgroups {
+    /// Which controllers limit workers, and where: e.g. `memory, pids (cgroup
+    /// v1 under /sys/fs/cgroup/memory/…)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for place in &self.places {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            let names: Vec<&str> = place.controllers.iter().map(|c| c.name()).collect();
+            write!(
+                f,
+                "{} (cgroup {} under {})",
+                names.join(", "),
+                match place.version {
+                    Version::V1 => "v1",
+                    Version::V2 => "v2",
+                },
+                place.dir.display()
+            )?;
+        }
+        for (controller, why) in &self.missing {
+            write!(f, "; no {}: {why}", controller.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// The v2 group under which workers' groups can get `wanted`, and which
+/// of `wanted` it cannot give.
+fn v2_place(
+    groups: &[(Option<Vec<String>>, String)],
+    mounts: &[Mount],
+    wanted: &[Controller],
+) -> Result<(Place, Vec<Controller>), String> {
+    let path = groups
+        .iter()
+        .find_map(|(controllers, path)| controllers.is_none().then_some(path))
+        .ok_or("this process is in no cgroup v2 group")?;
+    let mount = mounts
+        .iter()
+        .find(|m| m.version == Version::V2)
+        .ok_or("no cgroup v2 file system is mounted")?;
+    let own = in_mount(mount, path).ok_or_else(|| {
+        format!(
+            "this process's cgroup v2 group `{path}` is outside the mount at `{}`",
+            mount.point.display()
+        )
+    })?;
+    let offered = listed(&own, "cgroup.controllers");
+    let (usable, lacking): (Vec<Controller>, Vec<Controller>) = wanted
+        .iter()
+        .partition(|c| offered.iter().any(|o| o == c.name()));
+    if usable.is_empty() {
+        return Err(format!(
+            "the cgroup v2 group `{}` offers none of {}",
+            own.display(),
+            wanted
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let enabled = listed(&own, "cgroup.subtree_control");
+    let missing: Vec<&Controller> = usable
+        .iter()
+        .filter(|c| !enabled.iter().any(|e| e == c.name()))
+        .collect();
+    let enable = missing
+        .iter()
+        .map(|c| format!("+{}", c.name()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let dir = if missing.is_empty() || write(&own, "cgroup.subtree_control", &enable).is_ok() {
+        own
+    } else {
+        // Isola's own group holds processes (Isola, at least), so it
+        // cannot give controllers to groups below it: beside it, then,
+        // where its parent gives what it has.
+        match own.parent() {
+            Some(parent) if own != mount.point => parent.to_owned(),
+            _ => {
+                return Err(format!(
+                    "the cgroup v2 group `{}` holds processes, so it cannot enable {} for \
+                     groups below it, and it has no parent to put them beside it",
+                    own.display(),
+                    enable
+                ));
+            }
+        }
+    };
+    Ok((
+        Place {
+            version: Version::V2,
+            dir,
+            controllers: usable,
+        },
+        lacking,
+    ))
+}
+
+/// Whether a group can be made (and removed) in `dir`.
+fn probe(dir: &Path, pid: u32) -> Result<(), String> {
+    let probe = dir.join(format!("isola-{pid}-probe"));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            Ok(())
+        }
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(format!(
+            "cannot make a cgroup in `{}`: {err} (Isola makes workers' cgroups as root, or in a \
+             cgroup delegated to its user)",
+            dir.display()
+        )),
+    }
+}
+
+/// Removes groups of parents that are gone (their workers died with them,
+/// so the groups are empty).
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(parent) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("isola-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{parent}")).exists() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+fn context(path: &Path, err: io::Error) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+}
+
+/// Writes `value` to the control file `file` of the group at `dir`.
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    let path = dir.join(file);
+    std::fs::write(&path, value).map_err(|e| context(&path, e))
+}
+
+/// A number in a flat-keyed control file (`memory.events`, `pids.events`,
+/// `memory.oom_control`): the value on the line `key N`.
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// One worker's cgroup: a directory per hierarchy. Removed when dropped
+/// (after its worker is reaped; a group whose worker still lives is left
+/// for a later sweep).
+#[derive(Debug)]
+pub(crate) struct WorkerGroup {
+    dirs: Vec<(Version, PathBuf, Vec<Controller>)>,
+}
+
+impl WorkerGroup {
+    fn dir_of(&self, controller: Controller) -> Option<(Version, &Path)> {
+        self.dirs
+            .iter()
+            .find(|(_, _, controllers)| controllers.contains(&controller))
+            .map(|(version, dir, _)| (*version, dir.as_path()))
+    }
+
+    /// Sets the memory limit (swap included) for the worker's next task, in
+    /// bytes. Without the memory controller, does nothing.
+    ///
+    /// # Errors
+    ///
+    /// The file the kernel refused.
+    pub(crate) fn limit_memory(&self, bytes: u64) -> io::Result<()> {
+        let Some((version, dir)) = self.dir_of(Controller::Memory) else {
+            return Ok(());
+        };
+        let value = bytes.to_string();
+        match version {
+            Version::V2 => {
+                write(dir, "memory.max", &value)?;
+                // Absent when the kernel does not account swap: then
+                // there is none to limit.
+                if dir.join("memory.swap.max").exists() {
+                    write(dir, "memory.swap.max", "0")?;
+                }
+            }
+            Version::V1 => {
+                // memory+swap may never be below memory alone: lowering
+                // goes memory first, raising memory+swap first.
+                let memsw = dir.join("memory.memsw.limit_in_bytes").exists();
+                if write(dir, "memory.limit_in_bytes", &value).is_err() && memsw {
+                    write(dir, "memory.memsw.limit_in_bytes", &value)?;
+                    write(dir, "memory.limit_in_bytes", &value)?;
+                } else if memsw {
+                    write(dir, "memory.memsw.limit_in_bytes", &value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the kernel counted against the group's limits so far.
+    pub(crate) fn events(&self) -> CgroupEvents {
+        let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
+        let memory = self.dir_of(Controller::Memory).and_then(|(version, dir)| {
+            let (events, max) = match version {
+                Version::V2 => (read(dir, "memory.events")?, read(dir, "memory.max")?),
+                Version::V1 => (
+                    read(dir, "memory.oom_control")?,
+                    read(dir, "memory.limit_in_bytes")?,
+                ),
+            };
+            Some((keyed(&events, "oom_kill")?, max.trim().parse().ok()?))
+        });
+        let pids = self
+            .dir_of(Controller::Pids)
+            .and_then(|(_, dir)| keyed(&read(dir, "pids.events")?, "max"));
+        CgroupEvents {
+            oom_kills: memory.map_or(0, |(kills, _)| kills),
+            memory_max: memory.map(|(_, max)| max),
+            pids_max_hits: pids.unwrap_or(0),
+            pids_max: WORKER_PIDS,
+        }
+    }
+}
+
+impl Drop for WorkerGroup {
+    fn drop(&mut self) {
+        for (_, dir, _) in &self.dirs {
+            if let Err(err) = std::fs::remove_dir(dir)
+                && err.kind() != io::ErrorKind::NotFound
+            {
+                LEFTOVERS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(dir.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn reads_which_hierarchy_holds_which_controller() {
+        let found = mounts(HYBRID_MOUNTINFO);
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert_eq!(found[0].point, Path::new("/sys/fs/cgroup/cpu"));
+        assert_eq!(found[0].controllers, ["rw", "cpu"]);
+        assert_eq!(found[4].version, Version::V2);
+        let groups =
+            memberships("9:name=systemd:/\n8:pids:/\n4:memory:/process_api/7b63\n1:cpu:/\n0::/\n");
+        assert_eq!(
+            groups[2],
+            (
+                Some(vec!["memory".to_owned()]),
+                "/process_api/7b63".to_owned()
+            )
+        );
+        assert_eq!(groups[4], (None, "/".to_owned()));
+        assert_eq!(
+            in_mount(&found[1], "/process_api/7b63"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/7b63"))
+        );
+        // A bind mount of part of a hierarchy shows only what is under it.
+        let bound = Mount {
+            version: Version::V2,
+            root: "/sys.slice".into(),
+            point: "/sys/fs/cgroup".into(),
+            controllers: Vec::new(),
+        };
+        assert_eq!(
+            in_mount(&bound, "/sys.slice/a.service"),
+            Some(PathBuf::from("/sys/fs/cgroup/a.service"))
+        );
+        assert_eq!(in_mount(&bound, "/user.slice"), None);
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn reads_the_kernels_event_counts() {
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(keyed(v2, "oom_kill"), Some(1));
+        assert_eq!(keyed(v2, "max"), Some(12));
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(keyed(v1, "oom_kill"), Some(3));
+        assert_eq!(keyed(v1, "oom"), None);
+    }
+
+    /// A v2 hierarchy laid out in a temporary directory, as the kernel
+    /// shows one: the controllers each group offers and enables.
+    fn fake_v2(own_enables: &str) -> (tempfile::TempDir, String) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let own = root.path().join("user.slice/isola.scope");
+        std::fs::create_dir_all(&own).expect("mkdir");
+        std::fs::write(
+            root.path().join("user.slice/cgroup.subtree_control"),
+            "cpu memory pids",
+        )
+        .expect("write");
+        std::fs::write(own.join("cgroup.controllers"), "cpu io memory pids").expect("write");
+        std::fs::write(own.join("cgroup.subtree_control"), own_enables).expect("write");
+        let mountinfo = format!(
+            "41 31 0:38 / {} rw,relatime - cgroup2 cgroup2 rw\n",
+            root.path().display()
+        );
+        (root, mountinfo)
+    }
+
+    #[test]
+    fn on_v2_groups_go_under_a_group_that_enables_the_controllers() {
+        let (root, mountinfo) = fake_v2("cpu memory pids");
+        let cgroups =
+            Cgroups::find_in("0::/user.slice/isola.scope\n", &mountinfo).expect("a place");
+        assert_eq!(
+            cgroups.places,
+            [Place {
+                version: Version::V2,
+                dir: root.path().join("user.slice/isola.scope"),
+                controllers: vec![Controller::Memory, Controller::Pids, Controller::Cpu],
+            }]
+        );
+        assert!(cgroups.missing().is_empty());
+    }
+
+    #[test]
+    fn on_v2_a_group_that_can_enable_nothing_puts_them_beside_it() {
+        // A plain directory stands for the group; writing its
+        // `cgroup.subtree_control` succeeds there, so make it a directory
+        // to stand for the kernel's refusal (a group with processes).
+        let (root, mountinfo) = fake_v2("");
+        let own = root.path().join("user.slice/isola.scope");
+        std::fs::remove_file(own.join("cgroup.subtree_control")).expect("rm");
+        std::fs::create_dir(own.join("cgroup.subtree_control")).expect("mkdir");
+        let cgroups =
+            Cgroups::find_in("0::/user.slice/isola.scope\n", &mountinfo).expect("a place");
+        assert_eq!(cgroups.places[0].dir, root.path().join("user.slice"));
+
+        // The groups it makes there get the limits and the worker.
+        let group = cgroups.place(4242).expect("a group");
+        let dir = root
+            .path()
+            .join(format!("user.slice/isola-{}-4242", std::process::id()));
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("read");
+        assert_eq!(read("pids.max"), WORKER_PIDS.to_string());
+        assert_eq!(read("cpu.max"), format!("{CPU_QUOTA} {CPU_PERIOD}"));
+        assert_eq!(read("cgroup.procs"), "4242");
+        group.limit_memory(96 << 20).expect("memory");
+        assert_eq!(read("memory.max"), (96u64 << 20).to_string());
+        std::fs::write(dir.join("memory.events"), "max 3\noom 1\noom_kill 1\n").expect("write");
+        std::fs::write(dir.join("pids.events"), "max 0\n").expect("write");
+        let events = group.events();
+        assert_eq!(events.oom_kills, 1);
+        assert_eq!(events.memory_max, Some(96 << 20));
+        assert_eq!(events.pids_max_hits, 0);
+    }
+
+    #[test]
+    fn without_a_v2_group_offering_the_controllers_there_is_no_place() {
+        let (_root, mountinfo) = fake_v2("");
+        let err = Cgroups::find_in("0::/elsewhere\n", &mountinfo).expect_err("no place");
+        assert!(err.contains("offers none of memory, pids, cpu"), "{err}");
+        let err = Cgroups::find_in("0::/\n", "").expect_err("no mount");
+        assert!(err.contains("no cgroup v2 file system"), "{err}");
+    }
+}
