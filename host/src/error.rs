@@ -62,6 +62,12 @@ pub enum Error {
     /// The spec asks for something this build of Isola does not do yet.
     #[error("{0} is not supported yet")]
     Unsupported(String),
+    /// The task's sandbox policy is [`crate::Sandbox::Required`], but this
+    /// machine cannot give a layer of the OS sandbox: the layer and why
+    /// (e.g. no cgroup Isola may make, for a user who is not root without
+    /// a delegated cgroup). The machine's failure, not the caller's.
+    #[error("the OS sandbox is required (sandbox = \"required\"), but {0}")]
+    SandboxUnavailable(String),
     /// The runner has shut down.
     #[error("the runner has shut down")]
     ShutDown,
@@ -90,7 +96,11 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         !matches!(
             self,
-            Error::Internal(_) | Error::ShutDown | Error::OutOfMemory(_) | Error::Remote(_)
+            Error::Internal(_)
+                | Error::ShutDown
+                | Error::OutOfMemory(_)
+                | Error::Remote(_)
+                | Error::SandboxUnavailable(_)
         )
     }
 }

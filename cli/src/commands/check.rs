@@ -139,7 +139,7 @@ async fn check_sandbox() -> u8 {
             let _ = std::fs::remove_file(&path);
             outcome
         }
-        Err(err) => Err(err),
+        Err(err) => Err(ProbeError::Other(err)),
     };
     let code = match probe {
         Ok(isola::Outcome::Exited { code: 0 }) => {
@@ -156,7 +156,13 @@ async fn check_sandbox() -> u8 {
             ));
             1
         }
-        Err(err) => {
+        // A layer this machine cannot give (the cgroup layer is checked
+        // before a worker starts).
+        Err(ProbeError::Refused(why)) => {
+            lines.push(format!("a process task under --sandbox required: {why}"));
+            1
+        }
+        Err(ProbeError::Other(err)) => {
             lines.push(format!("cannot run a process task to check: {err}"));
             125
         }
@@ -167,18 +173,29 @@ async fn check_sandbox() -> u8 {
     code
 }
 
+/// Why the probe did not run.
+enum ProbeError {
+    /// The runner refused it: a layer is missing.
+    Refused(String),
+    /// Anything else.
+    Other(String),
+}
+
 /// Runs the program at `path` as a process task that requires the sandbox.
-async fn probe_sandbox(path: &std::path::Path) -> Result<isola::Outcome, String> {
+async fn probe_sandbox(path: &std::path::Path) -> Result<isola::Outcome, ProbeError> {
     let runner = isola::Runner::with_config(isola::RunnerConfig {
         prestarted_workers: 0,
         cache_dir: isola::CacheDir::Disabled,
         sandbox: isola::Sandbox::Required,
         ..isola::RunnerConfig::default()
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| ProbeError::Other(e.to_string()))?;
     let mut spec = isola::TaskSpec::new(path);
     spec.isolation = Isolation::Process;
-    let report = runner.run(spec).await.map_err(|e| e.to_string())?;
+    let report = runner.run(spec).await.map_err(|e| match e {
+        refused @ isola::Error::SandboxUnavailable(_) => ProbeError::Refused(refused.to_string()),
+        other => ProbeError::Other(other.to_string()),
+    })?;
     Ok(report.outcome)
 }
 

@@ -219,6 +219,25 @@ impl ProcessBackend {
         }
     }
 
+    /// Whether every cgroup controller can limit workers here, as
+    /// [`Sandbox::Required`] demands.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SandboxUnavailable`], naming what is missing and why.
+    fn cgroups_required(&self) -> Result<()> {
+        let missing = match self.cgroups() {
+            Ok(cgroups) => match cgroups.missing().first() {
+                Some((controller, why)) => format!("no {controller} controller: {why}"),
+                None => return Ok(()),
+            },
+            Err(why) => why.to_owned(),
+        };
+        Err(Error::SandboxUnavailable(format!(
+            "its cgroup layer is unavailable: {missing}"
+        )))
+    }
+
     /// Where sandboxed workers' cgroups go, found once; a layer missing
     /// here is said once, in the log (`ISOLA_LOG`).
     pub(crate) fn cgroups(&self) -> std::result::Result<&Cgroups, &str> {
@@ -271,6 +290,9 @@ impl ProcessBackend {
     ) -> Result<Worker> {
         let program = self.program()?.to_owned();
         let filtered = sandbox != Sandbox::Off;
+        if sandbox == Sandbox::Required {
+            self.cgroups_required()?;
+        }
         if reuse && let Some(worker) = self.take_reusable(filtered, sandbox_key) {
             telemetry::worker_reused();
             return Ok(worker);
@@ -632,28 +654,25 @@ fn worker_cgroup(
     sandbox: Sandbox,
     pid: u32,
 ) -> std::result::Result<Option<WorkerGroup>, String> {
-    let required = |why: &str| {
-        format!(
-            "the OS sandbox is required (sandbox = \"required\"), but its cgroup layer is \
-             unavailable: {why}"
-        )
+    // `take_worker` refused a required sandbox without cgroups; a
+    // pre-started worker for one fails here.
+    let Ok(cgroups) = backend.cgroups() else {
+        return match sandbox {
+            Sandbox::Required => Err("the OS sandbox is required, but its cgroup layer is \
+                                      unavailable"
+                .to_owned()),
+            _ => Ok(None),
+        };
     };
-    match backend.cgroups() {
-        Ok(cgroups) => match cgroups.place(pid) {
-            Ok(group) => match cgroups.missing().first() {
-                Some((controller, why)) if sandbox == Sandbox::Required => {
-                    Err(required(&format!("no {controller} controller: {why}")))
-                }
-                _ => Ok(Some(group)),
-            },
-            Err(err) if sandbox == Sandbox::Required => Err(required(&err.to_string())),
-            Err(err) => {
-                tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {err}");
-                Ok(None)
-            }
-        },
-        Err(why) if sandbox == Sandbox::Required => Err(required(why)),
-        Err(_) => Ok(None),
+    match cgroups.place(pid) {
+        Ok(group) => Ok(Some(group)),
+        Err(err) if sandbox == Sandbox::Required => Err(format!(
+            "the OS sandbox is required, but the worker's cgroup cannot be made: {err}"
+        )),
+        Err(err) => {
+            tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {err}");
+            Ok(None)
+        }
     }
 }
 

@@ -55,7 +55,7 @@ pub(crate) fn os_limits(spec: &TaskSpec) -> OsLimits {
 /// # Errors
 ///
 /// Under [`Sandbox::Required`], a limit the kernel refused
-/// ([`Error::Unsupported`]); otherwise that is a warning, and the worker
+/// ([`Error::SandboxUnavailable`]); otherwise that is a warning, and the worker
 /// runs under its rlimits alone.
 pub(crate) fn limit_cgroup_memory(
     cgroup: Option<&WorkerGroup>,
@@ -65,9 +65,8 @@ pub(crate) fn limit_cgroup_memory(
     let Some(group) = cgroup else { return Ok(()) };
     match group.limit_memory(data_bytes) {
         Ok(()) => Ok(()),
-        Err(err) if sandbox == Sandbox::Required => Err(Error::Unsupported(format!(
-            "the OS sandbox is required (sandbox = \"required\"), but its cgroup memory limit \
-             cannot be set: {err}"
+        Err(err) if sandbox == Sandbox::Required => Err(Error::SandboxUnavailable(format!(
+            "its cgroup memory limit cannot be set: {err}"
         ))),
         Err(err) => {
             tracing::warn!("sandbox: a worker's cgroup memory limit cannot be set: {err}");
