@@ -1,7 +1,7 @@
 //! The OS sandbox around a process task's worker: the layers a guest that
 //! escaped wasmtime (a Cranelift or WASI bug) still has to get through.
 //!
-//! Four independent layers, each a function here that reports a
+//! Four independent layers of the worker's own, each a function here that reports a
 //! [`LayerState`] instead of failing, so the caller decides whether a
 //! missing layer is a warning or a refusal.
 //!
@@ -11,6 +11,7 @@
 //! | Landlock | [`restrict_files`] | opening, creating, renaming, linking, removing, truncating anything outside [`Grants`]; writing inside read-only grants; executing files; with Landlock ABI 4+ TCP `bind`/`connect`; with ABI 6+ signals to processes outside the sandbox and abstract UNIX sockets made outside it | `stat`, `access`, `readlink` of any path (Landlock does not cover metadata reads), descriptors the worker opened before (the IPC pipes, the preopened grants), `truncate(2)` below ABI 3, ioctl on devices below ABI 5 |
 //! | seccomp-BPF allowlist | [`install_seccomp`] | every system call a worker does not make once it runs guests: `socket`, `execve`, `ptrace`, `fork`/`vfork`/`clone` of a process, `mount`, `unshare`, `setns`, `bpf`, `io_uring_*`, `perf_event_open`, `process_vm_*`, `keyctl`, `userfaultfd`, `kill` (any), `tgkill` of other processes, chmod/chown, … (the call is not made: the worker ends with [`FORBIDDEN_SYSCALL_EXIT`] and names it on stderr) | what an allowed call does with allowed arguments: reading and writing open descriptors, `openat` (Landlock limits where), `mmap`/`mprotect` (a guest that owns the process can still make memory executable: the filter cuts the kernel's attack surface, not the process's own memory); `prlimit64` on itself, so soft limits can be raised up to the hard ones |
 //! | closing inherited descriptors | [`close_other_fds`] | a descriptor an embedding program leaked without `O_CLOEXEC` reaching the worker | descriptors the worker opens itself |
+//! | cgroup limits (made by the parent: [`crate::ipc::cgroup`]) | memory beyond the task's process memory limit, swap, kernel and shared memory included (what `RLIMIT_DATA` misses); more than 64 threads; more than one core of CPU | memory bandwidth, disk I/O, the wall time of a throttled worker (its timeout does) |
 //!
 //! # Order
 //!
