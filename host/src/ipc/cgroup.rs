@@ -341,7 +341,10 @@ impl Cgroups {
     pub(crate) fn place(&self, pid: u32) -> io::Result<WorkerGroup> {
         sweep();
         let name = format!("isola-{}-{pid}", std::process::id());
-        let mut group = WorkerGroup { dirs: Vec::new() };
+        let mut group = WorkerGroup {
+            dirs: Vec::new(),
+            memory_limit: None,
+        };
         for place in &self.places {
             let dir = place.dir.join(&name);
             std::fs::create_dir(&dir).map_err(|e| context(&dir, e))?;
@@ -534,6 +537,9 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct WorkerGroup {
     dirs: Vec<(Version, PathBuf, Vec<Controller>)>,
+    /// The memory limit written last, so a task with the same one (most
+    /// tasks: the default) costs no write on its way to the worker.
+    memory_limit: Option<u64>,
 }
 
 impl WorkerGroup {
@@ -550,7 +556,10 @@ impl WorkerGroup {
     /// # Errors
     ///
     /// The file the kernel refused.
-    pub(crate) fn limit_memory(&self, bytes: u64) -> io::Result<()> {
+    pub(crate) fn limit_memory(&mut self, bytes: u64) -> io::Result<()> {
+        if self.memory_limit == Some(bytes) {
+            return Ok(());
+        }
         let Some((version, dir)) = self.dir_of(Controller::Memory) else {
             return Ok(());
         };
@@ -576,6 +585,7 @@ impl WorkerGroup {
                 }
             }
         }
+        self.memory_limit = Some(bytes);
         Ok(())
     }
 
@@ -728,7 +738,7 @@ mod tests {
         assert_eq!(cgroups.places[0].dir, root.path().join("user.slice"));
 
         // The groups it makes there get the limits and the worker.
-        let group = cgroups.place(4242).expect("a group");
+        let mut group = cgroups.place(4242).expect("a group");
         let dir = root
             .path()
             .join(format!("user.slice/isola-{}-4242", std::process::id()));
@@ -738,6 +748,11 @@ mod tests {
         assert_eq!(read("cgroup.procs"), "4242");
         group.limit_memory(96 << 20).expect("memory");
         assert_eq!(read("memory.max"), (96u64 << 20).to_string());
+        // The same limit again is not written again.
+        std::fs::write(dir.join("memory.max"), "unchanged").expect("write");
+        group.limit_memory(96 << 20).expect("memory");
+        assert_eq!(read("memory.max"), "unchanged");
+        std::fs::write(dir.join("memory.max"), (96u64 << 20).to_string()).expect("write");
         std::fs::write(dir.join("memory.events"), "max 3\noom 1\noom_kill 1\n").expect("write");
         std::fs::write(dir.join("pids.events"), "max 0\n").expect("write");
         let events = group.events();

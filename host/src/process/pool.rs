@@ -665,7 +665,16 @@ fn worker_cgroup(
         };
     };
     match cgroups.place(pid) {
-        Ok(group) => Ok(Some(group)),
+        Ok(mut group) => {
+            // The default task's limit, now, while the worker starts: a
+            // pre-started worker then has it before its task exists, and a
+            // task with the default costs no write on its way.
+            let default = crate::spec::Limits::default().process_memory_or_default();
+            if let Err(err) = group.limit_memory(default) {
+                tracing::debug!(worker = pid, "cgroup memory limit left for the task: {err}");
+            }
+            Ok(Some(group))
+        }
         Err(err) if sandbox == Sandbox::Required => Err(format!(
             "the OS sandbox is required, but the worker's cgroup cannot be made: {err}"
         )),

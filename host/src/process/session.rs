@@ -95,7 +95,7 @@ pub(crate) async fn start(
         said,
         sandboxed: _,
         filtered: _,
-        cgroup,
+        mut cgroup,
     } = backend.take_worker(false, sandbox, None).await?;
     // Reaped whatever happens from here.
     let mut guard = ChildGuard::new(child, pid);
@@ -104,7 +104,7 @@ pub(crate) async fn start(
     // Input and stdin bytes follow the plugin frame as raw data frames.
     let (data, data_frames) = FollowingData::take(&mut spec);
     let data_limit = os_limits(&spec).data_bytes;
-    limit_cgroup_memory(cgroup.as_ref(), data_limit, sandbox)?;
+    limit_cgroup_memory(cgroup.as_mut(), data_limit, sandbox)?;
     let request = RunRequest {
         os_limits: os_limits(&spec),
         program: protocol::ProgramId::of(program),

@@ -58,7 +58,7 @@ pub(crate) fn os_limits(spec: &TaskSpec) -> OsLimits {
 /// ([`Error::SandboxUnavailable`]); otherwise that is a warning, and the worker
 /// runs under its rlimits alone.
 pub(crate) fn limit_cgroup_memory(
-    cgroup: Option<&WorkerGroup>,
+    cgroup: Option<&mut WorkerGroup>,
     data_bytes: u64,
     sandbox: Sandbox,
 ) -> Result<()> {
@@ -168,7 +168,8 @@ pub(crate) async fn spawn(
     // From here the worker is reaped whatever happens, even if this
     // future or the supervisor's is dropped half-way.
     let child = ChildGuard::new(child, pid);
-    limit_cgroup_memory(cgroup.as_ref(), data_limit, sandbox)?;
+    let mut cgroup = cgroup;
+    limit_cgroup_memory(cgroup.as_mut(), data_limit, sandbox)?;
     // One task owns the pipe to the worker; everything else queues frames
     // for it, so the supervisor never blocks on a full pipe while the
     // worker waits for it to read (which would deadlock both).
