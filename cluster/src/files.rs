@@ -425,4 +425,24 @@ mod tests {
         let (changed, deleted) = diff(&after, &again, tree);
         assert!(changed.files.is_empty() && changed.dirs.is_empty() && deleted.is_empty());
     }
+
+    #[test]
+    fn a_path_that_changes_between_file_and_directory_is_deleted_and_sent() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join("was-file"), "1").expect("write");
+        std::fs::create_dir_all(d.path().join("was-dir")).expect("mkdir");
+        std::fs::write(d.path().join("was-dir/inner"), "1").expect("write");
+        let (_, before) = Snapshot::take(d.path()).expect("before");
+        std::fs::remove_file(d.path().join("was-file")).expect("rm");
+        std::fs::create_dir(d.path().join("was-file")).expect("mkdir");
+        std::fs::remove_dir_all(d.path().join("was-dir")).expect("rm -r");
+        std::fs::write(d.path().join("was-dir"), "2").expect("write");
+        let (tree, after) = Snapshot::take(d.path()).expect("after");
+        let (changed, deleted) = diff(&before, &after, tree);
+        // Applied in this order (deletions, then the archive), the other
+        // side ends as this one.
+        assert_eq!(deleted, ["was-dir", "was-file"]);
+        assert_eq!(changed.dirs, ["was-file"]);
+        assert_eq!(changed.files.keys().collect::<Vec<_>>(), ["was-dir"]);
+    }
 }

@@ -751,13 +751,8 @@ impl Inner {
             let (Some(change), true) = (change, grant.writable) else {
                 continue;
             };
-            if let Some(archive) = &change.archive {
-                let bytes = self.blobs.get(archive, self.max_archive).await?;
-                let dir = grant.host.clone();
-                tokio::task::spawn_blocking(move || files::unpack(&bytes, &dir, u64::MAX))
-                    .await
-                    .map_err(|e| Error::Files(e.to_string()))??;
-            }
+            // Deletions first: a path that changed between file and
+            // directory is in both, and the archive brings the new one.
             for rel in &change.deleted {
                 match files::inside(&grant.host, Path::new(rel)) {
                     Some(path) => {
@@ -775,6 +770,13 @@ impl Inner {
                         )));
                     }
                 }
+            }
+            if let Some(archive) = &change.archive {
+                let bytes = self.blobs.get(archive, self.max_archive).await?;
+                let dir = grant.host.clone();
+                tokio::task::spawn_blocking(move || files::unpack(&bytes, &dir, u64::MAX))
+                    .await
+                    .map_err(|e| Error::Files(e.to_string()))??;
             }
         }
         Ok(())

@@ -551,6 +551,14 @@ impl WorkerEnding {
                 (Some(WORKER_OUT_OF_MEMORY), Some(max)) => Outcome::LimitExceeded {
                     limit: Limit::ProcessMemory { max: ByteSize(max) },
                 },
+                // Stopped by its seccomp filter: that, whatever the cgroup
+                // counted.
+                (code, _)
+                    if code == Some(WORKER_FORBIDDEN_SYSCALL)
+                        || self.status.and_then(|s| s.signal()) == Some(libc::SIGSYS) =>
+                {
+                    crashed(self.status, self.forbidden_syscall)
+                }
                 // Killed by the kernel for its cgroup's memory: memory the
                 // rlimit does not count (shared or kernel memory).
                 (_, data_limit) if self.cgroup.is_some_and(|e| e.oom_kills > 0) => {
@@ -566,30 +574,42 @@ impl WorkerEnding {
                         max: self.cgroup.map_or(0, |e| e.pids_max),
                     },
                 },
-                (code, _) => Outcome::Crashed {
-                    signal: self.status.and_then(|s| s.signal()),
-                    status: code,
-                    reason: match (code, self.forbidden_syscall) {
-                        (Some(WORKER_FORBIDDEN_SYSCALL), Some(call)) => {
-                            Some(format!("the OS sandbox stopped the worker: {call}"))
-                        }
-                        (Some(WORKER_FORBIDDEN_SYSCALL), None) => Some(
-                            "the OS sandbox stopped the worker: a forbidden system call".to_owned(),
-                        ),
-                        // The kernel kills with SIGSYS itself when the call
-                        // was made with SIGSYS blocked (glibc's
-                        // `posix_spawn` blocks every signal around its
-                        // clone), so the worker's reporter never ran.
-                        _ if self.status.and_then(|s| s.signal()) == Some(libc::SIGSYS) => Some(
-                            "the OS sandbox stopped the worker: a forbidden system call, \
-                             made with signals blocked (so not named)"
-                                .to_owned(),
-                        ),
-                        _ => None,
-                    },
-                },
+                _ => crashed(self.status, self.forbidden_syscall),
             },
         }
+    }
+}
+
+/// A worker that died without a report and without a limit to name: its
+/// signal or exit `status`, and the OS sandbox's reason if its filter
+/// stopped it (the `forbidden` call it named, if it could).
+fn crashed(
+    status: Option<std::process::ExitStatus>,
+    forbidden: Option<ForbiddenSyscall>,
+) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.and_then(|s| s.code());
+    let signal = status.and_then(|s| s.signal());
+    Outcome::Crashed {
+        signal,
+        status: code,
+        reason: match (code, forbidden) {
+            (Some(WORKER_FORBIDDEN_SYSCALL), Some(call)) => {
+                Some(format!("the OS sandbox stopped the worker: {call}"))
+            }
+            (Some(WORKER_FORBIDDEN_SYSCALL), None) => {
+                Some("the OS sandbox stopped the worker: a forbidden system call".to_owned())
+            }
+            // The kernel kills with SIGSYS itself when the call was made
+            // with SIGSYS blocked (glibc's `posix_spawn` blocks every
+            // signal around its clone), so the worker's reporter never ran.
+            _ if signal == Some(libc::SIGSYS) => Some(
+                "the OS sandbox stopped the worker: a forbidden system call, made with signals \
+                 blocked (so not named)"
+                    .to_owned(),
+            ),
+            _ => None,
+        },
     }
 }
 
@@ -943,6 +963,24 @@ mod tests {
                 limit: Limit::Pids { max: 64 }
             }
         );
+        // Stopped by the seccomp filter: that, whatever the group counted.
+        let filtered = WorkerEnding {
+            status: Some(std::process::ExitStatus::from_raw(
+                WORKER_FORBIDDEN_SYSCALL << 8,
+            )),
+            ..killed(Some(CgroupEvents {
+                pids_max_hits: 1,
+                ..events
+            }))
+        };
+        assert!(matches!(
+            filtered.into_outcome(),
+            Outcome::Crashed {
+                status: Some(WORKER_FORBIDDEN_SYSCALL),
+                reason: Some(_),
+                ..
+            }
+        ));
         // Nothing counted, or no cgroup: a crash, as before.
         for events in [
             Some(CgroupEvents {

@@ -165,9 +165,20 @@ impl Program {
         let program = self;
         let no_run = || Error::UnsupportedWorld {
             path: program.path().to_owned(),
-            detail: "it has no plugin `run` export (a core module exports `isola_run`; a \
-                     component exports `run` of `isola:task/plugin`)"
-                .into(),
+            detail: format!(
+                "it is {}; {}",
+                match program.inner.kind {
+                    ProgramKind::Component { .. } =>
+                        "a component without the plugin export `run` of `isola:task/plugin`",
+                    _ => "a core module without the plugin export `isola_run`",
+                },
+                if program.is_command() {
+                    "it is a WASI command: run it (`isola run`, `Runner::run`)"
+                } else {
+                    "call one of its functions by name instead (`isola call --invoke \
+                     'name(args)'`, `Runner::invoke`)"
+                }
+            ),
         };
         match entry {
             Entry::Run if program.is_plugin() => Ok(Resolved::Run),

@@ -1001,6 +1001,14 @@ fn escape_attempt(what: &str) -> Outcome {
             message: format!("threads {threads}"),
         };
     }
+    if what == "cwd" {
+        // Not `getcwd`, which the filter does not allow: the link.
+        let message = match std::fs::read_link("/proc/self/cwd") {
+            Ok(dir) => format!("working directory {}", dir.display()),
+            Err(err) => format!("working directory unknown: {err}"),
+        };
+        return Outcome::Failed { message };
+    }
     if what == "netns" {
         let message = match std::fs::read_link("/proc/self/ns/net") {
             Ok(link) => format!("network namespace {}", link.display()),
@@ -1098,18 +1106,25 @@ fn thread_burst(count: usize) -> String {
     format!("allowed: {started} threads")
 }
 
-/// Which cgroup controllers limit sandboxed process workers here and where
-/// their groups go, e.g. `memory, pids, cpu (cgroup v2 under
-/// /sys/fs/cgroup/user.slice)`, as a runner would find them; or why none
-/// can (not root and no delegated cgroup, no cgroup file system). Finding
-/// them may enable controllers for the groups below this process's own
-/// cgroup (v2), as a runner's first sandboxed worker would.
+/// Where sandboxed process workers' cgroups go here, when all three
+/// controllers (memory, pids, cpu) can limit them, as a runner would find
+/// them: e.g. `memory, pids, cpu (cgroup v2 under
+/// /sys/fs/cgroup/user.slice)`. Exactly then does `sandbox = "required"`
+/// have its cgroup layer. Finding them may enable controllers for the
+/// groups below this process's own cgroup (v2), as a runner's first
+/// sandboxed worker would.
 ///
 /// # Errors
 ///
-/// Why workers would run under their rlimits alone.
+/// What is missing and why (not root and no delegated cgroup, no cgroup
+/// file system, a controller that is not offered), with what is there.
 pub fn cgroup_limits() -> Result<String, String> {
-    crate::ipc::cgroup::Cgroups::find().map(|found| found.to_string())
+    let found = crate::ipc::cgroup::Cgroups::find()?;
+    if found.missing().is_empty() {
+        Ok(found.to_string())
+    } else {
+        Err(format!("not every controller: {found}"))
+    }
 }
 
 /// The Landlock ABI version this kernel offers, or `None` without Landlock

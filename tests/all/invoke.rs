@@ -264,10 +264,19 @@ fn isola_call_invoke_prints_results_and_exits_as_documented() {
         ]);
         assert_eq!(out.status.code(), Some(134), "{}", stderr(&out));
     }
-    // A library has no `main`: `isola run` says how to call it instead.
-    let out = isola(&["run", component]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--invoke"), "{}", stderr(&out));
+    // A library has no `main` and no plugin `run`: `isola run` and
+    // `isola call` say how to call it instead, for either kind.
+    for library in [component, module] {
+        for command in ["run", "call"] {
+            let out = isola(&[command, library]);
+            assert_eq!(out.status.code(), Some(2), "{command}");
+            assert!(
+                stderr(&out).contains("--invoke"),
+                "{command}: {}",
+                stderr(&out)
+            );
+        }
+    }
 }
 
 /// A stateful library: `bump` adds to a counter that `_initialize` starts

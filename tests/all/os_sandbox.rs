@@ -637,3 +637,55 @@ async fn cgroup_limits_stop_what_rlimits_do_not_count() {
         }
     );
 }
+
+/// A worker runs in `/`, not in its parent's working directory; the paths
+/// a task names relative to the parent's still reach it (made absolute on
+/// the way): relative `--dir` and Wasm paths work.
+#[test]
+fn a_worker_runs_in_a_neutral_directory_and_relative_paths_still_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        guest("echo_cli", GuestKind::Module),
+        dir.path().join("echo.wasm"),
+    )
+    .expect("copy");
+    std::fs::create_dir(dir.path().join("data")).expect("mkdir");
+    for sandbox in ["on", "off"] {
+        let out = std::process::Command::new(isola_bin())
+            .current_dir(dir.path())
+            .env("ISOLA_CACHE_DIR", shared_cache())
+            .args(["run", "--isolation", "process", "--sandbox", sandbox])
+            .args([
+                "--dir",
+                "data::/data",
+                "echo.wasm",
+                "write",
+                "/data/out.txt",
+                "made",
+            ])
+            .output()
+            .expect("run isola");
+        assert!(out.status.success(), "{sandbox}: {out:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("data/out.txt")).expect("read"),
+            "made"
+        );
+        std::fs::remove_file(dir.path().join("data/out.txt")).expect("rm");
+    }
+    #[cfg(debug_assertions)]
+    {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        for sandbox in [Sandbox::On, Sandbox::Off] {
+            let report = rt
+                .block_on(runner(sandbox).run(attempt("cwd")))
+                .expect("spawn");
+            assert_eq!(
+                report.outcome,
+                Outcome::Failed {
+                    message: "working directory /".into()
+                },
+                "{sandbox:?}"
+            );
+        }
+    }
+}

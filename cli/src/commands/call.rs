@@ -125,8 +125,7 @@ impl CallCommand {
                 }
             }
             Err(CallError::Start(err)) => {
-                let message = not_a_plugin(&self.wasm, &err)
-                    .unwrap_or_else(|| self.task.start_error(&checked, &err));
+                let message = self.task.start_error(&checked, &err);
                 say!("{message}");
                 exit::for_error(&err)
             }
@@ -141,28 +140,6 @@ impl CallCommand {
             }
         }
     }
-}
-
-/// What to say when `isola call` was given a core module that is not a
-/// plugin: the library calls any file without a plugin export "a component
-/// of an unsupported world", which for a core module (a WASI command, say)
-/// is wrong. `None` for anything else.
-fn not_a_plugin(wasm: &std::path::Path, err: &isola::Error) -> Option<String> {
-    if !matches!(err, isola::Error::UnsupportedWorld { .. }) {
-        return None;
-    }
-    let mut header = [0u8; 8];
-    std::fs::File::open(wasm)
-        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
-        .ok()?;
-    // A core module: `\0asm`, version 1.
-    (header == *b"\0asm\x01\0\0\0").then(|| {
-        format!(
-            "error: `{}` is a core module without the plugin export `isola_run`, so it cannot \
-             be called (a WASI command module exports `_start`: run it with `isola run`)",
-            wasm.display()
-        )
-    })
 }
 
 /// `output` as a JSON value: itself when it parses as JSON, else a string.

@@ -24,11 +24,13 @@
 //! - On a cgroup v2 hierarchy (`cgroup2`, the unified one), a worker's group
 //!   must be the child of a group whose `cgroup.subtree_control` enables
 //!   the controllers, and a group with processes in it cannot enable any
-//!   (the "no internal processes" rule). So the groups go under Isola's own
-//!   group when that one already enables them (the hierarchy's root, or a
-//!   delegated subtree) or can be made to; else beside it, under its parent,
-//!   which enables what Isola's own group has by definition (that needs
-//!   write access there: root, or a delegation one level up).
+//!   (the "no internal processes" rule), and Isola's own group holds
+//!   Isola. So the groups go under Isola's own group only when that is the
+//!   hierarchy's root (exempt from the rule); else beside it, under its
+//!   parent, which enables what Isola's own group has by definition. That
+//!   needs write access to the parent: root, or Isola started in a child
+//!   group of a cgroup delegated to its user (for example, a service with
+//!   `Delegate=yes` whose own process moved to a child group first).
 //! - On a cgroup v1 hierarchy (systems that still mount the controllers one
 //!   by one, as this development machine does), under Isola's own group in
 //!   that hierarchy: v1 has no such rule.
@@ -204,7 +206,12 @@ fn in_mount(mount: &Mount, path: &str) -> Option<PathBuf> {
     let rest = if mount.root == "/" {
         path
     } else {
-        path.strip_prefix(mount.root.as_str())?
+        // `/sys.slice` shows `/sys.slice/a`, not `/sys.slice2`.
+        let rest = path.strip_prefix(mount.root.as_str())?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        rest
     };
     let rest = rest.trim_start_matches('/');
     Some(if rest.is_empty() {
@@ -225,8 +232,8 @@ fn listed(dir: &Path, file: &str) -> Vec<String> {
 /// the next sweep.
 static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Removes the leftovers that can go now.
-fn sweep() {
+/// Removes the leftovers that can go now (their workers reaped since).
+pub(crate) fn sweep() {
     let mut left = LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner());
     left.retain(
         |dir| matches!(std::fs::remove_dir(dir), Err(err) if err.kind() != io::ErrorKind::NotFound),
@@ -344,6 +351,7 @@ impl Cgroups {
         let mut group = WorkerGroup {
             dirs: Vec::new(),
             memory_limit: None,
+            baseline: (0, 0),
         };
         for place in &self.places {
             let dir = place.dir.join(&name);
@@ -354,12 +362,24 @@ impl Cgroups {
             for controller in &place.controllers {
                 match (controller, place.version) {
                     (Controller::Pids, _) => write(&dir, "pids.max", &WORKER_PIDS.to_string())?,
-                    (Controller::Cpu, Version::V2) => {
-                        write(&dir, "cpu.max", &format!("{CPU_QUOTA} {CPU_PERIOD}"))?;
-                    }
-                    (Controller::Cpu, Version::V1) => {
-                        write(&dir, "cpu.cfs_period_us", &CPU_PERIOD.to_string())?;
-                        write(&dir, "cpu.cfs_quota_us", &CPU_QUOTA.to_string())?;
+                    (Controller::Cpu, version) => {
+                        // v1 refuses a quota above an enclosing group's
+                        // (a container given half a core, say); v2 takes
+                        // the smaller. Either way the enclosing quota
+                        // holds, so only this limit is given up.
+                        let set = match version {
+                            Version::V2 => {
+                                write(&dir, "cpu.max", &format!("{CPU_QUOTA} {CPU_PERIOD}"))
+                            }
+                            Version::V1 => {
+                                write(&dir, "cpu.cfs_period_us", &CPU_PERIOD.to_string()).and_then(
+                                    |()| write(&dir, "cpu.cfs_quota_us", &CPU_QUOTA.to_string()),
+                                )
+                            }
+                        };
+                        if let Err(err) = set {
+                            tracing::debug!("a worker's CPU quota is its enclosing group's: {err}");
+                        }
                     }
                     (Controller::Memory, _) => {}
                 }
@@ -540,6 +560,10 @@ pub(crate) struct WorkerGroup {
     /// The memory limit written last, so a task with the same one (most
     /// tasks: the default) costs no write on its way to the worker.
     memory_limit: Option<u64>,
+    /// The kernel's counts when the worker was kept for another task
+    /// ([`WorkerGroup::settle`]): they only ever grow, so a task's own are
+    /// what came after.
+    baseline: (u64, u64),
 }
 
 impl WorkerGroup {
@@ -575,13 +599,19 @@ impl WorkerGroup {
             }
             Version::V1 => {
                 // memory+swap may never be below memory alone: lowering
-                // goes memory first, raising memory+swap first.
+                // goes memory first, raising memory+swap first (the
+                // kernel refuses the other order with EINVAL).
                 let memsw = dir.join("memory.memsw.limit_in_bytes").exists();
-                if write(dir, "memory.limit_in_bytes", &value).is_err() && memsw {
-                    write(dir, "memory.memsw.limit_in_bytes", &value)?;
-                    write(dir, "memory.limit_in_bytes", &value)?;
-                } else if memsw {
-                    write(dir, "memory.memsw.limit_in_bytes", &value)?;
+                match write(dir, "memory.limit_in_bytes", &value) {
+                    Ok(()) if memsw => write(dir, "memory.memsw.limit_in_bytes", &value)?,
+                    Ok(()) => {}
+                    Err(err) if memsw && err.raw_os_error() == Some(libc::EINVAL) => {
+                        write(dir, "memory.memsw.limit_in_bytes", &value)?;
+                        write(dir, "memory.limit_in_bytes", &value)?;
+                    }
+                    // Below what the worker holds already (EBUSY), or
+                    // anything else: the real cause.
+                    Err(err) => return Err(err),
                 }
             }
         }
@@ -589,7 +619,17 @@ impl WorkerGroup {
         Ok(())
     }
 
-    /// What the kernel counted against the group's limits so far.
+    /// Takes what the kernel counted so far as the zero of the next task's
+    /// [`WorkerGroup::events`]: called when a worker is kept for another
+    /// task (a worker that survived its threads' limit keeps the count).
+    pub(crate) fn settle(&mut self) {
+        self.baseline = (0, 0);
+        let now = self.events();
+        self.baseline = (now.oom_kills, now.pids_max_hits);
+    }
+
+    /// What the kernel counted against the group's limits since the worker
+    /// started, or since it was last kept ([`WorkerGroup::settle`]).
     pub(crate) fn events(&self) -> CgroupEvents {
         let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
         let memory = self.dir_of(Controller::Memory).and_then(|(version, dir)| {
@@ -606,9 +646,9 @@ impl WorkerGroup {
             .dir_of(Controller::Pids)
             .and_then(|(_, dir)| keyed(&read(dir, "pids.events")?, "max"));
         CgroupEvents {
-            oom_kills: memory.map_or(0, |(kills, _)| kills),
+            oom_kills: memory.map_or(0, |(kills, _)| kills.saturating_sub(self.baseline.0)),
             memory_max: memory.map(|(_, max)| max),
-            pids_max_hits: pids.unwrap_or(0),
+            pids_max_hits: pids.unwrap_or(0).saturating_sub(self.baseline.1),
             pids_max: WORKER_PIDS,
         }
     }
@@ -675,6 +715,7 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/a.service"))
         );
         assert_eq!(in_mount(&bound, "/user.slice"), None);
+        assert_eq!(in_mount(&bound, "/sys.slice2/b.service"), None);
         assert_eq!(unescape("/a\\040b"), "/a b");
     }
 
@@ -759,6 +800,12 @@ mod tests {
         assert_eq!(events.oom_kills, 1);
         assert_eq!(events.memory_max, Some(96 << 20));
         assert_eq!(events.pids_max_hits, 0);
+        // Kept for another task: what came before is not that task's.
+        std::fs::write(dir.join("pids.events"), "max 2\n").expect("write");
+        group.settle();
+        std::fs::write(dir.join("pids.events"), "max 3\n").expect("write");
+        let events = group.events();
+        assert_eq!((events.oom_kills, events.pids_max_hits), (0, 1));
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl Drop for ProcessBackend {
             .collect();
         kill_and_reap(children, REAP_BOUND);
         drop(groups);
+        crate::ipc::cgroup::sweep();
     }
 }
 
@@ -266,9 +267,15 @@ impl ProcessBackend {
     /// The worker binary, looked up once.
     fn program(&self) -> Result<&Path> {
         self.program
-            .get_or_init(|| match &self.configured_program {
-                Some(path) => Ok(path.clone()),
-                None => find_worker_program(),
+            .get_or_init(|| {
+                let path = match &self.configured_program {
+                    Some(path) => path.clone(),
+                    None => find_worker_program()?,
+                };
+                // Workers start in `/`, where a relative path would
+                // name another file.
+                std::path::absolute(&path)
+                    .map_err(|e| format!("cannot resolve `{}`: {e}", path.display()))
             })
             .as_deref()
             .map_err(|why| Error::Unsupported(format!("process isolation here ({why})")))
@@ -293,21 +300,24 @@ impl ProcessBackend {
         if sandbox == Sandbox::Required {
             self.cgroups_required()?;
         }
-        if reuse && let Some(worker) = self.take_reusable(filtered, sandbox_key) {
+        // A worker that got no cgroup (its placement failed under `on`)
+        // serves no task that requires one.
+        let caged = sandbox == Sandbox::Required;
+        if reuse && let Some(worker) = self.take_reusable(filtered, caged, sandbox_key) {
             telemetry::worker_reused();
             return Ok(worker);
         }
         let ready = if filtered == (self.sandbox != Sandbox::Off) {
-            self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let at = idle.iter().rposition(|w| !caged || w.cgroup.is_some());
+            at.map(|at| idle.swap_remove(at))
         } else {
             None
         };
         let worker = match ready {
             Some(worker) => worker,
             None => {
-                let worker = start_worker(&program, sandbox, self)
-                    .await
-                    .map_err(Error::Internal)?;
+                let worker = start_worker(&program, sandbox, self).await?;
                 telemetry::worker_started(telemetry::WorkerStart::OnDemand);
                 worker
             }
@@ -316,16 +326,22 @@ impl ProcessBackend {
     }
 
     /// A kept worker that is still alive and can serve a task whose
-    /// sandbox is `sandbox_key` (never sandboxed, or for the same grants)
-    /// and whose policy is `filtered` the same way,
-    /// if any. One that died while idle is reaped by `try_wait` and
+    /// sandbox is `sandbox_key` (never sandboxed, or for the same grants),
+    /// whose policy is `filtered` the same way and, if `caged`, that has a
+    /// cgroup, if any. One that died while idle is reaped by `try_wait` and
     /// dropped.
-    fn take_reusable(&self, filtered: bool, sandbox_key: Option<u64>) -> Option<Worker> {
+    fn take_reusable(
+        &self,
+        filtered: bool,
+        caged: bool,
+        sandbox_key: Option<u64>,
+    ) -> Option<Worker> {
         let mut kept = self.reusable.lock().unwrap_or_else(|e| e.into_inner());
         let mut i = kept.len();
         while i > 0 {
             i -= 1;
             let fits = kept[i].filtered == filtered
+                && (!caged || kept[i].cgroup.is_some())
                 && (kept[i].sandboxed.is_none() || kept[i].sandboxed == sandbox_key);
             if !fits {
                 continue;
@@ -548,7 +564,7 @@ async fn start_worker(
     program: &Path,
     sandbox: Sandbox,
     backend: &ProcessBackend,
-) -> std::result::Result<Worker, String> {
+) -> Result<Worker> {
     let network = &backend.network;
     let mut command = tokio::process::Command::new(program);
     command
@@ -561,6 +577,9 @@ async fn start_worker(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A neutral working directory: nothing of the parent's is at hand
+        // by a relative path (the spec's paths arrive absolute).
+        .current_dir("/")
         .process_group(0)
         .kill_on_drop(true);
     if let Some(log) = std::env::var_os("ISOLA_LOG") {
@@ -569,14 +588,16 @@ async fn start_worker(
     if sandbox != Sandbox::Off {
         network.name_to(&mut command);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start worker `{}`: {e}", program.display()))?;
-    let pid = child.id().ok_or("worker exited at once")?;
+    let mut child = command.spawn().map_err(|e| {
+        Error::Internal(format!("cannot start worker `{}`: {e}", program.display()))
+    })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| Error::Internal("worker exited at once".into()))?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return Err("worker pipes missing".into());
+        return Err(Error::Internal("worker pipes missing".into()));
     };
     // A worker's own diagnostics (never the guest's output, which travels
     // in frames) go to the log, a bounded line at a time; the sandbox's
@@ -621,14 +642,13 @@ async fn start_worker(
             None => Err("worker exited during the handshake".to_owned()),
         }
     };
-    // On an error the guard, dropped on return, kills and reaps the worker.
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let failed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(())) => match guard.take() {
             Some(child) => {
                 if sandbox != Sandbox::Off {
                     network.adopt(pid);
                 }
-                Ok(Worker {
+                return Ok(Worker {
                     child,
                     pid,
                     reader,
@@ -637,13 +657,17 @@ async fn start_worker(
                     sandboxed: None,
                     filtered: sandbox != Sandbox::Off,
                     cgroup,
-                })
+                });
             }
-            None => Err("the worker vanished during the handshake".into()),
+            None => "the worker vanished during the handshake".to_owned(),
         },
-        Ok(Err(err)) => Err(format!("worker handshake failed: {err}")),
-        Err(_) => Err("worker did not answer the handshake".into()),
-    }
+        Ok(Err(err)) => format!("worker handshake failed: {err}"),
+        Err(_) => "worker did not answer the handshake".to_owned(),
+    };
+    // The guard kills and reaps the worker; its cgroup can go after that.
+    drop(guard);
+    drop(cgroup);
+    Err(Error::Internal(failed))
 }
 
 /// A cgroup for the sandboxed worker `pid`, or none where the machine has
@@ -653,16 +677,12 @@ fn worker_cgroup(
     backend: &ProcessBackend,
     sandbox: Sandbox,
     pid: u32,
-) -> std::result::Result<Option<WorkerGroup>, String> {
-    // `take_worker` refused a required sandbox without cgroups; a
-    // pre-started worker for one fails here.
+) -> Result<Option<WorkerGroup>> {
+    if sandbox == Sandbox::Required {
+        backend.cgroups_required()?;
+    }
     let Ok(cgroups) = backend.cgroups() else {
-        return match sandbox {
-            Sandbox::Required => Err("the OS sandbox is required, but its cgroup layer is \
-                                      unavailable"
-                .to_owned()),
-            _ => Ok(None),
-        };
+        return Ok(None);
     };
     match cgroups.place(pid) {
         Ok(mut group) => {
@@ -675,9 +695,9 @@ fn worker_cgroup(
             }
             Ok(Some(group))
         }
-        Err(err) if sandbox == Sandbox::Required => Err(format!(
-            "the OS sandbox is required, but the worker's cgroup cannot be made: {err}"
-        )),
+        Err(err) if sandbox == Sandbox::Required => Err(Error::SandboxUnavailable(format!(
+            "the worker's cgroup cannot be made: {err}"
+        ))),
         Err(err) => {
             tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {err}");
             Ok(None)

@@ -78,22 +78,40 @@ pub(crate) fn limit_cgroup_memory(
 /// Readies a spec for a worker and returns the cache directory it loads
 /// from: the artifact is put there (compiled once, here), inherited
 /// variables are resolved (the worker's environment is empty), the program
-/// is named by its path. The caller has checked the spec.
+/// is named by its path. Every path it names is made absolute here, since a
+/// worker runs in `/`, not in its parent's working directory. The caller
+/// has checked the spec.
 pub(crate) fn prepare_for_worker(
     parts: &Parts,
     backend: &ProcessBackend,
     program: &Program,
     spec: &mut TaskSpec,
 ) -> Result<PathBuf> {
-    let cache_dir = backend.cache_root(parts)?;
+    let cache_dir = absolute(&backend.cache_root(parts)?)?;
     parts.loader.ensure_artifact(program, &cache_dir)?;
     for key in std::mem::take(&mut spec.inherit_env) {
         if let Ok(value) = std::env::var(&key) {
             spec.env.insert(key, value);
         }
     }
-    spec.wasm = program.path().to_owned();
+    spec.wasm = absolute(program.path())?;
+    for dir in &mut spec.dirs {
+        dir.host = absolute(&dir.host)?;
+    }
+    if let Stdin::File(path) = &mut spec.stdin {
+        *path = absolute(path)?;
+    }
     Ok(cache_dir)
+}
+
+/// `path` made absolute against this process's working directory, as a
+/// worker (which runs in `/`) must be given it. Lexical: links stay links,
+/// for Landlock and the grants' own checks to see.
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Starts a process-isolated task.
@@ -163,12 +181,13 @@ pub(crate) async fn spawn(
         said,
         sandboxed: _,
         filtered: _,
-        cgroup,
+        mut cgroup,
     } = worker;
+    // Declared after the cgroup, so dropped (killed and reaped) before it
+    // on an early return: a group goes once its worker is gone.
     // From here the worker is reaped whatever happens, even if this
     // future or the supervisor's is dropped half-way.
     let child = ChildGuard::new(child, pid);
-    let mut cgroup = cgroup;
     limit_cgroup_memory(cgroup.as_mut(), data_limit, sandbox)?;
     // One task owns the pipe to the worker; everything else queues frames
     // for it, so the supervisor never blocks on a full pipe while the
@@ -583,7 +602,11 @@ impl Supervisor {
                 sandboxed: self.sandbox_key,
                 // Taken for this task's policy: filtered as it says.
                 filtered: self.sandbox_key.is_some(),
-                cgroup: self.cgroup.take(),
+                // The counts so far were this task's.
+                cgroup: self.cgroup.take().map(|mut group| {
+                    group.settle();
+                    group
+                }),
             });
         }
         let status = match child.get_mut() {
