@@ -15,6 +15,8 @@ pub(crate) const RESULTS_STREAM: &str = "ISOLA_RESULTS";
 pub(crate) const WORKERS_CONSUMER: &str = "isola-workers";
 pub(crate) const BLOBS_BUCKET: &str = "isola_blobs";
 pub(crate) const RUNS_STREAM: &str = "ISOLA_RUNS";
+/// Cancels, kept so a worker that was away or joins later still sees them.
+pub(crate) const CANCELS_STREAM: &str = "ISOLA_CANCELS";
 
 /// How long a submitter's heartbeat lasts: a run whose submitter has not
 /// beaten for this long is taken as gone, and workers drop its tasks.
@@ -40,8 +42,14 @@ pub(crate) fn run_subject(run: &str) -> String {
     format!("isola.run.{run}")
 }
 
+/// Where a whole run's cancel goes (payload `*`).
 pub(crate) fn cancel_subject(run: &str) -> String {
     format!("isola.cancel.{run}")
+}
+
+/// Where one task's cancel goes (payload: the task's number).
+pub(crate) fn task_cancel_subject(run: &str, task: u64) -> String {
+    format!("isola.cancel.{run}.{task}")
 }
 
 /// How a client proves who it is to the NATS server: the schemes
@@ -111,7 +119,7 @@ impl ConnectOptions {
     /// last (re)established.
     pub(crate) async fn connect_watched(
         &self,
-        connected_at: Option<std::sync::Arc<std::sync::Mutex<std::time::Instant>>>,
+        connected_at: Option<std::sync::Arc<std::sync::Mutex<Connected>>>,
     ) -> Result<async_nats::Client, Error> {
         let err = |message: String| Error::Connect {
             url: self.url.clone(),
@@ -145,7 +153,7 @@ impl ConnectOptions {
                 async move {
                     if matches!(event, async_nats::Event::Connected) {
                         *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            std::time::Instant::now();
+                            Connected::now();
                     }
                 }
             });
@@ -176,6 +184,23 @@ impl ConnectOptions {
     }
 }
 
+/// When a connection was (re)established: on this machine's monotonic
+/// clock, and on its wall clock (to compare with the server's timestamps).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Connected {
+    pub(crate) at: std::time::Instant,
+    pub(crate) wall: std::time::SystemTime,
+}
+
+impl Connected {
+    pub(crate) fn now() -> Connected {
+        Connected {
+            at: std::time::Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+}
+
 /// The JetStream entities, created if missing.
 pub(crate) struct Entities {
     pub(crate) js: jetstream::Context,
@@ -188,6 +213,11 @@ pub(crate) struct Entities {
     /// server does not give, and a stream with one message per subject is
     /// all a heartbeat needs.
     pub(crate) runs: stream::Stream,
+    /// Cancels: the last message on `isola.cancel.<run>` (a whole run) and
+    /// `isola.cancel.<run>.<task>`, kept as long as results are. Published
+    /// on core NATS (live to the workers' subscription) and stored by the
+    /// stream, so a worker that missed one finds it.
+    pub(crate) cancels: stream::Stream,
 }
 
 impl Entities {
@@ -271,12 +301,24 @@ impl Entities {
             })
             .await
             .map_err(|e| js_err("the heartbeat stream", &e))?;
+        let cancels = js
+            .get_or_create_stream(stream::Config {
+                name: CANCELS_STREAM.into(),
+                subjects: vec!["isola.cancel.>".into()],
+                max_messages_per_subject: 1,
+                max_age: RESULTS_MAX_AGE,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("the cancel stream", &e))?;
         Ok(Entities {
             js,
             tasks,
             results,
             blobs,
             runs,
+            cancels,
         })
     }
 

@@ -24,6 +24,7 @@ use crate::Error;
 use crate::blobs::Blobs;
 use crate::connect::{
     ConnectOptions, Entities, HEARTBEAT_EVERY, TASK_SUBJECT, cancel_subject, run_subject,
+    task_cancel_subject,
 };
 use crate::files::{self, FileMeta};
 use crate::wire::{Changes, DELIVERY_HEADER, Ending, ResultMessage, STREAM_HEADER, TaskMessage};
@@ -671,7 +672,7 @@ impl Inner {
             () = cancel.cancelled() => {
                 let _ = self
                     .client
-                    .publish(cancel_subject(&self.run), Bytes::from(task.to_string()))
+                    .publish(task_cancel_subject(&self.run, task), Bytes::from(task.to_string()))
                     .await;
                 tokio::time::timeout(CANCEL_GRACE, wait_result(&waiting)).await.ok()
             }
@@ -886,8 +887,8 @@ impl Drop for Unlaunched {
         }
         lock(&self.inner.waiting).remove(&self.task);
         let client = self.inner.client.clone();
-        let subject = cancel_subject(&self.inner.run);
         let task = self.task;
+        let subject = task_cancel_subject(&self.inner.run, task);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = client.publish(subject, Bytes::from(task.to_string())).await;

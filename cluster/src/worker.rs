@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::blobs::Blobs;
 use crate::connect::{
-    ConnectOptions, Entities, HEARTBEAT_TTL, output_subject, result_subject, run_subject,
+    ConnectOptions, Connected, Entities, HEARTBEAT_TTL, cancel_subject, output_subject,
+    result_subject, run_subject, task_cancel_subject,
 };
 use crate::files::{self, Snapshot};
 use crate::launcher::{DEFAULT_MAX_ARCHIVE, STARTED_HEADER};
@@ -150,7 +151,7 @@ struct Shared {
     /// When the connection to the server was last made: heartbeats that
     /// expired while the server was away say nothing until the submitters
     /// have had time to beat again.
-    connected_at: Arc<Mutex<Instant>>,
+    connected_at: Arc<Mutex<Connected>>,
 }
 
 #[derive(Default)]
@@ -176,7 +177,7 @@ impl Worker {
         connect: &ConnectOptions,
         options: WorkerOptions,
     ) -> Result<Worker, Error> {
-        let connected_at = Arc::new(Mutex::new(Instant::now()));
+        let connected_at = Arc::new(Mutex::new(Connected::now()));
         let client = connect.connect_watched(Some(connected_at.clone())).await?;
         let entities = Entities::ensure(client.clone()).await?;
         let blobs = Blobs::new(entities.blobs.clone());
@@ -332,11 +333,17 @@ async fn listen_for_cancels(
             () = stop.cancelled() => return,
         };
         let Some(message) = message else { return };
-        let Some(run) = message.subject.strip_prefix("isola.cancel.") else {
+        let Some(rest) = message.subject.strip_prefix("isola.cancel.") else {
             continue;
         };
-        let run = run.to_owned();
-        let what = String::from_utf8_lossy(&message.payload).trim().to_owned();
+        // `<run>` (payload `*`) or `<run>.<task>`: run ids have no dots.
+        let (run, what) = match rest.split_once('.') {
+            Some((run, task)) => (run.to_owned(), task.to_owned()),
+            None => (
+                rest.to_owned(),
+                String::from_utf8_lossy(&message.payload).trim().to_owned(),
+            ),
+        };
         let mut cancelled = lock(&shared.cancelled);
         // Bounded: a long-lived worker forgets old cancels.
         if cancelled.tasks.len() > 100_000 || cancelled.runs.len() > 10_000 {
@@ -362,12 +369,32 @@ async fn listen_for_cancels(
     }
 }
 
-/// Cancels the running tasks of runs whose submitter stopped beating.
+/// Cancels the running tasks of runs whose submitter stopped beating, and,
+/// after a reconnection, those whose cancel went by while it was away.
 async fn watch_runs(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut seen = lock(&shared.connected_at).at;
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = stop.cancelled() => return,
+        }
+        let connected = lock(&shared.connected_at).at;
+        if connected != seen {
+            seen = connected;
+            let attempts: Vec<(String, u64)> = lock(&shared.running)
+                .keys()
+                .map(|(r, t, _)| (r.clone(), *t))
+                .collect();
+            for (run, task) in attempts {
+                if shared.cancel_stored(&run, task).await {
+                    tracing::info!(run, task, "cancelled while the server was away");
+                    for ((r, t, _), handle) in lock(&shared.running).iter() {
+                        if *r == run && *t == task {
+                            handle.cancel();
+                        }
+                    }
+                }
+            }
         }
         let runs: HashSet<String> = lock(&shared.running)
             .keys()
@@ -401,7 +428,7 @@ impl Shared {
             .runs
             .get_last_raw_message_by_subject(&run_subject(run))
             .await;
-        let settled = lock(&self.connected_at).elapsed() >= HEARTBEAT_TTL;
+        let settled = lock(&self.connected_at).at.elapsed() >= HEARTBEAT_TTL;
         let alive = match found {
             Ok(_) => true,
             Err(err) => {
@@ -418,6 +445,38 @@ impl Shared {
         }
         known.insert(run.to_owned(), (Instant::now(), alive));
         alive
+    }
+
+    /// Whether a cancel of this task or its run is stored (published while
+    /// this worker was not listening); remembered if so.
+    async fn cancel_stored(&self, run: &str, task: u64) -> bool {
+        let cancels = &self.entities.cancels;
+        let (whole, one) = (cancel_subject(run), task_cancel_subject(run, task));
+        let (whole, one) = tokio::join!(
+            cancels.get_last_raw_message_by_subject(&whole),
+            cancels.get_last_raw_message_by_subject(&one),
+        );
+        let mut cancelled = lock(&self.cancelled);
+        // A whole run's cancel says `*`.
+        if whole.is_ok_and(|m| m.payload.as_ref() == b"*") {
+            cancelled.runs.insert(run.to_owned());
+            true
+        } else if one.is_ok() {
+            cancelled.tasks.insert((run.to_owned(), task));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether a cancel for a task published at `published` (the server's
+    /// clock) could have gone by while this worker was not listening: it
+    /// was queued before the current connection (allowing for clocks that
+    /// disagree by up to [`CLOCK_SKEW`]). Cancels of later tasks reach the
+    /// worker live.
+    fn may_have_missed(&self, published: std::time::SystemTime) -> bool {
+        let since = lock(&self.connected_at).wall;
+        published < since + CLOCK_SKEW
     }
 
     fn is_cancelled(&self, run: &str, task: u64) -> bool {
@@ -542,7 +601,13 @@ async fn handle_message(
         metrics: TaskMetrics::default(),
     };
 
-    if shared.is_cancelled(&run, number) || !shared.alive(&run).await {
+    let missed = message
+        .info()
+        .is_ok_and(|info| shared.may_have_missed(std::time::SystemTime::from(info.published)));
+    if shared.is_cancelled(&run, number)
+        || (missed && shared.cancel_stored(&run, number).await)
+        || !shared.alive(&run).await
+    {
         // A leftover of a run that ended or was killed: not run.
         tracing::debug!(run, task = number, "dropped: its run is over");
         let _ = shared
@@ -675,6 +740,11 @@ async fn handle_message(
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
 }
+
+/// How far the server's clock and this worker's may disagree for
+/// [`Shared::may_have_missed`]: a task queued up to this long after the
+/// worker connected still has its stored cancels looked up.
+const CLOCK_SKEW: Duration = Duration::from_secs(30);
 
 /// Test-only faults, read in debug builds alone: the worker exits at the
 /// point this variable names, as one killed there would.

@@ -1225,3 +1225,38 @@ fn changed_and_deleted_files_come_back_as_they_are_locally() {
         "{remote_lines:?}"
     );
 }
+
+/// A cancel published while no worker listened (here: a spawn given up
+/// before any worker took its task) is stored, and the worker that takes
+/// the task later drops it instead of running it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_no_worker_heard_still_stops_the_task() {
+    let server = Server::start();
+    let cluster =
+        isola_cluster::Cluster::connect(&isola_cluster::ConnectOptions::new(server.url()))
+            .await
+            .expect("connect");
+    let mut spec = TaskSpec::new(guest("echo_cli", GuestKind::Module));
+    spec.args = vec!["args".into(), "ran".into()];
+    // No worker yet: the spawn waits for one to start the task; giving up
+    // on it cancels the task.
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), cluster.spawn("late", spec))
+        .await
+        .is_err();
+    assert!(gave_up, "no worker could have started it");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _worker = WorkerProc::start(&server.url(), "late", &["-j", "1"]);
+    // The worker's word on the task: it was not run.
+    let js = jetstream(&server).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stream_state(&js, "ISOLA_RESULTS").await.0 == 0 {
+        assert!(Instant::now() < deadline, "the worker never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stream = js.get_stream("ISOLA_RESULTS").await.expect("results");
+    let result = stream.get_raw_message(1).await.expect("the result");
+    let text = String::from_utf8_lossy(&result.payload).to_lowercase();
+    assert!(text.contains("cancelled"), "{text}");
+    assert!(!text.contains("exited"), "{text}");
+    drop(cluster);
+}
