@@ -119,7 +119,7 @@ impl ConnectOptions {
     /// last (re)established.
     pub(crate) async fn connect_watched(
         &self,
-        connected_at: Option<std::sync::Arc<std::sync::Mutex<Connected>>>,
+        connected_at: Option<std::sync::Arc<std::sync::Mutex<std::time::Instant>>>,
     ) -> Result<async_nats::Client, Error> {
         let err = |message: String| Error::Connect {
             url: self.url.clone(),
@@ -153,7 +153,7 @@ impl ConnectOptions {
                 async move {
                     if matches!(event, async_nats::Event::Connected) {
                         *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Connected::now();
+                            std::time::Instant::now();
                     }
                 }
             });
@@ -180,23 +180,6 @@ impl ConnectOptions {
                 Err(err(message))
             }
             Err(_) => Err(err("no answer within 10 s".into())),
-        }
-    }
-}
-
-/// When a connection was (re)established: on this machine's monotonic
-/// clock, and on its wall clock (to compare with the server's timestamps).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Connected {
-    pub(crate) at: std::time::Instant,
-    pub(crate) wall: std::time::SystemTime,
-}
-
-impl Connected {
-    pub(crate) fn now() -> Connected {
-        Connected {
-            at: std::time::Instant::now(),
-            wall: std::time::SystemTime::now(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::blobs::Blobs;
 use crate::connect::{
-    ConnectOptions, Connected, Entities, HEARTBEAT_TTL, cancel_subject, output_subject,
-    result_subject, run_subject, task_cancel_subject,
+    ConnectOptions, Entities, HEARTBEAT_TTL, output_subject, result_subject, run_subject,
 };
 use crate::files::{self, Snapshot};
 use crate::launcher::{DEFAULT_MAX_ARCHIVE, STARTED_HEADER};
@@ -151,7 +151,7 @@ struct Shared {
     /// When the connection to the server was last made: heartbeats that
     /// expired while the server was away say nothing until the submitters
     /// have had time to beat again.
-    connected_at: Arc<Mutex<Connected>>,
+    connected_at: Arc<Mutex<Instant>>,
 }
 
 #[derive(Default)]
@@ -177,7 +177,7 @@ impl Worker {
         connect: &ConnectOptions,
         options: WorkerOptions,
     ) -> Result<Worker, Error> {
-        let connected_at = Arc::new(Mutex::new(Connected::now()));
+        let connected_at = Arc::new(Mutex::new(Instant::now()));
         let client = connect.connect_watched(Some(connected_at.clone())).await?;
         let entities = Entities::ensure(client.clone()).await?;
         let blobs = Blobs::new(entities.blobs.clone());
@@ -232,6 +232,8 @@ impl Worker {
         let stop = CancellationToken::new();
         let _stop_guard = stop.clone().drop_guard();
         tokio::spawn(listen_for_cancels(shared.clone(), cancels, stop.clone()));
+        // Listening now: what went by before is in the server's store.
+        shared.load_cancels().await;
         tokio::spawn(watch_runs(shared.clone(), stop.clone()));
         {
             let abort = abort.clone();
@@ -333,68 +335,23 @@ async fn listen_for_cancels(
             () = stop.cancelled() => return,
         };
         let Some(message) = message else { return };
-        let Some(rest) = message.subject.strip_prefix("isola.cancel.") else {
-            continue;
-        };
-        // `<run>` (payload `*`) or `<run>.<task>`: run ids have no dots.
-        let (run, what) = match rest.split_once('.') {
-            Some((run, task)) => (run.to_owned(), task.to_owned()),
-            None => (
-                rest.to_owned(),
-                String::from_utf8_lossy(&message.payload).trim().to_owned(),
-            ),
-        };
-        let mut cancelled = lock(&shared.cancelled);
-        // Bounded: a long-lived worker forgets old cancels.
-        if cancelled.tasks.len() > 100_000 || cancelled.runs.len() > 10_000 {
-            *cancelled = Cancelled::default();
-        }
-        if what == "*" {
-            cancelled.runs.insert(run.clone());
-            drop(cancelled);
-            for ((r, _, _), handle) in lock(&shared.running).iter() {
-                if *r == run {
-                    handle.cancel();
-                }
-            }
-        } else if let Ok(task) = what.parse::<u64>() {
-            cancelled.tasks.insert((run.clone(), task));
-            drop(cancelled);
-            for ((r, t, _), handle) in lock(&shared.running).iter() {
-                if *r == run && *t == task {
-                    handle.cancel();
-                }
-            }
-        }
+        shared.note_cancel(&message.subject, &message.payload);
     }
 }
 
 /// Cancels the running tasks of runs whose submitter stopped beating, and,
 /// after a reconnection, those whose cancel went by while it was away.
 async fn watch_runs(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut seen = lock(&shared.connected_at).at;
+    let mut seen = *lock(&shared.connected_at);
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = stop.cancelled() => return,
         }
-        let connected = lock(&shared.connected_at).at;
+        let connected = *lock(&shared.connected_at);
         if connected != seen {
             seen = connected;
-            let attempts: Vec<(String, u64)> = lock(&shared.running)
-                .keys()
-                .map(|(r, t, _)| (r.clone(), *t))
-                .collect();
-            for (run, task) in attempts {
-                if shared.cancel_stored(&run, task).await {
-                    tracing::info!(run, task, "cancelled while the server was away");
-                    for ((r, t, _), handle) in lock(&shared.running).iter() {
-                        if *r == run && *t == task {
-                            handle.cancel();
-                        }
-                    }
-                }
-            }
+            shared.load_cancels().await;
         }
         let runs: HashSet<String> = lock(&shared.running)
             .keys()
@@ -428,7 +385,7 @@ impl Shared {
             .runs
             .get_last_raw_message_by_subject(&run_subject(run))
             .await;
-        let settled = lock(&self.connected_at).at.elapsed() >= HEARTBEAT_TTL;
+        let settled = lock(&self.connected_at).elapsed() >= HEARTBEAT_TTL;
         let alive = match found {
             Ok(_) => true,
             Err(err) => {
@@ -447,36 +404,73 @@ impl Shared {
         alive
     }
 
-    /// Whether a cancel of this task or its run is stored (published while
-    /// this worker was not listening); remembered if so.
-    async fn cancel_stored(&self, run: &str, task: u64) -> bool {
-        let cancels = &self.entities.cancels;
-        let (whole, one) = (cancel_subject(run), task_cancel_subject(run, task));
-        let (whole, one) = tokio::join!(
-            cancels.get_last_raw_message_by_subject(&whole),
-            cancels.get_last_raw_message_by_subject(&one),
-        );
+    /// Takes in a cancel, from its subject (`isola.cancel.<run>` with the
+    /// payload `*`, or `isola.cancel.<run>.<task>`), and cancels what of it
+    /// runs here.
+    fn note_cancel(&self, subject: &str, payload: &[u8]) {
+        let Some(rest) = subject.strip_prefix("isola.cancel.") else {
+            return;
+        };
+        // Run ids have no dots.
+        let (run, task) = match rest.split_once('.') {
+            Some((run, task)) => match task.parse::<u64>() {
+                Ok(task) => (run, Some(task)),
+                Err(_) => return,
+            },
+            None if payload == b"*" => (rest, None),
+            None => return,
+        };
         let mut cancelled = lock(&self.cancelled);
-        // A whole run's cancel says `*`.
-        if whole.is_ok_and(|m| m.payload.as_ref() == b"*") {
-            cancelled.runs.insert(run.to_owned());
-            true
-        } else if one.is_ok() {
-            cancelled.tasks.insert((run.to_owned(), task));
-            true
-        } else {
-            false
+        // Bounded: a long-lived worker forgets old cancels.
+        if cancelled.tasks.len() > 100_000 || cancelled.runs.len() > 10_000 {
+            *cancelled = Cancelled::default();
+        }
+        match task {
+            None => cancelled.runs.insert(run.to_owned()),
+            Some(task) => cancelled.tasks.insert((run.to_owned(), task)),
+        };
+        drop(cancelled);
+        for ((r, t, _), handle) in lock(&self.running).iter() {
+            if r == run && task.is_none_or(|task| *t == task) {
+                handle.cancel();
+            }
         }
     }
 
-    /// Whether a cancel for a task published at `published` (the server's
-    /// clock) could have gone by while this worker was not listening: it
-    /// was queued before the current connection (allowing for clocks that
-    /// disagree by up to [`CLOCK_SKEW`]). Cancels of later tasks reach the
-    /// worker live.
-    fn may_have_missed(&self, published: std::time::SystemTime) -> bool {
-        let since = lock(&self.connected_at).wall;
-        published < since + CLOCK_SKEW
+    /// Takes in the cancels the server keeps (the last of each subject),
+    /// which went by while this worker was not listening: called once it
+    /// listens, as it starts and after each reconnection. Later ones reach
+    /// it live.
+    async fn load_cancels(&self) {
+        let mut stream = self.entities.cancels.clone();
+        match stream.info().await {
+            Ok(info) if info.state.messages > 0 => {}
+            _ => return,
+        }
+        let read = async {
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: "isola.cancel.>".into(),
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| e.to_string())?;
+                self.note_cancel(&message.subject, &message.payload);
+                if message.info().is_ok_and(|info| info.pending == 0) {
+                    break;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!("cannot read the stored cancels: {err}"),
+            Err(_) => tracing::warn!("cannot read the stored cancels: no answer in 10 s"),
+        }
     }
 
     fn is_cancelled(&self, run: &str, task: u64) -> bool {
@@ -601,13 +595,7 @@ async fn handle_message(
         metrics: TaskMetrics::default(),
     };
 
-    let missed = message
-        .info()
-        .is_ok_and(|info| shared.may_have_missed(std::time::SystemTime::from(info.published)));
-    if shared.is_cancelled(&run, number)
-        || (missed && shared.cancel_stored(&run, number).await)
-        || !shared.alive(&run).await
-    {
+    if shared.is_cancelled(&run, number) || !shared.alive(&run).await {
         // A leftover of a run that ended or was killed: not run.
         tracing::debug!(run, task = number, "dropped: its run is over");
         let _ = shared
@@ -740,11 +728,6 @@ async fn handle_message(
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
 }
-
-/// How far the server's clock and this worker's may disagree for
-/// [`Shared::may_have_missed`]: a task queued up to this long after the
-/// worker connected still has its stored cancels looked up.
-const CLOCK_SKEW: Duration = Duration::from_secs(30);
 
 /// Test-only faults, read in debug builds alone: the worker exits at the
 /// point this variable names, as one killed there would.

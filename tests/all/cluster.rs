@@ -74,6 +74,37 @@ impl Server {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Listening is not serving JetStream yet: a loaded machine showed
+        // the gap. Waited for on a thread of its own, as a test may call
+        // this from inside its runtime; not for a server with options of
+        // its own (credentials the probe does not have), whose tests start
+        // with a client that retries.
+        if !self.extra.is_empty() {
+            return;
+        }
+        let url = self.url();
+        let ready = std::thread::spawn(move || {
+            runtime().block_on(async {
+                while Instant::now() < deadline {
+                    // JetStream answers "not found" for a stream that is
+                    // not there once it serves (no answer before).
+                    if let Ok(client) = async_nats::connect(url.as_str()).await
+                        && let Err(err) = async_nats::jetstream::new(client)
+                            .get_stream("ISOLA_READINESS_PROBE")
+                            .await
+                        && err.to_string().contains("not found")
+                    {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                false
+            })
+        });
+        assert!(
+            ready.join().expect("the readiness check"),
+            "nats-server did not serve JetStream within 10 s"
+        );
     }
 
     fn url(&self) -> String {
