@@ -19,7 +19,7 @@
 //! | `isola_blobs` | object store | modules, packed directories and stdin files, named by their SHA-256 |
 //! | `ISOLA_RUNS` (`isola.run.<run>`) | stream, one message per subject, kept 10 s | each live submitter's heartbeat |
 //! | `isola.output.<run>.<task>` | core subject | output chunks, in order, with the delivery that wrote them (the result counts them) |
-//! | `ISOLA_CANCELS` (`isola.cancel.<run>`, `isola.cancel.<run>.<task>`) | core subjects, stored by a stream (one message per subject, kept an hour) | cancel a whole run, or one task: live to the workers that listen, and read by a worker once it listens (as it starts, and after each reconnection), so one that was away or joins later still sees it |
+//! | `ISOLA_CANCELS` (`isola.cancel.<run>`, `isola.cancel.<run>.<task>`) | core subjects, stored by a stream (one message per subject, kept an hour) | cancel a whole run, or one task: live to the workers that listen, and read by a worker once it listens (as it starts, and after each reconnection), so one that was away or joins later still sees it within the hour; a task's number as the payload on `isola.cancel.<run>` (the form before the per-task subject) is still honoured |
 //!
 //! # Guarantees
 //!

@@ -232,9 +232,10 @@ impl Worker {
         let stop = CancellationToken::new();
         let _stop_guard = stop.clone().drop_guard();
         tokio::spawn(listen_for_cancels(shared.clone(), cancels, stop.clone()));
-        // Listening now: what went by before is in the server's store.
-        shared.load_cancels().await;
-        tokio::spawn(watch_runs(shared.clone(), stop.clone()));
+        // Listening now: what went by before is in the server's store
+        // (tried again every few seconds until it could be read).
+        let loaded = shared.load_cancels().await;
+        tokio::spawn(watch_runs(shared.clone(), stop.clone(), loaded));
         {
             let abort = abort.clone();
             let shared = shared.clone();
@@ -340,18 +341,19 @@ async fn listen_for_cancels(
 }
 
 /// Cancels the running tasks of runs whose submitter stopped beating, and,
-/// after a reconnection, those whose cancel went by while it was away.
-async fn watch_runs(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut seen = *lock(&shared.connected_at);
+/// after a reconnection (or a first read that failed), reads the stored
+/// cancels that went by while it was away.
+async fn watch_runs(shared: Arc<Shared>, stop: CancellationToken, loaded: bool) {
+    // The connection whose stored cancels were read, if they were.
+    let mut seen = loaded.then(|| *lock(&shared.connected_at));
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = stop.cancelled() => return,
         }
         let connected = *lock(&shared.connected_at);
-        if connected != seen {
-            seen = connected;
-            shared.load_cancels().await;
+        if seen != Some(connected) && shared.load_cancels().await {
+            seen = Some(connected);
         }
         let runs: HashSet<String> = lock(&shared.running)
             .keys()
@@ -408,17 +410,8 @@ impl Shared {
     /// payload `*`, or `isola.cancel.<run>.<task>`), and cancels what of it
     /// runs here.
     fn note_cancel(&self, subject: &str, payload: &[u8]) {
-        let Some(rest) = subject.strip_prefix("isola.cancel.") else {
+        let Some((run, task)) = parse_cancel(subject, payload) else {
             return;
-        };
-        // Run ids have no dots.
-        let (run, task) = match rest.split_once('.') {
-            Some((run, task)) => match task.parse::<u64>() {
-                Ok(task) => (run, Some(task)),
-                Err(_) => return,
-            },
-            None if payload == b"*" => (rest, None),
-            None => return,
         };
         let mut cancelled = lock(&self.cancelled);
         // Bounded: a long-lived worker forgets old cancels.
@@ -441,13 +434,15 @@ impl Shared {
     /// which went by while this worker was not listening: called once it
     /// listens, as it starts and after each reconnection. Later ones reach
     /// it live.
-    async fn load_cancels(&self) {
+    /// Whether it read them (to try again later if not).
+    async fn load_cancels(&self) -> bool {
         let mut stream = self.entities.cancels.clone();
-        match stream.info().await {
-            Ok(info) if info.state.messages > 0 => {}
-            _ => return,
-        }
         let read = async {
+            let last = match stream.info().await {
+                Ok(info) if info.state.messages == 0 => return Ok(()),
+                Ok(info) => info.state.last_sequence,
+                Err(err) => return Err(err.to_string()),
+            };
             let consumer = stream
                 .create_consumer(OrderedConfig {
                     filter_subject: "isola.cancel.>".into(),
@@ -456,20 +451,37 @@ impl Shared {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            let name = consumer.cached_info().name.clone();
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| e.to_string())?;
                 self.note_cancel(&message.subject, &message.payload);
-                if message.info().is_ok_and(|info| info.pending == 0) {
+                // Up to what was stored when it started: later ones came
+                // live (and new ones keep `pending` above zero).
+                if message
+                    .info()
+                    .is_ok_and(|info| info.pending == 0 || info.stream_sequence >= last)
+                {
                     break;
                 }
             }
+            drop(messages);
+            // Not left on the server for its inactivity timeout.
+            let _ = stream.delete_consumer(&name).await;
             Ok::<(), String>(())
         };
         match tokio::time::timeout(Duration::from_secs(10), read).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!("cannot read the stored cancels: {err}"),
-            Err(_) => tracing::warn!("cannot read the stored cancels: no answer in 10 s"),
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::warn!("cannot read the stored cancels (will try again): {err}");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "cannot read the stored cancels (will try again): no answer in 10 s"
+                );
+                false
+            }
         }
     }
 
@@ -547,6 +559,32 @@ async fn handle(
         () = handle_message(shared, &message, abort) => {}
         () = progress => {}
     }
+}
+
+/// What a cancel message cancels: its run, and one task or (`None`) all.
+/// `isola.cancel.<run>` with the payload `*` is a whole run,
+/// `isola.cancel.<run>.<task>` one task, and a task's number as the payload
+/// on the run's subject one task too (how submitters said it before the
+/// per-task subject). Anything else, or a run that is not a run id (the
+/// subject is anyone's who may publish), is nothing.
+fn parse_cancel<'s>(subject: &'s str, payload: &[u8]) -> Option<(&'s str, Option<u64>)> {
+    let rest = subject.strip_prefix("isola.cancel.")?;
+    // Run ids have no dots.
+    let (run, task) = match rest.split_once('.') {
+        Some((run, task)) => (run, Some(task.parse::<u64>().ok()?)),
+        None if payload == b"*" => (rest, None),
+        None => (
+            rest,
+            Some(
+                std::str::from_utf8(payload)
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?,
+            ),
+        ),
+    };
+    is_run_id(run).then_some((run, task))
 }
 
 /// Whether `run` is a run id a submitter makes: it becomes part of subjects
@@ -1023,6 +1061,31 @@ async fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_names_a_run_or_one_of_its_tasks_and_nothing_else() {
+        assert_eq!(parse_cancel("isola.cancel.r1", b"*"), Some(("r1", None)));
+        assert_eq!(
+            parse_cancel("isola.cancel.r1.7", b"7"),
+            Some(("r1", Some(7)))
+        );
+        // The older form: the task's number on the run's subject.
+        assert_eq!(
+            parse_cancel("isola.cancel.r1", b" 7\n"),
+            Some(("r1", Some(7)))
+        );
+        for (subject, payload) in [
+            ("isola.cancel.r1", &b"x"[..]),
+            ("isola.cancel.r1.x", b"*"),
+            ("isola.other.r1", b"*"),
+            ("isola.cancel.", b"*"),
+            ("isola.cancel.a*b", b"*"),
+        ] {
+            assert_eq!(parse_cancel(subject, payload), None, "{subject}");
+        }
+        let long = format!("isola.cancel.{}", "r".repeat(4000));
+        assert_eq!(parse_cancel(&long, b"*"), None);
+    }
 
     #[test]
     fn a_run_id_cannot_name_a_path_or_a_subject_wildcard() {

@@ -1270,16 +1270,23 @@ async fn a_cancel_no_worker_heard_still_stops_the_task() {
     let mut spec = TaskSpec::new(guest("echo_cli", GuestKind::Module));
     spec.args = vec!["args".into(), "ran".into()];
     // No worker yet: the spawn waits for one to start the task; giving up
-    // on it cancels the task.
-    let gave_up = tokio::time::timeout(Duration::from_millis(500), cluster.spawn("late", spec))
-        .await
-        .is_err();
-    assert!(gave_up, "no worker could have started it");
+    // on it, once the task is queued, cancels the task.
+    let cluster = std::sync::Arc::new(cluster);
+    let spawning = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.spawn("late", spec).await.is_ok() })
+    };
+    let js = jetstream(&server).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stream_state(&js, "ISOLA_TASKS").await.0 == 0 {
+        assert!(Instant::now() < deadline, "the task was never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    spawning.abort();
+    assert!(spawning.await.is_err(), "no worker could have started it");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _worker = WorkerProc::start(&server.url(), "late", &["-j", "1"]);
     // The worker's word on the task: it was not run.
-    let js = jetstream(&server).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
     while stream_state(&js, "ISOLA_RESULTS").await.0 == 0 {
         assert!(Instant::now() < deadline, "the worker never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
