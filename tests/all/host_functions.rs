@@ -34,12 +34,19 @@ fn functions(dropped: Arc<AtomicBool>, counted: Arc<AtomicU64>) -> HostFunctions
         })
         .with("fail", |_| async { Err("the service refused".to_owned()) })
         .with("panic", |_| async { panic!("the host function broke") })
-        .with("sleep", move |_| {
-            let guard = Dropped(Arc::clone(&dropped));
-            async move {
-                let _guard = guard;
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok(Vec::new())
+        .with("sleep", {
+            // Calls of `sleep` count too: a test ends a task only once its
+            // call is in flight (a fixed wait was not enough on a loaded
+            // machine, and a call never made is never dropped).
+            let started = Arc::clone(&counted);
+            move |_| {
+                started.fetch_add(1, Ordering::SeqCst);
+                let guard = Dropped(Arc::clone(&dropped));
+                async move {
+                    let _guard = guard;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(Vec::new())
+                }
             }
         })
         .with("count", move |_| {
@@ -219,20 +226,22 @@ async fn a_call_in_flight_ends_with_its_task() {
                 continue;
             }
             let dropped = Arc::new(AtomicBool::new(false));
-            let runner = runner_with(functions(Arc::clone(&dropped), Arc::default()));
+            let started = Arc::new(AtomicU64::new(0));
+            let runner = runner_with(functions(Arc::clone(&dropped), Arc::clone(&started)));
             let mut spec = spec(target, &["call", "sleep", ""], &["sleep"]);
             if ending == Ending::Timeout {
                 spec.limits.timeout = Some(Duration::from_millis(300));
             }
             let handle = runner.spawn(spec).await.expect("spawn");
+            if ending != Ending::Timeout {
+                in_flight(&started).await;
+            }
             match ending {
                 Ending::Timeout => {}
                 Ending::Cancel => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
                     handle.cancel();
                 }
                 Ending::Kill => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
                     let pid = handle.process_id().expect("a worker");
                     // SAFETY: signals the task's own worker process.
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -258,7 +267,13 @@ async fn a_call_in_flight_ends_with_its_task() {
                     report.outcome
                 ),
             }
-            // The parent drops it when the task's end reaches it.
+            // The parent drops it when the task's end reaches it (a call
+            // the timeout beat to the parent was never made: nothing to
+            // drop).
+            if started.load(Ordering::SeqCst) == 0 {
+                assert_eq!(ending, Ending::Timeout, "{target:?}");
+                continue;
+            }
             for _ in 0..100 {
                 if dropped.load(Ordering::SeqCst) {
                     break;
@@ -339,14 +354,15 @@ async fn a_kept_plugins_host_call_ends_when_its_worker_dies() {
         &COUNTING_PLUGIN.replace("\"count\")", "\"sleep\")"),
     );
     let dropped = Arc::new(AtomicBool::new(false));
-    let runner = runner_with(functions(Arc::clone(&dropped), Arc::default()));
+    let started = Arc::new(AtomicU64::new(0));
+    let runner = runner_with(functions(Arc::clone(&dropped), Arc::clone(&started)));
     let mut spec = TaskSpec::new(&wasm);
     spec.isolation = Isolation::Process;
     spec.host_functions = vec!["sleep".into()];
     let mut plugin = runner.plugin(spec).await.expect("a kept plugin");
     let pid = plugin.process_id().expect("a worker");
     let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        in_flight(&started).await;
         // SAFETY: signals the plugin's own worker process.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     });
@@ -368,6 +384,17 @@ async fn a_kept_plugins_host_call_ends_when_its_worker_dies() {
         dropped.load(Ordering::SeqCst),
         "the function's future outlived the call"
     );
+}
+
+/// Waits (up to 30 s) until a call of `sleep` is in flight.
+async fn in_flight(started: &AtomicU64) {
+    for _ in 0..1500 {
+        if started.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the guest never called `sleep`");
 }
 
 /// A core plugin (WAT, written to the raw `isola:task` imports of
