@@ -141,6 +141,14 @@ async fn a_fast_poster_is_held_back_by_a_slow_host() {
         let mut handle = runner().spawn(spec).await.expect("spawn");
         let mut messages = handle.take_messages().expect("messages");
         // The host does not read for a while: the guest must be blocked.
+        // Waited for until the queue fills (a loaded machine may take more
+        // than a moment), then a while more, for it to overfill if it could.
+        for _ in 0..500 {
+            if messages.len() >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         // Counted before any is taken: taking one lets the guest post
         // another, which a count while draining would see too.
