@@ -330,6 +330,9 @@ async fn serve() -> Result<(), String> {
                 // Only a head start: if it fails, the task's own load
                 // reports why.
                 parts.loader.use_disk_cache(&preload.cache_dir);
+                if sandboxed {
+                    prepare_file_rules(Some(&preload.cache_dir));
+                }
                 let id = preload.program;
                 if let Ok(program) = parts.loader.load_known(&preload.wasm, id.hash, id.kind) {
                     thread::instantiate_only(&parts, &program).await;
@@ -338,6 +341,9 @@ async fn serve() -> Result<(), String> {
             }
             Some(ToWorker::WarmUp) => {
                 warm_up(&parts).await;
+                if sandboxed {
+                    prepare_file_rules(None);
+                }
                 continue;
             }
             // A kept plugin instance: this worker serves it until the end.
@@ -914,6 +920,38 @@ fn enter_sandbox(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<(
     Ok(())
 }
 
+/// The Landlock ruleset a sandboxed worker made while it waited for its
+/// task, with the rules every task of its runner gets (see
+/// [`prepare_file_rules`]); taken, and completed with the task's own
+/// grants, by [`enter_layers`].
+static FILE_RULES: std::sync::Mutex<Option<sandbox::FileRules>> = std::sync::Mutex::new(None);
+
+/// Makes the worker's Landlock ruleset ahead of its task, while it waits:
+/// the ruleset itself, `/proc/self/status` and the compile cache
+/// (`cache_dir`, once the parent names it), which every task's grants hold
+/// (see [`enter_layers`]). A task then adds only its program and
+/// directories before the rules go into force, which saves it about
+/// 0.1 ms. Nothing is enforced here: a kernel that refuses the ruleset is
+/// reported by the task's own attempt.
+fn prepare_file_rules(cache_dir: Option<&Path>) {
+    let mut prepared = FILE_RULES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if prepared.is_none() {
+        *prepared = sandbox::FileRules::new().ok();
+    }
+    if let Some(rules) = prepared.as_mut() {
+        rules.allow(Path::new(STATUS_FILE), false);
+        if let Some(dir) = cache_dir {
+            rules.allow(dir, false);
+        }
+    }
+}
+
+/// Read by the memory-limit check before each task
+/// ([`limit_below_worker`]), so in every task's Landlock grants.
+const STATUS_FILE: &str = "/proc/self/status";
+
 /// [`enter_sandbox`]'s layers, in order.
 fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<(), Outcome> {
     // Components reopen their verified artifact through /proc/self/fd,
@@ -935,9 +973,20 @@ fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<()
     // A reused worker's later tasks: their program, if its artifact must be
     // compiled again, and the worker's own footprint (`limit_below_worker`).
     grants.read.push(spec.wasm.clone());
-    grants.read.push("/proc/self/status".into());
+    grants.read.push(STATUS_FILE.into());
+    let prepared = FILE_RULES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let landlock = match prepared.map_or_else(sandbox::FileRules::new, Ok) {
+        Ok(mut rules) => {
+            rules.allow_grants(&grants);
+            rules.enforce()
+        }
+        Err(state) => state,
+    };
     let applied = sandbox::Applied {
-        landlock: sandbox::restrict_files(&grants),
+        landlock,
         seccomp: sandbox::install_seccomp(),
         network_namespace: NETWORK_NAMESPACE.get().cloned().unwrap_or_else(|| {
             sandbox::LayerState::Unavailable("the parent named no network namespace".to_owned())

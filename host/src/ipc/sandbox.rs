@@ -8,7 +8,7 @@
 //! | layer | function | stops | does not stop |
 //! |---|---|---|---|
 //! | a network namespace of the parent's workers (made by its first sandboxed worker, see `process::netns`) | [`enter_network_namespace`] in the first worker, [`join_network_namespace`] in the others | any network use, even through a socket the filter would let by: the namespace has only a loopback interface, and that one is down; abstract UNIX sockets of the host (they live in the network namespace) | pathname UNIX sockets (files: Landlock's job), nothing outside networking |
-//! | Landlock | [`restrict_files`] | opening, creating, renaming, linking, removing, truncating anything outside [`Grants`]; writing inside read-only grants; executing files; with Landlock ABI 4+ TCP `bind`/`connect`; with ABI 6+ signals to processes outside the sandbox and abstract UNIX sockets made outside it | `stat`, `access`, `readlink` of any path (Landlock does not cover metadata reads), descriptors the worker opened before (the IPC pipes, the preopened grants), `truncate(2)` below ABI 3, ioctl on devices below ABI 5 |
+//! | Landlock | [`FileRules`] | opening, creating, renaming, linking, removing, truncating anything outside [`Grants`]; writing inside read-only grants; executing files; with Landlock ABI 4+ TCP `bind`/`connect`; with ABI 6+ signals to processes outside the sandbox and abstract UNIX sockets made outside it | `stat`, `access`, `readlink` of any path (Landlock does not cover metadata reads), descriptors the worker opened before (the IPC pipes, the preopened grants), `truncate(2)` below ABI 3, ioctl on devices below ABI 5 |
 //! | seccomp-BPF allowlist | [`install_seccomp`] | every system call a worker does not make once it runs guests: `socket`, `execve`, `ptrace`, `fork`/`vfork`/`clone` of a process, `mount`, `unshare`, `setns`, `bpf`, `io_uring_*`, `perf_event_open`, `process_vm_*`, `keyctl`, `userfaultfd`, `kill` (any), `tgkill` of other processes, chmod/chown, … (the call is not made: the worker ends with [`FORBIDDEN_SYSCALL_EXIT`] and names it on stderr) | what an allowed call does with allowed arguments: reading and writing open descriptors, `openat` (Landlock limits where), `mmap`/`mprotect` (a guest that owns the process can still make memory executable: the filter cuts the kernel's attack surface, not the process's own memory); `prlimit64` on itself, so soft limits can be raised up to the hard ones |
 //! | closing inherited descriptors | [`close_other_fds`] | a descriptor an embedding program leaked without `O_CLOEXEC` reaching the worker | descriptors the worker opens itself |
 //! | cgroup limits (made by the parent: [`crate::ipc::cgroup`]) | memory beyond the task's process memory limit, swap, kernel and shared memory included (what `RLIMIT_DATA` misses); more than 64 threads; more than one core of CPU | memory bandwidth, disk I/O, the wall time of a throttled worker (its timeout does) |
@@ -25,8 +25,11 @@
 //!    calls, which can only take rights away. The epoch ticker's thread,
 //!    which never opens a file, gives up every file as it starts
 //!    ([`deny_files_on_this_thread`]).
-//! 3. Once a task's program is loaded, before its directories are opened
-//!    and its guest runs: [`restrict_files`] with the task's grants.
+//! 3. A pre-started worker makes its Landlock ruleset ([`FileRules`]) while
+//!    it waits, with the rules every task of its runner shares (the compile
+//!    cache, `/proc/self/status`). Once a task's program is loaded, before
+//!    its directories are opened and its guest runs, the task's own grants
+//!    are added and the ruleset is enforced ([`FileRules::enforce`]).
 //!
 //! A worker that runs several tasks (`reuse_worker`) keeps the Landlock
 //! rules of its first task (rulesets only ever narrow), so its parent hands
@@ -46,7 +49,7 @@
 //! worker already has its epoch ticker thread (and, if it ran a task before,
 //! tokio's blocking-pool threads) when it gets its task, and a guest that
 //! took over the process could run code on one of those. The ticker denied
-//! itself every file when it started; on such kernels [`restrict_files`]
+//! itself every file when it started; on such kernels [`FileRules::enforce`]
 //! asks each other thread to restrict itself: it sends
 //! each one a real-time signal whose handler calls `landlock_restrict_self`
 //! on the same ruleset (as glibc does for `setuid` in a threaded process),
@@ -415,70 +418,163 @@ fn open_for_rule(path: &Path) -> io::Result<(File, bool)> {
 /// for good: read-only grants can be read and listed, writable ones also
 /// changed; everything else is refused with `EACCES` by the kernel, to
 /// every thread of the worker (see the module docs on threads) and every
-/// thread it starts later.
-///
-/// The ruleset handles every file-system right of the running kernel's
-/// Landlock ABI, so nothing the kernel can control is left open; with ABI 4
-/// or later it also refuses every TCP `bind` and `connect` (no port is
-/// granted), with ABI 6 or later signals to processes outside the sandbox
-/// and connecting to abstract UNIX sockets created outside it. Paths that
-/// cannot be opened are left out (they stay unreachable).
+/// thread it starts later. [`FileRules`] in one call (the worker uses it in
+/// steps); see it for what the ruleset handles.
 ///
 /// Call it after the task's program is loaded and before its directories
 /// are opened. [`install_seccomp`]'s filter allows Landlock's calls (they
 /// only take rights away), so it may already be in place. Reads and writes
 /// on descriptors opened before are not checked again; opening anything,
 /// even relative to a directory opened before (every WASI path call), is.
+#[cfg(test)]
 pub(crate) fn restrict_files(grants: &Grants) -> LayerState {
-    let abi = match landlock_abi() {
-        Ok(version) => ABI::from(version),
-        Err(err) => return LayerState::Unavailable(landlock_missing(&err)),
+    let mut rules = match FileRules::new() {
+        Ok(rules) => rules,
+        Err(state) => return state,
     };
-    if abi == ABI::Unsupported {
-        return LayerState::Unavailable("this kernel reports no Landlock ABI".to_owned());
+    rules.allow_grants(grants);
+    rules.enforce()
+}
+
+/// A Landlock ruleset being filled in, not yet in force: what
+/// `restrict_files` does, in steps, so that a pre-started worker can make
+/// the ruleset and give the rules every task shares while it waits (the
+/// kernel's part costs about 0.1 ms, which a task would otherwise wait
+/// for), and only its task's own paths and the enforcement remain on the
+/// task's way.
+///
+/// The ruleset handles every file-system right of the running kernel's
+/// Landlock ABI, so nothing the kernel can control is left open; with ABI 4
+/// or later it also refuses every TCP `bind` and `connect` (no port is
+/// granted), with ABI 6 or later signals to processes outside the sandbox
+/// and connecting to abstract UNIX sockets created outside it. Paths that
+/// cannot be opened are left out (they stay unreachable). Rules only ever
+/// add rights, so a path given twice costs one rule, and one given read
+/// and then write access gets both.
+pub(crate) struct FileRules {
+    abi: ABI,
+    /// `None` once the kernel refused a rule; [`FileRules::enforce`] then
+    /// reports why, in `refused`.
+    ruleset: Option<landlock::RulesetCreated>,
+    refused: Option<RulesetError>,
+    /// Paths with a rule already, and whether that rule lets them be
+    /// written.
+    given: Vec<(PathBuf, bool)>,
+}
+
+impl FileRules {
+    /// Makes an empty ruleset: nothing is allowed until a rule says so.
+    /// `Err` with [`LayerState::Unavailable`] where the kernel has no
+    /// Landlock or refuses the ruleset.
+    pub(crate) fn new() -> Result<Self, LayerState> {
+        let abi = match landlock_abi() {
+            Ok(version) => ABI::from(version),
+            Err(err) => return Err(LayerState::Unavailable(landlock_missing(&err))),
+        };
+        if abi == ABI::Unsupported {
+            return Err(LayerState::Unavailable(
+                "this kernel reports no Landlock ABI".to_owned(),
+            ));
+        }
+        let create = || -> Result<landlock::RulesetCreated, RulesetError> {
+            let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
+            if abi >= ABI::V4 {
+                // Handled with no port granted: every TCP bind and connect
+                // is refused.
+                ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
+            }
+            if abi >= ABI::V6 {
+                ruleset = ruleset.scope(Scope::from_all(abi))?;
+            }
+            Ok(ruleset.create()?.no_new_privs(true))
+        };
+        match create() {
+            Ok(ruleset) => Ok(FileRules {
+                abi,
+                ruleset: Some(ruleset),
+                refused: None,
+                given: Vec::new(),
+            }),
+            Err(err) => Err(LayerState::Unavailable(format!(
+                "Landlock refused the ruleset: {err}"
+            ))),
+        }
     }
-    match enforce_ruleset(grants, abi) {
-        Ok(state) => state,
-        Err(err) => LayerState::Unavailable(format!("Landlock refused the ruleset: {err}")),
+
+    /// Adds a rule for each of `grants`' paths.
+    pub(crate) fn allow_grants(&mut self, grants: &Grants) {
+        for path in &grants.read {
+            self.allow(path, false);
+        }
+        for path in &grants.write {
+            self.allow(path, true);
+        }
+    }
+
+    /// Lets the worker read `path` (and list it, and everything beneath it,
+    /// if it is a directory), and with `write` also change it (see
+    /// [`write_access`]). A path that cannot be opened gets no rule.
+    pub(crate) fn allow(&mut self, path: &Path, write: bool) {
+        if self
+            .given
+            .iter()
+            .any(|(given, writable)| given == path && (*writable || !write))
+        {
+            return;
+        }
+        let Some(ruleset) = self.ruleset.take() else {
+            return;
+        };
+        let (file, is_dir) = match open_for_rule(path) {
+            Ok(opened) => opened,
+            Err(err) => {
+                let path = path.display();
+                tracing::debug!("{path} is left out of the worker's Landlock rules: {err}");
+                self.ruleset = Some(ruleset);
+                return;
+            }
+        };
+        let access = if write {
+            write_access(self.abi)
+        } else {
+            read_access()
+        };
+        // Directory rights on a file are an error: keep the file ones.
+        let access = if is_dir {
+            access
+        } else {
+            access & AccessFs::from_file(self.abi)
+        };
+        match ruleset.add_rule(PathBeneath::new(file, access)) {
+            Ok(ruleset) => {
+                self.ruleset = Some(ruleset);
+                self.given.push((path.to_owned(), write));
+            }
+            Err(err) => self.refused = Some(err),
+        }
+    }
+
+    /// Puts the ruleset in force on every thread of the process, for good.
+    pub(crate) fn enforce(self) -> LayerState {
+        let abi = self.abi;
+        let Some(created) = self.ruleset else {
+            let why = self
+                .refused
+                .map_or_else(|| "no ruleset".to_owned(), |err| err.to_string());
+            return LayerState::Unavailable(format!("Landlock refused the ruleset: {why}"));
+        };
+        match enforce_ruleset(created, abi) {
+            Ok(state) => state,
+            Err(err) => LayerState::Unavailable(format!("Landlock refused the ruleset: {err}")),
+        }
     }
 }
 
-/// Builds the ruleset for `grants` at `abi` and enforces it on every thread.
-fn enforce_ruleset(grants: &Grants, abi: ABI) -> Result<LayerState, RulesetError> {
-    let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
-    if abi >= ABI::V4 {
-        // Handled with no port granted: every TCP bind and connect is refused.
-        ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
-    }
-    if abi >= ABI::V6 {
-        ruleset = ruleset.scope(Scope::from_all(abi))?;
-    }
-    let mut created = ruleset.create()?;
-    for (paths, access) in [
-        (&grants.read, read_access()),
-        (&grants.write, write_access(abi)),
-    ] {
-        for path in paths {
-            match open_for_rule(path) {
-                Ok((file, is_dir)) => {
-                    // Directory rights on a file are an error: keep the
-                    // file ones.
-                    let access = if is_dir {
-                        access
-                    } else {
-                        access & AccessFs::from_file(abi)
-                    };
-                    created = created.add_rule(PathBeneath::new(file, access))?;
-                }
-                Err(err) => {
-                    let path = path.display();
-                    tracing::debug!("{path} is left out of the worker's Landlock rules: {err}");
-                }
-            }
-        }
-    }
-    created = created.no_new_privs(true);
-
+/// Enforces `created`, made at `abi`, on every thread.
+fn enforce_ruleset(
+    mut created: landlock::RulesetCreated,
+    abi: ABI,
+) -> Result<LayerState, RulesetError> {
     let mut gaps = Vec::new();
     if abi >= ABI::V8 {
         created = created.all_threads(true)?;
@@ -534,7 +630,7 @@ static DENIED_THREADS: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
 
 /// Restricts the calling thread, for good, to no file system access at all,
 /// no TCP and (with Landlock ABI 6+) no signals or abstract sockets beyond
-/// its domain, and records it so [`restrict_files`] skips it: a task's
+/// its domain, and records it so [`FileRules::enforce`] skips it: a task's
 /// ruleset could only allow it more. For threads that never open anything
 /// (the epoch ticker), started before any task: it saves signalling them
 /// when the task's ruleset goes up (about 0.1 ms of each process start).
@@ -1158,7 +1254,7 @@ fn build_filters(
 /// `isola worker: forbidden system call <number>` to stderr and exits with
 /// [`FORBIDDEN_SYSCALL_EXIT`]. See [`build_filters`] for what is allowed.
 ///
-/// Call it once the worker's engine is ready, before [`restrict_files`]
+/// Call it once the worker's engine is ready, before [`FileRules::enforce`]
 /// (the filter allows Landlock's calls, which only take rights away). A
 /// second call does nothing and answers [`LayerState::Enforced`].
 ///
@@ -1690,6 +1786,68 @@ mod tests {
                 }
             }
             0
+        });
+        if status == SKIP {
+            eprintln!("skipped: this kernel has no Landlock");
+            return;
+        }
+        assert_eq!(status, 0, "stderr: {stderr}");
+    }
+
+    /// Rules given in steps (as a pre-started worker does: shared ones while
+    /// it waits, the task's later) add up: a path given read access and
+    /// later write access can be written, one given twice has one rule, a
+    /// path that cannot be opened is left out without spoiling the others,
+    /// and nothing is enforced before `enforce`.
+    #[test]
+    fn file_rules_given_in_steps_add_up() {
+        let shared = tempfile::tempdir().expect("tempdir");
+        let upgraded = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let shared_file = shared.path().join("in.txt");
+        let outside_file = outside.path().join("out.txt");
+        std::fs::write(&shared_file, "in").expect("write");
+        std::fs::write(&outside_file, "out").expect("write");
+        let new_in_upgraded = upgraded.path().join("new.txt");
+        let new_in_shared = shared.path().join("new.txt");
+        let (shared_dir, upgraded_dir) = (shared.path().to_owned(), upgraded.path().to_owned());
+        let (status, stderr) = in_child(move || {
+            let mut rules = match FileRules::new() {
+                Ok(rules) => rules,
+                Err(_) => return SKIP,
+            };
+            rules.allow(&shared_dir, false);
+            rules.allow(&upgraded_dir, false);
+            // Nothing is in force yet.
+            if File::open(&outside_file).is_err() {
+                return 2;
+            }
+            rules.allow(&shared_dir, false);
+            rules.allow(Path::new("/no/such/isola/path"), false);
+            rules.allow(&upgraded_dir, true);
+            if rules.given.len() != 3 {
+                return 3;
+            }
+            if !matches!(
+                rules.enforce(),
+                LayerState::Enforced | LayerState::Partial(_)
+            ) {
+                return 4;
+            }
+            if File::open(&shared_file).is_err() {
+                return 5;
+            }
+            if std::fs::write(&new_in_upgraded, "ok").is_err() {
+                return 6;
+            }
+            match std::fs::write(&new_in_shared, "no") {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+                _ => return 7,
+            }
+            match File::open(&outside_file) {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => 0,
+                _ => 8,
+            }
         });
         if status == SKIP {
             eprintln!("skipped: this kernel has no Landlock");
