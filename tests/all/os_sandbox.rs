@@ -429,6 +429,49 @@ async fn a_pre_started_worker_has_no_thread_beyond_its_own_and_the_tickers() {
     }
 }
 
+/// A pre-started worker makes its Landlock rules while it waits, the
+/// preloaded program's file among them; a task of that program may read
+/// it, but a task of another program gets rules of its own, which do not
+/// name the preloaded file. (Taking the prepared rules for any task would
+/// let the second one read it.)
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pre_started_workers_prepared_rules_serve_only_its_preloaded_program() {
+    let runner = Runner::with_config(RunnerConfig {
+        cache_dir: CacheDir::Path(shared_cache()),
+        worker_program: Some(isola_bin()),
+        prestarted_workers: 1,
+        sandbox: strictest(),
+        ..RunnerConfig::default()
+    })
+    .expect("runner");
+    let preloaded = guest("hello", GuestKind::Module);
+    let read_preloaded = format!("open-read:{}", preloaded.display());
+    let try_as = |wasm: &Path| {
+        let mut spec = TaskSpec::new(wasm);
+        spec.isolation = Isolation::Process;
+        spec.env.insert(ESCAPE.into(), read_preloaded.clone());
+        spec
+    };
+    // The first task makes `hello` the program pre-started workers preload.
+    let first = runner.run(try_as(&preloaded)).await.expect("spawn");
+    assert_eq!(verdict(&first.outcome), Verdict::Allowed);
+    // Time for the pool to start, warm up and preload its next worker.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let same = runner.run(try_as(&preloaded)).await.expect("spawn");
+    assert_eq!(verdict(&same.outcome), Verdict::Allowed, "its own program");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let other = runner
+        .run(try_as(&guest("echo", GuestKind::Module)))
+        .await
+        .expect("spawn");
+    assert!(
+        matches!(verdict(&other.outcome), Verdict::Denied(ref why) if why.contains("Permission denied")),
+        "another program's task read the preloaded file: {:?}",
+        other.outcome
+    );
+}
+
 /// Whether this machine lets Isola make workers' cgroups; the cgroup tests
 /// need it. As root (CI) it must: there, a machine without it fails them.
 fn cgroups_here() -> bool {

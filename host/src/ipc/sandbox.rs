@@ -460,6 +460,11 @@ pub(crate) struct FileRules {
     /// Paths with a rule already, and whether that rule lets them be
     /// written.
     given: Vec<(PathBuf, bool)>,
+    /// `/proc/self/task`, opened with the ruleset: listing the worker's
+    /// threads again through it when the rules go into force spares the
+    /// task a path lookup in `/proc` (see [`restrict_other_threads`]).
+    /// `None` if it could not be opened: the listing then opens it.
+    threads: Option<rustix::fs::Dir>,
 }
 
 impl FileRules {
@@ -494,6 +499,9 @@ impl FileRules {
                 ruleset: Some(ruleset),
                 refused: None,
                 given: Vec::new(),
+                threads: File::open("/proc/self/task")
+                    .ok()
+                    .and_then(|dir| rustix::fs::Dir::new(dir).ok()),
             }),
             Err(err) => Err(LayerState::Unavailable(format!(
                 "Landlock refused the ruleset: {err}"
@@ -563,17 +571,19 @@ impl FileRules {
                 .map_or_else(|| "no ruleset".to_owned(), |err| err.to_string());
             return LayerState::Unavailable(format!("Landlock refused the ruleset: {why}"));
         };
-        match enforce_ruleset(created, abi) {
+        match enforce_ruleset(created, abi, self.threads) {
             Ok(state) => state,
             Err(err) => LayerState::Unavailable(format!("Landlock refused the ruleset: {err}")),
         }
     }
 }
 
-/// Enforces `created`, made at `abi`, on every thread.
+/// Enforces `created`, made at `abi`, on every thread; `threads` is
+/// `/proc/self/task`, if open already.
 fn enforce_ruleset(
     mut created: landlock::RulesetCreated,
     abi: ABI,
+    mut threads: Option<rustix::fs::Dir>,
 ) -> Result<LayerState, RulesetError> {
     let mut gaps = Vec::new();
     if abi >= ABI::V8 {
@@ -583,7 +593,7 @@ fn enforce_ruleset(
         // in /proc (restricted, it could not).
         match created.try_clone().map(Option::<OwnedFd>::from) {
             Ok(Some(ruleset_fd)) => {
-                if let Err(why) = restrict_other_threads(&ruleset_fd) {
+                if let Err(why) = restrict_other_threads(&ruleset_fd, &mut threads) {
                     gaps.push(why);
                 }
             }
@@ -758,14 +768,30 @@ fn current_tid() -> libc::pid_t {
 
 /// The ids of this process's threads other than `own` and those that
 /// denied themselves every file already.
-fn other_threads(own: libc::pid_t) -> io::Result<Vec<libc::pid_t>> {
+fn other_threads(
+    own: libc::pid_t,
+    task_dir: &mut Option<rustix::fs::Dir>,
+) -> io::Result<Vec<libc::pid_t>> {
+    let wanted = |name: &[u8]| {
+        std::str::from_utf8(name)
+            .ok()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
+            .filter(|&tid| tid != own && !denied_already(tid))
+    };
     let mut tids = Vec::new();
+    if let Some(dir) = task_dir.as_mut() {
+        // The kernel lists the live threads anew on every read from the
+        // start.
+        dir.rewind();
+        for entry in dir.by_ref() {
+            if let Some(tid) = wanted(entry?.file_name().to_bytes()) {
+                tids.push(tid);
+            }
+        }
+        return Ok(tids);
+    }
     for entry in std::fs::read_dir("/proc/self/task")? {
-        let name = entry?.file_name();
-        if let Some(tid) = name.to_str().and_then(|s| s.parse::<libc::pid_t>().ok())
-            && tid != own
-            && !denied_already(tid)
-        {
+        if let Some(tid) = wanted(entry?.file_name().as_encoded_bytes()) {
             tids.push(tid);
         }
     }
@@ -806,10 +832,14 @@ fn set_signal_action(
 ///
 /// Assumes this thread is the only one that starts threads while it runs
 /// (true of a worker: its runtime is on this thread).
-fn restrict_other_threads(ruleset: &OwnedFd) -> Result<(), String> {
+fn restrict_other_threads(
+    ruleset: &OwnedFd,
+    threads: &mut Option<rustix::fs::Dir>,
+) -> Result<(), String> {
     let own = current_tid();
-    let list =
-        |own| other_threads(own).map_err(|e| format!("cannot list the worker's threads: {e}"));
+    let mut list = |own| {
+        other_threads(own, threads).map_err(|e| format!("cannot list the worker's threads: {e}"))
+    };
     let mut pending = list(own)?;
     if pending.is_empty() {
         return Ok(());
@@ -1889,8 +1919,21 @@ mod tests {
             if !denied_already(tid) {
                 return 4;
             }
-            match other_threads(current_tid()) {
-                Ok(others) if !others.contains(&tid) => {}
+            // Listed afresh, and through a /proc/self/task opened before
+            // (as a prepared ruleset does), alike.
+            let mut opened = File::open("/proc/self/task")
+                .ok()
+                .and_then(|dir| rustix::fs::Dir::new(dir).ok());
+            if opened.is_none() {
+                return 8;
+            }
+            match (
+                other_threads(current_tid(), &mut None),
+                other_threads(current_tid(), &mut opened),
+                other_threads(current_tid(), &mut opened),
+            ) {
+                (Ok(fresh), Ok(first), Ok(again))
+                    if !fresh.contains(&tid) && fresh == first && first == again => {}
                 _ => return 5,
             }
             // This thread was not restricted.
