@@ -403,6 +403,20 @@ async fn a_tasks_own_sandbox_policy_wins_over_the_runners() {
     }
 }
 
+/// A runner that keeps one sandboxed worker pre-started, at the strictest
+/// policy this machine allows.
+#[cfg(debug_assertions)]
+fn pre_starting_runner() -> Runner {
+    Runner::with_config(RunnerConfig {
+        cache_dir: CacheDir::Path(shared_cache()),
+        worker_program: Some(isola_bin()),
+        prestarted_workers: 1,
+        sandbox: strictest(),
+        ..RunnerConfig::default()
+    })
+    .expect("runner")
+}
+
 /// A pre-started, sandboxed worker runs its task with two threads: its
 /// own and the epoch ticker's (which gave up its files as it started). A
 /// compile thread pool that outlived the warm-up once added two more, each
@@ -410,14 +424,7 @@ async fn a_tasks_own_sandbox_policy_wins_over_the_runners() {
 #[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pre_started_worker_has_no_thread_beyond_its_own_and_the_tickers() {
-    let runner = Runner::with_config(RunnerConfig {
-        cache_dir: CacheDir::Path(shared_cache()),
-        worker_program: Some(isola_bin()),
-        prestarted_workers: 1,
-        sandbox: strictest(),
-        ..RunnerConfig::default()
-    })
-    .expect("runner");
+    let runner = pre_starting_runner();
     // The first task fills the pool; the second takes a pre-started worker.
     for _ in 0..2 {
         let report = runner.run(attempt("threads")).await.expect("spawn");
@@ -437,14 +444,7 @@ async fn a_pre_started_worker_has_no_thread_beyond_its_own_and_the_tickers() {
 #[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pre_started_workers_prepared_rules_serve_only_its_preloaded_program() {
-    let runner = Runner::with_config(RunnerConfig {
-        cache_dir: CacheDir::Path(shared_cache()),
-        worker_program: Some(isola_bin()),
-        prestarted_workers: 1,
-        sandbox: strictest(),
-        ..RunnerConfig::default()
-    })
-    .expect("runner");
+    let runner = pre_starting_runner();
     let preloaded = guest("hello", GuestKind::Module);
     let read_preloaded = format!("open-read:{}", preloaded.display());
     let try_as = |wasm: &Path| {
