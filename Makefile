@@ -14,7 +14,10 @@ HOST_PKG      := isola
 CLI_PKG       := isola-cli
 # Guests written without the SDK, against the documented ABI
 # (wit/core-abi.md): C built by Debian's clang and wasi-libc, WAT by wabt.
-APT_PACKAGES  := clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt
+# libseccomp-dev: the C library that compiles the worker's seccomp rules in
+# the library's tests (a dev-dependency, so also linked into its examples);
+# no build of Isola itself needs it (see `seccomp-filter`).
+APT_PACKAGES  := clang lld wasi-libc libclang-rt-14-dev-wasm32 wabt libseccomp-dev
 CLANG         ?= clang
 WAT2WASM      ?= wat2wasm
 C_GUEST_DIR   := target/wasm32-wasi-c
@@ -24,7 +27,7 @@ C_GUESTS      := $(patsubst guests/c/%.c,$(C_GUEST_DIR)/%.wasm,$(wildcard guests
 WAT_GUEST_DIR := target/wasm32-wat
 WAT_GUESTS    := $(patsubst guests/wat/%.wat,$(WAT_GUEST_DIR)/%.wasm,$(wildcard guests/wat/*.wat))
 
-.PHONY: all targets apt-deps test-deps guests c-guests wat-guests build test demo lint fmt reliability soak
+.PHONY: all targets apt-deps test-deps guests c-guests wat-guests build test demo lint fmt reliability soak seccomp-filter
 
 all: build
 
@@ -94,6 +97,14 @@ build: guests
 # them and names it in CARGO_BIN_EXE_isola.
 test: build test-deps
 	$(CARGO) test --workspace --exclude $(GUEST_PKG) --exclude $(PLUGIN_PKG) --exclude $(SHARED_PKG) --exclude isola-guest
+
+# The worker's seccomp filter (host/src/ipc/worker_filter.x86_64.bpf), a BPF
+# program compiled by libseccomp from the rules in ipc::sandbox's tests:
+# written anew after a change to those rules. `make test` fails while the
+# kept program and the rules disagree.
+seccomp-filter: apt-deps
+	ISOLA_WRITE_SECCOMP_FILTER=1 $(CARGO) test -p $(HOST_PKG) --lib -- \
+		the_checked_in_filter_is_what_libseccomp_makes_of_the_rules --nocapture
 
 # The reliability report: the hostile-guest matrix on every guest kind and
 # isolation level, signals sent to workers at random moments, cache and

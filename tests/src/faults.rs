@@ -207,11 +207,16 @@ fn ended_at(handle: isola::TaskHandle) -> tokio::task::JoinHandle<(isola::TaskRe
 
 /// A runner whose disk cache is at `root`.
 pub fn runner_at(root: &Path) -> Runner {
+    runner_with(root, 1)
+}
+
+/// As [`runner_at`], with `prestarted_workers` workers kept started.
+fn runner_with(root: &Path, prestarted_workers: usize) -> Runner {
     Runner::with_config(RunnerConfig {
         max_live_tasks: 16,
         cache_dir: CacheDir::Path(root.to_owned()),
         worker_program: Some(isola_bin()),
-        prestarted_workers: 1,
+        prestarted_workers,
         ..RunnerConfig::default()
     })
     .expect("runner")
@@ -476,7 +481,14 @@ pub fn all_damage() -> Vec<(Target, Damage)> {
 }
 
 async fn damaged_once(root: &Path, target: Target, damage: Damage) -> Result<String, String> {
-    let first = runner_at(root);
+    // No pre-started worker for a process task: one started during the
+    // first task would map the artifact before the damage below, then
+    // fault on the truncated mapping (SIGBUS) instead of meeting the
+    // damage when it loads.
+    let first = match target.isolation {
+        Isolation::Process => runner_with(root, 0),
+        Isolation::Thread => runner_at(root),
+    };
     hello_runs(&first, target).await?;
     let artifacts: Vec<PathBuf> = files_under(root)
         .into_iter()

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | a network namespace of the parent's workers (made by its first sandboxed worker, see `process::netns`) | [`enter_network_namespace`] in the first worker, [`join_network_namespace`] in the others | any network use, even through a socket the filter would let by: the namespace has only a loopback interface, and that one is down; abstract UNIX sockets of the host (they live in the network namespace) | pathname UNIX sockets (files: Landlock's job), nothing outside networking |
 //! | Landlock | [`FileRules`] | opening, creating, renaming, linking, removing, truncating anything outside [`Grants`]; writing inside read-only grants; executing files; with Landlock ABI 4+ TCP `bind`/`connect`; with ABI 6+ signals to processes outside the sandbox and abstract UNIX sockets made outside it | `stat`, `access`, `readlink` of any path (Landlock does not cover metadata reads), descriptors the worker opened before (the IPC pipes, the preopened grants), `truncate(2)` below ABI 3, ioctl on devices below ABI 5 |
-//! | seccomp-BPF allowlist | [`install_seccomp`] | every system call a worker does not make once it runs guests: `socket`, `execve`, `ptrace`, `fork`/`vfork`/`clone` of a process, `mount`, `unshare`, `setns`, `bpf`, `io_uring_*`, `perf_event_open`, `process_vm_*`, `keyctl`, `userfaultfd`, `kill` (any), `tgkill` of other processes, chmod/chown, … (the call is not made: the worker ends with [`FORBIDDEN_SYSCALL_EXIT`] and names it on stderr) | what an allowed call does with allowed arguments: reading and writing open descriptors, `openat` (Landlock limits where), `mmap`/`mprotect` (a guest that owns the process can still make memory executable: the filter cuts the kernel's attack surface, not the process's own memory); `prlimit64` on itself, so soft limits can be raised up to the hard ones |
+//! | seccomp-BPF allowlist | [`install_seccomp`] ([`FILTER_TEMPLATE`]) | every system call a worker does not make once it runs guests: `socket`, `execve`, `ptrace`, `fork`/`vfork`/`clone` of a process, `mount`, `unshare`, `setns`, `bpf`, `io_uring_*`, `perf_event_open`, `process_vm_*`, `keyctl`, `userfaultfd`, `kill` (any), `tgkill` of other processes, chmod/chown, … (the call is not made: the worker ends with [`FORBIDDEN_SYSCALL_EXIT`] and names it on stderr) | what an allowed call does with allowed arguments: reading and writing open descriptors, `openat` (Landlock limits where), `mmap`/`mprotect` (a guest that owns the process can still make memory executable: the filter cuts the kernel's attack surface, not the process's own memory); `prlimit64` on itself, so soft limits can be raised up to the hard ones |
 //! | closing inherited descriptors | [`close_other_fds`] | a descriptor an embedding program leaked without `O_CLOEXEC` reaching the worker | descriptors the worker opens itself |
 //! | cgroup limits (made by the parent: [`crate::ipc::cgroup`]) | memory beyond the task's process memory limit, swap, kernel and shared memory included (what `RLIMIT_DATA` misses); more than 64 threads; more than one core of CPU | memory bandwidth, disk I/O, the wall time of a throttled worker (its timeout does) |
 //!
@@ -19,9 +19,9 @@
 //!    [`close_other_fds`] (keeping 0, 1, 2), then
 //!    [`enter_network_namespace`] or [`join_network_namespace`] (a
 //!    threaded process cannot change its user namespace).
-//! 2. Before any task (a pre-started worker does it while it waits), on a
-//!    thread of its own while the engine starts: [`install_seccomp`], which
-//!    also installs the SIGSYS reporter. The filter allows Landlock's own
+//! 2. Before any task (a pre-started worker does it while it waits), once
+//!    its engine and epoch ticker are up: [`install_seccomp`], which also
+//!    installs the SIGSYS reporter. The filter allows Landlock's own
 //!    calls, which can only take rights away. The epoch ticker's thread,
 //!    which never opens a file, gives up every file as it starts
 //!    ([`deny_files_on_this_thread`]).
@@ -65,12 +65,12 @@
 //! `unshare(CLONE_NEWNET)` costs about 0.6-0.7 ms (a user namespace around
 //! it adds about 0.05 ms), a quarter of a cold process task's 2.2 ms start,
 //! which is why it belongs before the handshake of pre-started workers.
-//! Loading the two BPF programs costs the kernel about 0.3 ms, nearly all
-//! of it filling its per-filter action cache: it runs `seccompiler`'s
-//! linear 457-instruction program for each of about 460 system call
-//! numbers (a binary-tree program of the same rules, as libseccomp makes,
-//! loads in about 0.06 ms). A pre-started worker pays it before its task
-//! exists; a cold one on its way to its task. The Landlock ruleset, made
+//! Loading the seccomp filter costs the kernel about 0.06 ms, most of it
+//! filling its per-filter action cache (it runs the program for each of
+//! about 460 system call numbers): a binary tree ([`FILTER_TEMPLATE`]),
+//! where a linear program of the same rules took 0.3 ms. A pre-started
+//! worker pays it before its task exists; a cold one on its way to its
+//! task. The Landlock ruleset, made
 //! while a pre-started worker waits ([`FileRules`]), leaves about 0.09 ms
 //! on the task's way (the listing of threads and `landlock_restrict_self`,
 //! slow as the first calls after an idle wait are). Allowed system calls
@@ -982,9 +982,11 @@ macro_rules! syscalls {
 /// System calls a worker may make with any arguments once it runs guests
 /// (x86_64). Each was seen in `strace -f` of workers running the test
 /// guests after their `run` frame (see ARCHITECTURE.md / the issue), or is
-/// the same call by another name that libc or the kernel may pick.
+/// the same call by another name that libc or the kernel may pick. The
+/// tests compile it, with the argument rules, into [`FILTER_TEMPLATE`].
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
+#[cfg_attr(not(test), expect(dead_code, reason = "compiled into FILTER_TEMPLATE by the tests, which check the two agree"))]
 const ALWAYS_ALLOWED: &[(libc::c_long, &str)] = syscalls![
     // The IPC pipes and tokio's eventfd (read, write, writev); files the
     // guest has open through WASI (pread64/pwrite64 for fd_read/fd_write,
@@ -1043,7 +1045,7 @@ const ALWAYS_ALLOWED: &[(libc::c_long, &str)] = syscalls![
 ];
 
 /// System calls allowed only with some arguments (x86_64); see
-/// [`build_filters`] for which.
+/// [`FILTER_TEMPLATE`] for which.
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
 #[cfg_attr(not(test), expect(dead_code, reason = "the names of the calls build_filters allows with arguments, checked by a test"))]
@@ -1139,158 +1141,142 @@ pub(crate) fn syscall_name(_nr: i64) -> Option<&'static str> {
     None
 }
 
-/// A system call argument as the filter compares it.
-#[cfg(target_arch = "x86_64")]
-fn arg<T: TryInto<u64>>(value: T) -> u64 {
-    value.try_into().unwrap_or(u64::MAX)
-}
-
-/// The worker's two BPF programs for process `pid` (x86_64):
+/// The worker's seccomp filter (x86_64): a classic BPF program, one
+/// `struct sock_filter` per 8 bytes (`code` u16, `jt` u8, `jf` u8, `k` u32,
+/// little-endian), compiled by libseccomp from the rules in this module's
+/// tests (`filter_rules`), as a binary tree over the system call numbers
+/// (libseccomp's optimize level 2). The tests check it against those rules
+/// and regenerate it (`make seccomp-filter`).
 ///
-/// - the allowlist: [`ALWAYS_ALLOWED`], plus, with these arguments only:
-///   `clone` of a *thread* (`CLONE_VM | CLONE_SIGHAND | CLONE_THREAD` set
-///   and no `CLONE_NEW*` namespace flag: a new process is refused, so is
-///   glibc's `fork`/`posix_spawn` fallback); `fcntl` with `F_GETFD`,
-///   `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC` or the seals
-///   wasmtime puts on a memory image's memfd (not `F_SETOWN`/`F_SETSIG`,
-///   which aim SIGIO at other processes, nor locks);
-///   `ioctl` with `FIONBIO`, `FIOCLEX`, `FIONCLEX` (std's nonblocking and
-///   close-on-exec switches) or `TCGETS` (isatty); `prctl` with
-///   `PR_SET_NAME`/`PR_GET_NAME` (thread names) or `PR_SET_NO_NEW_PRIVS`;
-///   `tgkill` of this process's
-///   own threads (`raise`, `abort`, the fatal-fault handler of
-///   `ipc::sys`); `rt_sigaction` of any signal but SIGSYS (the fault
-///   handler resets SIGSEGV/SIGBUS, `abort` resets SIGABRT; the SIGSYS
-///   reporter stays); `prlimit64` of this process (`pid` 0: a reused
-///   worker's next limits). Anything else: `SECCOMP_RET_TRAP` (SIGSYS; see
-///   [`install_sigsys_reporter`]). A call of another architecture's ABI
-///   (`int 0x80`) kills the process at once (seccompiler's architecture
-///   check).
-/// - `clone3` answers `ENOSYS`: its flags live in memory a filter cannot
-///   read, and on `ENOSYS` glibc starts threads with `clone`, which the
-///   allowlist can check. (The allowlist lets `clone3` through; of two
-///   filters' answers the kernel takes the stricter, `ERRNO`.)
+/// It is built ahead and kept here, not built when a worker starts, for
+/// two reasons. The kernel runs a new filter once for each of its ~460
+/// system call numbers to fill its action cache, so a filter's length is
+/// paid at every worker start: this tree (about 150 instructions, at most
+/// a dozen run per call) loads in about 0.06 ms, where `seccompiler`'s
+/// linear program of the same rules (457 instructions) took 0.3 ms, on a
+/// cold worker's way to its task. And building it needs the C library
+/// libseccomp, which no build of Isola should need (only its tests do).
+///
+/// What it allows: [`ALWAYS_ALLOWED`], whatever the arguments, plus, with
+/// these arguments only: `clone` of a *thread* (`CLONE_VM | CLONE_SIGHAND |
+/// CLONE_THREAD` set and no `CLONE_NEW*` namespace flag: a new process is
+/// refused, so is glibc's `fork`/`posix_spawn` fallback); `fcntl` with
+/// `F_GETFD`, `F_SETFD`, `F_GETFL`, `F_SETFL`, `F_DUPFD_CLOEXEC` or the
+/// seals wasmtime puts on a memory image's memfd (not
+/// `F_SETOWN`/`F_SETSIG`, which aim SIGIO at other processes, nor locks);
+/// `ioctl` with `FIONBIO`, `FIOCLEX`, `FIONCLEX` (std's nonblocking and
+/// close-on-exec switches) or `TCGETS` (isatty); `prctl` with
+/// `PR_SET_NAME`/`PR_GET_NAME` (thread names) or `PR_SET_NO_NEW_PRIVS`;
+/// `tgkill` of this process's own threads (`raise`, `abort`, the
+/// fatal-fault handler of `ipc::sys`, Landlock's thread join);
+/// `rt_sigaction` of any signal but SIGSYS (the fault handler resets
+/// SIGSEGV/SIGBUS, `abort` resets SIGABRT; the SIGSYS reporter stays);
+/// `prlimit64` of this process (`pid` 0: a reused worker's next limits).
+/// Arguments compare as the full 64-bit register, so a value with high
+/// bits set is refused even where the kernel reads only the low half.
+/// `clone3` answers `ENOSYS`: its flags live in memory a filter cannot
+/// read, and on `ENOSYS` glibc starts threads with `clone`, which the
+/// filter can check. Anything else: `SECCOMP_RET_TRAP` (SIGSYS; see
+/// [`install_sigsys_reporter`]). A call of another architecture's ABI
+/// (`int 0x80`'s i386, or x32) kills the process at once.
 #[cfg(target_arch = "x86_64")]
-fn build_filters(
-    pid: u32,
-) -> Result<(seccompiler::BpfProgram, seccompiler::BpfProgram), seccompiler::BackendError> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-        SeccompRule, TargetArch,
-    };
-    use std::collections::BTreeMap;
-    type Rules = Result<Vec<SeccompRule>, seccompiler::BackendError>;
+const FILTER_TEMPLATE: &[u8] = include_bytes!("worker_filter.x86_64.bpf");
 
-    // `arg` `index` (a 32-bit one: ints, and the kernel reads only the low
-    // half of ioctl's request and clone's flags) compares `op` to `value`.
-    let rule = |index: u8, op: SeccompCmpOp, value: u64| -> Rules {
-        let condition = SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)?;
-        Ok(vec![SeccompRule::new(vec![condition])?])
-    };
-    // `arg` `index` is one of `values`.
-    let one_of = |index: u8, values: &[u64]| -> Rules {
-        values
-            .iter()
-            .map(|&value| {
-                let condition =
-                    SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)?;
-                SeccompRule::new(vec![condition])
-            })
-            .collect()
-    };
+/// A stand-in for the worker's process id in [`FILTER_TEMPLATE`]'s
+/// `tgkill` rule, which [`filter_for`] replaces with the worker's own:
+/// above any id Linux gives a process (`PID_MAX_LIMIT` is 2^22), and
+/// checked to be the one comparison in the program with this value.
+#[cfg(target_arch = "x86_64")]
+const PID_PLACEHOLDER: u32 = 0x7a5e_c0de;
 
-    let thread_flags = libc::CLONE_VM | libc::CLONE_SIGHAND | libc::CLONE_THREAD;
-    let namespace_flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWCGROUP
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET;
+/// `BPF_JMP | BPF_JEQ | BPF_K` (`<linux/bpf_common.h>`): the comparison
+/// that holds [`PID_PLACEHOLDER`].
+#[cfg(target_arch = "x86_64")]
+const BPF_JEQ_K: u16 = 0x15;
 
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALWAYS_ALLOWED
-        .iter()
-        .map(|&(nr, _)| (nr, Vec::new()))
+/// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
+#[cfg(target_arch = "x86_64")]
+const BPF_MAX_INSTRUCTIONS: usize = 4096;
+
+/// [`FILTER_TEMPLATE`] as instructions, for process `pid`; `Err` says
+/// what is wrong with the template (a build that damaged it).
+#[cfg(target_arch = "x86_64")]
+fn filter_for(pid: u32) -> Result<Vec<libc::sock_filter>, String> {
+    let length = FILTER_TEMPLATE.len();
+    if length == 0 || !length.is_multiple_of(8) || length / 8 > BPF_MAX_INSTRUCTIONS {
+        return Err(format!(
+            "the built-in filter is {length} bytes, not a BPF program"
+        ));
+    }
+    let mut placeholders = 0;
+    let program: Vec<libc::sock_filter> = FILTER_TEMPLATE
+        .chunks_exact(8)
+        .map(|bytes| {
+            let [c0, c1, jt, jf, k0, k1, k2, k3] = <[u8; 8]>::try_from(bytes).unwrap_or([0; 8]);
+            let mut instruction = libc::sock_filter {
+                code: u16::from_le_bytes([c0, c1]),
+                jt,
+                jf,
+                k: u32::from_le_bytes([k0, k1, k2, k3]),
+            };
+            if instruction.code == BPF_JEQ_K && instruction.k == PID_PLACEHOLDER {
+                instruction.k = pid;
+                placeholders += 1;
+            }
+            instruction
+        })
         .collect();
-    rules.insert(
-        libc::SYS_clone,
-        rule(
-            0,
-            SeccompCmpOp::MaskedEq(arg(thread_flags | namespace_flags)),
-            arg(thread_flags),
-        )?,
-    );
-    // Let through here; the second program answers ENOSYS.
-    rules.insert(libc::SYS_clone3, Vec::new());
-    rules.insert(
-        libc::SYS_fcntl,
-        one_of(
-            1,
-            &[
-                arg(libc::F_GETFD),
-                arg(libc::F_SETFD),
-                arg(libc::F_GETFL),
-                arg(libc::F_SETFL),
-                arg(libc::F_DUPFD_CLOEXEC),
-                // wasmtime seals the memfd of a memory image it builds.
-                arg(libc::F_ADD_SEALS),
-                arg(libc::F_GET_SEALS),
-            ],
-        )?,
-    );
-    rules.insert(
-        libc::SYS_ioctl,
-        one_of(
-            1,
-            &[
-                arg(libc::FIONBIO),
-                arg(libc::FIOCLEX),
-                arg(libc::FIONCLEX),
-                arg(libc::TCGETS),
-            ],
-        )?,
-    );
-    rules.insert(
-        libc::SYS_prctl,
-        one_of(
-            0,
-            &[
-                arg(libc::PR_SET_NAME),
-                arg(libc::PR_GET_NAME),
-                // Landlock asks for it again (it only ever restricts).
-                arg(libc::PR_SET_NO_NEW_PRIVS),
-            ],
-        )?,
-    );
-    rules.insert(libc::SYS_tgkill, rule(0, SeccompCmpOp::Eq, arg(pid))?);
-    rules.insert(
-        libc::SYS_rt_sigaction,
-        rule(0, SeccompCmpOp::Ne, arg(libc::SIGSYS))?,
-    );
-    rules.insert(libc::SYS_prlimit64, rule(0, SeccompCmpOp::Eq, 0)?);
-
-    let allowlist = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
-    let no_clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS.unsigned_abs()),
-        TargetArch::x86_64,
-    )?;
-    Ok((allowlist.try_into()?, no_clone3.try_into()?))
+    if placeholders != 1 {
+        return Err(format!(
+            "the built-in filter names the worker's process id {placeholders} times, not once"
+        ));
+    }
+    Ok(program)
 }
 
-/// Installs the worker's system call allowlist on every thread of the
-/// process (`SECCOMP_FILTER_FLAG_TSYNC`), with `no_new_privs`, for good.
+/// Loads `program` as a seccomp filter on every thread of the process
+/// (`SECCOMP_FILTER_FLAG_TSYNC`), after setting `no_new_privs`, which an
+/// unprivileged filter needs.
+#[cfg(target_arch = "x86_64")]
+fn load_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::other(format!("{} instructions", program.len())))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prctl` with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fprog` points at `len` instructions of `program`, which
+    // outlives the call; the kernel copies them and keeps no pointer, and
+    // writes nothing of ours.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &raw const fprog,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        // TSYNC: the id of a thread that cannot take the filter.
+        tid if tid > 0 => Err(io::Error::other(format!(
+            "thread {tid} of the worker cannot take the filter"
+        ))),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Installs the worker's system call allowlist ([`FILTER_TEMPLATE`]) on
+/// every thread of the process, with `no_new_privs`, for good.
 ///
 /// First installs the SIGSYS reporter ([`install_sigsys_reporter`]): a
 /// forbidden call is not made; the worker writes
 /// `isola worker: forbidden system call <number>` to stderr and exits with
-/// [`FORBIDDEN_SYSCALL_EXIT`]. See [`build_filters`] for what is allowed.
+/// [`FORBIDDEN_SYSCALL_EXIT`].
 ///
 /// Call it once the worker's engine is ready, before [`FileRules::enforce`]
 /// (the filter allows Landlock's calls, which only take rights away). A
@@ -1308,20 +1294,12 @@ pub(crate) fn install_seccomp() -> LayerState {
     if let Err(err) = install_sigsys_reporter() {
         return LayerState::Unavailable(format!("cannot install the SIGSYS reporter: {err}"));
     }
-    let (allowlist, no_clone3) = match build_filters(std::process::id()) {
-        Ok(programs) => programs,
-        Err(err) => {
-            return LayerState::Unavailable(format!("cannot build the filter: {err}"));
-        }
+    let program = match filter_for(std::process::id()) {
+        Ok(program) => program,
+        Err(why) => return LayerState::Unavailable(format!("cannot build the filter: {why}")),
     };
-    // This one first: once the allowlist is in, `seccomp` itself is refused.
-    if let Err(err) = seccompiler::apply_filter_all_threads(&no_clone3) {
-        return LayerState::Unavailable(format!("the kernel refused a seccomp filter: {err}"));
-    }
-    if let Err(err) = seccompiler::apply_filter_all_threads(&allowlist) {
-        return LayerState::Partial(format!(
-            "only clone3 is refused: the kernel refused the allowlist: {err}"
-        ));
+    if let Err(err) = load_filter(&program) {
+        return LayerState::Unavailable(format!("the kernel refused the seccomp filter: {err}"));
     }
     SECCOMP_INSTALLED.store(true, Ordering::SeqCst);
     LayerState::Enforced
@@ -1655,22 +1633,349 @@ mod tests {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn filters_build_within_bpf_limits() {
-        let (allowlist, no_clone3) = build_filters(std::process::id()).expect("filters build");
-        assert!(allowlist.len() < 4096, "{} instructions", allowlist.len());
-        assert!(!no_clone3.is_empty());
-        for (nr, sys) in ALWAYS_ALLOWED.iter().chain(ALLOWED_WITH_ARGUMENTS) {
-            assert!(
-                ALWAYS_ALLOWED.iter().filter(|(n, _)| n == nr).count()
-                    + ALLOWED_WITH_ARGUMENTS
-                        .iter()
-                        .filter(|(n, _)| n == nr)
-                        .count()
-                    == 1,
-                "{sys} is listed twice"
-            );
+    /// The rules [`FILTER_TEMPLATE`] is compiled from, as libseccomp
+    /// compiles them for process `pid` (see the template's docs for why
+    /// each is there).
+    #[cfg(target_arch = "x86_64")]
+    fn compile_filter_rules(pid: u32) -> Vec<u8> {
+        use libseccomp::{
+            ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+        };
+        use std::io::Read as _;
+
+        let arg = |value: libc::c_long| u64::try_from(value).expect("a non-negative constant");
+        let sys = |nr: libc::c_long| ScmpSyscall::from(i32::try_from(nr).expect("a system call"));
+        let equal =
+            |index: u32, value: u64| ScmpArgCompare::new(index, ScmpCompareOp::Equal, value);
+
+        let mut filter = ScmpFilterContext::new(ScmpAction::Trap).expect("filter");
+        filter
+            .set_act_badarch(ScmpAction::KillProcess)
+            .expect("bad-arch action");
+        filter.set_ctl_optimize(2).expect("binary tree");
+        for &(nr, _) in ALWAYS_ALLOWED {
+            filter.add_rule(ScmpAction::Allow, sys(nr)).expect("rule");
         }
+        let mut allow_if = |nr: libc::c_long, compare: ScmpArgCompare| {
+            filter
+                .add_rule_conditional(ScmpAction::Allow, sys(nr), &[compare])
+                .expect("rule");
+        };
+        let thread_flags = arg(libc::CLONE_VM.into())
+            | arg(libc::CLONE_SIGHAND.into())
+            | arg(libc::CLONE_THREAD.into());
+        let namespace_flags = [
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWCGROUP,
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+        ]
+        .into_iter()
+        .fold(0, |all, flag| all | arg(flag.into()));
+        allow_if(
+            libc::SYS_clone,
+            ScmpArgCompare::new(
+                0,
+                ScmpCompareOp::MaskedEqual(thread_flags | namespace_flags),
+                thread_flags,
+            ),
+        );
+        for command in [
+            libc::F_GETFD,
+            libc::F_SETFD,
+            libc::F_GETFL,
+            libc::F_SETFL,
+            libc::F_DUPFD_CLOEXEC,
+            libc::F_ADD_SEALS,
+            libc::F_GET_SEALS,
+        ] {
+            allow_if(libc::SYS_fcntl, equal(1, arg(command.into())));
+        }
+        for request in [libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX, libc::TCGETS] {
+            allow_if(libc::SYS_ioctl, equal(1, request));
+        }
+        for option in [
+            libc::PR_SET_NAME,
+            libc::PR_GET_NAME,
+            libc::PR_SET_NO_NEW_PRIVS,
+        ] {
+            allow_if(libc::SYS_prctl, equal(0, arg(option.into())));
+        }
+        allow_if(libc::SYS_tgkill, equal(0, u64::from(pid)));
+        // Any signal but SIGSYS (31): below it, 32-63 (the masked
+        // comparison; libseccomp takes one comparison per argument and
+        // rule), or SIGRTMAX (64).
+        allow_if(
+            libc::SYS_rt_sigaction,
+            ScmpArgCompare::new(0, ScmpCompareOp::Less, arg(libc::SIGSYS.into())),
+        );
+        allow_if(
+            libc::SYS_rt_sigaction,
+            ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(!0x1f), 0x20),
+        );
+        allow_if(libc::SYS_rt_sigaction, equal(0, 64));
+        allow_if(libc::SYS_prlimit64, equal(0, 0));
+        filter
+            .add_rule(ScmpAction::Errno(libc::ENOSYS), sys(libc::SYS_clone3))
+            .expect("rule");
+
+        // A program of at most BPF_MAXINSNS instructions (32 KiB) fits in a
+        // pipe's 64 KiB buffer, so the export cannot block on the reader.
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        filter.export_bpf(&writer).expect("export");
+        drop(writer);
+        let mut program = Vec::new();
+        reader.read_to_end(&mut program).expect("read the program");
+        program
+    }
+
+    /// `bytes` as instructions.
+    #[cfg(target_arch = "x86_64")]
+    fn instructions(bytes: &[u8]) -> Vec<libc::sock_filter> {
+        bytes
+            .chunks_exact(8)
+            .map(|b| libc::sock_filter {
+                code: u16::from_le_bytes([b[0], b[1]]),
+                jt: b[2],
+                jf: b[3],
+                k: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            })
+            .collect()
+    }
+
+    /// What the kernel's classic BPF interpreter answers for a system call
+    /// (`struct seccomp_data`: `nr`, `arch`, `instruction_pointer`,
+    /// `args`), for the instructions a seccomp filter may hold.
+    fn run_filter(program: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_le_bytes());
+        data[4..8].copy_from_slice(&arch.to_le_bytes());
+        for (i, value) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&value.to_le_bytes());
+        }
+        let (mut a, mut x, mut scratch) = (0u32, 0u32, [0u32; 16]);
+        let mut pc = 0usize;
+        loop {
+            let i = program[pc];
+            let k = i.k;
+            let (jt, jf) = (usize::from(i.jt), usize::from(i.jf));
+            pc += 1;
+            match i.code {
+                0x20 => {
+                    let at = k as usize;
+                    a = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+                }
+                0x00 => a = k,
+                0x01 => x = k,
+                0x60 => a = scratch[k as usize],
+                0x61 => x = scratch[k as usize],
+                0x02 => scratch[k as usize] = a,
+                0x03 => scratch[k as usize] = x,
+                0x07 => x = a,
+                0x87 => a = x,
+                0x54 => a &= k,
+                0x05 => pc += k as usize,
+                0x15 => pc += if a == k { jt } else { jf },
+                0x25 => pc += if a > k { jt } else { jf },
+                0x35 => pc += if a >= k { jt } else { jf },
+                0x45 => pc += if a & k != 0 { jt } else { jf },
+                0x1d => pc += if a == x { jt } else { jf },
+                0x06 => return k,
+                0x16 => return a,
+                code => panic!("instruction {code:#x} at {} is not emulated", pc - 1),
+            }
+        }
+    }
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_TRAP: u32 = 0x0003_0000;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+
+    /// The checked-in filter is what libseccomp makes of the rules above:
+    /// both give the same answer to every system call number of both
+    /// ABIs (and the x32 range), with every argument value the rules name
+    /// and their neighbours in the first two arguments. With
+    /// `ISOLA_WRITE_SECCOMP_FILTER=1` (`make seccomp-filter`), it writes
+    /// the rules' program over the checked-in one first.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_checked_in_filter_is_what_libseccomp_makes_of_the_rules() {
+        let compiled = compile_filter_rules(PID_PLACEHOLDER);
+        if std::env::var_os("ISOLA_WRITE_SECCOMP_FILTER").is_some() {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ipc/worker_filter.x86_64.bpf");
+            std::fs::write(&path, &compiled).expect("write the filter");
+            eprintln!(
+                "wrote {} ({} instructions)",
+                path.display(),
+                compiled.len() / 8
+            );
+            return;
+        }
+        let fresh = instructions(&compiled);
+        let kept = instructions(FILTER_TEMPLATE);
+        assert!(kept.len() < BPF_MAX_INSTRUCTIONS);
+        let mut values: Vec<u64> = vec![0, 1, 2, 3, 4, 15, 16, 38, 64, 65, 1024, 1030, 1033, 1034];
+        values.extend([
+            0x5401,
+            0x5421,
+            0x5450,
+            0x5451,
+            0x5412,
+            0x1_0000_001f,
+            u64::MAX,
+        ]);
+        values.extend([u64::from(PID_PLACEHOLDER), u64::from(PID_PLACEHOLDER) + 1]);
+        let thread = (libc::CLONE_VM | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
+        values.extend([
+            thread,
+            thread | libc::CLONE_NEWNET as u64,
+            libc::SIGCHLD as u64,
+        ]);
+        values.extend([30, 31, 32]);
+        let numbers = (0..=470u32).chain([0x4000_0000, 0x4000_0001, 0x4000_0200]);
+        let mut differences = Vec::new();
+        for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386] {
+            for nr in numbers.clone() {
+                for &value in &values {
+                    for args in [[value, 0, 0, 0, 0, 0], [0, value, 0, 0, 0, 0]] {
+                        let (want, got) = (
+                            run_filter(&fresh, nr, arch, args),
+                            run_filter(&kept, nr, arch, args),
+                        );
+                        if want != got {
+                            differences.push((arch, nr, args[0], args[1], want, got));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            differences.is_empty(),
+            "the checked-in filter differs from the rules' (arch, nr, arg0, arg1, wanted, got): \
+             {:x?}; regenerate it with `make seccomp-filter`",
+            &differences[..differences.len().min(10)]
+        );
+    }
+
+    /// The filter a worker loads, read as the kernel runs it: what is
+    /// allowed, refused or trapped, for each rule's edge.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_filter_allows_what_a_worker_needs_and_nothing_more() {
+        let pid = 4242;
+        let program = filter_for(pid).expect("the built-in filter");
+        let run = |nr: libc::c_long, args: [u64; 6]| {
+            run_filter(
+                &program,
+                u32::try_from(nr).expect("nr"),
+                AUDIT_ARCH_X86_64,
+                args,
+            )
+        };
+        let one = |a0: u64, a1: u64| [a0, a1, 0, 0, 0, 0];
+        for &(nr, name) in ALWAYS_ALLOWED {
+            assert_eq!(run(nr, one(0, 0)), RET_ALLOW, "{name}");
+        }
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+            libc::SYS_fork,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_seccomp,
+            libc::SYS_mount,
+            libc::SYS_bpf,
+            libc::SYS_io_uring_setup,
+            libc::SYS_chmod,
+        ] {
+            assert_eq!(run(nr, one(0, 0)), RET_TRAP, "{nr}");
+        }
+        let thread = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64;
+        let cases: &[(libc::c_long, [u64; 6], u32)] = &[
+            (libc::SYS_clone, one(thread, 0), RET_ALLOW),
+            (libc::SYS_clone, one(libc::SIGCHLD as u64, 0), RET_TRAP),
+            (
+                libc::SYS_clone,
+                one(thread | libc::CLONE_NEWUSER as u64, 0),
+                RET_TRAP,
+            ),
+            (
+                libc::SYS_clone3,
+                one(0, 0),
+                0x0005_0000 | libc::ENOSYS as u32,
+            ),
+            (libc::SYS_fcntl, one(3, libc::F_GETFL as u64), RET_ALLOW),
+            (libc::SYS_fcntl, one(3, libc::F_SETOWN as u64), RET_TRAP),
+            (libc::SYS_fcntl, one(3, libc::F_SETLK as u64), RET_TRAP),
+            (libc::SYS_ioctl, one(0, libc::FIONBIO), RET_ALLOW),
+            (libc::SYS_ioctl, one(0, libc::TIOCSTI), RET_TRAP),
+            (libc::SYS_ioctl, one(0, libc::FIONBIO | 1 << 32), RET_TRAP),
+            (libc::SYS_prctl, one(libc::PR_SET_NAME as u64, 0), RET_ALLOW),
+            (
+                libc::SYS_prctl,
+                one(libc::PR_SET_DUMPABLE as u64, 0),
+                RET_TRAP,
+            ),
+            (
+                libc::SYS_prctl,
+                one(libc::PR_SET_SECCOMP as u64, 0),
+                RET_TRAP,
+            ),
+            (libc::SYS_tgkill, one(u64::from(pid), 7), RET_ALLOW),
+            (libc::SYS_tgkill, one(u64::from(pid) + 1, 7), RET_TRAP),
+            (
+                libc::SYS_tgkill,
+                one(u64::from(PID_PLACEHOLDER), 7),
+                RET_TRAP,
+            ),
+            (
+                libc::SYS_rt_sigaction,
+                one(libc::SIGSEGV as u64, 0),
+                RET_ALLOW,
+            ),
+            (libc::SYS_rt_sigaction, one(34, 0), RET_ALLOW),
+            (
+                libc::SYS_rt_sigaction,
+                one(libc::SIGSYS as u64, 0),
+                RET_TRAP,
+            ),
+            (
+                libc::SYS_rt_sigaction,
+                one(1 << 32 | libc::SIGSYS as u64, 0),
+                RET_TRAP,
+            ),
+            (libc::SYS_prlimit64, one(0, 0), RET_ALLOW),
+            (libc::SYS_prlimit64, one(u64::from(pid), 0), RET_TRAP),
+        ];
+        for &(nr, args, want) in cases {
+            assert_eq!(run(nr, args), want, "system call {nr} with {args:x?}");
+        }
+        // Another ABI: i386 (int 0x80) and x32 numbers kill at once.
+        assert_eq!(
+            run_filter(&program, 0, AUDIT_ARCH_I386, one(0, 0)),
+            RET_KILL_PROCESS
+        );
+        assert_ne!(
+            run_filter(&program, 0x4000_0000, AUDIT_ARCH_X86_64, one(0, 0)),
+            RET_ALLOW
+        );
+        assert!(program.len() < 300, "{} instructions", program.len());
     }
 
     #[test]
