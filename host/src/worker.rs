@@ -1166,20 +1166,21 @@ fn thread_burst(count: usize) -> String {
     format!("allowed: {started} threads")
 }
 
-/// Where sandboxed process workers' cgroups go here, when all three
-/// controllers (memory, pids, cpu) can limit them, as a runner would find
-/// them: e.g. `memory, pids, cpu (cgroup v2 under
+/// Where sandboxed process workers' cgroups go here, when both controllers
+/// a runner always uses (memory, pids) can limit them, as a runner would
+/// find them: e.g. `memory, pids (cgroup v2 under
 /// /sys/fs/cgroup/user.slice)`. Exactly then does `sandbox = "required"`
-/// have its cgroup layer. Finding them may enable controllers for the
-/// groups below this process's own cgroup (v2), as a runner's first
-/// sandboxed worker would.
+/// have its cgroup layer. The cpu controller, used only with
+/// [`crate::RunnerConfig::worker_cpu_quota`], is not looked for. Finding
+/// them may enable controllers for the groups below this process's own
+/// cgroup (v2), as a runner's first sandboxed worker would.
 ///
 /// # Errors
 ///
 /// What is missing and why (not root and no delegated cgroup, no cgroup
 /// file system, a controller that is not offered), with what is there.
 pub fn cgroup_limits() -> Result<String, String> {
-    let found = crate::ipc::cgroup::Cgroups::find()?;
+    let found = crate::ipc::cgroup::Cgroups::find(false)?;
     if found.missing().is_empty() {
         Ok(found.to_string())
     } else {

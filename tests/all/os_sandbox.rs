@@ -553,16 +553,30 @@ fn read_trimmed(path: std::path::PathBuf) -> String {
 }
 
 /// A sandboxed worker runs in a cgroup of its own, under its task's process
-/// memory limit, 64 threads and one core, and the group is gone once the
-/// task is; an unsandboxed worker stays in its parent's.
+/// memory limit and 64 threads, and, only with a `worker_cpu_quota`, that
+/// much CPU (without one it stays in its parent's `cpu` group); the
+/// groups are gone once the task is. An unsandboxed worker stays in its
+/// parent's groups.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandboxed_worker_has_a_cgroup_of_its_own_with_its_tasks_limits() {
     if !cgroups_here() {
         return;
     }
     let ours = cgroup_dirs(std::process::id());
-    for sandbox in [Sandbox::On, Sandbox::Off] {
-        let runner = runner(sandbox);
+    for (sandbox, cpu_quota) in [
+        (Sandbox::On, None),
+        (Sandbox::On, Some(0.5)),
+        (Sandbox::Off, None),
+    ] {
+        let runner = Runner::with_config(RunnerConfig {
+            cache_dir: CacheDir::Path(shared_cache()),
+            worker_program: Some(isola_bin()),
+            prestarted_workers: 0,
+            sandbox,
+            worker_cpu_quota: cpu_quota,
+            ..RunnerConfig::default()
+        })
+        .expect("runner");
         let mut spec = TaskSpec::new(guest("hostile", GuestKind::Module));
         spec.isolation = Isolation::Process;
         spec.args = vec!["sleep".into(), "3000".into()];
@@ -584,12 +598,18 @@ async fn a_sandboxed_worker_has_a_cgroup_of_its_own_with_its_tasks_limits() {
             continue;
         }
         assert!(!dirs.is_empty(), "some controller limits the worker");
+        let mut own = Vec::new();
         for (controller, dir) in &dirs {
+            if controller == "cpu" && cpu_quota.is_none() {
+                assert_eq!(Some(dir), ours.get(controller), "no cpu group of its own");
+                continue;
+            }
             assert_ne!(
                 Some(dir),
                 ours.get(controller),
                 "{controller}: a group of its own"
             );
+            own.push(dir.clone());
             let name = dir
                 .file_name()
                 .expect("a name")
@@ -612,15 +632,38 @@ async fn a_sandboxed_worker_has_a_cgroup_of_its_own_with_its_tasks_limits() {
                     } else {
                         read_trimmed(dir.join("cpu.cfs_quota_us"))
                     };
-                    assert!(quota.starts_with("100000"), "{quota}");
+                    assert!(quota.starts_with("50000"), "{quota}");
                 }
                 _ => {}
             }
         }
+        if cpu_quota.is_some() {
+            assert!(
+                dirs.get("cpu")
+                    .is_some_and(|dir| Some(dir) != ours.get("cpu")),
+                "a cpu group of its own: {dirs:?}"
+            );
+        }
         cancel.cancel();
         assert_eq!(handle.wait().await.outcome, Outcome::Cancelled);
-        for dir in dirs.values() {
+        for dir in &own {
             assert!(!dir.exists(), "{} removed with its worker", dir.display());
+        }
+    }
+}
+
+/// A worker CPU quota that is not a positive number of cores is refused
+/// when the runner is made, naming the field.
+#[test]
+fn a_worker_cpu_quota_must_be_a_positive_number_of_cores() {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2000.0] {
+        let refused = Runner::with_config(RunnerConfig {
+            worker_cpu_quota: Some(bad),
+            ..RunnerConfig::default()
+        });
+        match refused {
+            Err(err) => assert!(err.to_string().contains("worker_cpu_quota"), "{err}"),
+            Ok(_) => panic!("{bad} cores accepted"),
         }
     }
 }

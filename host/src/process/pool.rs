@@ -161,6 +161,10 @@ pub(crate) struct ProcessBackend {
     private_cache: Mutex<Option<tempfile::TempDir>>,
     /// The OS sandbox its workers enter before running a task.
     pub(crate) sandbox: Sandbox,
+    /// Each sandboxed worker's cgroup CPU quota, in microseconds per
+    /// [`crate::ipc::cgroup::CPU_PERIOD`] (`RunnerConfig::worker_cpu_quota`);
+    /// `None`: no `cpu` group.
+    pub(crate) cpu_quota: Option<u64>,
     /// The network namespace its sandboxed workers share.
     network: super::netns::SharedNamespace,
     /// Where its sandboxed workers' cgroups go, found on first use, or
@@ -203,6 +207,7 @@ impl ProcessBackend {
         prestart: usize,
         keep_reusable: usize,
         sandbox: Sandbox,
+        cpu_quota: Option<u64>,
     ) -> ProcessBackend {
         ProcessBackend {
             configured_program: program,
@@ -215,6 +220,7 @@ impl ProcessBackend {
             refilling: AtomicBool::new(false),
             private_cache: Mutex::new(None),
             sandbox,
+            cpu_quota,
             network: super::netns::SharedNamespace::default(),
             cgroups: std::sync::OnceLock::new(),
         }
@@ -244,7 +250,7 @@ impl ProcessBackend {
     pub(crate) fn cgroups(&self) -> std::result::Result<&Cgroups, &str> {
         self.cgroups
             .get_or_init(|| {
-                let found = Cgroups::find();
+                let found = Cgroups::find(self.cpu_quota.is_some());
                 match &found {
                     Ok(cgroups) => {
                         for (controller, why) in cgroups.missing() {
@@ -684,7 +690,7 @@ fn worker_cgroup(
     let Ok(cgroups) = backend.cgroups() else {
         return Ok(None);
     };
-    match cgroups.place(pid) {
+    match cgroups.place(pid, backend.cpu_quota) {
         Ok(mut group) => {
             // The default task's limit, now, while the worker starts: a
             // pre-started worker then has it before its task exists, and a
