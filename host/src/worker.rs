@@ -196,6 +196,11 @@ pub fn run_worker() -> ExitCode {
     // tick, so the IPC tasks still get their turn.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Counted, so a task's Landlock rules know whether a thread came
+        // since the worker last listed them (`FileRules::note_quiet_threads`).
+        .on_thread_start(|| {
+            sandbox::THREADS_STARTED.fetch_add(1, Ordering::SeqCst);
+        })
         // Check timers and I/O at every poll: a guest yields once per epoch
         // tick, and with the default (every 61 polls) a cancel frame or the
         // timeout would wait out 61 ticks of long host calls.
@@ -947,6 +952,8 @@ fn prepare_file_rules(preload: Option<(&Path, &Path)>) {
         rules.allow(wasm, false);
         *program = Some(wasm.to_owned());
     }
+    // Last: the warm-up and preload before it may have started threads.
+    rules.note_quiet_threads();
 }
 
 /// The prepared ruleset, if it suits a task of program `wasm`.
