@@ -198,8 +198,13 @@ pub fn run_worker() -> ExitCode {
         .enable_all()
         // Counted, so a task's Landlock rules know whether a thread came
         // since the worker last listed them (`FileRules::note_quiet_threads`).
-        .on_thread_start(|| {
+        // Tokio names a blocking-pool thread on the thread that spawns it,
+        // before the thread exists: counted here, a thread not yet running
+        // is counted all the same (`on_thread_start` runs on the new thread,
+        // possibly too late).
+        .thread_name_fn(|| {
             sandbox::THREADS_STARTED.fetch_add(1, Ordering::SeqCst);
+            "isola-worker-blocking".to_owned()
         })
         // Check timers and I/O at every poll: a guest yields once per epoch
         // tick, and with the default (every 61 polls) a cancel frame or the
@@ -324,12 +329,14 @@ async fn serve() -> Result<(), String> {
                 // Only a head start: if it fails, the task's own load
                 // reports why.
                 parts.loader.use_disk_cache(&preload.cache_dir);
-                if sandboxed {
-                    prepare_file_rules(Some((&preload.cache_dir, &preload.wasm)));
-                }
                 let id = preload.program;
                 if let Ok(program) = parts.loader.load_known(&preload.wasm, id.hash, id.kind) {
                     thread::instantiate_only(&parts, &program).await;
+                }
+                // After the preload's own work, so the threads the rules
+                // note are those the task will meet.
+                if sandboxed {
+                    prepare_file_rules(Some((&preload.cache_dir, &preload.wasm)));
                 }
                 continue;
             }
@@ -918,8 +925,16 @@ fn enter_sandbox(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<(
 /// task (see [`prepare_file_rules`]), and the program it was made for, if
 /// one was named; taken, and completed with the task's own grants, by
 /// [`enter_layers`].
-static FILE_RULES: std::sync::Mutex<Option<(sandbox::FileRules, Option<PathBuf>)>> =
+static FILE_RULES: std::sync::Mutex<Option<(sandbox::FileRules, Option<Preloaded>)>> =
     std::sync::Mutex::new(None);
+
+/// What a prepared ruleset was made for: the compile cache and the Wasm
+/// file a `preload` named.
+#[derive(PartialEq)]
+struct Preloaded {
+    cache_dir: PathBuf,
+    wasm: PathBuf,
+}
 
 /// Makes the worker's Landlock ruleset ahead of its task, while it waits:
 /// the ruleset itself and `/proc/self/status` at warm-up, then, once the
@@ -938,7 +953,8 @@ fn prepare_file_rules(preload: Option<(&Path, &Path)>) {
     // Made for another program (a second preload): start over.
     let stale = matches!(
         (&*prepared, preload),
-        (Some((_, Some(named))), Some((_, wasm))) if named != wasm
+        (Some((_, Some(named))), Some((cache_dir, wasm)))
+            if named.wasm != wasm || named.cache_dir != cache_dir
     );
     if prepared.is_none() || stale {
         *prepared = sandbox::FileRules::new().ok().map(|rules| (rules, None));
@@ -950,25 +966,45 @@ fn prepare_file_rules(preload: Option<(&Path, &Path)>) {
     if let Some((cache_dir, wasm)) = preload {
         rules.allow(cache_dir, false);
         rules.allow(wasm, false);
-        *program = Some(wasm.to_owned());
+        *program = Some(Preloaded {
+            cache_dir: cache_dir.to_owned(),
+            wasm: wasm.to_owned(),
+        });
     }
     // Last: the warm-up and preload before it may have started threads.
     rules.note_quiet_threads();
 }
 
-/// The prepared ruleset, if it suits a task of program `wasm`.
-fn take_file_rules(wasm: &Path) -> Option<sandbox::FileRules> {
+/// The prepared ruleset, if it suits a task of program `wasm` whose
+/// compile cache is `cache_dir`: made for that program and cache, or for
+/// none yet.
+fn take_file_rules(wasm: &Path, cache_dir: &Path) -> Option<sandbox::FileRules> {
     let prepared = FILE_RULES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
+    let suits = |named: &Preloaded| named.wasm == wasm && named.cache_dir == cache_dir;
+    #[cfg(debug_assertions)]
+    PREPARED_RULES.store(
+        match &prepared {
+            None => 0,
+            Some((_, program)) if program.as_ref().is_none_or(suits) => 1,
+            Some(_) => 2,
+        },
+        Ordering::Relaxed,
+    );
     match prepared {
-        Some((rules, program)) if program.as_deref().is_none_or(|named| named == wasm) => {
-            Some(rules)
-        }
+        Some((rules, program)) if program.as_ref().is_none_or(suits) => Some(rules),
         _ => None,
     }
 }
+
+/// Debug builds only (tests): what became of the worker's prepared
+/// Landlock rules at its last task ([`take_file_rules`]): 0 none were
+/// prepared, 1 taken, 2 made for another program and dropped. For the
+/// escape attempts named `prepared-…`.
+#[cfg(debug_assertions)]
+static PREPARED_RULES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Read by the memory-limit check before each task
 /// ([`limit_below_worker`]), so in every task's Landlock grants.
@@ -996,13 +1032,14 @@ fn enter_layers(policy: Sandbox, spec: &TaskSpec, cache_dir: &Path) -> Result<()
     // compiled again, and the worker's own footprint (`limit_below_worker`).
     grants.read.push(spec.wasm.clone());
     grants.read.push(STATUS_FILE.into());
-    let landlock = match take_file_rules(&spec.wasm).map_or_else(sandbox::FileRules::new, Ok) {
-        Ok(mut rules) => {
-            rules.allow_grants(&grants);
-            rules.enforce()
-        }
-        Err(state) => state,
-    };
+    let landlock =
+        match take_file_rules(&spec.wasm, cache_dir).map_or_else(sandbox::FileRules::new, Ok) {
+            Ok(mut rules) => {
+                rules.allow_grants(&grants);
+                rules.enforce()
+            }
+            Err(state) => state,
+        };
     let applied = sandbox::Applied {
         landlock,
         seccomp: sandbox::install_seccomp(),
@@ -1046,8 +1083,11 @@ pub const ESCAPE_ENV: &str = "ISOLA_TEST_ESCAPE_ATTEMPT";
 /// Makes the attempt `what` names from inside the sandbox and says how it
 /// went, as a `Failed` outcome (the test reads it): `open-read:PATH`,
 /// `open-write:PATH`, `socket`, `connect:ADDR`, `exec:PATH`, `ptrace`,
-/// `fork`, `shared-memory:BYTES`, `threads:COUNT`. An attempt the sandbox kills never returns: the worker ends
-/// with [`crate::outcome::WORKER_FORBIDDEN_SYSCALL`].
+/// `fork`, `shared-memory:BYTES`, `threads:COUNT`; `prepared-open-read:PATH`
+/// is `open-read` with the message saying first whether the task's
+/// Landlock rules were the ones its worker prepared. An attempt the
+/// sandbox kills never returns: the worker ends with
+/// [`crate::outcome::WORKER_FORBIDDEN_SYSCALL`].
 #[cfg(debug_assertions)]
 fn escape_attempt(what: &str) -> Outcome {
     // Not an attempt: which network namespace the worker is in, as
@@ -1084,7 +1124,7 @@ fn escape_attempt(what: &str) -> Outcome {
         return Outcome::Failed { message };
     }
     let result: std::io::Result<()> = match what.split_once(':') {
-        Some(("open-read", path)) => std::fs::read(path).map(drop),
+        Some(("open-read" | "prepared-open-read", path)) => std::fs::read(path).map(drop),
         Some(("open-write", path)) => std::fs::write(path, b"escaped").map(drop),
         Some(("connect", addr)) => std::net::TcpStream::connect(addr).map(drop),
         Some(("exec", path)) => std::process::Command::new(path).status().map(drop),
@@ -1119,9 +1159,18 @@ fn escape_attempt(what: &str) -> Outcome {
         }
         _ => Err(std::io::Error::other("unknown escape attempt")),
     };
+    let rules = match (
+        what.starts_with("prepared-"),
+        PREPARED_RULES.load(Ordering::Relaxed),
+    ) {
+        (false, _) => "",
+        (true, 1) => "with the prepared rules; ",
+        (true, 2) => "with rules of its own, the prepared ones being another program's; ",
+        (true, _) => "with rules of its own, none prepared; ",
+    };
     let message = match result {
-        Ok(()) => format!("escape attempt `{what}`: allowed"),
-        Err(err) => format!("escape attempt `{what}`: denied: {err}"),
+        Ok(()) => format!("{rules}escape attempt `{what}`: allowed"),
+        Err(err) => format!("{rules}escape attempt `{what}`: denied: {err}"),
     };
     Outcome::Failed { message }
 }

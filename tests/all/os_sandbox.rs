@@ -437,38 +437,55 @@ async fn a_pre_started_worker_has_no_thread_beyond_its_own_and_the_tickers() {
 }
 
 /// A pre-started worker makes its Landlock rules while it waits, the
-/// preloaded program's file among them; a task of that program may read
-/// it, but a task of another program gets rules of its own, which do not
-/// name the preloaded file. (Taking the prepared rules for any task would
-/// let the second one read it.)
+/// preloaded program's file among them; a task of that program takes them,
+/// but a task of another program gets rules of its own, which do not name
+/// the preloaded file. (Taking the prepared rules for any task would let
+/// the second one read it.) Each task says which rules it got, so the test
+/// cannot pass on a worker that had prepared none.
 #[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pre_started_workers_prepared_rules_serve_only_its_preloaded_program() {
     let runner = pre_starting_runner();
     let preloaded = guest("hello", GuestKind::Module);
-    let read_preloaded = format!("open-read:{}", preloaded.display());
+    let read_preloaded = format!("prepared-open-read:{}", preloaded.display());
     let try_as = |wasm: &Path| {
         let mut spec = TaskSpec::new(wasm);
         spec.isolation = Isolation::Process;
         spec.env.insert(ESCAPE.into(), read_preloaded.clone());
         spec
     };
-    // The first task makes `hello` the program pre-started workers preload.
+    let message = |outcome: Outcome| match outcome {
+        Outcome::Failed { message } => message,
+        other => panic!("not the hook's answer: {other:?}"),
+    };
+    // The first task makes `hello` the program pre-started workers
+    // preload; later ones wait for the pool to have preloaded it.
     let first = runner.run(try_as(&preloaded)).await.expect("spawn");
     assert_eq!(verdict(&first.outcome), Verdict::Allowed);
-    // Time for the pool to start, warm up and preload its next worker.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let same = runner.run(try_as(&preloaded)).await.expect("spawn");
-    assert_eq!(verdict(&same.outcome), Verdict::Allowed, "its own program");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let other = runner
-        .run(try_as(&guest("echo", GuestKind::Module)))
-        .await
-        .expect("spawn");
+    let mut same = String::new();
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        same = message(runner.run(try_as(&preloaded)).await.expect("spawn").outcome);
+        if same.starts_with("with the prepared rules; ") {
+            break;
+        }
+    }
     assert!(
-        matches!(verdict(&other.outcome), Verdict::Denied(ref why) if why.contains("Permission denied")),
-        "another program's task read the preloaded file: {:?}",
-        other.outcome
+        same.starts_with("with the prepared rules; ") && same.ends_with(": allowed"),
+        "its own program, with the rules its worker prepared: {same}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let other = message(
+        runner
+            .run(try_as(&guest("echo", GuestKind::Module)))
+            .await
+            .expect("spawn")
+            .outcome,
+    );
+    assert!(
+        other.starts_with("with rules of its own, the prepared ones being another program's; ")
+            && other.contains("Permission denied"),
+        "another program's task, on a worker prepared for `hello`: {other}"
     );
 }
 

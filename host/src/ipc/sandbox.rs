@@ -60,6 +60,16 @@
 //! apply between threads of one process. The worker signals none of its
 //! other threads and connects to no socket, so nothing it does crosses them.
 //!
+//! A pre-started worker lists its threads while it waits
+//! ([`FileRules::note_quiet_threads`]); if it is alone but for denied
+//! threads, its task's enforcement skips the listing unless
+//! [`THREADS_STARTED`] moved since. That rests on one invariant: once its
+//! epoch ticker runs, a worker starts threads only through its Tokio
+//! runtime (the blocking pool), whose `thread_name_fn` counts each one on
+//! the spawning thread before it exists. Code that starts a thread any
+//! other way between a worker's preload and its task's enforcement must
+//! count it too.
+//!
 //! # Cost (measured on the development machine, kernel 6.18)
 //!
 //! `unshare(CLONE_NEWNET)` costs about 0.6-0.7 ms (a user namespace around
@@ -1080,7 +1090,7 @@ const ALWAYS_ALLOWED: &[(libc::c_long, &str)] = syscalls![
 /// [`FILTER_TEMPLATE`] for which.
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
-#[cfg_attr(not(test), expect(dead_code, reason = "the names of the calls build_filters allows with arguments, checked by a test"))]
+#[cfg_attr(not(test), expect(dead_code, reason = "the names of the calls FILTER_TEMPLATE allows with arguments, checked by a test"))]
 const ALLOWED_WITH_ARGUMENTS: &[(libc::c_long, &str)] = syscalls![
     SYS_clone, SYS_clone3, SYS_fcntl, SYS_ioctl, SYS_prctl, SYS_tgkill, SYS_rt_sigaction,
     SYS_prlimit64,
@@ -1277,8 +1287,10 @@ fn load_filter(program: &[libc::sock_filter]) -> io::Result<()> {
         len,
         filter: program.as_ptr().cast_mut(),
     };
+    // Variadic: each argument passed as the kernel reads it.
+    let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
     // SAFETY: `prctl` with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, on, unused, unused, unused) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fprog` points at `len` instructions of `program`, which
@@ -1664,7 +1676,6 @@ mod tests {
         assert_eq!((syscall, arch), (41, 0xC000_003E));
     }
 
-    #[cfg(target_arch = "x86_64")]
     /// The rules [`FILTER_TEMPLATE`] is compiled from, as libseccomp
     /// compiles them for process `pid` (see the template's docs for why
     /// each is there).
@@ -1781,6 +1792,7 @@ mod tests {
     /// What the kernel's classic BPF interpreter answers for a system call
     /// (`struct seccomp_data`: `nr`, `arch`, `instruction_pointer`,
     /// `args`), for the instructions a seccomp filter may hold.
+    #[cfg(target_arch = "x86_64")]
     fn run_filter(program: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
@@ -1822,10 +1834,16 @@ mod tests {
         }
     }
 
+    // `AUDIT_ARCH_*` of <linux/audit.h>, `SECCOMP_RET_*` of <linux/seccomp.h>.
+    #[cfg(target_arch = "x86_64")]
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    #[cfg(target_arch = "x86_64")]
     const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    #[cfg(target_arch = "x86_64")]
     const RET_ALLOW: u32 = 0x7fff_0000;
+    #[cfg(target_arch = "x86_64")]
     const RET_TRAP: u32 = 0x0003_0000;
+    #[cfg(target_arch = "x86_64")]
     const RET_KILL_PROCESS: u32 = 0x8000_0000;
 
     /// The checked-in filter is what libseccomp makes of the rules above:
