@@ -433,8 +433,7 @@ impl Shared {
     /// Takes in the cancels the server keeps (the last of each subject),
     /// which went by while this worker was not listening: called once it
     /// listens, as it starts and after each reconnection. Later ones reach
-    /// it live.
-    /// Whether it read them (to try again later if not).
+    /// it live. Says whether it read them (to try again later if not).
     async fn load_cancels(&self) -> bool {
         let mut stream = self.entities.cancels.clone();
         let read = async {

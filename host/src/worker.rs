@@ -942,9 +942,9 @@ struct Preloaded {
 /// the Wasm file), those two. Every task's grants hold them (see
 /// [`enter_layers`]), so a task then adds only its directories before the
 /// rules go into force: a pre-started worker's Landlock step took 0.14 ms
-/// of its task's start before, 0.09 ms since (workload 1, median). A task of another
-/// program gets a ruleset of its own instead (the preloaded program's file
-/// is none of its business). Nothing is enforced here: a kernel that
+/// of its task's start before, 0.09 ms since (workload 1, median). A task
+/// of another program gets a ruleset of its own instead (the preloaded
+/// program's file is none of its business). Nothing is enforced here: a kernel that
 /// refuses the ruleset is reported by the task's own attempt.
 fn prepare_file_rules(preload: Option<(&Path, &Path)>) {
     let mut prepared = FILE_RULES
@@ -984,19 +984,16 @@ fn take_file_rules(wasm: &Path, cache_dir: &Path) -> Option<sandbox::FileRules> 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     let suits = |named: &Preloaded| named.wasm == wasm && named.cache_dir == cache_dir;
+    let (taken, what_became) = match prepared {
+        Some((rules, program)) if program.as_ref().is_none_or(suits) => (Some(rules), 1),
+        Some(_) => (None, 2),
+        None => (None, 0),
+    };
     #[cfg(debug_assertions)]
-    PREPARED_RULES.store(
-        match &prepared {
-            None => 0,
-            Some((_, program)) if program.as_ref().is_none_or(suits) => 1,
-            Some(_) => 2,
-        },
-        Ordering::Relaxed,
-    );
-    match prepared {
-        Some((rules, program)) if program.as_ref().is_none_or(suits) => Some(rules),
-        _ => None,
-    }
+    PREPARED_RULES.store(what_became, Ordering::Relaxed);
+    #[cfg(not(debug_assertions))]
+    let _ = what_became;
+    taken
 }
 
 /// Debug builds only (tests): what became of the worker's prepared

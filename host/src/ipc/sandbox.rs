@@ -488,9 +488,9 @@ pub(crate) struct FileRules {
     quiet: Option<(libc::pid_t, usize)>,
 }
 
-/// Threads the worker's runtime has started (its `on_thread_start` hook:
-/// Tokio's blocking pool), the only threads a worker starts once its
-/// epoch ticker runs. [`FileRules::enforce`] compares it with the count
+/// Threads the worker's runtime has started (counted in its
+/// `thread_name_fn`, on the spawning thread: Tokio's blocking pool), the
+/// only threads a worker starts once its epoch ticker runs. [`FileRules::enforce`] compares it with the count
 /// [`FileRules::note_quiet_threads`] saw.
 pub(crate) static THREADS_STARTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -499,42 +499,17 @@ impl FileRules {
     /// `Err` with [`LayerState::Unavailable`] where the kernel has no
     /// Landlock or refuses the ruleset.
     pub(crate) fn new() -> Result<Self, LayerState> {
-        let abi = match landlock_abi() {
-            Ok(version) => ABI::from(version),
-            Err(err) => return Err(LayerState::Unavailable(landlock_missing(&err))),
-        };
-        if abi == ABI::Unsupported {
-            return Err(LayerState::Unavailable(
-                "this kernel reports no Landlock ABI".to_owned(),
-            ));
-        }
-        let create = || -> Result<landlock::RulesetCreated, RulesetError> {
-            let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
-            if abi >= ABI::V4 {
-                // Handled with no port granted: every TCP bind and connect
-                // is refused.
-                ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
-            }
-            if abi >= ABI::V6 {
-                ruleset = ruleset.scope(Scope::from_all(abi))?;
-            }
-            Ok(ruleset.create()?.no_new_privs(true))
-        };
-        match create() {
-            Ok(ruleset) => Ok(FileRules {
-                abi,
-                ruleset: Some(ruleset),
-                refused: None,
-                given: Vec::new(),
-                threads: File::open("/proc/self/task")
-                    .ok()
-                    .and_then(|dir| rustix::fs::Dir::new(dir).ok()),
-                quiet: None,
-            }),
-            Err(err) => Err(LayerState::Unavailable(format!(
-                "Landlock refused the ruleset: {err}"
-            ))),
-        }
+        let (abi, ruleset) = empty_ruleset()?;
+        Ok(FileRules {
+            abi,
+            ruleset: Some(ruleset),
+            refused: None,
+            given: Vec::new(),
+            threads: File::open("/proc/self/task")
+                .ok()
+                .and_then(|dir| rustix::fs::Dir::new(dir).ok()),
+            quiet: None,
+        })
     }
 
     /// Adds a rule for each of `grants`' paths.
@@ -626,6 +601,37 @@ impl FileRules {
     }
 }
 
+/// A ruleset with no rule yet, handling every right the running kernel's
+/// Landlock ABI controls (see [`FileRules`]), with `no_new_privs`, and that
+/// ABI. `Err` with [`LayerState::Unavailable`] where the kernel has no
+/// Landlock or refuses the ruleset.
+fn empty_ruleset() -> Result<(ABI, landlock::RulesetCreated), LayerState> {
+    let abi = match landlock_abi() {
+        Ok(version) => ABI::from(version),
+        Err(err) => return Err(LayerState::Unavailable(landlock_missing(&err))),
+    };
+    if abi == ABI::Unsupported {
+        return Err(LayerState::Unavailable(
+            "this kernel reports no Landlock ABI".to_owned(),
+        ));
+    }
+    let create = || -> Result<landlock::RulesetCreated, RulesetError> {
+        let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
+        if abi >= ABI::V4 {
+            // Handled with no port granted: every TCP bind and connect is
+            // refused.
+            ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
+        }
+        if abi >= ABI::V6 {
+            ruleset = ruleset.scope(Scope::from_all(abi))?;
+        }
+        Ok(ruleset.create()?.no_new_privs(true))
+    };
+    create()
+        .map(|ruleset| (abi, ruleset))
+        .map_err(|err| LayerState::Unavailable(format!("Landlock refused the ruleset: {err}")))
+}
+
 /// Enforces `created`, made at `abi`, on every thread; `threads` is
 /// `/proc/self/task`, if open already; `quiet`: no other thread needs
 /// reaching (see [`FileRules::note_quiet_threads`]).
@@ -699,28 +705,10 @@ static DENIED_THREADS: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
 /// the thread off the record, so a later thread given the same id is not
 /// taken for a restricted one.
 pub(crate) fn deny_files_on_this_thread() -> DeniedThread {
-    let Ok(version) = landlock_abi() else {
+    let Ok((_, ruleset)) = empty_ruleset() else {
         return DeniedThread(None);
     };
-    let abi = ABI::from(version);
-    if abi == ABI::Unsupported {
-        return DeniedThread(None);
-    }
-    let deny_all = || -> Result<RulesetStatus, RulesetError> {
-        let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
-        if abi >= ABI::V4 {
-            ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
-        }
-        if abi >= ABI::V6 {
-            ruleset = ruleset.scope(Scope::from_all(abi))?;
-        }
-        Ok(ruleset
-            .create()?
-            .no_new_privs(true)
-            .restrict_self()?
-            .ruleset)
-    };
-    if let Ok(RulesetStatus::FullyEnforced) = deny_all() {
+    if let Ok(RulesetStatus::FullyEnforced) = ruleset.restrict_self().map(|status| status.ruleset) {
         let tid = current_tid();
         for (i, cell) in DENIED_THREADS.iter().enumerate() {
             if cell
@@ -1186,7 +1174,7 @@ pub(crate) fn syscall_name(_nr: i64) -> Option<&'static str> {
 /// The worker's seccomp filter (x86_64): a classic BPF program, one
 /// `struct sock_filter` per 8 bytes (`code` u16, `jt` u8, `jf` u8, `k` u32,
 /// little-endian), compiled by libseccomp from the rules in this module's
-/// tests (`filter_rules`), as a binary tree over the system call numbers
+/// tests (`compile_filter_rules`), as a binary tree over the system call numbers
 /// (libseccomp's optimize level 2). The tests check it against those rules
 /// and regenerate it (`make seccomp-filter`).
 ///
@@ -1250,30 +1238,38 @@ fn filter_for(pid: u32) -> Result<Vec<libc::sock_filter>, String> {
             "the built-in filter is {length} bytes, not a BPF program"
         ));
     }
+    let mut program = instructions(FILTER_TEMPLATE);
     let mut placeholders = 0;
-    let program: Vec<libc::sock_filter> = FILTER_TEMPLATE
-        .chunks_exact(8)
-        .map(|bytes| {
-            let [c0, c1, jt, jf, k0, k1, k2, k3] = <[u8; 8]>::try_from(bytes).unwrap_or([0; 8]);
-            let mut instruction = libc::sock_filter {
-                code: u16::from_le_bytes([c0, c1]),
-                jt,
-                jf,
-                k: u32::from_le_bytes([k0, k1, k2, k3]),
-            };
-            if instruction.code == BPF_JEQ_K && instruction.k == PID_PLACEHOLDER {
-                instruction.k = pid;
-                placeholders += 1;
-            }
-            instruction
-        })
-        .collect();
+    for instruction in &mut program {
+        if instruction.code == BPF_JEQ_K && instruction.k == PID_PLACEHOLDER {
+            instruction.k = pid;
+            placeholders += 1;
+        }
+    }
     if placeholders != 1 {
         return Err(format!(
             "the built-in filter names the worker's process id {placeholders} times, not once"
         ));
     }
     Ok(program)
+}
+
+/// `bytes` (`struct sock_filter`s, little-endian) as instructions; a
+/// trailing partial one is left out.
+#[cfg(target_arch = "x86_64")]
+fn instructions(bytes: &[u8]) -> Vec<libc::sock_filter> {
+    bytes
+        .chunks_exact(8)
+        .map(|bytes| {
+            let [c0, c1, jt, jf, k0, k1, k2, k3] = <[u8; 8]>::try_from(bytes).unwrap_or([0; 8]);
+            libc::sock_filter {
+                code: u16::from_le_bytes([c0, c1]),
+                jt,
+                jf,
+                k: u32::from_le_bytes([k0, k1, k2, k3]),
+            }
+        })
+        .collect()
 }
 
 /// Loads `program` as a seccomp filter on every thread of the process
@@ -1527,6 +1523,18 @@ mod tests {
     /// Exit status of a forked child whose kernel lacks the layer it tests.
     const SKIP: i32 = 77;
 
+    /// Whether a child of [`in_child`] ran its checks: `false` if it said
+    /// [`SKIP`] (this kernel lacks the layer, `why`), else asserts that it
+    /// ended with `want`, showing its `stderr` if not.
+    fn ended_with(status: i32, stderr: &str, want: i32, why: &str) -> bool {
+        if status == SKIP {
+            eprintln!("skipped: {why}");
+            return false;
+        }
+        assert_eq!(status, want, "stderr: {stderr}");
+        true
+    }
+
     /// Runs `body` in a forked child (a sandbox cannot be undone, and the
     /// test process must stay free) and returns the child's exit status
     /// (128 + the signal if one ended it) and what it wrote to fd 2.
@@ -1773,20 +1781,6 @@ mod tests {
         let mut program = Vec::new();
         reader.read_to_end(&mut program).expect("read the program");
         program
-    }
-
-    /// `bytes` as instructions.
-    #[cfg(target_arch = "x86_64")]
-    fn instructions(bytes: &[u8]) -> Vec<libc::sock_filter> {
-        bytes
-            .chunks_exact(8)
-            .map(|b| libc::sock_filter {
-                code: u16::from_le_bytes([b[0], b[1]]),
-                jt: b[2],
-                jf: b[3],
-                k: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            })
-            .collect()
     }
 
     /// What the kernel's classic BPF interpreter answers for a system call
@@ -2083,11 +2077,14 @@ mod tests {
             // Not reached: the early thread's socket() ended the process.
             5
         });
-        if status == SKIP {
-            eprintln!("skipped: this kernel refused the seccomp filter");
+        if !ended_with(
+            status,
+            &stderr,
+            FORBIDDEN_SYSCALL_EXIT,
+            "this kernel refused the seccomp filter",
+        ) {
             return;
         }
-        assert_eq!(status, FORBIDDEN_SYSCALL_EXIT, "stderr: {stderr}");
         assert_eq!(
             stderr,
             format!("isola worker: forbidden system call {}\n", libc::SYS_socket)
@@ -2180,11 +2177,7 @@ mod tests {
             }
             0
         });
-        if status == SKIP {
-            eprintln!("skipped: this kernel has no Landlock");
-            return;
-        }
-        assert_eq!(status, 0, "stderr: {stderr}");
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
     }
 
     /// A worker alone with its denied threads notes it while it waits; a
@@ -2221,11 +2214,7 @@ mod tests {
                 _ => 4,
             }
         });
-        if status == SKIP {
-            eprintln!("skipped: this kernel has no Landlock");
-            return;
-        }
-        assert_eq!(status, 0, "stderr: {stderr}");
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
     }
 
     /// Rules given in steps (as a pre-started worker does: shared ones while
@@ -2283,11 +2272,7 @@ mod tests {
                 _ => 8,
             }
         });
-        if status == SKIP {
-            eprintln!("skipped: this kernel has no Landlock");
-            return;
-        }
-        assert_eq!(status, 0, "stderr: {stderr}");
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
     }
 
     /// A thread that denied itself every file opens nothing, is left out of
@@ -2350,11 +2335,7 @@ mod tests {
                 _ => 7,
             }
         });
-        if status == SKIP {
-            eprintln!("skipped: this kernel has no Landlock");
-            return;
-        }
-        assert_eq!(status, 0, "stderr: {stderr}");
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
     }
 
     /// A new network namespace in a child: its /proc/self/ns/net differs.
@@ -2370,11 +2351,7 @@ mod tests {
                 _ => 2,
             }
         });
-        if status == SKIP {
-            eprintln!("skipped: no network namespace here");
-            return;
-        }
-        assert_eq!(status, 0, "stderr: {stderr}");
+        ended_with(status, &stderr, 0, "no network namespace here");
     }
 
     /// An unprivileged worker's path: one process makes a user and a
