@@ -161,6 +161,21 @@ fn enter_network_namespace() {
     let _ = NETWORK_NAMESPACE.set(state);
 }
 
+/// Why this worker is not in the cgroups its parent named in
+/// [`protocol::CGROUP_ENV`], if it is not; told to the parent in its hello.
+static CGROUP_NOT_JOINED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Joins the cgroups the parent made for this worker, if it named any.
+/// Call while the worker is one thread.
+fn join_cgroups() {
+    let Some(dirs) = std::env::var_os(protocol::CGROUP_ENV) else {
+        return;
+    };
+    if let Err(why) = crate::ipc::cgroup::join(&dirs.to_string_lossy()) {
+        let _ = CGROUP_NOT_JOINED.set(why);
+    }
+}
+
 /// `PID:USER:NET` of [`protocol::NETNS_ENV`]'s `join:` form.
 fn parse_join(fds: &str) -> Option<(u32, Option<i32>, i32)> {
     let mut parts = fds.split(':');
@@ -181,6 +196,9 @@ pub fn run_worker() -> ExitCode {
         eprintln!("isola worker: cannot close inherited descriptors: {err}");
         return ExitCode::from(70);
     }
+    // While the worker is one thread (see `cgroup::join`), and before it
+    // may join a user namespace.
+    join_cgroups();
     // While the worker is one thread, and before its parent-death signal
     // (which joining a user namespace would clear).
     enter_network_namespace();
@@ -273,7 +291,11 @@ async fn serve() -> Result<(), String> {
         Some(_) => return Err("expected a hello frame first".into()),
         None => return Ok(()),
     }
-    send(&mut writer, FromWorker::Hello(Hello::current())).await?;
+    let hello = Hello {
+        cgroup: CGROUP_NOT_JOINED.get().cloned(),
+        ..Hello::current()
+    };
+    send(&mut writer, FromWorker::Hello(hello)).await?;
 
     let sandboxed = std::env::var(protocol::SANDBOX_ENV).is_ok_and(|policy| policy != "off");
     // The engine is ready before the task arrives: this is the work a

@@ -7,7 +7,8 @@
 //! (`MAP_SHARED`, `memfd`) escape it, and no rlimit bounds how many threads
 //! a process starts or how many cores it keeps busy. A cgroup counts all
 //! of those. Each sandboxed worker gets a cgroup of its own, made by its
-//! parent as the worker starts (before it runs anything of a task):
+//! parent before the worker starts and joined before it runs anything of
+//! a task:
 //!
 //! | controller | limit | set | a worker that reaches it |
 //! |---|---|---|---|
@@ -45,26 +46,45 @@
 //!   by one, as this development machine does), under Isola's own group in
 //!   that hierarchy: v1 has no such rule.
 //!
-//! A group is named `isola-<parent pid>-<worker pid>`, removed once its
-//! worker is reaped; groups of a parent that died are removed by the next
-//! runner that looks there. Where none of the controllers can be used
+//! A group is named `isola-<parent pid>-<n>` (`n` counts the parent's
+//! groups), removed once its worker is reaped; groups of a parent that
+//! died are removed by the next runner that looks there.
+//!
+//! # Who moves the worker in
+//!
+//! Moving a process with a write to `cgroup.procs` takes a kernel-wide
+//! lock whose writer waits for an RCU grace period, unless another such
+//! write came just before: 7-16 ms on the development machine (kernel
+//! 6.18) once the machine had been idle for 30 ms or more, against
+//! 0.06 ms back to back. A cold start (about 3 ms) paid that whenever
+//! tasks did not start back to back. A thread moving itself through a v1
+//! group's `tasks` file takes no such lock (0.03-0.04 ms), and a process
+//! with one thread moves whole that way. So the parent makes the groups,
+//! with their limits, before it starts the worker (names in
+//! `ISOLA_WORKER_CGROUP`), and the worker joins its v1 groups itself,
+//! first thing, while it is one thread ([`join`]); its hello tells the
+//! parent if it could not. A v2 group can only be joined through
+//! `cgroup.procs` (a thread cannot move alone between v2 domain groups),
+//! so there the parent moves the worker, and a cold start pays the wait. Where none of the controllers can be used
 //! (not root, no delegation, or no cgroup file system), workers run under
 //! their rlimits alone, which the sandbox reports as an unavailable layer
 //! (a warning; a refusal under `sandbox = "required"`).
 //!
 //! # Cost
 //!
-//! Making a group costs the kernel about 15-40 µs per controller hierarchy
-//! and each limit a write of about 10 µs (measured on the development
-//! machine, kernel 6.18, cgroup v1). The parent does it right after it
-//! starts the worker, while the worker executes its own start-up, and a
-//! pre-started worker has it done before a task arrives; only the memory
-//! limit is written when a task is handed over.
+//! Making a group costs the kernel about 15-130 µs per controller
+//! hierarchy and each limit a write of about 10 µs (measured on the
+//! development machine, kernel 6.18, cgroup v1). A runner keeps one group
+//! made ahead, so a worker's start takes a ready one, and the next is made
+//! while that worker executes its own start-up; only the memory limit is
+//! written when a task is handed over, and only if it is not the
+//! default.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::outcome::CgroupEvents;
 
@@ -367,16 +387,25 @@ impl Cgroups {
         &self.missing
     }
 
-    /// Makes `pid`'s group in each place, with its pids and CPU limits,
-    /// and moves `pid` into it.
+    /// Makes a worker's group in each place, with its pids and CPU limits
+    /// and the memory limit `memory` (bytes, swap included; see
+    /// [`WorkerGroup::limit_memory`]), before the worker exists. The worker
+    /// joins its v1 groups itself as it starts ([`WorkerGroup::worker_joins`],
+    /// [`join`]); its parent moves it into the v2 ones
+    /// ([`WorkerGroup::adopt`]). See the module docs on why.
     ///
     /// # Errors
     ///
     /// The first directory or file the kernel refused; what was made is
     /// removed again.
-    pub(crate) fn place(&self, pid: u32, cpu_quota: Option<u64>) -> io::Result<WorkerGroup> {
+    pub(crate) fn make(&self, cpu_quota: Option<u64>, memory: u64) -> io::Result<WorkerGroup> {
         sweep();
-        let name = format!("isola-{}-{pid}", std::process::id());
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "isola-{}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        );
         let mut group = WorkerGroup {
             dirs: Vec::new(),
             memory_limit: None,
@@ -385,9 +414,16 @@ impl Cgroups {
         for place in &self.places {
             let dir = place.dir.join(&name);
             std::fs::create_dir(&dir).map_err(|e| context(&dir, e))?;
-            group
-                .dirs
-                .push((place.version, dir.clone(), place.controllers.clone()));
+            // A directory whose path cannot travel in the worker's
+            // environment (a line break in it) is joined by the parent.
+            let by_worker = place.version == Version::V1
+                && dir.to_str().is_some_and(|path| !path.contains('\n'));
+            group.dirs.push(GroupDir {
+                version: place.version,
+                dir: dir.clone(),
+                controllers: place.controllers.clone(),
+                by_worker,
+            });
             for controller in &place.controllers {
                 match (controller, place.version) {
                     (Controller::Pids, _) => write(&dir, "pids.max", &WORKER_PIDS.to_string())?,
@@ -414,10 +450,38 @@ impl Cgroups {
                     (Controller::Memory, _) => {}
                 }
             }
-            write(&dir, "cgroup.procs", &pid.to_string())?;
         }
+        group.limit_memory(memory)?;
         Ok(group)
     }
+}
+
+/// Moves the calling process into each group directory of `dirs` (one per
+/// line, as [`WorkerGroup::worker_joins`] gives them), for a worker at its
+/// start. It writes `0` (the caller) to each group's v1 `tasks` file, which
+/// moves the calling thread only: the kernel then takes no global lock.
+/// The process-wide `cgroup.procs` takes one whose writer waits for an RCU
+/// grace period unless another write came just before: 7-16 ms here after
+/// an idle spell of 30 ms or more, against 0.03-0.04 ms for `tasks`
+/// (kernel 6.18, cgroup v1, the development machine). Moving the thread is
+/// moving the process while it has no other thread: so call it before
+/// any starts. If one has, it writes `cgroup.procs` (the whole process)
+/// instead.
+///
+/// # Errors
+///
+/// The group file that could not be written, and why.
+pub(crate) fn join(dirs: &str) -> Result<(), String> {
+    // `/proc/self/task` links `.`, `..` and one entry per thread.
+    let alone = std::fs::metadata("/proc/self/task").is_ok_and(|task| {
+        use std::os::unix::fs::MetadataExt as _;
+        task.nlink() == 3
+    });
+    let file = if alone { "tasks" } else { "cgroup.procs" };
+    for dir in dirs.lines().filter(|dir| !dir.is_empty()) {
+        write(Path::new(dir), file, "0").map_err(|err| err.to_string())?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Cgroups {
@@ -586,7 +650,7 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 /// for a later sweep).
 #[derive(Debug)]
 pub(crate) struct WorkerGroup {
-    dirs: Vec<(Version, PathBuf, Vec<Controller>)>,
+    dirs: Vec<GroupDir>,
     /// The memory limit written last, so a task with the same one (most
     /// tasks: the default) costs no write on its way to the worker.
     memory_limit: Option<u64>,
@@ -596,12 +660,51 @@ pub(crate) struct WorkerGroup {
     baseline: (u64, u64),
 }
 
+/// A worker group's directory in one hierarchy.
+#[derive(Debug)]
+struct GroupDir {
+    version: Version,
+    dir: PathBuf,
+    controllers: Vec<Controller>,
+    /// Joined by the worker itself ([`join`]), not moved there by its
+    /// parent ([`WorkerGroup::adopt`]).
+    by_worker: bool,
+}
+
 impl WorkerGroup {
     fn dir_of(&self, controller: Controller) -> Option<(Version, &Path)> {
         self.dirs
             .iter()
-            .find(|(_, _, controllers)| controllers.contains(&controller))
-            .map(|(version, dir, _)| (*version, dir.as_path()))
+            .find(|group| group.controllers.contains(&controller))
+            .map(|group| (group.version, group.dir.as_path()))
+    }
+
+    /// The directories the worker joins itself as it starts, one per line,
+    /// for it to give to [`join`] (it travels in the worker's environment);
+    /// `None` if there are none.
+    pub(crate) fn worker_joins(&self) -> Option<String> {
+        let dirs: Vec<&str> = self
+            .dirs
+            .iter()
+            .filter(|group| group.by_worker)
+            .filter_map(|group| group.dir.to_str())
+            .collect();
+        (!dirs.is_empty()).then(|| dirs.join("\n"))
+    }
+
+    /// Moves the worker `pid` into the groups it does not join itself
+    /// (those on cgroup v2, where a thread cannot move alone between
+    /// groups: the process-wide write, with its grace period, is the only
+    /// way there).
+    ///
+    /// # Errors
+    ///
+    /// The group file the kernel refused.
+    pub(crate) fn adopt(&self, pid: u32) -> io::Result<()> {
+        for group in self.dirs.iter().filter(|group| !group.by_worker) {
+            write(&group.dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
     }
 
     /// Sets the memory limit (swap included) for the worker's next task, in
@@ -686,7 +789,7 @@ impl WorkerGroup {
 
 impl Drop for WorkerGroup {
     fn drop(&mut self) {
-        for (_, dir, _) in &self.dirs {
+        for GroupDir { dir, .. } in &self.dirs {
             if let Err(err) = std::fs::remove_dir(dir)
                 && err.kind() != io::ErrorKind::NotFound
             {
@@ -779,6 +882,101 @@ mod tests {
         (root, mountinfo)
     }
 
+    /// The one worker group (`isola-…` directory) in `dir`.
+    fn only_group(dir: &Path) -> PathBuf {
+        let prefix = format!("isola-{}-", std::process::id());
+        let groups: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|entry| entry.path())
+            .collect();
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        groups.into_iter().next().expect("one")
+    }
+
+    /// On v1 the parent makes each worker's groups, with their limits, and
+    /// never moves the worker: the worker joins them itself, one thread at
+    /// a time, through `tasks` (the process-wide `cgroup.procs` would wait
+    /// for an RCU grace period). Each worker gets groups of its own.
+    #[test]
+    fn on_v1_the_worker_joins_its_groups_itself() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut mountinfo = String::new();
+        for (i, controller) in ["memory", "pids"].iter().enumerate() {
+            let point = root.path().join(controller).join("isola.scope");
+            std::fs::create_dir_all(&point).expect("mkdir");
+            mountinfo.push_str(&format!(
+                "3{i} 31 0:3{i} / {} rw,relatime - cgroup cgroup rw,{controller}\n",
+                root.path().join(controller).display()
+            ));
+        }
+        let cgroups = Cgroups::find_in(
+            "8:pids:/isola.scope\n4:memory:/isola.scope\n0::/\n",
+            &mountinfo,
+            &[Controller::Memory, Controller::Pids],
+        )
+        .expect("a place");
+        // The kernel's control files are plain files here: emptied before
+        // a group is dropped, so that its directories can go.
+        let clear = |joins: &str| {
+            for dir in joins.lines() {
+                for entry in std::fs::read_dir(dir).expect("list").flatten() {
+                    std::fs::remove_file(entry.path()).expect("rm");
+                }
+            }
+        };
+        let other = cgroups.make(None, 64 << 20).expect("a group");
+        let group = cgroups.make(None, 64 << 20).expect("another group");
+        let other_joins = other.worker_joins().expect("groups for the worker");
+        assert_ne!(
+            Some(&other_joins),
+            group.worker_joins().as_ref(),
+            "groups of its own"
+        );
+        clear(&other_joins);
+        drop(other);
+        let memory = only_group(&root.path().join("memory/isola.scope"));
+        let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).expect("read");
+        assert_eq!(
+            read(&memory, "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        let pids = only_group(&root.path().join("pids/isola.scope"));
+        assert_eq!(read(&pids, "pids.max"), WORKER_PIDS.to_string());
+        let joins = group.worker_joins().expect("groups for the worker");
+        assert_eq!(
+            joins.lines().map(PathBuf::from).collect::<Vec<_>>(),
+            [memory.clone(), pids.clone()]
+        );
+        group.adopt(4242).expect("nothing to adopt");
+        assert!(
+            !memory.join("cgroup.procs").exists(),
+            "the parent moved no one"
+        );
+        // The worker's side: `0` (itself) into each group's `tasks` (this
+        // test process has other threads, so `cgroup.procs`: the fake
+        // groups are plain directories, and the write moves nothing).
+        join(&joins).expect("joined");
+        let file = if std::fs::metadata("/proc/self/task").is_ok_and(|task| {
+            use std::os::unix::fs::MetadataExt as _;
+            task.nlink() == 3
+        }) {
+            "tasks"
+        } else {
+            "cgroup.procs"
+        };
+        assert_eq!(read(&memory, file), "0");
+        assert_eq!(read(&pids, file), "0");
+        // A group that is not there is named in the error.
+        let gone = memory.join("gone");
+        let err = join(&gone.to_string_lossy()).expect_err("no such group");
+        assert!(err.contains(&gone.display().to_string()), "{err}");
+        clear(&joins);
+        drop(group);
+        assert!(!memory.exists() && !pids.exists(), "removed when dropped");
+    }
+
     #[test]
     fn on_v2_groups_go_under_a_group_that_enables_the_controllers() {
         let (root, mountinfo) = fake_v2("cpu memory pids");
@@ -810,14 +1008,18 @@ mod tests {
                 .expect("a place");
         assert_eq!(cgroups.places[0].dir, root.path().join("user.slice"));
 
-        // The groups it makes there get the limits and the worker.
-        let mut group = cgroups.place(4242, Some(quota_of(0.5))).expect("a group");
-        let dir = root
-            .path()
-            .join(format!("user.slice/isola-{}-4242", std::process::id()));
+        // The groups it makes there get the limits, and the parent moves
+        // the worker in: a thread cannot move alone between v2 groups.
+        let mut group = cgroups
+            .make(Some(quota_of(0.5)), 64 << 20)
+            .expect("a group");
+        let dir = only_group(&root.path().join("user.slice"));
         let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("read");
         assert_eq!(read("pids.max"), WORKER_PIDS.to_string());
         assert_eq!(read("cpu.max"), format!("50000 {CPU_PERIOD}"));
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(group.worker_joins(), None);
+        group.adopt(4242).expect("adopt");
         assert_eq!(read("cgroup.procs"), "4242");
         group.limit_memory(96 << 20).expect("memory");
         assert_eq!(read("memory.max"), (96u64 << 20).to_string());
@@ -861,8 +1063,8 @@ mod tests {
             std::fs::read_to_string(own.join("cgroup.subtree_control")).expect("read"),
             "+memory +pids"
         );
-        let _group = cgroups.place(4343, None).expect("a group");
-        let dir = own.join(format!("isola-{}-4343", std::process::id()));
+        let _group = cgroups.make(None, 64 << 20).expect("a group");
+        let dir = only_group(&own);
         assert_eq!(
             std::fs::read_to_string(dir.join("pids.max")).expect("read"),
             WORKER_PIDS.to_string()

@@ -35,7 +35,7 @@ use crate::spec::TaskSpec;
 use crate::wire::{path_bytes, spec_wire};
 
 /// Bumped on any incompatible change; checked in the handshake.
-pub(crate) const PROTOCOL_VERSION: u32 = 7;
+pub(crate) const PROTOCOL_VERSION: u32 = 8;
 
 /// Identifies Isola's protocol in the first frame, so a worker started by
 /// something else fails fast instead of misreading its input.
@@ -59,6 +59,11 @@ pub(crate) const PARENT_ENV: &str = "ISOLA_WORKER_PARENT";
 /// user namespace (empty: none to join) and the network namespace an
 /// earlier worker made (see `process::netns`).
 pub(crate) const NETNS_ENV: &str = "ISOLA_WORKER_NETNS";
+
+/// The environment variable that names a sandboxed worker's cgroup
+/// directories, one per line, which it joins itself at its start (see
+/// `ipc::cgroup::join`); its [`Hello`] says if it could not.
+pub(crate) const CGROUP_ENV: &str = "ISOLA_WORKER_CGROUP";
 
 /// Largest frame either side accepts: bounds what a confused or hostile
 /// peer can make the other allocate.
@@ -205,6 +210,10 @@ pub(crate) struct Hello {
     pub(crate) version: u32,
     /// The sender's process id.
     pub(crate) pid: u32,
+    /// A worker's only: why it is not in the cgroups [`CGROUP_ENV`] named
+    /// (`None`: it joined them, or none were named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cgroup: Option<String>,
 }
 
 impl Hello {
@@ -214,6 +223,7 @@ impl Hello {
             magic: MAGIC.to_owned(),
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
+            cgroup: None,
         }
     }
 }

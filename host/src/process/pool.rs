@@ -170,6 +170,11 @@ pub(crate) struct ProcessBackend {
     /// Where its sandboxed workers' cgroups go, found on first use, or
     /// why there are none.
     cgroups: std::sync::OnceLock<std::result::Result<Cgroups, String>>,
+    /// A worker's cgroup made ahead, for the next sandboxed worker to start
+    /// (making one takes about 0.3 ms, which a cold start would otherwise
+    /// wait for): made after each start's handshake went out, while the
+    /// worker is busy with its own start-up.
+    spare_cgroup: Mutex<Option<WorkerGroup>>,
 }
 
 impl Drop for ProcessBackend {
@@ -223,6 +228,7 @@ impl ProcessBackend {
             cpu_quota,
             network: super::netns::SharedNamespace::default(),
             cgroups: std::sync::OnceLock::new(),
+            spare_cgroup: Mutex::new(None),
         }
     }
 
@@ -591,8 +597,16 @@ async fn start_worker(
     if let Some(log) = std::env::var_os("ISOLA_LOG") {
         command.env("ISOLA_LOG", log);
     }
-    if sandbox != Sandbox::Off {
+    // Made (or taken ready-made) before the worker exists: it joins its
+    // groups itself as it starts (see `ipc::cgroup::join`).
+    let cgroup = if sandbox == Sandbox::Off {
+        None
+    } else {
         network.name_to(&mut command);
+        worker_cgroup(backend, sandbox)?
+    };
+    if let Some(dirs) = cgroup.as_ref().and_then(WorkerGroup::worker_joins) {
+        command.env(protocol::CGROUP_ENV, dirs);
     }
     let mut child = command.spawn().map_err(|e| {
         Error::Internal(format!("cannot start worker `{}`: {e}", program.display()))
@@ -623,12 +637,11 @@ async fn start_worker(
         heard.closed.store(true, Ordering::Release);
     });
     let mut guard = ChildGuard::new(child, pid);
-    // Done while the worker executes its own start-up, and before it runs
-    // anything of a task: it waits for the handshake.
-    let cgroup = if sandbox == Sandbox::Off {
-        None
-    } else {
-        worker_cgroup(backend, sandbox, pid)?
+    // Groups the worker cannot join itself (cgroup v2): before it runs
+    // anything of a task, which waits for the handshake.
+    let cgroup = match cgroup.map(|group| group.adopt(pid).map(|()| group)) {
+        Some(Err(err)) => placement_failed(sandbox, pid, &err.to_string())?,
+        placed => placed.and_then(Result::ok),
     };
     let mut reader = FramedRead::new(stdout, protocol::codec());
     let mut writer = FramedWrite::new(stdin, protocol::codec());
@@ -637,11 +650,15 @@ async fn start_worker(
             .encode()
             .map_err(|e| e.to_string())?;
         writer.send(hello).await.map_err(|e| e.to_string())?;
+        // The next worker's group, while this one starts.
+        if cgroup.is_some() {
+            make_spare_cgroup(backend);
+        }
         match reader.next().await {
             Some(Ok(frame)) => match FromWorker::decode(&frame).map_err(|e| e.to_string())? {
-                FromWorker::Hello(hello) => {
-                    protocol::check_hello(&hello).map_err(|e| e.to_string())
-                }
+                FromWorker::Hello(hello) => protocol::check_hello(&hello)
+                    .map(|()| hello.cgroup)
+                    .map_err(|e| e.to_string()),
                 _ => Err("expected a hello frame".to_owned()),
             },
             Some(Err(e)) => Err(e.to_string()),
@@ -649,8 +666,19 @@ async fn start_worker(
         }
     };
     let failed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(())) => match guard.take() {
+        Ok(Ok(not_joined)) => match guard.take() {
             Some(child) => {
+                let cgroup = match not_joined {
+                    // Its groups are no limit on it: gone once it is.
+                    Some(why) => match placement_failed(sandbox, pid, &why) {
+                        Ok(none) => none,
+                        Err(err) => {
+                            drop(ChildGuard::new(child, pid));
+                            return Err(err);
+                        }
+                    },
+                    None => cgroup,
+                };
                 if sandbox != Sandbox::Off {
                     network.adopt(pid);
                 }
@@ -676,39 +704,61 @@ async fn start_worker(
     Err(Error::Internal(failed))
 }
 
-/// A cgroup for the sandboxed worker `pid`, or none where the machine has
-/// no cgroup Isola can use (an error under [`Sandbox::Required`], which
-/// names the missing layer).
-fn worker_cgroup(
-    backend: &ProcessBackend,
-    sandbox: Sandbox,
-    pid: u32,
-) -> Result<Option<WorkerGroup>> {
+/// A cgroup for a sandboxed worker about to start (the ready-made spare,
+/// if there is one), or none where the machine has no cgroup Isola can use
+/// (an error under [`Sandbox::Required`], which names the missing layer).
+fn worker_cgroup(backend: &ProcessBackend, sandbox: Sandbox) -> Result<Option<WorkerGroup>> {
     if sandbox == Sandbox::Required {
         backend.cgroups_required()?;
+    }
+    let spare = backend
+        .spare_cgroup
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(group) = spare {
+        return Ok(Some(group));
     }
     let Ok(cgroups) = backend.cgroups() else {
         return Ok(None);
     };
-    match cgroups.place(pid, backend.cpu_quota) {
-        Ok(mut group) => {
-            // The default task's limit, now, while the worker starts: a
-            // pre-started worker then has it before its task exists, and a
-            // task with the default costs no write on its way.
-            let default = crate::spec::Limits::default().process_memory_or_default();
-            if let Err(err) = group.limit_memory(default) {
-                tracing::debug!(worker = pid, "cgroup memory limit left for the task: {err}");
-            }
-            Ok(Some(group))
-        }
-        Err(err) if sandbox == Sandbox::Required => Err(Error::SandboxUnavailable(format!(
-            "the worker's cgroup cannot be made: {err}"
-        ))),
-        Err(err) => {
-            tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {err}");
-            Ok(None)
-        }
+    // The default task's memory limit, now: a task with the default
+    // then costs no write on its way.
+    let default = crate::spec::Limits::default().process_memory_or_default();
+    match cgroups.make(backend.cpu_quota, default) {
+        Ok(group) => Ok(Some(group)),
+        Err(err) => placement_failed(sandbox, 0, &format!("it cannot be made: {err}")),
     }
+}
+
+/// Makes the backend's spare worker cgroup, if it has none (see
+/// [`ProcessBackend::spare_cgroup`]). A failure is left for the next
+/// worker's own attempt to report.
+fn make_spare_cgroup(backend: &ProcessBackend) {
+    let mut spare = backend
+        .spare_cgroup
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if spare.is_some() {
+        return;
+    }
+    if let Ok(cgroups) = backend.cgroups() {
+        let default = crate::spec::Limits::default().process_memory_or_default();
+        *spare = cgroups.make(backend.cpu_quota, default).ok();
+    }
+}
+
+/// A worker (`pid`, 0 before it exists) that cannot be in its cgroup, for
+/// the reason `why`: refused under [`Sandbox::Required`], which names the
+/// layer; under `on`, a warning, and the worker runs under its rlimits.
+fn placement_failed(sandbox: Sandbox, pid: u32, why: &str) -> Result<Option<WorkerGroup>> {
+    if sandbox == Sandbox::Required {
+        return Err(Error::SandboxUnavailable(format!(
+            "the worker's cgroup: {why}"
+        )));
+    }
+    tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {why}");
+    Ok(None)
 }
 
 /// Sleeps until `deadline`, or forever without one.

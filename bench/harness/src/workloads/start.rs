@@ -27,7 +27,7 @@ enum System {
     ProcessWarm,
     ProcessReused,
     /// As `ProcessCold` and `ProcessWarm`, with the OS sandbox off: the
-    /// sandbox's start-up cost, side by side.
+    /// sandbox's start-up cost, side by side (sampled in turn with them).
     ProcessColdNoSandbox,
     ProcessWarmNoSandbox,
     NodeWorker,
@@ -66,9 +66,9 @@ impl System {
 /// reused worker too) rather than Isola.
 const POOL_FILL_PAUSE: Duration = Duration::from_millis(500);
 
-/// Between two pre-started samples: time for the pool to replace the
-/// worker the last one took (start, warm-up, preload), spent spinning so
-/// that the CPUs do not go idle.
+/// Between two process samples: time for the pool to replace the worker
+/// the last one took (start, warm-up, preload), or for a cold worker to be
+/// reaped, spent spinning so that the CPUs do not go idle.
 const REFILL_WAIT: Duration = Duration::from_millis(30);
 
 fn spin_for(time: Duration) {
@@ -168,30 +168,50 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>> {
                     }
                     v
                 }
-                System::ProcessCold
-                | System::ProcessWarm
-                | System::ProcessColdNoSandbox
-                | System::ProcessWarmNoSandbox => {
-                    let (runner, program) = match system {
-                        System::ProcessCold => (&cold_runner, &cold_module),
-                        System::ProcessWarm => (&warm_runner, &warm_module),
-                        System::ProcessColdNoSandbox => (&cold_open_runner, &cold_open_module),
-                        _ => (&warm_open_runner, &warm_open_module),
+                // Measured with their sandboxed partner, below.
+                System::ProcessColdNoSandbox | System::ProcessWarmNoSandbox => continue,
+                System::ProcessCold | System::ProcessWarm => {
+                    let warm = system == System::ProcessWarm;
+                    let pair = if warm {
+                        [
+                            (system, &warm_runner, &warm_module),
+                            (
+                                System::ProcessWarmNoSandbox,
+                                &warm_open_runner,
+                                &warm_open_module,
+                            ),
+                        ]
+                    } else {
+                        [
+                            (system, &cold_runner, &cold_module),
+                            (
+                                System::ProcessColdNoSandbox,
+                                &cold_open_runner,
+                                &cold_open_module,
+                            ),
+                        ]
                     };
-                    let warm = matches!(system, System::ProcessWarm | System::ProcessWarmNoSandbox);
-                    let mut v = Vec::with_capacity(process_n);
+                    // Sandbox on and off take turns, sample by sample (the
+                    // first of each pair alternating too): this machine's
+                    // speed drifts over seconds, and the ratio between the
+                    // two is the figure judged, so both must see the same
+                    // machine.
                     tokio::time::sleep(POOL_FILL_PAUSE).await;
-                    for _ in 0..process_n {
-                        if warm {
-                            // The pool tops itself up after each task; let
-                            // that finish without the machine going idle.
+                    for i in 0..process_n {
+                        for k in 0..2 {
+                            let (system, runner, program) = pair[(i + k) % 2];
+                            // The last task's leftovers (a pool topping
+                            // itself up, a worker reaped, its cgroup
+                            // removed) finish first, without the machine
+                            // going idle: taking turns, they would
+                            // otherwise land on the other row's sample.
                             spin_for(REFILL_WAIT);
+                            let (t, h) = start_echo(runner, program, Isolation::Process).await?;
+                            series.add(system.name(), [micros(t)]);
+                            finish_echo(h).await?;
                         }
-                        let (t, h) = start_echo(runner, program, Isolation::Process).await?;
-                        v.push(micros(t));
-                        finish_echo(h).await?;
                     }
-                    v
+                    continue;
                 }
                 System::ProcessReused => {
                     let mut v = Vec::with_capacity(thread_n);
