@@ -489,6 +489,41 @@ async fn a_pre_started_workers_prepared_rules_serve_only_its_preloaded_program()
     );
 }
 
+/// A cold worker's ticker thread makes its Landlock ruleset while the
+/// worker loads its task's program; the task takes it (the worker says
+/// so), and it grants nothing beyond the task's own files.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_workers_rules_come_from_its_ticker_and_grant_no_more() {
+    let runner = Runner::with_config(RunnerConfig {
+        cache_dir: CacheDir::Path(shared_cache()),
+        worker_program: Some(isola_bin()),
+        prestarted_workers: 0,
+        sandbox: strictest(),
+        ..RunnerConfig::default()
+    })
+    .expect("runner");
+    let outside = tempfile::NamedTempFile::new().expect("tempfile");
+    let mut spec = TaskSpec::new(guest("hello", GuestKind::Module));
+    spec.isolation = Isolation::Process;
+    spec.env.insert(
+        ESCAPE.into(),
+        format!("prepared-open-read:{}", outside.path().display()),
+    );
+    let ended = runner.run(spec).await.expect("spawn");
+    let Outcome::Failed { message } = ended.outcome else {
+        panic!("not the hook's answer: {:?}", ended.outcome);
+    };
+    if message.starts_with("the OS sandbox is required") {
+        eprintln!("skipped: {message}");
+        return;
+    }
+    assert!(
+        message.starts_with("with the prepared rules; ") && message.contains("Permission denied"),
+        "a cold worker's task, reading outside its grants: {message}"
+    );
+}
+
 /// Whether this machine lets Isola make workers' cgroups; the cgroup tests
 /// need it. As root (CI) it must: there, a machine without it fails them.
 fn cgroups_here() -> bool {

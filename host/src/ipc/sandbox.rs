@@ -483,9 +483,10 @@ pub(crate) struct FileRules {
     /// task a path lookup in `/proc` (see [`restrict_other_threads`]).
     /// `None` if it could not be opened: the listing then opens it.
     threads: Option<rustix::fs::Dir>,
-    /// Set by [`FileRules::note_quiet_threads`]: the thread that found no
-    /// other thread to reach, and [`THREADS_STARTED`] then.
-    quiet: Option<(libc::pid_t, usize)>,
+    /// Set by [`FileRules::note_quiet_threads`] when at most one thread
+    /// had to be reached: that thread (`None`: none), and
+    /// [`THREADS_STARTED`] then.
+    quiet: Option<(Option<libc::pid_t>, usize)>,
 }
 
 /// Threads the worker's runtime has started (counted in its
@@ -565,20 +566,29 @@ impl FileRules {
         }
     }
 
-    /// Lists the worker's threads now, while it waits for its task: if the
-    /// calling thread is the only one Landlock would have to reach (the
-    /// others denied themselves every file, [`deny_files_on_this_thread`]),
-    /// [`FileRules::enforce`] on this same thread need not list them again
-    /// as long as the worker's runtime has started no thread since
-    /// ([`THREADS_STARTED`]). A pre-started worker's task is then spared
-    /// the listing (0.03-0.06 ms of its start, measured with workload 1),
-    /// all of whose threads but its own and the ticker's come from that
-    /// runtime.
+    /// Lists the worker's threads now, while it waits for its task: if at
+    /// most one thread is one Landlock would have to reach (the others
+    /// denied themselves every file, [`deny_files_on_this_thread`]),
+    /// [`FileRules::enforce`] on that thread need not list them again as
+    /// long as the worker's runtime has started no thread since
+    /// ([`THREADS_STARTED`]). A worker's task is then spared the listing
+    /// (0.03-0.06 ms of its start, measured with workload 1): all of its
+    /// threads but its main thread and the ticker's come from that runtime.
+    /// Any thread may note, the ticker's for a cold worker (after it denied
+    /// itself every file) or the main thread for a pre-started one.
     pub(crate) fn note_quiet_threads(&mut self) {
+        // Before the listing: a thread started while it runs is then
+        // counted as new, whether the listing saw it or not.
+        let started = THREADS_STARTED.load(Ordering::SeqCst);
         let own = current_tid();
         self.quiet = match other_threads(own, &mut self.threads) {
-            Ok(others) if others.is_empty() => Some((own, THREADS_STARTED.load(Ordering::SeqCst))),
-            _ => None,
+            Ok(mut reach) => {
+                if !denied_already(own) {
+                    reach.push(own);
+                }
+                (reach.len() <= 1).then(|| (reach.first().copied(), started))
+            }
+            Err(_) => None,
         };
     }
 
@@ -591,8 +601,9 @@ impl FileRules {
                 .map_or_else(|| "no ruleset".to_owned(), |err| err.to_string());
             return LayerState::Unavailable(format!("Landlock refused the ruleset: {why}"));
         };
-        let quiet = self.quiet.is_some_and(|(tid, started)| {
-            tid == current_tid() && started == THREADS_STARTED.load(Ordering::SeqCst)
+        let quiet = self.quiet.is_some_and(|(reach, started)| {
+            reach.is_none_or(|tid| tid == current_tid())
+                && started == THREADS_STARTED.load(Ordering::SeqCst)
         });
         match enforce_ruleset(created, abi, self.threads, quiet) {
             Ok(state) => state,
@@ -2193,7 +2204,7 @@ mod tests {
                 Err(_) => return SKIP,
             };
             rules.note_quiet_threads();
-            if rules.quiet.map(|(tid, _)| tid) != Some(current_tid()) {
+            if rules.quiet.map(|(tid, _)| tid) != Some(Some(current_tid())) {
                 return 2;
             }
             let (ask, asked) = std::sync::mpsc::channel::<PathBuf>();
@@ -2205,6 +2216,77 @@ mod tests {
                     let _ = answer.send(File::open(path).err().and_then(|e| e.raw_os_error()));
                 }
             });
+            if rules.enforce() != LayerState::Enforced {
+                return 3;
+            }
+            let _ = ask.send(path.clone());
+            match answered.recv() {
+                Ok(Some(libc::EACCES)) => 0,
+                _ => 4,
+            }
+        });
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
+    }
+
+    /// Rules made, and threads noted, on a thread that denied itself every
+    /// file and stays alive (as a cold worker's ticker does), and a sender
+    /// that ends that thread when dropped.
+    fn rules_from_a_ticker() -> (Option<FileRules>, std::sync::mpsc::Sender<()>) {
+        let (made, rules) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut rules = FileRules::new().ok();
+            let _denied = deny_files_on_this_thread();
+            if let Some(rules) = rules.as_mut() {
+                rules.note_quiet_threads();
+            }
+            let _ = made.send(rules);
+            let _ = stopped.recv();
+        });
+        (rules.recv().ok().flatten(), stop)
+    }
+
+    /// A cold worker's ticker makes the rules and notes the threads after
+    /// it denied itself every file: the one thread it saw, the main thread,
+    /// enforces them without listing again and is bound by them. Had a
+    /// third thread been there, undenied, the note would not hold, and the
+    /// enforcement reaches that thread too.
+    #[test]
+    fn rules_noted_on_a_denied_thread_serve_the_one_thread_it_saw() {
+        let outside = tempfile::NamedTempFile::new().expect("tempfile");
+        let path = outside.path().to_owned();
+        let (status, stderr) = in_child(move || {
+            let main = current_tid();
+            let (rules, _ticker) = rules_from_a_ticker();
+            let Some(rules) = rules else { return SKIP };
+            if rules.quiet.map(|(tid, _)| tid) != Some(Some(main)) {
+                return 2;
+            }
+            if rules.enforce() != LayerState::Enforced {
+                return 3;
+            }
+            if File::open(&path).err().and_then(|e| e.raw_os_error()) != Some(libc::EACCES) {
+                return 4;
+            }
+            0
+        });
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
+
+        let outside = tempfile::NamedTempFile::new().expect("tempfile");
+        let path = outside.path().to_owned();
+        let (status, stderr) = in_child(move || {
+            let (ask, asked) = std::sync::mpsc::channel::<PathBuf>();
+            let (answer, answered) = std::sync::mpsc::channel::<Option<i32>>();
+            let _third = std::thread::spawn(move || {
+                if let Ok(path) = asked.recv() {
+                    let _ = answer.send(File::open(path).err().and_then(|e| e.raw_os_error()));
+                }
+            });
+            let (rules, _ticker) = rules_from_a_ticker();
+            let Some(rules) = rules else { return SKIP };
+            if rules.quiet.is_some() {
+                return 2;
+            }
             if rules.enforce() != LayerState::Enforced {
                 return 3;
             }
