@@ -535,9 +535,10 @@ fn kind_frame(kind: u8, body: &[u8]) -> Vec<u8> {
     frame(&b)
 }
 
-/// The worker's answer to the handshake, as the real worker writes it.
+/// The worker's answer to the handshake, as the real worker writes it
+/// (its version is `ipc::protocol::PROTOCOL_VERSION`: keep them in step).
 fn hello_frame() -> Vec<u8> {
-    kind_frame(1, br#"{"magic":"isola-ipc","version":7,"pid":4242}"#)
+    kind_frame(1, br#"{"magic":"isola-ipc","version":8,"pid":4242}"#)
 }
 
 /// A size that survives the JSON of the IPC frames: whole MiB below 1,000
@@ -801,7 +802,7 @@ fn fuzz_frames_from_a_hostile_parent() {
     let wasm = guest("hello", GuestKind::Module);
     // Relative paths in a random run frame land here, not in the repo.
     let cwd = tempfile::tempdir().expect("tempdir");
-    let parent_hello = kind_frame(1, br#"{"magic":"isola-ipc","version":7,"pid":1}"#);
+    let parent_hello = kind_frame(1, br#"{"magic":"isola-ipc","version":8,"pid":1}"#);
     let mut fuzz = Fuzz::new("frames from a parent", 1.0, 10);
     while let Some(bytes) = fuzz.next_case(1024) {
         let mut u = Unstructured::new(&bytes);

@@ -400,20 +400,13 @@ impl Cgroups {
     /// removed again.
     pub(crate) fn make(&self, cpu_quota: Option<u64>, memory: u64) -> io::Result<WorkerGroup> {
         sweep();
-        static MADE: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "isola-{}-{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        );
         let mut group = WorkerGroup {
             dirs: Vec::new(),
             memory_limit: None,
             baseline: (0, 0),
         };
         for place in &self.places {
-            let dir = place.dir.join(&name);
-            std::fs::create_dir(&dir).map_err(|e| context(&dir, e))?;
+            let dir = new_group_dir(&place.dir, &GROUPS_MADE)?;
             // A directory whose path cannot travel in the worker's
             // environment (a line break in it) is joined by the parent.
             let by_worker = place.version == Version::V1
@@ -454,6 +447,36 @@ impl Cgroups {
         group.limit_memory(memory)?;
         Ok(group)
     }
+}
+
+/// This process's count of worker groups, for their names.
+static GROUPS_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// Makes a worker group's directory in `place`: `isola-<pid>-<n>` for the
+/// next `n` of `made` (the process's count) that is free. A name can be taken: a
+/// group left by an earlier process that had this pid (a container's
+/// Isola is often pid 1 again after a restart) looks alive to
+/// `remove_stale`.
+///
+/// # Errors
+///
+/// The directory the kernel refused, or a name still taken after many.
+fn new_group_dir(place: &Path, made: &AtomicU64) -> io::Result<PathBuf> {
+    let mut last = None;
+    for _ in 0..64 {
+        let n = made.fetch_add(1, Ordering::Relaxed);
+        let dir = place.join(format!("isola-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                // An empty leftover goes; one with processes stays.
+                let _ = std::fs::remove_dir(&dir);
+                last = Some(context(&dir, err));
+            }
+            Err(err) => return Err(context(&dir, err)),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free cgroup name")))
 }
 
 /// Moves the calling process into each group directory of `dirs` (one per
@@ -968,6 +991,22 @@ mod tests {
         };
         assert_eq!(read(&memory, file), "0");
         assert_eq!(read(&pids, file), "0");
+        // A name taken by a leftover of an earlier process with this pid
+        // is skipped (and the leftover, empty, removed).
+        let place = root.path().join("memory/isola.scope");
+        let count = AtomicU64::new(0);
+        let name = |n: u64| place.join(format!("isola-{}-{n}", std::process::id()));
+        std::fs::create_dir(name(0)).expect("a leftover");
+        std::fs::create_dir(name(1)).expect("a leftover");
+        std::fs::write(name(1).join("tasks"), "1").expect("with a process in it");
+        let made = new_group_dir(&place, &count).expect("a free name");
+        assert_eq!(made, name(2));
+        assert!(!name(0).exists(), "the empty leftover is gone");
+        assert!(name(1).join("tasks").exists(), "the busy one stays");
+        std::fs::remove_file(name(1).join("tasks")).expect("rm");
+        for n in [1, 2] {
+            std::fs::remove_dir(name(n)).expect("rm");
+        }
         // A group that is not there is named in the error.
         let gone = memory.join("gone");
         let err = join(&gone.to_string_lossy()).expect_err("no such group");

@@ -60,15 +60,16 @@
 //! apply between threads of one process. The worker signals none of its
 //! other threads and connects to no socket, so nothing it does crosses them.
 //!
-//! A pre-started worker lists its threads while it waits
-//! ([`FileRules::note_quiet_threads`]); if it is alone but for denied
-//! threads, its task's enforcement skips the listing unless
-//! [`THREADS_STARTED`] moved since. That rests on one invariant: once its
-//! epoch ticker runs, a worker starts threads only through its Tokio
-//! runtime (the blocking pool), whose `thread_name_fn` counts each one on
-//! the spawning thread before it exists. Code that starts a thread any
-//! other way between a worker's preload and its task's enforcement must
-//! count it too.
+//! A worker lists its threads before its task arrives
+//! ([`FileRules::note_quiet_threads`]: a pre-started worker's main thread
+//! while it waits, a cold worker's ticker once it denied itself every
+//! file); if at most one thread is not denied, the task's enforcement on
+//! that thread skips the listing unless [`THREADS_STARTED`] moved since.
+//! That rests on one invariant: once its epoch ticker runs, a worker
+//! starts threads only through its Tokio runtime (the blocking pool),
+//! whose `thread_name_fn` counts each one on the spawning thread before it
+//! exists. Code that starts a thread any other way between that listing
+//! and its task's enforcement must count it too.
 //!
 //! # Cost (measured on the development machine, kernel 6.18)
 //!
