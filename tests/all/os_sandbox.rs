@@ -707,6 +707,75 @@ async fn a_sandboxed_worker_has_a_cgroup_of_its_own_with_its_tasks_limits() {
     }
 }
 
+/// With `worker_cpu_quota`, a worker that spins is throttled by the
+/// kernel: its `cpu` group counts throttled periods, and the worker gets
+/// about its quota of CPU time, far below the wall time it spun for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cpu_quota_throttles_a_busy_worker() {
+    if !cgroups_here() {
+        return;
+    }
+    let runner = Runner::with_config(RunnerConfig {
+        cache_dir: CacheDir::Path(shared_cache()),
+        worker_program: Some(isola_bin()),
+        prestarted_workers: 0,
+        sandbox: Sandbox::On,
+        worker_cpu_quota: Some(0.05),
+        ..RunnerConfig::default()
+    })
+    .expect("runner");
+    let mut spec = TaskSpec::new(guest("hostile", GuestKind::Module));
+    spec.isolation = Isolation::Process;
+    spec.args = vec!["loop".into()];
+    let handle = runner.spawn(spec).await.expect("spawn");
+    let pid = handle.process_id().expect("a worker");
+    let ours = cgroup_dirs(std::process::id());
+    // Long enough for several 100 ms periods of a 5 ms quota.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let dirs = cgroup_dirs(pid);
+    let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let cpu_ticks = {
+        // utime and stime are fields 14 and 15; the text after `(comm)`
+        // starts at field 3 (the state).
+        let stat = stat(pid);
+        let after = stat.rsplit_once(')').expect("comm").1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |n: usize| fields[n - 3].parse::<u64>().expect("a tick count");
+        field(14) + field(15)
+    };
+    let cpu_stat = dirs
+        .get("cpu")
+        .filter(|dir| Some(*dir) != ours.get("cpu"))
+        .map(|dir| std::fs::read_to_string(dir.join("cpu.stat")).expect("cpu.stat"));
+    handle.cancel_handle().cancel();
+    assert_eq!(handle.wait().await.outcome, Outcome::Cancelled);
+    // SAFETY: geteuid only reads the calling process's credentials.
+    let root = unsafe { libc::geteuid() } == 0;
+    let Some(cpu_stat) = cpu_stat else {
+        // As root (CI) the cpu controller must be there, as on this
+        // development machine; elsewhere it may be left out.
+        assert!(!root, "no cpu group of its own for the worker: {dirs:?}");
+        eprintln!("skipped: no cpu group of its own for the worker: {dirs:?}");
+        return;
+    };
+    let throttled = cpu_stat
+        .lines()
+        .find_map(|line| line.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("nr_throttled in cpu.stat");
+    assert!(
+        throttled >= 1,
+        "the spinning worker was throttled: {cpu_stat}"
+    );
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu_ms = cpu_ticks * 1000 / ticks_per_second;
+    // Unthrottled it would have had about 800 ms; its quota gives it
+    // about 40 ms (plus its start-up, before the task's spin).
+    eprintln!("throttled {throttled} times; {cpu_ms} ms of CPU in 800 ms");
+    assert!(cpu_ms < 400, "CPU time {cpu_ms} ms under a 0.05-core quota");
+}
+
 /// A worker CPU quota that is not a positive number of cores is refused
 /// when the runner is made, naming the field.
 #[test]
