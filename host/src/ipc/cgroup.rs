@@ -993,7 +993,10 @@ mod tests {
         assert_eq!(read(&pids, file), "0");
         // A name taken by a leftover of an earlier process with this pid
         // is skipped (and the leftover, empty, removed).
-        let place = root.path().join("memory/isola.scope");
+        // (A place of its own: the test's groups above are named from
+        // the process's count, which other tests move.)
+        let place = root.path().join("memory/leftovers.scope");
+        std::fs::create_dir(&place).expect("mkdir");
         let count = AtomicU64::new(0);
         let name = |n: u64| place.join(format!("isola-{}-{n}", std::process::id()));
         std::fs::create_dir(name(0)).expect("a leftover");
@@ -1007,6 +1010,7 @@ mod tests {
         for n in [1, 2] {
             std::fs::remove_dir(name(n)).expect("rm");
         }
+        std::fs::remove_dir(&place).expect("rm");
         // A group that is not there is named in the error.
         let gone = memory.join("gone");
         let err = join(&gone.to_string_lossy()).expect_err("no such group");
