@@ -161,9 +161,10 @@ fn enter_network_namespace() {
     let _ = NETWORK_NAMESPACE.set(state);
 }
 
-/// Why this worker is not in the cgroups its parent named in
-/// [`protocol::CGROUP_ENV`], if it is not; told to the parent in its hello.
-static CGROUP_NOT_JOINED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// How many of the cgroups its parent named in [`protocol::CGROUP_ENV`]
+/// this worker joined, or why it joined none; told to the parent in its
+/// hello.
+static CGROUPS_JOINED: std::sync::OnceLock<Result<usize, String>> = std::sync::OnceLock::new();
 
 /// Joins the cgroups the parent made for this worker, if it named any.
 /// Call while the worker is one thread.
@@ -171,9 +172,7 @@ fn join_cgroups() {
     let Some(dirs) = std::env::var_os(protocol::CGROUP_ENV) else {
         return;
     };
-    if let Err(why) = crate::ipc::cgroup::join(&dirs.to_string_lossy()) {
-        let _ = CGROUP_NOT_JOINED.set(why);
-    }
+    let _ = CGROUPS_JOINED.set(crate::ipc::cgroup::join(&dirs.to_string_lossy()));
 }
 
 /// `PID:USER:NET` of [`protocol::NETNS_ENV`]'s `join:` form.
@@ -223,6 +222,11 @@ pub fn run_worker() -> ExitCode {
         .thread_name_fn(|| {
             sandbox::THREADS_STARTED.fetch_add(1, Ordering::SeqCst);
             "isola-worker-blocking".to_owned()
+        })
+        // And again once it runs: a note taken on another thread (the
+        // ticker's) between the two cannot trust its listing.
+        .on_thread_start(|| {
+            sandbox::THREADS_RUNNING.fetch_add(1, Ordering::SeqCst);
         })
         // Check timers and I/O at every poll: a guest yields once per epoch
         // tick, and with the default (every 61 polls) a cancel frame or the
@@ -292,7 +296,13 @@ async fn serve() -> Result<(), String> {
         None => return Ok(()),
     }
     let hello = Hello {
-        cgroup: CGROUP_NOT_JOINED.get().cloned(),
+        cgroups_joined: CGROUPS_JOINED
+            .get()
+            .and_then(|joined| joined.as_ref().ok().copied())
+            .unwrap_or(0),
+        cgroup: CGROUPS_JOINED
+            .get()
+            .and_then(|joined| joined.as_ref().err().cloned()),
         ..Hello::current()
     };
     send(&mut writer, FromWorker::Hello(hello)).await?;

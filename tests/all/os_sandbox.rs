@@ -740,7 +740,12 @@ async fn a_worker_cpu_quota_throttles_a_busy_worker() {
         let stat = stat(pid);
         let after = stat.rsplit_once(')').expect("comm").1;
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let field = |n: usize| fields[n - 3].parse::<u64>().expect("a tick count");
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("field {n} of /proc/{pid}/stat: {stat}"))
+        };
         field(14) + field(15)
     };
     let cpu_stat = dirs
@@ -774,6 +779,68 @@ async fn a_worker_cpu_quota_throttles_a_busy_worker() {
     // about 40 ms (plus its start-up, before the task's spin).
     eprintln!("throttled {throttled} times; {cpu_ms} ms of CPU in 800 ms");
     assert!(cpu_ms < 400, "CPU time {cpu_ms} ms under a 0.05-core quota");
+}
+
+/// A worker that never learns its cgroups (a wrapper between Isola and the
+/// worker cleared the variable naming them) joins none, and its hello
+/// says so: under `required` the task is refused, naming the cgroup
+/// layer; under `on` it runs, outside any group of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_joins_none_of_its_cgroups_is_caught() {
+    if !cgroups_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("worker.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nunset ISOLA_WORKER_CGROUP\nexec '{}' \"$@\"\n",
+            isola_bin().display()
+        ),
+    )
+    .expect("write the wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let runner = |sandbox| {
+        Runner::with_config(RunnerConfig {
+            cache_dir: CacheDir::Path(shared_cache()),
+            worker_program: Some(wrapper.clone()),
+            prestarted_workers: 0,
+            sandbox,
+            ..RunnerConfig::default()
+        })
+        .expect("runner")
+    };
+    let sleeping = || {
+        let mut spec = TaskSpec::new(guest("hostile", GuestKind::Module));
+        spec.isolation = Isolation::Process;
+        spec.args = vec!["sleep".into(), "300".into()];
+        spec
+    };
+    match runner(Sandbox::Required).run(sleeping()).await {
+        Err(err) => {
+            let message = err.to_string();
+            assert!(
+                message.contains("cgroup") && message.contains("joined 0 of the"),
+                "{message}"
+            );
+        }
+        Ok(report) => panic!("ran outside its cgroups: {:?}", report.outcome),
+    }
+    let open = runner(Sandbox::On);
+    let handle = open.spawn(sleeping()).await.expect("spawn");
+    let pid = handle.process_id().expect("a worker");
+    let dirs = cgroup_dirs(pid);
+    let ours = cgroup_dirs(std::process::id());
+    assert_eq!(
+        dirs.get("memory"),
+        ours.get("memory"),
+        "the worker stayed where it started"
+    );
+    assert_eq!(handle.wait().await.outcome, Outcome::Exited { code: 0 });
 }
 
 /// A worker CPU quota that is not a positive number of cores is refused

@@ -46,9 +46,14 @@
 //!   by one, as this development machine does), under Isola's own group in
 //!   that hierarchy: v1 has no such rule.
 //!
-//! A group is named `isola-<parent pid>-<n>` (`n` counts the parent's
-//! groups), removed once its worker is reaped; groups of a parent that
-//! died are removed by the next runner that looks there.
+//! A worker's groups are named `isola-<parent pid>-<n>` (`n` counts the
+//! parent's workers' groups; one name in every hierarchy unless a
+//! leftover holds it), removed once its worker is reaped; groups of a
+//! parent that died are removed by the next runner that looks there.
+//! Where none of the controllers can be used (not root, no delegation, or
+//! no cgroup file system), workers run under their rlimits alone, which the
+//! sandbox reports as an unavailable layer (a warning; a refusal under
+//! `sandbox = "required"`).
 //!
 //! # Who moves the worker in
 //!
@@ -62,13 +67,12 @@
 //! with one thread moves whole that way. So the parent makes the groups,
 //! with their limits, before it starts the worker (names in
 //! `ISOLA_WORKER_CGROUP`), and the worker joins its v1 groups itself,
-//! first thing, while it is one thread ([`join`]); its hello tells the
-//! parent if it could not. A v2 group can only be joined through
-//! `cgroup.procs` (a thread cannot move alone between v2 domain groups),
-//! so there the parent moves the worker, and a cold start pays the wait. Where none of the controllers can be used
-//! (not root, no delegation, or no cgroup file system), workers run under
-//! their rlimits alone, which the sandbox reports as an unavailable layer
-//! (a warning; a refusal under `sandbox = "required"`).
+//! first thing, while it is one thread ([`join`]); its hello says how many
+//! it joined, which the parent checks (a worker that never saw the list,
+//! because something between the two cleared its environment, joined
+//! none). A v2 group can only be joined through `cgroup.procs` (a thread
+//! cannot move alone between v2 domain groups), so there the parent moves
+//! the worker, and a cold start pays the wait.
 //!
 //! # Cost
 //!
@@ -89,8 +93,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::outcome::CgroupEvents;
 
 /// Threads and processes a sandboxed worker may have (`pids.max`). A worker
-/// has its main thread, the epoch ticker's, a short-lived one that loads
-/// its seccomp filter, and Tokio's blocking threads for WASI file I/O,
+/// has its main thread, the epoch ticker's, and Tokio's blocking threads
+/// for WASI file I/O,
 /// which come and go: 64 leaves room for a burst of those, while a guest
 /// that took over the worker (which cannot `fork`: seccomp) cannot start
 /// threads past it.
@@ -404,9 +408,11 @@ impl Cgroups {
             dirs: Vec::new(),
             memory_limit: None,
             baseline: (0, 0),
+            complete: true,
         };
+        let n = GROUPS_MADE.fetch_add(1, Ordering::Relaxed);
         for place in &self.places {
-            let dir = new_group_dir(&place.dir, &GROUPS_MADE)?;
+            let dir = new_group_dir(&place.dir, n, &GROUPS_MADE)?;
             // A directory whose path cannot travel in the worker's
             // environment (a line break in it) is joined by the parent.
             let by_worker = place.version == Version::V1
@@ -444,7 +450,11 @@ impl Cgroups {
                 }
             }
         }
-        group.limit_memory(memory)?;
+        // Without it the group still limits threads (and CPU); the task's
+        // own limit is tried again when it is handed over.
+        if let Err(err) = group.limit_memory(memory) {
+            tracing::debug!("a worker's cgroup memory limit is left for its task: {err}");
+        }
         Ok(group)
     }
 }
@@ -452,26 +462,27 @@ impl Cgroups {
 /// This process's count of worker groups, for their names.
 static GROUPS_MADE: AtomicU64 = AtomicU64::new(0);
 
-/// Makes a worker group's directory in `place`: `isola-<pid>-<n>` for the
-/// next `n` of `made` (the process's count) that is free. A name can be taken: a
-/// group left by an earlier process that had this pid (a container's
-/// Isola is often pid 1 again after a restart) looks alive to
-/// `remove_stale`.
+/// Makes a worker group's directory in `place`: `isola-<pid>-<n>`, or, if
+/// a leftover holds that name, the next free one of `made` (the process's
+/// count). A leftover is a group of an earlier process that had this pid
+/// (a container's Isola is often pid 1 again after a restart), which
+/// `remove_stale` takes for alive. It is left alone: in another pid
+/// namespace sharing the hierarchy, the same pid may be a live runner
+/// whose spare group waits empty.
 ///
 /// # Errors
 ///
 /// The directory the kernel refused, or a name still taken after many.
-fn new_group_dir(place: &Path, made: &AtomicU64) -> io::Result<PathBuf> {
+fn new_group_dir(place: &Path, n: u64, made: &AtomicU64) -> io::Result<PathBuf> {
+    let mut n = n;
     let mut last = None;
     for _ in 0..64 {
-        let n = made.fetch_add(1, Ordering::Relaxed);
         let dir = place.join(format!("isola-{}-{n}", std::process::id()));
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                // An empty leftover goes; one with processes stays.
-                let _ = std::fs::remove_dir(&dir);
                 last = Some(context(&dir, err));
+                n = made.fetch_add(1, Ordering::Relaxed);
             }
             Err(err) => return Err(context(&dir, err)),
         }
@@ -481,30 +492,49 @@ fn new_group_dir(place: &Path, made: &AtomicU64) -> io::Result<PathBuf> {
 
 /// Moves the calling process into each group directory of `dirs` (one per
 /// line, as [`WorkerGroup::worker_joins`] gives them), for a worker at its
-/// start. It writes `0` (the caller) to each group's v1 `tasks` file, which
-/// moves the calling thread only: the kernel then takes no global lock.
-/// The process-wide `cgroup.procs` takes one whose writer waits for an RCU
-/// grace period unless another write came just before: 7-16 ms here after
-/// an idle spell of 30 ms or more, against 0.03-0.04 ms for `tasks`
-/// (kernel 6.18, cgroup v1, the development machine). Moving the thread is
-/// moving the process while it has no other thread: so call it before
-/// any starts. If one has, it writes `cgroup.procs` (the whole process)
-/// instead.
+/// start, and says how many it joined. It writes `0` (the caller) to each
+/// group's v1 `tasks` file, which moves the calling thread only: the
+/// kernel then takes no global lock. The process-wide `cgroup.procs` takes
+/// one whose writer waits for an RCU grace period unless another write
+/// came just before: 7-16 ms here after an idle spell of 30 ms or more,
+/// against 0.03-0.04 ms for `tasks` (kernel 6.18, cgroup v1, the
+/// development machine). Moving the thread is moving the process while it
+/// has no other thread: so call it before any starts. If one has, it
+/// writes `cgroup.procs` (the whole process) instead.
 ///
 /// # Errors
 ///
-/// The group file that could not be written, and why.
-pub(crate) fn join(dirs: &str) -> Result<(), String> {
-    // `/proc/self/task` links `.`, `..` and one entry per thread.
-    let alone = std::fs::metadata("/proc/self/task").is_ok_and(|task| {
+/// The group file that could not be written, and why; the process is
+/// then moved back out of the groups it had joined (into their parents,
+/// where it came from), so that it is in all of them or none.
+pub(crate) fn join(dirs: &str) -> Result<usize, String> {
+    join_via(dirs, if alone() { "tasks" } else { "cgroup.procs" })
+}
+
+/// Whether the calling process has one thread: `/proc/self/task` links
+/// `.`, `..` and one entry per thread.
+fn alone() -> bool {
+    std::fs::metadata("/proc/self/task").is_ok_and(|task| {
         use std::os::unix::fs::MetadataExt as _;
         task.nlink() == 3
-    });
-    let file = if alone { "tasks" } else { "cgroup.procs" };
-    for dir in dirs.lines().filter(|dir| !dir.is_empty()) {
-        write(Path::new(dir), file, "0").map_err(|err| err.to_string())?;
+    })
+}
+
+/// [`join`] through the group file `file` (`tasks` or `cgroup.procs`).
+fn join_via(dirs: &str, file: &str) -> Result<usize, String> {
+    let mut joined: Vec<&Path> = Vec::new();
+    for dir in dirs.lines().filter(|dir| !dir.is_empty()).map(Path::new) {
+        if let Err(err) = write(dir, file, "0") {
+            for dir in joined {
+                if let Some(parent) = dir.parent() {
+                    let _ = write(parent, file, "0");
+                }
+            }
+            return Err(err.to_string());
+        }
+        joined.push(dir);
     }
-    Ok(())
+    Ok(joined.len())
 }
 
 impl fmt::Display for Cgroups {
@@ -681,6 +711,9 @@ pub(crate) struct WorkerGroup {
     /// ([`WorkerGroup::settle`]): they only ever grow, so a task's own are
     /// what came after.
     baseline: (u64, u64),
+    /// Whether the worker is in every one of its groups: false after it or
+    /// its parent failed to move it into one ([`WorkerGroup::set_incomplete`]).
+    complete: bool,
 }
 
 /// A worker group's directory in one hierarchy.
@@ -713,6 +746,24 @@ impl WorkerGroup {
             .filter_map(|group| group.dir.to_str())
             .collect();
         (!dirs.is_empty()).then(|| dirs.join("\n"))
+    }
+
+    /// How many groups the worker joins itself (the lines of
+    /// [`WorkerGroup::worker_joins`]).
+    pub(crate) fn worker_join_count(&self) -> usize {
+        self.dirs.iter().filter(|group| group.by_worker).count()
+    }
+
+    /// Marks the worker as not in every one of its groups (a move failed):
+    /// it then serves no task that requires the sandbox. The group stays
+    /// until the worker is reaped, since the worker may be in part of it.
+    pub(crate) fn set_incomplete(&mut self) {
+        self.complete = false;
+    }
+
+    /// Whether the worker is in every one of its groups.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// Moves the worker `pid` into the groups it does not join itself
@@ -977,44 +1028,51 @@ mod tests {
             !memory.join("cgroup.procs").exists(),
             "the parent moved no one"
         );
-        // The worker's side: `0` (itself) into each group's `tasks` (this
-        // test process has other threads, so `cgroup.procs`: the fake
-        // groups are plain directories, and the write moves nothing).
-        join(&joins).expect("joined");
-        let file = if std::fs::metadata("/proc/self/task").is_ok_and(|task| {
-            use std::os::unix::fs::MetadataExt as _;
-            task.nlink() == 3
-        }) {
-            "tasks"
-        } else {
-            "cgroup.procs"
-        };
-        assert_eq!(read(&memory, file), "0");
-        assert_eq!(read(&pids, file), "0");
-        // A name taken by a leftover of an earlier process with this pid
-        // is skipped (and the leftover, empty, removed).
+        // The worker's side: `0` (itself) into each group's `tasks` (the
+        // fake groups are plain directories: the writes move nothing).
+        assert_eq!(join_via(&joins, "tasks"), Ok(2));
+        assert_eq!(read(&memory, "tasks"), "0");
+        assert_eq!(read(&pids, "tasks"), "0");
+        // This test process has other threads, so `join` moves it whole.
+        assert!(!alone());
+        assert_eq!(join(&joins), Ok(2));
+        assert_eq!(read(&pids, "cgroup.procs"), "0");
+        // A group that is not there is named in the error, and the process
+        // leaves the ones it had joined for their parents, where it came
+        // from: in all or none.
+        let gone = pids.join("gone");
+        let err = join_via(
+            &format!("{}\n{}", memory.display(), gone.display()),
+            "tasks",
+        )
+        .expect_err("no such group");
+        assert!(err.contains(&gone.display().to_string()), "{err}");
+        let scope = root.path().join("memory/isola.scope");
+        assert_eq!(read(&scope, "tasks"), "0", "moved back out");
+        std::fs::remove_file(scope.join("tasks")).expect("rm");
+        // A name held by a leftover of an earlier process with this pid is
+        // skipped, and the leftover left alone (in another pid namespace
+        // that pid may be a live runner's).
         // (A place of its own: the test's groups above are named from
         // the process's count, which other tests move.)
         let place = root.path().join("memory/leftovers.scope");
         std::fs::create_dir(&place).expect("mkdir");
-        let count = AtomicU64::new(0);
+        let count = AtomicU64::new(5);
         let name = |n: u64| place.join(format!("isola-{}-{n}", std::process::id()));
         std::fs::create_dir(name(0)).expect("a leftover");
-        std::fs::create_dir(name(1)).expect("a leftover");
-        std::fs::write(name(1).join("tasks"), "1").expect("with a process in it");
-        let made = new_group_dir(&place, &count).expect("a free name");
-        assert_eq!(made, name(2));
-        assert!(!name(0).exists(), "the empty leftover is gone");
-        assert!(name(1).join("tasks").exists(), "the busy one stays");
-        std::fs::remove_file(name(1).join("tasks")).expect("rm");
-        for n in [1, 2] {
+        assert_eq!(
+            new_group_dir(&place, 0, &count).expect("a free name"),
+            name(5)
+        );
+        assert!(name(0).exists(), "the leftover stays");
+        assert_eq!(
+            new_group_dir(&place, 1, &count).expect("a free name"),
+            name(1)
+        );
+        for n in [0, 1, 5] {
             std::fs::remove_dir(name(n)).expect("rm");
         }
         std::fs::remove_dir(&place).expect("rm");
-        // A group that is not there is named in the error.
-        let gone = memory.join("gone");
-        let err = join(&gone.to_string_lossy()).expect_err("no such group");
-        assert!(err.contains(&gone.display().to_string()), "{err}");
         clear(&joins);
         drop(group);
         assert!(!memory.exists() && !pids.exists(), "removed when dropped");

@@ -62,7 +62,7 @@ pub(crate) const NETNS_ENV: &str = "ISOLA_WORKER_NETNS";
 
 /// The environment variable that names a sandboxed worker's cgroup
 /// directories, one per line, which it joins itself at its start (see
-/// `ipc::cgroup::join`); its [`Hello`] says if it could not.
+/// `ipc::cgroup::join`); its [`Hello`] says how many it joined.
 pub(crate) const CGROUP_ENV: &str = "ISOLA_WORKER_CGROUP";
 
 /// Largest frame either side accepts: bounds what a confused or hostile
@@ -210,8 +210,12 @@ pub(crate) struct Hello {
     pub(crate) version: u32,
     /// The sender's process id.
     pub(crate) pid: u32,
-    /// A worker's only: why it is not in the cgroups [`CGROUP_ENV`] named
-    /// (`None`: it joined them, or none were named).
+    /// A worker's only: how many of the cgroups [`CGROUP_ENV`] named it
+    /// joined (the parent checks it against how many it named: a worker
+    /// that never saw the variable joined none).
+    #[serde(default)]
+    pub(crate) cgroups_joined: usize,
+    /// A worker's only: why it joined none of them, if it failed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cgroup: Option<String>,
 }
@@ -223,6 +227,7 @@ impl Hello {
             magic: MAGIC.to_owned(),
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
+            cgroups_joined: 0,
             cgroup: None,
         }
     }

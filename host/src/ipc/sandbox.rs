@@ -68,8 +68,10 @@
 //! That rests on one invariant: once its epoch ticker runs, a worker
 //! starts threads only through its Tokio runtime (the blocking pool),
 //! whose `thread_name_fn` counts each one on the spawning thread before it
-//! exists. Code that starts a thread any other way between that listing
-//! and its task's enforcement must count it too.
+//! exists ([`THREADS_STARTED`]), and whose `on_thread_start` counts it
+//! again once it runs ([`THREADS_RUNNING`]): a listing taken while the two
+//! differ does not count. Code that starts a thread any other way between
+//! that listing and its task's enforcement must count it too.
 //!
 //! # Cost (measured on the development machine, kernel 6.18)
 //!
@@ -496,6 +498,11 @@ pub(crate) struct FileRules {
 /// [`FileRules::note_quiet_threads`] saw.
 pub(crate) static THREADS_STARTED: AtomicUsize = AtomicUsize::new(0);
 
+/// Of [`THREADS_STARTED`], those that have begun to run (counted in the
+/// runtime's `on_thread_start`, on the new thread): a thread counted in
+/// one and not yet in the other may not be listed in `/proc` yet.
+pub(crate) static THREADS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
 impl FileRules {
     /// Makes an empty ruleset: nothing is allowed until a rule says so.
     /// `Err` with [`LayerState::Unavailable`] where the kernel has no
@@ -579,8 +586,15 @@ impl FileRules {
     /// itself every file) or the main thread for a pre-started one.
     pub(crate) fn note_quiet_threads(&mut self) {
         // Before the listing: a thread started while it runs is then
-        // counted as new, whether the listing saw it or not.
+        // counted as new, whether the listing saw it or not. And a thread
+        // counted but not yet running (the runtime counts it on the
+        // thread that starts it, before it exists) would be missed by the
+        // listing: the note then does not hold.
         let started = THREADS_STARTED.load(Ordering::SeqCst);
+        if THREADS_RUNNING.load(Ordering::SeqCst) != started {
+            self.quiet = None;
+            return;
+        }
         let own = current_tid();
         self.quiet = match other_threads(own, &mut self.threads) {
             Ok(mut reach) => {
@@ -2245,6 +2259,30 @@ mod tests {
             let _ = stopped.recv();
         });
         (rules.recv().ok().flatten(), stop)
+    }
+
+    /// A thread the runtime has counted but which does not run yet may be
+    /// missing from the listing: a note taken then (on a thread other
+    /// than the one starting it) does not hold, and the enforcement lists
+    /// the threads itself.
+    #[test]
+    fn a_note_taken_while_a_counted_thread_is_not_yet_running_does_not_hold() {
+        let (status, stderr) = in_child(|| {
+            THREADS_STARTED.fetch_add(1, Ordering::SeqCst);
+            let (rules, _ticker) = rules_from_a_ticker();
+            let Some(rules) = rules else { return SKIP };
+            if rules.quiet.is_some() {
+                return 2;
+            }
+            // Once it runs, a new note holds again.
+            THREADS_RUNNING.fetch_add(1, Ordering::SeqCst);
+            let (rules, _ticker) = rules_from_a_ticker();
+            match rules.and_then(|rules| rules.quiet) {
+                Some(_) => 0,
+                None => 3,
+            }
+        });
+        ended_with(status, &stderr, 0, "this kernel has no Landlock");
     }
 
     /// A cold worker's ticker makes the rules and notes the threads after

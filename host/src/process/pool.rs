@@ -65,8 +65,17 @@ pub(crate) struct Worker {
     /// policy is the same way.
     pub(crate) filtered: bool,
     /// The cgroup it runs in, when it is sandboxed and the machine lets
-    /// Isola make one. Dropped after the worker is reaped.
+    /// Isola make one (perhaps only in part: [`Worker::is_caged`]). Dropped
+    /// after the worker is reaped.
     pub(crate) cgroup: Option<WorkerGroup>,
+}
+
+impl Worker {
+    /// Whether it is in every one of its cgroups, as a task that requires
+    /// the sandbox needs.
+    pub(crate) fn is_caged(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(WorkerGroup::is_complete)
+    }
 }
 
 /// What a worker wrote on its stderr that its parent acts on. The
@@ -321,7 +330,7 @@ impl ProcessBackend {
         }
         let ready = if filtered == (self.sandbox != Sandbox::Off) {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let at = idle.iter().rposition(|w| !caged || w.cgroup.is_some());
+            let at = idle.iter().rposition(|w| !caged || w.is_caged());
             at.map(|at| idle.swap_remove(at))
         } else {
             None
@@ -353,7 +362,7 @@ impl ProcessBackend {
         while i > 0 {
             i -= 1;
             let fits = kept[i].filtered == filtered
-                && (!caged || kept[i].cgroup.is_some())
+                && (!caged || kept[i].is_caged())
                 && (kept[i].sandboxed.is_none() || kept[i].sandboxed == sandbox_key);
             if !fits {
                 continue;
@@ -639,10 +648,13 @@ async fn start_worker(
     let mut guard = ChildGuard::new(child, pid);
     // Groups the worker cannot join itself (cgroup v2): before it runs
     // anything of a task, which waits for the handshake.
-    let cgroup = match cgroup.map(|group| group.adopt(pid).map(|()| group)) {
-        Some(Err(err)) => placement_failed(sandbox, pid, &err.to_string())?,
-        placed => placed.and_then(Result::ok),
-    };
+    let mut cgroup = cgroup;
+    if let Some(group) = cgroup.as_mut()
+        && let Err(err) = group.adopt(pid)
+    {
+        // The guard kills and reaps the worker on the way out.
+        placement_failed(sandbox, pid, group, &err.to_string())?;
+    }
     let mut reader = FramedRead::new(stdout, protocol::codec());
     let mut writer = FramedWrite::new(stdin, protocol::codec());
     let handshake = async {
@@ -657,7 +669,7 @@ async fn start_worker(
         match reader.next().await {
             Some(Ok(frame)) => match FromWorker::decode(&frame).map_err(|e| e.to_string())? {
                 FromWorker::Hello(hello) => protocol::check_hello(&hello)
-                    .map(|()| hello.cgroup)
+                    .map(|()| hello)
                     .map_err(|e| e.to_string()),
                 _ => Err("expected a hello frame".to_owned()),
             },
@@ -666,19 +678,15 @@ async fn start_worker(
         }
     };
     let failed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(not_joined)) => match guard.take() {
+        Ok(Ok(hello)) => match guard.take() {
             Some(child) => {
-                let cgroup = match not_joined {
-                    // Its groups are no limit on it: gone once it is.
-                    Some(why) => match placement_failed(sandbox, pid, &why) {
-                        Ok(none) => none,
-                        Err(err) => {
-                            drop(ChildGuard::new(child, pid));
-                            return Err(err);
-                        }
-                    },
-                    None => cgroup,
-                };
+                if let Some(group) = cgroup.as_mut()
+                    && let Some(why) = not_joined(group, &hello)
+                    && let Err(err) = placement_failed(sandbox, pid, group, &why)
+                {
+                    drop(ChildGuard::new(child, pid));
+                    return Err(err);
+                }
                 if sandbox != Sandbox::Off {
                     network.adopt(pid);
                 }
@@ -727,7 +735,13 @@ fn worker_cgroup(backend: &ProcessBackend, sandbox: Sandbox) -> Result<Option<Wo
     let default = crate::spec::Limits::default().process_memory_or_default();
     match cgroups.make(backend.cpu_quota, default) {
         Ok(group) => Ok(Some(group)),
-        Err(err) => placement_failed(sandbox, 0, &format!("it cannot be made: {err}")),
+        Err(err) if sandbox == Sandbox::Required => Err(Error::SandboxUnavailable(format!(
+            "the worker's cgroup cannot be made: {err}"
+        ))),
+        Err(err) => {
+            tracing::warn!("sandbox: no cgroup for a worker: it cannot be made: {err}");
+            Ok(None)
+        }
     }
 }
 
@@ -735,30 +749,67 @@ fn worker_cgroup(backend: &ProcessBackend, sandbox: Sandbox) -> Result<Option<Wo
 /// [`ProcessBackend::spare_cgroup`]). A failure is left for the next
 /// worker's own attempt to report.
 fn make_spare_cgroup(backend: &ProcessBackend) {
+    let has_one = |backend: &ProcessBackend| {
+        backend
+            .spare_cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    };
+    if has_one(backend) {
+        return;
+    }
+    let Ok(cgroups) = backend.cgroups() else {
+        return;
+    };
+    // Made without the lock held: a worker starting meanwhile makes its
+    // own rather than wait for this one.
+    let default = crate::spec::Limits::default().process_memory_or_default();
+    let Ok(group) = cgroups.make(backend.cpu_quota, default) else {
+        return;
+    };
     let mut spare = backend
         .spare_cgroup
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if spare.is_some() {
-        return;
-    }
-    if let Ok(cgroups) = backend.cgroups() {
-        let default = crate::spec::Limits::default().process_memory_or_default();
-        *spare = cgroups.make(backend.cpu_quota, default).ok();
+    if spare.is_none() {
+        *spare = Some(group);
     }
 }
 
-/// A worker (`pid`, 0 before it exists) that cannot be in its cgroup, for
-/// the reason `why`: refused under [`Sandbox::Required`], which names the
-/// layer; under `on`, a warning, and the worker runs under its rlimits.
-fn placement_failed(sandbox: Sandbox, pid: u32, why: &str) -> Result<Option<WorkerGroup>> {
+/// Why the worker whose hello is `hello` is not in every group of `group`
+/// it was to join itself, if it is not.
+fn not_joined(group: &WorkerGroup, hello: &Hello) -> Option<String> {
+    let named = group.worker_join_count();
+    if hello.cgroups_joined == named {
+        return None;
+    }
+    Some(hello.cgroup.clone().unwrap_or_else(|| {
+        format!(
+            "it joined {} of the {named} its parent named (did something between Isola and \
+             the worker clear its environment?)",
+            hello.cgroups_joined
+        )
+    }))
+}
+
+/// The worker `pid` is not in every one of its cgroups (`group`), for the
+/// reason `why`: refused under [`Sandbox::Required`], which names the
+/// layer; under `on`, a warning, and the worker, whose group is marked
+/// incomplete ([`WorkerGroup::set_incomplete`]), serves no task that
+/// requires the sandbox.
+fn placement_failed(sandbox: Sandbox, pid: u32, group: &mut WorkerGroup, why: &str) -> Result<()> {
+    group.set_incomplete();
     if sandbox == Sandbox::Required {
         return Err(Error::SandboxUnavailable(format!(
             "the worker's cgroup: {why}"
         )));
     }
-    tracing::warn!(worker = pid, "sandbox: no cgroup for this worker: {why}");
-    Ok(None)
+    tracing::warn!(
+        worker = pid,
+        "sandbox: the worker is not in its cgroup: {why}"
+    );
+    Ok(())
 }
 
 /// Sleeps until `deadline`, or forever without one.
