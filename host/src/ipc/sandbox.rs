@@ -668,6 +668,11 @@ fn enforce_ruleset(
     quiet: bool,
 ) -> Result<LayerState, RulesetError> {
     let mut gaps = Vec::new();
+    // The seccomp filter's TSYNC install set `no_new_privs` on every
+    // thread (and threads inherit it): one `prctl` fewer on a task's way.
+    if SECCOMP_INSTALLED.load(Ordering::SeqCst) {
+        created = created.no_new_privs(false);
+    }
     if abi >= ABI::V8 {
         created = created.all_threads(true)?;
     } else if !quiet {
