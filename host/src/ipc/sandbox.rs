@@ -2173,13 +2173,7 @@ mod tests {
         let new_in_writable = writable.path().join("new.txt");
         let new_in_read_only = granted.path().join("new.txt");
         let (status, stderr) = in_child(move || {
-            let (ask, asked) = std::sync::mpsc::channel::<PathBuf>();
-            let (answer, answered) = std::sync::mpsc::channel::<Option<i32>>();
-            let _early = std::thread::spawn(move || {
-                if let Ok(path) = asked.recv() {
-                    let _ = answer.send(File::open(path).err().and_then(|e| e.raw_os_error()));
-                }
-            });
+            let (ask, answered, _early) = opener();
             let state = restrict_files(&grants);
             let threads_covered = match state {
                 LayerState::Enforced => true,
@@ -2227,15 +2221,9 @@ mod tests {
             if rules.quiet.map(|(tid, _)| tid) != Some(Some(current_tid())) {
                 return 2;
             }
-            let (ask, asked) = std::sync::mpsc::channel::<PathBuf>();
-            let (answer, answered) = std::sync::mpsc::channel::<Option<i32>>();
             // As the worker's runtime hook counts a blocking-pool thread.
             THREADS_STARTED.fetch_add(1, Ordering::SeqCst);
-            let _late = std::thread::spawn(move || {
-                if let Ok(path) = asked.recv() {
-                    let _ = answer.send(File::open(path).err().and_then(|e| e.raw_os_error()));
-                }
-            });
+            let (ask, answered, _late) = opener();
             if rules.enforce() != LayerState::Enforced {
                 return 3;
             }
@@ -2246,6 +2234,23 @@ mod tests {
             }
         });
         ended_with(status, &stderr, 0, "this kernel has no Landlock");
+    }
+
+    /// A thread that opens each path it is sent and answers with the error
+    /// number, if any: a thread Landlock must reach.
+    fn opener() -> (
+        std::sync::mpsc::Sender<PathBuf>,
+        std::sync::mpsc::Receiver<Option<i32>>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (ask, asked) = std::sync::mpsc::channel::<PathBuf>();
+        let (answer, answered) = std::sync::mpsc::channel::<Option<i32>>();
+        let thread = std::thread::spawn(move || {
+            while let Ok(path) = asked.recv() {
+                let _ = answer.send(File::open(path).err().and_then(|e| e.raw_os_error()));
+            }
+        });
+        (ask, answered, thread)
     }
 
     /// Rules made, and threads noted, on a thread that denied itself every
@@ -2319,13 +2324,7 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().expect("tempfile");
         let path = outside.path().to_owned();
         let (status, stderr) = in_child(move || {
-            let (ask, asked) = std::sync::mpsc::channel::<PathBuf>();
-            let (answer, answered) = std::sync::mpsc::channel::<Option<i32>>();
-            let _third = std::thread::spawn(move || {
-                if let Ok(path) = asked.recv() {
-                    let _ = answer.send(File::open(path).err().and_then(|e| e.raw_os_error()));
-                }
-            });
+            let (ask, answered, _third) = opener();
             let (rules, _ticker) = rules_from_a_ticker();
             let Some(rules) = rules else { return SKIP };
             if rules.quiet.is_some() {
