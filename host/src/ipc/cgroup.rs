@@ -766,6 +766,12 @@ impl WorkerGroup {
         self.complete
     }
 
+    /// Whether [`WorkerGroup::adopt`] has any group to move the worker
+    /// into.
+    pub(crate) fn parent_moves(&self) -> bool {
+        self.dirs.iter().any(|group| !group.by_worker)
+    }
+
     /// Moves the worker `pid` into the groups it does not join itself
     /// (those on cgroup v2, where a thread cannot move alone between
     /// groups: the process-wide write, with its grace period, is the only

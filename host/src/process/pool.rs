@@ -402,7 +402,7 @@ impl ProcessBackend {
     }
 
     /// Starts, warms up and parks workers until `prestart` are idle.
-    async fn refill(&self, program: &Path) {
+    async fn refill(self: &Arc<Self>, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
             let worker = match start_worker(program, self.sandbox, self).await {
                 Ok(worker) => {
@@ -584,7 +584,7 @@ async fn warm_up(
 async fn start_worker(
     program: &Path,
     sandbox: Sandbox,
-    backend: &ProcessBackend,
+    backend: &Arc<ProcessBackend>,
 ) -> Result<Worker> {
     let network = &backend.network;
     let mut command = tokio::process::Command::new(program);
@@ -648,13 +648,28 @@ async fn start_worker(
     let mut guard = ChildGuard::new(child, pid);
     // Groups the worker cannot join itself (cgroup v2): before it runs
     // anything of a task, which waits for the handshake.
-    let mut cgroup = cgroup;
-    if let Some(group) = cgroup.as_mut()
-        && let Err(err) = group.adopt(pid)
-    {
-        // The guard kills and reaps the worker on the way out.
-        placement_failed(sandbox, pid, group, &err.to_string())?;
-    }
+    let mut cgroup = match cgroup {
+        // A write to `cgroup.procs` may wait out an RCU grace period
+        // (milliseconds): on the blocking pool, not on a runtime thread.
+        Some(group) if group.parent_moves() => {
+            let adopted = tokio::task::spawn_blocking(move || {
+                let adopted = group.adopt(pid);
+                (group, adopted)
+            })
+            .await;
+            let Ok((mut group, adopted)) = adopted else {
+                return Err(Error::Internal(
+                    "a worker's cgroup placement panicked".into(),
+                ));
+            };
+            if let Err(err) = adopted {
+                // The guard kills and reaps the worker on the way out.
+                placement_failed(sandbox, pid, &mut group, &err.to_string())?;
+            }
+            Some(group)
+        }
+        other => other,
+    };
     let mut reader = FramedRead::new(stdout, protocol::codec());
     let mut writer = FramedWrite::new(stdin, protocol::codec());
     let handshake = async {
@@ -662,9 +677,13 @@ async fn start_worker(
             .encode()
             .map_err(|e| e.to_string())?;
         writer.send(hello).await.map_err(|e| e.to_string())?;
-        // The next worker's group, while this one starts.
+        // The next worker's group, while this one starts, off the runtime's
+        // threads (a `mkdir` there can wait for the kernel's cgroup lock).
         if cgroup.is_some() {
-            make_spare_cgroup(backend);
+            let backend = Arc::clone(backend);
+            drop(tokio::task::spawn_blocking(move || {
+                make_spare_cgroup(&backend)
+            }));
         }
         match reader.next().await {
             Some(Ok(frame)) => match FromWorker::decode(&frame).map_err(|e| e.to_string())? {
