@@ -295,14 +295,14 @@ async fn serve() -> Result<(), String> {
         Some(_) => return Err("expected a hello frame first".into()),
         None => return Ok(()),
     }
+    let (cgroups_joined, cgroup) = match CGROUPS_JOINED.get() {
+        Some(Ok(joined)) => (*joined, None),
+        Some(Err(why)) => (0, Some(why.clone())),
+        None => (0, None),
+    };
     let hello = Hello {
-        cgroups_joined: CGROUPS_JOINED
-            .get()
-            .and_then(|joined| joined.as_ref().ok().copied())
-            .unwrap_or(0),
-        cgroup: CGROUPS_JOINED
-            .get()
-            .and_then(|joined| joined.as_ref().err().cloned()),
+        cgroups_joined,
+        cgroup,
         ..Hello::current()
     };
     send(&mut writer, FromWorker::Hello(hello)).await?;
@@ -329,9 +329,11 @@ async fn serve() -> Result<(), String> {
     // The ticker never opens a file: sandboxed, it gives them all up as it
     // starts, so a task's Landlock rules need not reach its thread.
     let ticker = if sandboxed {
-        // It also makes the worker's Landlock ruleset, on the second core
-        // while this thread loads the seccomp filter and the task's
-        // program (0.03-0.1 ms of a cold start's way otherwise).
+        // It also makes the worker's Landlock ruleset, while this thread
+        // loads the seccomp filter and the task's program: in parallel
+        // when the second core is awake. (On the development VM a new
+        // thread often waits for the starting thread's core after an idle
+        // spell; then the work is the same, on that core.)
         let (made, rules) = std::sync::mpsc::sync_channel(1);
         *RULES_ON_THE_WAY
             .lock()

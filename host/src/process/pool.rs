@@ -402,7 +402,7 @@ impl ProcessBackend {
     }
 
     /// Starts, warms up and parks workers until `prestart` are idle.
-    async fn refill(self: &Arc<Self>, program: &Path) {
+    async fn refill(&self, program: &Path) {
         while self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() < self.prestart {
             let worker = match start_worker(program, self.sandbox, self).await {
                 Ok(worker) => {
@@ -584,7 +584,7 @@ async fn warm_up(
 async fn start_worker(
     program: &Path,
     sandbox: Sandbox,
-    backend: &Arc<ProcessBackend>,
+    backend: &ProcessBackend,
 ) -> Result<Worker> {
     let network = &backend.network;
     let mut command = tokio::process::Command::new(program);
@@ -659,7 +659,7 @@ async fn start_worker(
             .await;
             let Ok((mut group, adopted)) = adopted else {
                 return Err(Error::Internal(
-                    "a worker's cgroup placement panicked".into(),
+                    "a worker's cgroup placement did not finish".into(),
                 ));
             };
             if let Err(err) = adopted {
@@ -745,13 +745,10 @@ fn worker_cgroup(backend: &ProcessBackend, sandbox: Sandbox) -> Result<Option<Wo
     if let Some(group) = spare {
         return Ok(Some(group));
     }
-    let Ok(cgroups) = backend.cgroups() else {
+    let Some(made) = new_cgroup(backend) else {
         return Ok(None);
     };
-    // The default task's memory limit, now: a task with the default
-    // then costs no write on its way.
-    let default = crate::spec::Limits::default().process_memory_or_default();
-    match cgroups.make(backend.cpu_quota, default) {
+    match made {
         Ok(group) => Ok(Some(group)),
         Err(err) if sandbox == Sandbox::Required => Err(Error::SandboxUnavailable(format!(
             "the worker's cgroup cannot be made: {err}"
@@ -761,6 +758,15 @@ fn worker_cgroup(backend: &ProcessBackend, sandbox: Sandbox) -> Result<Option<Wo
             Ok(None)
         }
     }
+}
+
+/// A new worker cgroup with the backend's CPU quota and the default task's
+/// memory limit (a task with the default then costs no write on its way);
+/// `None` where the machine has no cgroup Isola can use.
+fn new_cgroup(backend: &ProcessBackend) -> Option<std::io::Result<WorkerGroup>> {
+    let cgroups = backend.cgroups().ok()?;
+    let default = crate::spec::Limits::default().process_memory_or_default();
+    Some(cgroups.make(backend.cpu_quota, default))
 }
 
 /// Makes the backend's spare worker cgroup, if it has none (see
@@ -777,13 +783,9 @@ fn make_spare_cgroup(backend: &ProcessBackend) {
     if has_one(backend) {
         return;
     }
-    let Ok(cgroups) = backend.cgroups() else {
-        return;
-    };
     // Made without the lock held: a worker starting meanwhile makes its
     // own rather than wait for this one.
-    let default = crate::spec::Limits::default().process_memory_or_default();
-    let Ok(group) = cgroups.make(backend.cpu_quota, default) else {
+    let Some(Ok(group)) = new_cgroup(backend) else {
         return;
     };
     let mut spare = backend
